@@ -1,0 +1,225 @@
+//! Field tables and arrays, with every value type RabbitMQ clients send.
+
+use super::primitives::Reader;
+use super::CodecError;
+use bytes::{BufMut, Bytes, BytesMut};
+use ferrymq_core::{FieldTable, FieldValue};
+
+/// Nesting deeper than this is refused, so a hostile table cannot exhaust the stack.
+const MAX_DEPTH: usize = 64;
+
+/// Decodes the body of a field table (without its length prefix).
+pub fn read_table(b: &[u8]) -> Result<FieldTable, CodecError> {
+    read_table_depth(b, 0)
+}
+
+fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, CodecError> {
+    if depth > MAX_DEPTH {
+        return Err(CodecError::Syntax("field table nested too deeply".into()));
+    }
+    let mut r = Reader::new(b);
+    let mut t = Vec::new();
+    while r.remaining() > 0 {
+        let key = r.shortstr()?;
+        let v = read_value(&mut r, depth)?;
+        t.push((key, v));
+    }
+    Ok(FieldTable(t))
+}
+
+fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, CodecError> {
+    let tag = r.u8()?;
+    Ok(match tag {
+        b't' => FieldValue::Bool(r.u8()? != 0),
+        b'b' => FieldValue::I8(r.u8()? as i8),
+        b'B' => FieldValue::U8(r.u8()?),
+        b's' | b'U' => FieldValue::I16(r.u16()? as i16),
+        b'u' => FieldValue::U16(r.u16()?),
+        b'I' => FieldValue::I32(r.u32()? as i32),
+        b'i' => FieldValue::U32(r.u32()?),
+        b'l' | b'L' => FieldValue::I64(r.u64()? as i64),
+        b'f' => FieldValue::F32(f32::from_bits(r.u32()?)),
+        b'd' => FieldValue::F64(f64::from_bits(r.u64()?)),
+        b'D' => {
+            let scale = r.u8()?;
+            FieldValue::Decimal(scale, r.u32()?)
+        }
+        b'S' => {
+            let n = r.u32()? as usize;
+            FieldValue::LongStr(Bytes::copy_from_slice(r.take(n)?))
+        }
+        b'x' => {
+            let n = r.u32()? as usize;
+            FieldValue::Bytes(Bytes::copy_from_slice(r.take(n)?))
+        }
+        b'A' => {
+            let n = r.u32()? as usize;
+            let body = r.take(n)?;
+            let mut ar = Reader::new(body);
+            let mut items = Vec::new();
+            while ar.remaining() > 0 {
+                items.push(read_value(&mut ar, depth + 1)?);
+            }
+            FieldValue::Array(items)
+        }
+        b'T' => FieldValue::Timestamp(r.u64()?),
+        b'F' => {
+            let n = r.u32()? as usize;
+            FieldValue::Table(read_table_depth(r.take(n)?, depth + 1)?)
+        }
+        b'V' => FieldValue::Void,
+        other => {
+            return Err(CodecError::Syntax(format!(
+                "unknown field value type '{}'",
+                other.escape_ascii()
+            )))
+        }
+    })
+}
+
+/// Appends a field table with its length prefix.
+pub fn write_table(buf: &mut BytesMut, t: &FieldTable) {
+    let at = buf.len();
+    buf.put_u32(0);
+    for (k, v) in t.iter() {
+        let n = k.len().min(255);
+        buf.put_u8(n as u8);
+        buf.put_slice(&k.as_bytes()[..n]);
+        write_value(buf, v);
+    }
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn write_value(buf: &mut BytesMut, v: &FieldValue) {
+    match v {
+        FieldValue::Bool(b) => {
+            buf.put_u8(b't');
+            buf.put_u8(*b as u8)
+        }
+        FieldValue::I8(x) => {
+            buf.put_u8(b'b');
+            buf.put_i8(*x)
+        }
+        FieldValue::U8(x) => {
+            buf.put_u8(b'B');
+            buf.put_u8(*x)
+        }
+        FieldValue::I16(x) => {
+            buf.put_u8(b's');
+            buf.put_i16(*x)
+        }
+        FieldValue::U16(x) => {
+            buf.put_u8(b'u');
+            buf.put_u16(*x)
+        }
+        FieldValue::I32(x) => {
+            buf.put_u8(b'I');
+            buf.put_i32(*x)
+        }
+        FieldValue::U32(x) => {
+            buf.put_u8(b'i');
+            buf.put_u32(*x)
+        }
+        FieldValue::I64(x) => {
+            buf.put_u8(b'l');
+            buf.put_i64(*x)
+        }
+        FieldValue::F32(x) => {
+            buf.put_u8(b'f');
+            buf.put_f32(*x)
+        }
+        FieldValue::F64(x) => {
+            buf.put_u8(b'd');
+            buf.put_f64(*x)
+        }
+        FieldValue::Decimal(s, x) => {
+            buf.put_u8(b'D');
+            buf.put_u8(*s);
+            buf.put_u32(*x)
+        }
+        FieldValue::LongStr(s) => {
+            buf.put_u8(b'S');
+            buf.put_u32(s.len() as u32);
+            buf.put_slice(s)
+        }
+        FieldValue::Bytes(s) => {
+            buf.put_u8(b'x');
+            buf.put_u32(s.len() as u32);
+            buf.put_slice(s)
+        }
+        FieldValue::Array(items) => {
+            buf.put_u8(b'A');
+            let at = buf.len();
+            buf.put_u32(0);
+            for i in items {
+                write_value(buf, i);
+            }
+            let len = (buf.len() - at - 4) as u32;
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        FieldValue::Timestamp(t) => {
+            buf.put_u8(b'T');
+            buf.put_u64(*t)
+        }
+        FieldValue::Table(t) => {
+            buf.put_u8(b'F');
+            write_table(buf, t)
+        }
+        FieldValue::Void => buf.put_u8(b'V'),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_roundtrips() {
+        let inner = FieldTable(vec![("k".into(), FieldValue::string("v"))]);
+        let t = FieldTable(vec![
+            ("bool".into(), FieldValue::Bool(true)),
+            ("i8".into(), FieldValue::I8(-3)),
+            ("u8".into(), FieldValue::U8(200)),
+            ("i16".into(), FieldValue::I16(-300)),
+            ("u16".into(), FieldValue::U16(60000)),
+            ("i32".into(), FieldValue::I32(-70000)),
+            ("u32".into(), FieldValue::U32(4_000_000_000)),
+            ("i64".into(), FieldValue::I64(-(1 << 40))),
+            ("f32".into(), FieldValue::F32(1.5)),
+            ("f64".into(), FieldValue::F64(-2.25)),
+            ("dec".into(), FieldValue::Decimal(2, 12345)),
+            ("str".into(), FieldValue::string("héllo")),
+            ("bytes".into(), FieldValue::Bytes(Bytes::from_static(&[0, 1, 2]))),
+            (
+                "arr".into(),
+                FieldValue::Array(vec![FieldValue::I32(1), FieldValue::string("x")]),
+            ),
+            ("ts".into(), FieldValue::Timestamp(1_700_000_000)),
+            ("tbl".into(), FieldValue::Table(inner)),
+            ("void".into(), FieldValue::Void),
+        ]);
+        let mut buf = BytesMut::new();
+        write_table(&mut buf, &t);
+        let back = read_table(&buf[4..]).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [&b"\x03abcZ"[..], b"\x01aS\xff\xff\xff\xff", b"\x05ab", b"\x01aF\x00\x00\x00\x09"] {
+            assert!(read_table(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut t = FieldTable::new();
+        for _ in 0..100 {
+            t = FieldTable(vec![("n".into(), FieldValue::Table(t))]);
+        }
+        let mut buf = BytesMut::new();
+        write_table(&mut buf, &t);
+        assert!(read_table(&buf[4..]).is_err());
+    }
+}

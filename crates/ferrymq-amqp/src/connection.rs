@@ -1,0 +1,558 @@
+//! One AMQP connection: handshake, frame dispatch to channels, heartbeats, blocking, and the
+//! closing handshake.
+
+use crate::channel::{Channel, ClientCaps, ConnCtx, ConnEvent};
+use crate::codec::frame::{decode_frame, encode_heartbeat, FrameError, FRAME_MIN_SIZE};
+use crate::codec::methods::*;
+use crate::codec::{CodecError, Frame, Method, PROTOCOL_HEADER};
+use crate::error::{code, AmqpError};
+use crate::outbox::{Outbox, WriterEvent};
+use crate::server::AmqpConfig;
+use bytes::BytesMut;
+use ferrymq_core::{Broker, FieldTable, FieldValue};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// How long a peer has to answer our connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the main loop ended.
+enum End {
+    /// Clean close handshake completed, or the peer went away.
+    Done,
+    /// We must send connection.close and wait for close-ok.
+    Close(AmqpError),
+}
+
+/// Serves one client connection until it ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    cfg: Arc<AmqpConfig>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let out = Arc::new(Outbox::new(cfg.frame_max));
+    let (wev_tx, wev_rx) = mpsc::unbounded_channel();
+    let writer = {
+        let out = out.clone();
+        tokio::spawn(async move { out.run_writer(wr, wev_tx).await })
+    };
+    let mut conn = Connection {
+        rd,
+        rbuf: BytesMut::with_capacity(64 * 1024),
+        out: out.clone(),
+        broker,
+        cfg,
+        peer,
+        frame_max: FRAME_MIN_SIZE,
+        channel_max: 0,
+        heartbeat: 0,
+        user: String::new(),
+        caps: ClientCaps::default(),
+        wev_rx,
+        shutdown,
+    };
+    conn.frame_max = conn.cfg.frame_max;
+    match conn.handshake().await {
+        Ok(Some((ctx, ev_rx))) => conn.run(ctx, ev_rx).await,
+        Ok(None) => {}
+        Err(e) => conn.close_with(e, &mut HashMap::new(), None).await,
+    }
+    out.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+struct Connection {
+    rd: OwnedReadHalf,
+    rbuf: BytesMut,
+    out: Arc<Outbox>,
+    broker: Arc<Broker>,
+    cfg: Arc<AmqpConfig>,
+    peer: SocketAddr,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    user: String,
+    caps: ClientCaps,
+    wev_rx: mpsc::UnboundedReceiver<WriterEvent>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn codec_error(e: FrameError) -> AmqpError {
+    match e.error {
+        CodecError::FrameTooLarge { .. } | CodecError::BadFrameEnd(_) | CodecError::UnknownFrameType(_) => {
+            AmqpError::conn(code::FRAME_ERROR, e.error)
+        }
+        CodecError::UnknownMethod(c, m) => AmqpError::conn(
+            code::NOT_IMPLEMENTED,
+            format!("unknown method class {c} method {m}"),
+        ),
+        CodecError::InsufficientBytes(_) | CodecError::Syntax(_) => AmqpError::conn(
+            code::SYNTAX_ERROR,
+            format!("malformed frame on channel {}: {}", e.channel, e.error),
+        ),
+    }
+}
+
+impl Connection {
+    fn send(&self, channel: u16, m: impl Into<Method>) {
+        let m = m.into();
+        self.out.with(|o| o.method(channel, &m));
+    }
+
+    /// Reads one frame during the handshake, skipping heartbeats.
+    async fn next_frame(&mut self, deadline: Instant) -> Result<Option<Frame>, AmqpError> {
+        loop {
+            match decode_frame(&mut self.rbuf, self.frame_max).map_err(codec_error)? {
+                Some(Frame::Heartbeat { .. }) => continue,
+                Some(f) => return Ok(Some(f)),
+                None => {}
+            }
+            match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.rbuf)).await {
+                Err(_) => {
+                    tracing::info!(peer = %self.peer, "handshake timed out");
+                    return Ok(None);
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn expect_method(&mut self, deadline: Instant, want: &str) -> Result<Option<Method>, AmqpError> {
+        match self.next_frame(deadline).await? {
+            None => Ok(None),
+            Some(Frame::Method { channel: 0, method }) => Ok(Some(method)),
+            Some(_) => Err(AmqpError::conn(
+                code::COMMAND_INVALID,
+                format!("expected '{want}' on channel 0 during the connection handshake"),
+            )),
+        }
+    }
+
+    /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
+    async fn handshake(&mut self) -> Result<Option<(ConnCtx, mpsc::UnboundedReceiver<ConnEvent>)>, AmqpError> {
+        let deadline = Instant::now() + self.cfg.handshake_timeout;
+        while self.rbuf.len() < 8 {
+            match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ok(None),
+            }
+        }
+        if &self.rbuf[..8] != PROTOCOL_HEADER {
+            tracing::info!(peer = %self.peer, "bad protocol header, answering with AMQP 0-9-1's");
+            self.out.with(|o| o.buf().extend_from_slice(PROTOCOL_HEADER));
+            return Ok(None);
+        }
+        let _ = self.rbuf.split_to(8);
+        self.send(0, self.start_method());
+
+        let Some(m) = self.expect_method(deadline, "connection.start-ok").await? else { return Ok(None) };
+        let Method::ConnectionStartOk(so) = m else {
+            return Err(AmqpError::conn(code::COMMAND_INVALID, format!("expected 'connection.start-ok', got '{}'", m.name())));
+        };
+        self.caps = read_caps(&so.client_properties);
+        let (user, pass) = match so.mechanism.as_str() {
+            "PLAIN" => parse_plain(&so.response.0),
+            "AMQPLAIN" => parse_amqplain(&so.response.0),
+            other => {
+                return Err(AmqpError::conn(
+                    code::COMMAND_INVALID,
+                    format!("unknown authentication mechanism '{other}'"),
+                ))
+            }
+        }
+        .ok_or_else(|| AmqpError::conn(code::ACCESS_REFUSED, format!("malformed {} response", so.mechanism)))?;
+        if let Err(e) = self.broker.authenticate(&user, &pass, self.peer.ip().is_loopback()) {
+            tracing::warn!(peer = %self.peer, user = %user, "login refused: {e}");
+            return Err(AmqpError::conn(code::ACCESS_REFUSED, e.to_string().trim_start_matches("ACCESS_REFUSED - ")));
+        }
+        self.user = user;
+
+        self.send(
+            0,
+            ConnectionTune {
+                channel_max: self.cfg.channel_max,
+                frame_max: self.cfg.frame_max,
+                heartbeat: self.cfg.heartbeat,
+            },
+        );
+        let Some(m) = self.expect_method(deadline, "connection.tune-ok").await? else { return Ok(None) };
+        let Method::ConnectionTuneOk(t) = m else {
+            return Err(AmqpError::conn(code::COMMAND_INVALID, format!("expected 'connection.tune-ok', got '{}'", m.name())));
+        };
+        let fm = if t.frame_max == 0 { self.cfg.frame_max } else { t.frame_max };
+        if fm < FRAME_MIN_SIZE {
+            return Err(AmqpError::conn(code::NOT_ALLOWED, format!("frame_max={fm} < {FRAME_MIN_SIZE} min size")));
+        }
+        if fm > self.cfg.frame_max {
+            return Err(AmqpError::conn(code::NOT_ALLOWED, format!("frame_max={fm} > {} max size", self.cfg.frame_max)));
+        }
+        let cm = if t.channel_max == 0 { self.cfg.channel_max } else { t.channel_max };
+        if cm > self.cfg.channel_max {
+            return Err(AmqpError::conn(
+                code::NOT_ALLOWED,
+                format!("negotiated channel_max = {cm} is higher than the maximum allowed value ({})", self.cfg.channel_max),
+            ));
+        }
+        self.frame_max = fm;
+        self.out.frame_max.store(fm, Ordering::Relaxed);
+        self.channel_max = cm;
+        self.heartbeat = t.heartbeat;
+
+        let Some(m) = self.expect_method(deadline, "connection.open").await? else { return Ok(None) };
+        let Method::ConnectionOpen(o) = m else {
+            return Err(AmqpError::conn(code::COMMAND_INVALID, format!("expected 'connection.open', got '{}'", m.name())));
+        };
+        let vhost = self
+            .broker
+            .open_vhost(&self.user, &o.virtual_host)
+            .map_err(|e| AmqpError::from_core(0, e))?;
+        self.send(0, ConnectionOpenOk::default());
+        tracing::debug!(peer = %self.peer, user = %self.user, vhost = %vhost.name, "connection opened");
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let ctx = ConnCtx {
+            id: self.broker.next_connection_id(),
+            broker: self.broker.clone(),
+            vhost,
+            out: self.out.clone(),
+            events: ev_tx,
+            caps: self.caps,
+            frame_max: self.frame_max,
+            exclusive_queues: Vec::new(),
+            has_published: false,
+        };
+        Ok(Some((ctx, ev_rx)))
+    }
+
+    fn start_method(&self) -> ConnectionStart {
+        let b = |v: bool| FieldValue::Bool(v);
+        let caps = FieldTable(vec![
+            ("publisher_confirms".into(), b(true)),
+            ("exchange_exchange_bindings".into(), b(true)),
+            ("basic.nack".into(), b(true)),
+            ("consumer_cancel_notify".into(), b(true)),
+            ("connection.blocked".into(), b(true)),
+            ("consumer_priorities".into(), b(false)),
+            ("authentication_failure_close".into(), b(true)),
+            ("per_consumer_qos".into(), b(true)),
+            ("direct_reply_to".into(), b(true)),
+        ]);
+        let s = FieldValue::string;
+        ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: FieldTable(vec![
+                ("capabilities".into(), FieldValue::Table(caps)),
+                ("cluster_name".into(), s("ferrymq")),
+                ("copyright".into(), s("FerryMQ contributors")),
+                ("information".into(), s("Licensed under the Apache License 2.0")),
+                ("platform".into(), s("Rust")),
+                ("product".into(), s("FerryMQ")),
+                ("version".into(), s(env!("CARGO_PKG_VERSION"))),
+            ]),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        }
+    }
+
+    /// The main loop after the handshake.
+    async fn run(&mut self, mut ctx: ConnCtx, mut ev_rx: mpsc::UnboundedReceiver<ConnEvent>) {
+        let mut channels: HashMap<u16, Channel> = HashMap::new();
+        let end = self.main_loop(&mut ctx, &mut channels, &mut ev_rx).await;
+        if let End::Close(e) = end {
+            self.close_with(e, &mut channels, Some(&ctx)).await;
+        }
+        for (_, mut ch) in channels.drain() {
+            ch.cleanup(&ctx);
+        }
+        for q in ctx.exclusive_queues.drain(..) {
+            ctx.vhost.remove_queue(&q, None);
+        }
+    }
+
+    async fn main_loop(
+        &mut self,
+        ctx: &mut ConnCtx,
+        channels: &mut HashMap<u16, Channel>,
+        ev_rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
+    ) -> End {
+        let hb = Duration::from_secs(self.heartbeat.into());
+        let mut tick = tokio::time::interval(if self.heartbeat > 0 { hb / 2 } else { Duration::from_secs(3600) });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_recv = Instant::now();
+        let mut last_writes = self.out.writes();
+        let mut blocked_rx = self.broker.blocked();
+        let mut blocked = blocked_rx.borrow_and_update().clone();
+        let mut blocked_sent = false;
+        if blocked.is_some() && ctx.caps.connection_blocked {
+            self.send(0, ConnectionBlocked { reason: blocked.clone().unwrap_or_default() });
+            blocked_sent = true;
+        }
+        loop {
+            // Process every complete frame already buffered.
+            loop {
+                if blocked.is_some() && ctx.has_published {
+                    break;
+                }
+                match decode_frame(&mut self.rbuf, self.frame_max) {
+                    Ok(Some(f)) => match self.handle_frame(ctx, channels, f) {
+                        Ok(true) => {}
+                        Ok(false) => return End::Done,
+                        Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
+                        Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
+                            tracing::debug!(peer = %self.peer, channel, code, "channel error: {text}");
+                            if let Some(ch) = channels.get_mut(&channel) {
+                                ch.cleanup(ctx);
+                                ch.closing = true;
+                            }
+                            self.send(channel, ChannelClose { reply_code: code, reply_text: text, class_id, method_id });
+                        }
+                        Err(AmqpError::Io(_)) => return End::Done,
+                    },
+                    Ok(None) => break,
+                    Err(e) => return End::Close(codec_error(e)),
+                }
+            }
+            for ch in channels.values_mut() {
+                ch.flush_confirms(ctx);
+            }
+            let hold_reads = blocked.is_some() && ctx.has_published;
+            tokio::select! {
+                r = self.rd.read_buf(&mut self.rbuf), if !hold_reads => {
+                    match r {
+                        Ok(0) | Err(_) => return End::Done,
+                        Ok(_) => last_recv = Instant::now(),
+                    }
+                    if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                        self.rbuf.reserve(64 * 1024);
+                    }
+                }
+                Some(ev) = ev_rx.recv() => match ev {
+                    ConnEvent::ServerCancel { channel, tag } => {
+                        if let Some(ch) = channels.get_mut(&channel) {
+                            ch.server_cancelled(ctx, &tag);
+                        }
+                    }
+                },
+                Some(ev) = self.wev_rx.recv() => match ev {
+                    WriterEvent::Drained => {
+                        for ch in channels.values() {
+                            ch.kick_consumers();
+                        }
+                    }
+                    WriterEvent::Failed => return End::Done,
+                },
+                _ = self.shutdown.changed() => {
+                    return End::Close(AmqpError::conn(
+                        code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+                _ = blocked_rx.changed() => {
+                    blocked = blocked_rx.borrow_and_update().clone();
+                    if ctx.caps.connection_blocked {
+                        match (&blocked, blocked_sent) {
+                            (Some(reason), false) => {
+                                self.send(0, ConnectionBlocked { reason: reason.clone() });
+                                blocked_sent = true;
+                            }
+                            (None, true) => {
+                                self.send(0, ConnectionUnblocked {});
+                                blocked_sent = false;
+                            }
+                            _ => {}
+                        }
+                    }
+                    // While held, the peer's silence is our doing: restart the clock.
+                    last_recv = Instant::now();
+                }
+                _ = tick.tick(), if self.heartbeat > 0 => {
+                    if !hold_reads && last_recv.elapsed() > hb * 2 {
+                        tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
+                        return End::Done;
+                    }
+                    let w = self.out.writes();
+                    if w == last_writes {
+                        self.out.with(|o| encode_heartbeat(o.buf()));
+                    }
+                    last_writes = self.out.writes();
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; returns Ok(false) when the connection is finished.
+    fn handle_frame(&mut self, ctx: &mut ConnCtx, channels: &mut HashMap<u16, Channel>, f: Frame) -> Result<bool, AmqpError> {
+        match f {
+            Frame::Heartbeat { channel: 0 } => Ok(true),
+            Frame::Heartbeat { channel } => Err(AmqpError::conn(
+                code::FRAME_ERROR,
+                format!("heartbeat frame on channel {channel}, heartbeats must use channel 0"),
+            )),
+            Frame::Method { channel: 0, method } => match method {
+                Method::ConnectionClose(c) => {
+                    tracing::debug!(peer = %self.peer, code = c.reply_code, "client closed connection: {}", c.reply_text);
+                    self.send(0, ConnectionCloseOk {});
+                    Ok(false)
+                }
+                Method::ConnectionCloseOk(_) => Ok(false),
+                Method::ConnectionUpdateSecret(_) => {
+                    self.send(0, ConnectionUpdateSecretOk {});
+                    Ok(true)
+                }
+                other => Err(AmqpError::conn(
+                    code::COMMAND_INVALID,
+                    format!("unexpected method '{}' on channel 0", other.name()),
+                )
+                .caused_by(other.ids())),
+            },
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(AmqpError::conn(
+                code::UNEXPECTED_FRAME,
+                "content frame on channel 0",
+            )),
+            Frame::Method { channel, method } => {
+                let Some(ch) = channels.get_mut(&channel) else {
+                    if let Method::ChannelOpen(_) = method {
+                        if channel > self.channel_max {
+                            return Err(AmqpError::conn(
+                                code::NOT_ALLOWED,
+                                format!("channel number {channel} exceeds the negotiated channel_max ({})", self.channel_max),
+                            ));
+                        }
+                        channels.insert(channel, Channel::new(channel, ctx));
+                        self.send(channel, ChannelOpenOk::default());
+                        return Ok(true);
+                    }
+                    return Err(AmqpError::conn(
+                        code::CHANNEL_ERROR,
+                        format!("expected 'channel.open' on channel {channel}, got '{}'", method.name()),
+                    )
+                    .caused_by(method.ids()));
+                };
+                if ch.closing {
+                    match method {
+                        Method::ChannelCloseOk(_) => {
+                            channels.remove(&channel);
+                        }
+                        Method::ChannelClose(_) => {
+                            self.send(channel, ChannelCloseOk {});
+                            channels.remove(&channel);
+                        }
+                        _ => {}
+                    }
+                    return Ok(true);
+                }
+                if ch.awaiting_content() {
+                    return Err(AmqpError::conn(
+                        code::UNEXPECTED_FRAME,
+                        format!("expected content header for class 60, got method '{}' on channel {channel}", method.name()),
+                    ));
+                }
+                match method {
+                    Method::ChannelOpen(_) => Err(AmqpError::conn(
+                        code::CHANNEL_ERROR,
+                        format!("second 'channel.open' seen on channel {channel}"),
+                    )),
+                    Method::ChannelClose(_) => {
+                        ch.flush_confirms(ctx);
+                        ch.cleanup(ctx);
+                        channels.remove(&channel);
+                        self.send(channel, ChannelCloseOk {});
+                        Ok(true)
+                    }
+                    Method::ChannelCloseOk(_) => Ok(true),
+                    m => ch.handle_method(ctx, m).map(|_| true),
+                }
+            }
+            Frame::Header { channel, class_id, body_size, properties, raw_properties } => {
+                match channels.get_mut(&channel) {
+                    Some(ch) if ch.closing => Ok(true),
+                    Some(ch) => ch.handle_header(ctx, class_id, body_size, properties, raw_properties).map(|_| true),
+                    None => Err(AmqpError::conn(code::CHANNEL_ERROR, format!("content header on unopened channel {channel}"))),
+                }
+            }
+            Frame::Body { channel, payload } => match channels.get_mut(&channel) {
+                Some(ch) if ch.closing => Ok(true),
+                Some(ch) => ch.handle_body(ctx, payload).map(|_| true),
+                None => Err(AmqpError::conn(code::CHANNEL_ERROR, format!("content body on unopened channel {channel}"))),
+            },
+        }
+    }
+
+    /// Sends connection.close for `e` and waits (briefly) for close-ok, discarding other frames.
+    async fn close_with(&mut self, e: AmqpError, channels: &mut HashMap<u16, Channel>, ctx: Option<&ConnCtx>) {
+        let AmqpError::Connection { code, text, class_id, method_id } = e else { return };
+        if code == code::CONNECTION_FORCED {
+            tracing::info!(peer = %self.peer, "closing connection: {text}");
+        } else {
+            tracing::warn!(peer = %self.peer, code, "closing connection: {text}");
+        }
+        if let Some(ctx) = ctx {
+            for (_, mut ch) in channels.drain() {
+                ch.cleanup(ctx);
+            }
+        }
+        self.send(0, ConnectionClose { reply_code: code, reply_text: text, class_id, method_id });
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        loop {
+            loop {
+                match decode_frame(&mut self.rbuf, 0) {
+                    Ok(Some(Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) })) => return,
+                    Ok(Some(Frame::Method { channel: 0, method: Method::ConnectionClose(_) })) => {
+                        self.send(0, ConnectionCloseOk {});
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+fn read_caps(props: &FieldTable) -> ClientCaps {
+    let Some(FieldValue::Table(c)) = props.get("capabilities") else {
+        return ClientCaps::default();
+    };
+    let flag = |k: &str| c.get(k).and_then(FieldValue::as_bool).unwrap_or(false);
+    ClientCaps {
+        consumer_cancel_notify: flag("consumer_cancel_notify"),
+        connection_blocked: flag("connection.blocked"),
+    }
+}
+
+/// SASL PLAIN: `[authzid] NUL authcid NUL passwd`.
+fn parse_plain(resp: &[u8]) -> Option<(String, String)> {
+    let mut parts = resp.split(|b| *b == 0);
+    let _authz = parts.next()?;
+    let user = parts.next()?;
+    let pass = parts.next()?;
+    Some((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
+}
+
+/// RabbitMQ's AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD.
+fn parse_amqplain(resp: &[u8]) -> Option<(String, String)> {
+    let t = crate::codec::table::read_table(resp).ok()?;
+    let get = |k: &str| match t.get(k) {
+        Some(FieldValue::LongStr(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    };
+    Some((get("LOGIN")?, get("PASSWORD")?))
+}

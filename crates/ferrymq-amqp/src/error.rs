@@ -1,0 +1,156 @@
+//! AMQP exceptions: channel errors close one channel, connection errors close the connection.
+
+use ferrymq_core::CoreError;
+use thiserror::Error;
+
+/// Reply codes used by the broker (AMQP 0-9-1 constants).
+pub mod code {
+    /// Normal close.
+    pub const REPLY_SUCCESS: u16 = 200;
+    /// Message could not be routed (basic.return).
+    pub const NO_ROUTE: u16 = 312;
+    /// The broker closed the connection (e.g. shutdown).
+    pub const CONNECTION_FORCED: u16 = 320;
+    /// Access refused.
+    pub const ACCESS_REFUSED: u16 = 403;
+    /// Entity not found.
+    pub const NOT_FOUND: u16 = 404;
+    /// Precondition failed.
+    pub const PRECONDITION_FAILED: u16 = 406;
+    /// Malformed frame.
+    pub const FRAME_ERROR: u16 = 501;
+    /// Illegal field values.
+    pub const SYNTAX_ERROR: u16 = 502;
+    /// Invalid command.
+    pub const COMMAND_INVALID: u16 = 503;
+    /// Channel misuse.
+    pub const CHANNEL_ERROR: u16 = 504;
+    /// Frame not expected now.
+    pub const UNEXPECTED_FRAME: u16 = 505;
+    /// Not allowed.
+    pub const NOT_ALLOWED: u16 = 530;
+    /// Not implemented.
+    pub const NOT_IMPLEMENTED: u16 = 540;
+    /// Internal error.
+    pub const INTERNAL_ERROR: u16 = 541;
+}
+
+/// An error that ends a channel or a connection.
+#[derive(Debug, Error)]
+pub enum AmqpError {
+    /// Closes the whole connection with `code`.
+    #[error("connection error {code}: {text}")]
+    Connection {
+        /// Reply code.
+        code: u16,
+        /// Reply text, starting with the code name.
+        text: String,
+        /// Class of the method that caused it (0 if none).
+        class_id: u16,
+        /// Method that caused it (0 if none).
+        method_id: u16,
+    },
+    /// Closes one channel with `code`.
+    #[error("channel {channel} error {code}: {text}")]
+    Channel {
+        /// The channel.
+        channel: u16,
+        /// Reply code.
+        code: u16,
+        /// Reply text, starting with the code name.
+        text: String,
+        /// Class of the method that caused it.
+        class_id: u16,
+        /// Method that caused it.
+        method_id: u16,
+    },
+    /// The socket failed or the peer went away.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The AMQP name of a reply code, used as the prefix of reply texts.
+pub fn code_name(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        312 => "NO_ROUTE",
+        320 => "CONNECTION_FORCED",
+        403 => "ACCESS_REFUSED",
+        404 => "NOT_FOUND",
+        405 => "RESOURCE_LOCKED",
+        406 => "PRECONDITION_FAILED",
+        501 => "FRAME_ERROR",
+        502 => "SYNTAX_ERROR",
+        503 => "COMMAND_INVALID",
+        504 => "CHANNEL_ERROR",
+        505 => "UNEXPECTED_FRAME",
+        530 => "NOT_ALLOWED",
+        540 => "NOT_IMPLEMENTED",
+        _ => "INTERNAL_ERROR",
+    }
+}
+
+impl AmqpError {
+    /// A connection error; `text` is prefixed with the code name.
+    pub fn conn(code: u16, text: impl std::fmt::Display) -> Self {
+        AmqpError::Connection {
+            code,
+            text: format!("{} - {text}", code_name(code)),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+
+    /// A channel error; `text` is prefixed with the code name.
+    pub fn chan(channel: u16, code: u16, text: impl std::fmt::Display) -> Self {
+        AmqpError::Channel {
+            channel,
+            code,
+            text: format!("{} - {text}", code_name(code)),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+
+    /// Attaches the class and method that caused the error.
+    pub fn caused_by(mut self, ids: (u16, u16)) -> Self {
+        match &mut self {
+            AmqpError::Connection {
+                class_id,
+                method_id,
+                ..
+            }
+            | AmqpError::Channel {
+                class_id,
+                method_id,
+                ..
+            } => {
+                *class_id = ids.0;
+                *method_id = ids.1;
+            }
+            AmqpError::Io(_) => {}
+        }
+        self
+    }
+
+    /// Maps a core error raised on `channel` to a channel or connection exception.
+    pub fn from_core(channel: u16, e: CoreError) -> Self {
+        let code = e.reply_code();
+        if e.is_connection_error() {
+            AmqpError::Connection {
+                code,
+                text: e.to_string(),
+                class_id: 0,
+                method_id: 0,
+            }
+        } else {
+            AmqpError::Channel {
+                channel,
+                code,
+                text: e.to_string(),
+                class_id: 0,
+                method_id: 0,
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! AMQP 0-9-1 for FerryMQ: the wire codec and the connection/channel state machines that turn
+//! frames into calls on `ferrymq-core`.
+
+pub mod codec;
+mod channel;
+mod connection;
+pub mod error;
+mod outbox;
+pub mod server;
+
+pub use error::AmqpError;
+pub use server::{AmqpConfig, AmqpServer};

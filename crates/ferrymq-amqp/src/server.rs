@@ -1,0 +1,85 @@
+//! The AMQP listener: accepts connections, and on shutdown closes them with 320.
+
+use crate::connection;
+use ferrymq_core::Broker;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Protocol limits offered to clients in connection.tune.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// Largest frame, including header and end octet (RabbitMQ's default: 128 KiB).
+    pub frame_max: u32,
+    /// Highest channel number.
+    pub channel_max: u16,
+    /// Suggested heartbeat interval in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Time a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A bound AMQP listener.
+pub struct AmqpServer {
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: Arc<AmqpConfig>,
+}
+
+impl AmqpServer {
+    /// Binds the listener.
+    pub async fn bind(addr: SocketAddr, broker: Arc<Broker>, config: AmqpConfig) -> std::io::Result<Self> {
+        Ok(AmqpServer {
+            listener: TcpListener::bind(addr).await?,
+            broker,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` turns true, then closes every connection with
+    /// 320 CONNECTION_FORCED and waits for them to finish.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let (b, c, s) = (self.broker.clone(), self.config.clone(), shutdown.clone());
+                        conns.spawn(connection::serve(stream, peer, b, c, s));
+                    }
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = shutdown.changed() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            conns.abort_all();
+        }
+    }
+}

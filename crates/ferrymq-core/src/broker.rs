@@ -1,0 +1,164 @@
+//! The broker: vhosts, users and permissions, and broker-wide state such as resource alarms.
+
+use crate::auth::User;
+use crate::error::{CoreError, CoreResult};
+use crate::vhost::VHost;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Identifies one client connection within the broker (used for exclusive ownership).
+pub type ConnectionId = u64;
+
+/// Protocol-independent limits and defaults.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Largest accepted message body, in bytes.
+    pub max_message_size: usize,
+    /// Users that may only connect from loopback addresses.
+    pub loopback_users: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_message_size: 128 * 1024 * 1024,
+            loopback_users: vec!["guest".to_string()],
+        }
+    }
+}
+
+/// Per-vhost permissions of a user: regexes over resource names, as in RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct Permission {
+    /// Which resources the user may declare/delete.
+    pub configure: String,
+    /// Which resources the user may publish to / bind into.
+    pub write: String,
+    /// Which resources the user may consume from / bind from.
+    pub read: String,
+}
+
+/// The whole broker state shared by every listener.
+pub struct Broker {
+    /// Limits and defaults.
+    pub config: BrokerConfig,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: RwLock<HashMap<String, User>>,
+    permissions: RwLock<HashMap<(String, String), Permission>>,
+    next_connection: AtomicU64,
+    blocked: watch::Sender<Option<String>>,
+}
+
+impl Broker {
+    /// A broker with vhost `/` and user `guest`/`guest` with full rights on it.
+    pub fn new(config: BrokerConfig) -> Arc<Self> {
+        let (blocked, _) = watch::channel(None);
+        let b = Broker {
+            config,
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            permissions: RwLock::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            blocked,
+        };
+        b.add_vhost("/");
+        b.add_user(User::new("guest", "guest", &["administrator"]));
+        b.set_permission(
+            "guest",
+            "/",
+            Permission {
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            },
+        );
+        Arc::new(b)
+    }
+
+    /// Adds a vhost (no-op if it exists) and returns it.
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        self.vhosts
+            .write()
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(VHost::new(name)))
+            .clone()
+    }
+
+    /// The named vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    /// Every vhost.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
+    }
+
+    /// Adds or replaces a user.
+    pub fn add_user(&self, user: User) {
+        self.users.write().insert(user.name.clone(), user);
+    }
+
+    /// Grants `user` permissions on `vhost`.
+    pub fn set_permission(&self, user: &str, vhost: &str, p: Permission) {
+        self.permissions
+            .write()
+            .insert((user.to_string(), vhost.to_string()), p);
+    }
+
+    /// Checks a login. `loopback` says whether the peer connected from a loopback address.
+    pub fn authenticate(&self, username: &str, password: &str, loopback: bool) -> CoreResult<()> {
+        let ok = self
+            .users
+            .read()
+            .get(username)
+            .is_some_and(|u| u.check_password(password));
+        if !ok {
+            return Err(CoreError::AccessRefused(format!(
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{username}')"
+            )));
+        }
+        if !loopback && self.config.loopback_users.iter().any(|u| u == username) {
+            return Err(CoreError::AccessRefused(format!(
+                "User '{username}' can only connect via localhost"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens `vhost` for `user`: the vhost must exist and the user must have permissions on it.
+    pub fn open_vhost(&self, user: &str, vhost: &str) -> CoreResult<Arc<VHost>> {
+        let v = self
+            .vhost(vhost)
+            .ok_or_else(|| CoreError::NotAllowed(format!("vhost {vhost} not found")))?;
+        if !self
+            .permissions
+            .read()
+            .contains_key(&(user.to_string(), vhost.to_string()))
+        {
+            return Err(CoreError::NotAllowed(format!(
+                "access to vhost '{vhost}' refused for user '{user}'"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> ConnectionId {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Raises (Some(reason)) or clears (None) the publisher-blocking alarm. Connections that
+    /// publish are held and told `connection.blocked` while it is raised.
+    pub fn set_blocked(&self, reason: Option<String>) {
+        self.blocked.send_replace(reason);
+    }
+
+    /// Subscribes to the publisher-blocking alarm.
+    pub fn blocked(&self) -> watch::Receiver<Option<String>> {
+        self.blocked.subscribe()
+    }
+}

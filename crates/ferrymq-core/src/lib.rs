@@ -1,0 +1,25 @@
+//! FerryMQ broker core: vhosts, exchanges, bindings, routing, queues, consumers and acks.
+//!
+//! This crate knows nothing about sockets or wire formats. Protocol crates (AMQP, later MQTT)
+//! translate their frames into calls on [`Broker`] and [`VHost`], and receive deliveries through
+//! the [`ConsumerSink`] trait they implement.
+
+pub mod auth;
+pub mod broker;
+pub mod consumer;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod store;
+pub mod value;
+pub mod vhost;
+
+pub use broker::{Broker, BrokerConfig, ConnectionId};
+pub use consumer::{ConsumerSink, SinkRefusal};
+pub use error::CoreError;
+pub use exchange::{Exchange, ExchangeKind};
+pub use message::{Message, Properties, QueuedMessage};
+pub use queue::{Queue, QueueOptions};
+pub use value::{FieldTable, FieldValue};
+pub use vhost::VHost;

@@ -1,0 +1,176 @@
+//! Typed values of AMQP field tables, used for arguments and message headers.
+//!
+//! The core keeps the exact wire type of each value (e.g. a signed 8-bit int stays `I8`), so that
+//! a header passes through the broker unchanged.
+
+use bytes::Bytes;
+
+/// One value in a field table or field array.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// `t`
+    Bool(bool),
+    /// `b`
+    I8(i8),
+    /// `B`
+    U8(u8),
+    /// `s` (RabbitMQ's short int)
+    I16(i16),
+    /// `u`
+    U16(u16),
+    /// `I`
+    I32(i32),
+    /// `i`
+    U32(u32),
+    /// `l`
+    I64(i64),
+    /// `f`
+    F32(f32),
+    /// `d`
+    F64(f64),
+    /// `D`: scale, unscaled value
+    Decimal(u8, u32),
+    /// `S`: a long string (bytes, usually UTF-8)
+    LongStr(Bytes),
+    /// `x`: a byte array
+    Bytes(Bytes),
+    /// `A`
+    Array(Vec<FieldValue>),
+    /// `T`: seconds since the epoch
+    Timestamp(u64),
+    /// `F`
+    Table(FieldTable),
+    /// `V`
+    Void,
+}
+
+impl FieldValue {
+    /// The value as an integer, whatever its integer width.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            FieldValue::I8(v) => Some(v.into()),
+            FieldValue::U8(v) => Some(v.into()),
+            FieldValue::I16(v) => Some(v.into()),
+            FieldValue::U16(v) => Some(v.into()),
+            FieldValue::I32(v) => Some(v.into()),
+            FieldValue::U32(v) => Some(v.into()),
+            FieldValue::I64(v) => Some(v),
+            FieldValue::Timestamp(v) => i64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a string, if it is a long string of valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            FieldValue::LongStr(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a boolean, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            FieldValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// A long-string value from text.
+    pub fn string(s: impl Into<String>) -> FieldValue {
+        FieldValue::LongStr(Bytes::from(s.into()))
+    }
+
+    /// A short description of the value's type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Bool(_) => "bool",
+            FieldValue::I8(_)
+            | FieldValue::U8(_)
+            | FieldValue::I16(_)
+            | FieldValue::U16(_)
+            | FieldValue::I32(_)
+            | FieldValue::U32(_)
+            | FieldValue::I64(_) => "long",
+            FieldValue::F32(_) | FieldValue::F64(_) => "float",
+            FieldValue::Decimal(..) => "decimal",
+            FieldValue::LongStr(_) => "longstr",
+            FieldValue::Bytes(_) => "bytes",
+            FieldValue::Array(_) => "array",
+            FieldValue::Timestamp(_) => "timestamp",
+            FieldValue::Table(_) => "table",
+            FieldValue::Void => "void",
+        }
+    }
+
+    /// Semantic equality used to compare declaration arguments (ignores integer width).
+    pub fn equivalent(&self, other: &FieldValue) -> bool {
+        match (self.as_i64(), other.as_i64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => self == other,
+        }
+    }
+}
+
+impl std::fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldValue::Bool(b) => write!(f, "{b}"),
+            FieldValue::LongStr(s) | FieldValue::Bytes(s) => {
+                write!(f, "{}", String::from_utf8_lossy(s))
+            }
+            FieldValue::F32(v) => write!(f, "{v}"),
+            FieldValue::F64(v) => write!(f, "{v}"),
+            FieldValue::Void => write!(f, "none"),
+            other => match other.as_i64() {
+                Some(i) => write!(f, "{i}"),
+                None => write!(f, "{other:?}"),
+            },
+        }
+    }
+}
+
+/// An ordered AMQP field table. Order is kept so that headers pass through unchanged.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FieldTable(pub Vec<(String, FieldValue)>);
+
+impl FieldTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        FieldTable(Vec::new())
+    }
+
+    /// The value under `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&FieldValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`, replacing an existing entry.
+    pub fn insert(&mut self, key: impl Into<String>, value: FieldValue) {
+        let key = key.into();
+        if let Some(slot) = self.0.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else {
+            self.0.push((key, value));
+        }
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterates over the entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &FieldValue)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Whether both tables hold equivalent values under the same keys, in any order.
+    pub fn equivalent(&self, other: &FieldTable) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .all(|(k, v)| other.get(k).is_some_and(|o| v.equivalent(o)))
+    }
+}

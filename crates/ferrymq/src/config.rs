@@ -1,0 +1,75 @@
+//! Server configuration: defaults, overridden by an optional TOML file, overridden by flags.
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Effective server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: String,
+    /// AMQP port (0 picks a free one).
+    pub amqp_port: u16,
+    /// Where data is kept.
+    pub data_dir: PathBuf,
+    /// Log filter, e.g. `info` or `ferrymq=debug`.
+    pub log_level: String,
+    /// Largest AMQP frame offered to clients.
+    pub frame_max: u32,
+    /// Highest channel number offered to clients.
+    pub channel_max: u16,
+    /// Heartbeat interval offered to clients, in seconds.
+    pub heartbeat: u16,
+    /// Largest accepted message body, in bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "0.0.0.0".into(),
+            amqp_port: 5672,
+            data_dir: PathBuf::from("./ferrymq-data"),
+            log_level: "info".into(),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 128 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys not given keep their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Checks values a user could get wrong, with an actionable message.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.frame_max < 4096 {
+            anyhow::bail!("frame_max must be at least 4096 (the AMQP minimum), got {}", self.frame_max);
+        }
+        if self.channel_max == 0 {
+            anyhow::bail!("channel_max must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_typos() {
+        let c: Config = toml::from_str("amqp_port = 5999\nlog_level = \"debug\"").unwrap();
+        assert_eq!(c.amqp_port, 5999);
+        assert_eq!(c.bind, "0.0.0.0");
+        assert!(toml::from_str::<Config>("amqp_prot = 1").is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Wiring for the `ferrymq` binary: configuration and starting the listeners.
+//!
+//! Kept as a library so integration tests can run a broker in-process on a free port.
+
+pub mod config;
+
+use anyhow::Context;
+use config::Config;
+use ferrymq_amqp::{AmqpConfig, AmqpServer};
+use ferrymq_core::{Broker, BrokerConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running broker.
+pub struct Running {
+    /// The shared broker state.
+    pub broker: Arc<Broker>,
+    /// Where the AMQP listener is bound.
+    pub amqp_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes every connection with 320 CONNECTION_FORCED and waits.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the listeners described by `cfg` and starts serving.
+pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let broker = Broker::new(BrokerConfig {
+        max_message_size: cfg.max_message_size,
+        ..BrokerConfig::default()
+    });
+    let addr: SocketAddr = format!("{}:{}", cfg.bind, cfg.amqp_port)
+        .parse()
+        .with_context(|| format!("invalid bind address {}:{}", cfg.bind, cfg.amqp_port))?;
+    let amqp = AmqpServer::bind(
+        addr,
+        broker.clone(),
+        AmqpConfig {
+            frame_max: cfg.frame_max,
+            channel_max: cfg.channel_max,
+            heartbeat: cfg.heartbeat,
+            ..AmqpConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
+    let amqp_addr = amqp.local_addr()?;
+    tracing::info!("AMQP listening on {amqp_addr}");
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(amqp.run(rx));
+    Ok(Running {
+        broker,
+        amqp_addr,
+        shutdown: tx,
+        task,
+    })
+}

@@ -1,0 +1,94 @@
+//! The `ferrymq` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferrymq::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "ferrymq", version, about = "FerryMQ message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// AMQP port; 0 picks a free port [default: 5672].
+    #[arg(long, value_name = "PORT")]
+    amqp_port: Option<u16>,
+    /// Data directory [default: ./ferrymq-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log level or filter, e.g. info, debug, ferrymq_amqp=trace [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(a) => server(a),
+    }
+}
+
+fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.bind {
+        cfg.bind = v;
+    }
+    if let Some(v) = a.amqp_port {
+        cfg.amqp_port = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.log_level {
+        cfg.log_level = v;
+    }
+    cfg.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .with_context(|| format!("invalid --log-level '{}'", cfg.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async {
+        let running = ferrymq::start(&cfg).await?;
+        tracing::info!("FerryMQ {} started, data dir {}", env!("CARGO_PKG_VERSION"), cfg.data_dir.display());
+        wait_for_signal().await?;
+        tracing::info!("shutting down: closing client connections");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot install SIGINT handler")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
