@@ -26,8 +26,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the main loop ended.
 enum End {
-    /// Clean close handshake completed, or the peer went away.
+    /// The peer went away, or our close handshake completed.
     Done,
+    /// The client sent connection.close: reply close-ok after cleaning up.
+    ClientClosed,
     /// We must send connection.close and wait for close-ok.
     Close(AmqpError),
 }
@@ -271,6 +273,7 @@ impl Connection {
     async fn run(&mut self, mut ctx: ConnCtx, mut ev_rx: mpsc::UnboundedReceiver<ConnEvent>) {
         let mut channels: HashMap<u16, Channel> = HashMap::new();
         let end = self.main_loop(&mut ctx, &mut channels, &mut ev_rx).await;
+        let client_closed = matches!(end, End::ClientClosed);
         if let End::Close(e) = end {
             self.close_with(e, &mut channels, Some(&ctx)).await;
         }
@@ -279,6 +282,17 @@ impl Connection {
         }
         for q in ctx.exclusive_queues.drain(..) {
             ctx.vhost.remove_queue(&q, None);
+        }
+        if client_closed {
+            // Cleanup is done before close-ok so a client that reconnects sees its exclusive
+            // queues gone. Then let the client close the socket first: some clients (lapin)
+            // report an error if our FIN arrives together with close-ok.
+            self.send(0, ConnectionCloseOk {});
+            let linger = async {
+                let mut scratch = [0u8; 1024];
+                while matches!(self.rd.read(&mut scratch).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
         }
     }
 
@@ -296,10 +310,6 @@ impl Connection {
         let mut blocked_rx = self.broker.blocked();
         let mut blocked = blocked_rx.borrow_and_update().clone();
         let mut blocked_sent = false;
-        if blocked.is_some() && ctx.caps.connection_blocked {
-            self.send(0, ConnectionBlocked { reason: blocked.clone().unwrap_or_default() });
-            blocked_sent = true;
-        }
         loop {
             // Process every complete frame already buffered.
             loop {
@@ -309,7 +319,7 @@ impl Connection {
                 match decode_frame(&mut self.rbuf, self.frame_max) {
                     Ok(Some(f)) => match self.handle_frame(ctx, channels, f) {
                         Ok(true) => {}
-                        Ok(false) => return End::Done,
+                        Ok(false) => return End::ClientClosed,
                         Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
                         Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
                             tracing::debug!(peer = %self.peer, channel, code, "channel error: {text}");
@@ -328,7 +338,17 @@ impl Connection {
             for ch in channels.values_mut() {
                 ch.flush_confirms(ctx);
             }
+            // As RabbitMQ: only connections that publish are held (and told so); consumers
+            // keep draining during an alarm.
             let hold_reads = blocked.is_some() && ctx.has_published;
+            if ctx.caps.connection_blocked && hold_reads != blocked_sent {
+                if hold_reads {
+                    self.send(0, ConnectionBlocked { reason: blocked.clone().unwrap_or_default() });
+                } else {
+                    self.send(0, ConnectionUnblocked {});
+                }
+                blocked_sent = hold_reads;
+            }
             tokio::select! {
                 r = self.rd.read_buf(&mut self.rbuf), if !hold_reads => {
                     match r {
@@ -362,19 +382,6 @@ impl Connection {
                 }
                 _ = blocked_rx.changed() => {
                     blocked = blocked_rx.borrow_and_update().clone();
-                    if ctx.caps.connection_blocked {
-                        match (&blocked, blocked_sent) {
-                            (Some(reason), false) => {
-                                self.send(0, ConnectionBlocked { reason: reason.clone() });
-                                blocked_sent = true;
-                            }
-                            (None, true) => {
-                                self.send(0, ConnectionUnblocked {});
-                                blocked_sent = false;
-                            }
-                            _ => {}
-                        }
-                    }
                     // While held, the peer's silence is our doing: restart the clock.
                     last_recv = Instant::now();
                 }
@@ -404,10 +411,12 @@ impl Connection {
             Frame::Method { channel: 0, method } => match method {
                 Method::ConnectionClose(c) => {
                     tracing::debug!(peer = %self.peer, code = c.reply_code, "client closed connection: {}", c.reply_text);
-                    self.send(0, ConnectionCloseOk {});
                     Ok(false)
                 }
-                Method::ConnectionCloseOk(_) => Ok(false),
+                Method::ConnectionCloseOk(_) => Err(AmqpError::conn(
+                    code::COMMAND_INVALID,
+                    "connection.close-ok received but the server did not close the connection",
+                )),
                 Method::ConnectionUpdateSecret(_) => {
                     self.send(0, ConnectionUpdateSecretOk {});
                     Ok(true)

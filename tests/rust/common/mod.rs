@@ -1,0 +1,142 @@
+//! Shared helpers: an in-process broker on a free port with a temporary data dir, and small
+//! wrappers around lapin.
+#![allow(dead_code)]
+
+use ferrymq::config::Config;
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use std::time::Duration;
+
+/// Upper bound for anything a test waits for; generous because CI machines are shared.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A broker running inside the test process.
+pub struct TestBroker {
+    pub running: Option<ferrymq::Running>,
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    /// The AMQP URI of the default vhost.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// The broker state, for tests that raise alarms.
+    pub fn broker(&self) -> &std::sync::Arc<ferrymq_core::Broker> {
+        &self.running.as_ref().expect("running").broker
+    }
+
+    /// Shuts the broker down.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// Starts a broker with default settings on a free loopback port.
+pub async fn start() -> TestBroker {
+    start_with(|_| {}).await
+}
+
+/// Starts a broker after letting the test adjust its configuration.
+pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestBroker {
+    if let Ok(filter) = std::env::var("FERRYMQ_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = Config {
+        bind: "127.0.0.1".into(),
+        amqp_port: 0,
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    f(&mut cfg);
+    let running = ferrymq::start(&cfg).await.expect("broker starts");
+    TestBroker {
+        addr: running.amqp_addr,
+        running: Some(running),
+        _dir: dir,
+    }
+}
+
+/// Opens a lapin connection.
+pub async fn connect(b: &TestBroker) -> Connection {
+    Connection::connect(&b.uri(), ConnectionProperties::default())
+        .await
+        .expect("lapin connects")
+}
+
+/// Opens a connection and one channel.
+pub async fn channel(b: &TestBroker) -> (Connection, Channel) {
+    let c = connect(b).await;
+    let ch = c.create_channel().await.expect("channel opens");
+    (c, ch)
+}
+
+/// The AMQP reply code carried by a lapin error, if it is a protocol error.
+pub fn code(e: &lapin::Error) -> Option<u16> {
+    match e {
+        lapin::Error::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+/// The reply text carried by a lapin error.
+pub fn text(e: &lapin::Error) -> String {
+    match e {
+        lapin::Error::ProtocolError(p) => p.get_message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Declares a plain transient queue.
+pub async fn queue(ch: &Channel, name: &str) -> lapin::Queue {
+    ch.queue_declare(name, QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("queue.declare")
+}
+
+/// Publishes a body and waits for the publish to be sent (and confirmed, in confirm mode).
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    ch.basic_publish(exchange, key, BasicPublishOptions::default(), body, BasicProperties::default())
+        .await
+        .expect("basic.publish")
+        .await
+        .expect("publish settled");
+}
+
+/// Starts a consumer with manual acks.
+pub async fn consume(ch: &Channel, queue: &str, tag: &str) -> Consumer {
+    ch.basic_consume(queue, tag, BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("basic.consume")
+}
+
+/// Waits for the next delivery.
+pub async fn next(c: &mut Consumer) -> Delivery {
+    tokio::time::timeout(WAIT, c.next())
+        .await
+        .expect("a delivery within the wait limit")
+        .expect("consumer still open")
+        .expect("delivery ok")
+}
+
+/// Waits until `f` returns true, polling; panics after [`WAIT`].
+pub async fn eventually<F: FnMut() -> bool>(mut f: F, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Basic.get with ack required; None when the queue is empty.
+pub async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    ch.basic_get(queue, BasicGetOptions::default()).await.expect("basic.get")
+}
