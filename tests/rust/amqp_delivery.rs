@@ -12,10 +12,17 @@ use lapin::{BasicProperties, Channel};
 use std::sync::{Arc, Mutex};
 
 async fn ready_count(ch: &Channel, q: &str) -> u32 {
-    ch.queue_declare(q, QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .expect("passive declare")
-        .message_count()
+    ch.queue_declare(
+        q,
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
 }
 
 /// Captures the error that closes a channel (lapin reports async closes through on_error).
@@ -34,7 +41,11 @@ async fn consume_ack_and_server_generated_tag() {
     let (_c, ch) = channel(&b).await;
     queue(&ch, "q").await;
     let mut consumer = consume(&ch, "q", "").await;
-    assert!(consumer.tag().as_str().starts_with("amq.ctag-"), "{}", consumer.tag());
+    assert!(
+        consumer.tag().as_str().starts_with("amq.ctag-"),
+        "{}",
+        consumer.tag()
+    );
     for i in 0..10u8 {
         publish(&ch, "", "q", &[i]).await;
     }
@@ -69,7 +80,10 @@ async fn prefetch_one_gives_fair_dispatch() {
     assert_eq!(ready_count(&ch_a, "work").await, 2);
     da.ack(BasicAckOptions::default()).await.unwrap();
     let da2 = next(&mut a).await;
-    assert_eq!(da2.data[0], 2, "the consumer that acked gets the next message");
+    assert_eq!(
+        da2.data[0], 2,
+        "the consumer that acked gets the next message"
+    );
     assert_eq!(ready_count(&ch_a, "work").await, 1);
     b.stop().await;
 }
@@ -80,7 +94,9 @@ async fn global_qos_limits_the_whole_channel() {
     let (_c, ch) = channel(&b).await;
     queue(&ch, "q1").await;
     queue(&ch, "q2").await;
-    ch.basic_qos(2, BasicQosOptions { global: true }).await.unwrap();
+    ch.basic_qos(2, BasicQosOptions { global: true })
+        .await
+        .unwrap();
     let mut c1 = consume(&ch, "q1", "c1").await;
     let _c2 = consume(&ch, "q2", "c2").await;
     for _ in 0..3 {
@@ -88,7 +104,10 @@ async fn global_qos_limits_the_whole_channel() {
         publish(&ch, "", "q2", b"2").await;
     }
     let total_ready = ready_count(&ch, "q1").await + ready_count(&ch, "q2").await;
-    assert_eq!(total_ready, 4, "only 2 deliveries outstanding on the channel");
+    assert_eq!(
+        total_ready, 4,
+        "only 2 deliveries outstanding on the channel"
+    );
     let d = next(&mut c1).await;
     d.ack(BasicAckOptions::default()).await.unwrap();
     eventually_ready(&ch, 3).await;
@@ -102,7 +121,10 @@ async fn eventually_ready(ch: &Channel, want: u32) {
         if n == want {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "ready count stuck at {n}, want {want}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready count stuck at {n}, want {want}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -113,7 +135,15 @@ async fn no_ack_consumer_settles_on_delivery() {
     let (_c, ch) = channel(&b).await;
     queue(&ch, "q").await;
     let mut consumer = ch
-        .basic_consume("q", "na", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            "q",
+            "na",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     for _ in 0..5 {
@@ -122,7 +152,9 @@ async fn no_ack_consumer_settles_on_delivery() {
     for _ in 0..5 {
         next(&mut consumer).await;
     }
-    ch.basic_cancel("na", BasicCancelOptions::default()).await.unwrap();
+    ch.basic_cancel("na", BasicCancelOptions::default())
+        .await
+        .unwrap();
     assert_eq!(ready_count(&ch, "q").await, 0);
     b.stop().await;
 }
@@ -135,11 +167,27 @@ async fn exclusive_consumer_refuses_others() {
     queue(&ch, "q").await;
     // lapin cancels a consumer when its handle drops, so keep it.
     let _solo = ch
-        .basic_consume("q", "solo", BasicConsumeOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            "q",
+            "solo",
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let ch2 = c.create_channel().await.unwrap();
-    let e = ch2.basic_consume("q", "other", BasicConsumeOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch2
+        .basic_consume(
+            "q",
+            "other",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(403));
     assert!(text(&e).contains("in exclusive use"), "{e}");
     // And an exclusive consumer cannot join a queue that has consumers.
@@ -147,7 +195,15 @@ async fn exclusive_consumer_refuses_others() {
     queue(&ch3, "shared").await;
     let _first = consume(&ch3, "shared", "first").await;
     let e = ch3
-        .basic_consume("shared", "second", BasicConsumeOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            "shared",
+            "second",
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(403));
@@ -160,7 +216,15 @@ async fn reusing_a_consumer_tag_is_530() {
     let (_c, ch) = channel(&b).await;
     queue(&ch, "q").await;
     let _dup = consume(&ch, "q", "dup").await;
-    let e = ch.basic_consume("q", "dup", BasicConsumeOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .basic_consume(
+            "q",
+            "dup",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(530), "{e}");
     b.stop().await;
 }
@@ -172,9 +236,16 @@ async fn deleting_a_queue_cancels_its_consumers() {
     queue(&ch, "doomed").await;
     let mut consumer = consume(&ch, "doomed", "watcher").await;
     let (_c2, ch2) = channel(&b).await;
-    ch2.queue_delete("doomed", QueueDeleteOptions::default()).await.unwrap();
-    let end = tokio::time::timeout(WAIT, consumer.next()).await.expect("consumer ends");
-    assert!(end.is_none(), "basic.cancel from the server ends the consumer stream");
+    ch2.queue_delete("doomed", QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("consumer ends");
+    assert!(
+        end.is_none(),
+        "basic.cancel from the server ends the consumer stream"
+    );
     b.stop().await;
 }
 
@@ -189,13 +260,32 @@ async fn reject_requeues_to_its_original_place_with_redelivered() {
     let m1 = get(&ch, "q").await.unwrap();
     let m2 = get(&ch, "q").await.unwrap();
     assert_eq!((m1.delivery.data[0], m2.delivery.data[0]), (1, 2));
-    m1.delivery.acker.reject(BasicRejectOptions { requeue: true }).await.unwrap();
+    m1.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
     let again = get(&ch, "q").await.unwrap();
-    assert_eq!(again.delivery.data[0], 1, "requeued message goes back to its place, not the tail");
+    assert_eq!(
+        again.delivery.data[0], 1,
+        "requeued message goes back to its place, not the tail"
+    );
     assert!(again.delivery.redelivered);
     // nack without requeue drops the message.
-    m2.delivery.acker.nack(BasicNackOptions { requeue: false, ..Default::default() }).await.unwrap();
-    again.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+    m2.delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    again
+        .delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
     let m3 = get(&ch, "q").await.unwrap();
     assert_eq!(m3.delivery.data[0], 3);
     assert!(!m3.delivery.redelivered);
@@ -216,10 +306,14 @@ async fn ack_multiple_and_requeue_on_channel_close() {
     for _ in 0..3 {
         tags.push(get(&ch, "q").await.unwrap().delivery.delivery_tag);
     }
-    ch.basic_ack(tags[1], BasicAckOptions { multiple: true }).await.unwrap();
+    ch.basic_ack(tags[1], BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
     ch.close(200, "done").await.unwrap();
     let ch2 = c.create_channel().await.unwrap();
-    let m = get(&ch2, "q").await.expect("unacked message requeued when its channel closed");
+    let m = get(&ch2, "q")
+        .await
+        .expect("unacked message requeued when its channel closed");
     assert_eq!(m.delivery.data, vec![3]);
     assert!(m.delivery.redelivered);
     assert!(get(&ch2, "q").await.is_none());
@@ -268,14 +362,19 @@ async fn recover_requeues_unacked_and_requeue_false_is_540() {
     get(&ch, "q").await.unwrap();
     get(&ch, "q").await.unwrap();
     assert_eq!(ready_count(&ch, "q").await, 0);
-    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
     assert_eq!(ready_count(&ch, "q").await, 2);
     let m = get(&ch, "q").await.unwrap();
     assert_eq!(m.delivery.data, b"a");
     assert!(m.delivery.redelivered);
 
     let (c2, ch2) = channel(&b).await;
-    let e = ch2.basic_recover(BasicRecoverOptions { requeue: false }).await.unwrap_err();
+    let e = ch2
+        .basic_recover(BasicRecoverOptions { requeue: false })
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(540), "{e}");
     eventually(|| !c2.status().connected(), "connection closed").await;
     b.stop().await;
@@ -285,14 +384,22 @@ async fn recover_requeues_unacked_and_requeue_false_is_540() {
 async fn confirms_ack_every_publish_and_mandatory_returns_312() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     queue(&ch, "q").await;
     let mut pending = Vec::new();
     for i in 0..200u32 {
         pending.push(
-            ch.basic_publish("", "q", BasicPublishOptions::default(), &i.to_be_bytes(), BasicProperties::default())
-                .await
-                .unwrap(),
+            ch.basic_publish(
+                "",
+                "q",
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
         );
     }
     for p in pending {
@@ -300,7 +407,16 @@ async fn confirms_ack_every_publish_and_mandatory_returns_312() {
     }
     assert_eq!(ready_count(&ch, "q").await, 200);
     let conf = ch
-        .basic_publish("", "nowhere", BasicPublishOptions { mandatory: true, ..Default::default() }, b"lost", BasicProperties::default())
+        .basic_publish(
+            "",
+            "nowhere",
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"lost",
+            BasicProperties::default(),
+        )
         .await
         .unwrap()
         .await
@@ -321,21 +437,39 @@ async fn tx_commit_and_rollback_cover_publishes_and_acks() {
     ch.tx_select().await.unwrap();
     publish(&ch, "", "q", b"1").await;
     publish(&ch, "", "q", b"2").await;
-    assert_eq!(ready_count(&observer, "q").await, 0, "nothing visible before commit");
+    assert_eq!(
+        ready_count(&observer, "q").await,
+        0,
+        "nothing visible before commit"
+    );
     ch.tx_commit().await.unwrap();
     assert_eq!(ready_count(&observer, "q").await, 2);
     publish(&ch, "", "q", b"3").await;
     ch.tx_rollback().await.unwrap();
-    assert_eq!(ready_count(&observer, "q").await, 2, "rolled back publish discarded");
+    assert_eq!(
+        ready_count(&observer, "q").await,
+        2,
+        "rolled back publish discarded"
+    );
 
     let m = get(&ch, "q").await.unwrap();
-    m.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+    m.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
     ch.tx_rollback().await.unwrap();
     // The ack was rolled back: the delivery is still unacked, so it can be acked now.
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
     ch.tx_commit().await.unwrap();
     ch.close(200, "bye").await.unwrap();
-    assert_eq!(ready_count(&observer, "q").await, 1, "committed ack removed the message");
+    assert_eq!(
+        ready_count(&observer, "q").await,
+        1,
+        "committed ack removed the message"
+    );
 
     let e = observer.tx_commit().await.unwrap_err();
     assert_eq!(code(&e), Some(406));
@@ -346,12 +480,17 @@ async fn tx_commit_and_rollback_cover_publishes_and_acks() {
 async fn confirm_and_tx_modes_exclude_each_other() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let e = ch.tx_select().await.unwrap_err();
     assert_eq!(code(&e), Some(406));
     let ch = c.create_channel().await.unwrap();
     ch.tx_select().await.unwrap();
-    let e = ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap_err();
+    let e = ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     b.stop().await;
 }
@@ -362,13 +501,20 @@ async fn channel_flow_pauses_deliveries() {
     let (c, ch) = channel(&b).await;
     queue(&ch, "q").await;
     let mut consumer = consume(&ch, "q", "c").await;
-    ch.channel_flow(ChannelFlowOptions { active: false }).await.unwrap();
+    ch.channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .unwrap();
     let publisher = c.create_channel().await.unwrap();
-    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     publish(&publisher, "", "q", b"held").await;
     // Delivery happens while routing, before the confirm; with flow off it stays queued.
     assert_eq!(ready_count(&publisher, "q").await, 1);
-    ch.channel_flow(ChannelFlowOptions { active: true }).await.unwrap();
+    ch.channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .unwrap();
     assert_eq!(next(&mut consumer).await.data, b"held");
     b.stop().await;
 }
@@ -382,9 +528,17 @@ async fn publishing_connection_is_told_blocked_and_unblocked() {
     queue(&pub_ch, "q").await;
     publish(&pub_ch, "", "q", b"before").await;
     b.broker().set_blocked(Some("low on memory".into()));
-    eventually(|| pc.status().blocked(), "connection.blocked seen by the client").await;
+    eventually(
+        || pc.status().blocked(),
+        "connection.blocked seen by the client",
+    )
+    .await;
     b.broker().set_blocked(None);
-    eventually(|| !pc.status().blocked(), "connection.unblocked seen by the client").await;
+    eventually(
+        || !pc.status().blocked(),
+        "connection.unblocked seen by the client",
+    )
+    .await;
     publish(&pub_ch, "", "q", b"after").await;
     assert_eq!(ready_count(&pub_ch, "q").await, 2);
     b.stop().await;
@@ -399,44 +553,86 @@ async fn direct_reply_to_rpc() {
 
     let (_cc, client) = channel(&b).await;
     let mut replies = client
-        .basic_consume("amq.rabbitmq.reply-to", "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            "amq.rabbitmq.reply-to",
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     client
-        .basic_publish("", "rpc", BasicPublishOptions::default(), b"2+2",
-            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()).with_correlation_id("c-1".into()))
+        .basic_publish(
+            "",
+            "rpc",
+            BasicPublishOptions::default(),
+            b"2+2",
+            BasicProperties::default()
+                .with_reply_to("amq.rabbitmq.reply-to".into())
+                .with_correlation_id("c-1".into()),
+        )
         .await
         .unwrap();
     let req = next(&mut requests).await;
-    let reply_to = req.properties.reply_to().clone().expect("reply_to").to_string();
+    let reply_to = req
+        .properties
+        .reply_to()
+        .clone()
+        .expect("reply_to")
+        .to_string();
     assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{reply_to}");
     server
-        .basic_publish("", &reply_to, BasicPublishOptions::default(), b"4",
-            BasicProperties::default().with_correlation_id(req.properties.correlation_id().clone().unwrap()))
+        .basic_publish(
+            "",
+            &reply_to,
+            BasicPublishOptions::default(),
+            b"4",
+            BasicProperties::default()
+                .with_correlation_id(req.properties.correlation_id().clone().unwrap()),
+        )
         .await
         .unwrap();
     req.ack(BasicAckOptions::default()).await.unwrap();
     let rep = next(&mut replies).await;
     assert_eq!(rep.data, b"4");
-    assert_eq!(rep.properties.correlation_id().as_ref().map(|s| s.as_str()), Some("c-1"));
+    assert_eq!(
+        rep.properties.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("c-1")
+    );
 
     // Without a reply consumer on the channel the publish is refused.
     let (_c3, other) = channel(&b).await;
     let err = capture_errors(&other);
     other
-        .basic_publish("", "rpc", BasicPublishOptions::default(), b"x",
-            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()))
+        .basic_publish(
+            "",
+            "rpc",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
         .await
         .unwrap();
     eventually(|| err.lock().unwrap().is_some(), "channel error").await;
     let e = err.lock().unwrap().take().unwrap();
     assert_eq!(code(&e), Some(406));
-    assert!(text(&e).contains("fast reply consumer does not exist"), "{e}");
+    assert!(
+        text(&e).contains("fast reply consumer does not exist"),
+        "{e}"
+    );
 
     // Reply consumers must be no-ack.
     let (_c4, acking) = channel(&b).await;
     let e = acking
-        .basic_consume("amq.rabbitmq.reply-to", "", BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "amq.rabbitmq.reply-to",
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
@@ -449,13 +645,22 @@ async fn oversize_message_is_refused_with_406_and_connection_survives() {
     let (c, ch) = channel(&b).await;
     queue(&ch, "q").await;
     let err = capture_errors(&ch);
-    ch.basic_publish("", "q", BasicPublishOptions::default(), &[0u8; 2048], BasicProperties::default())
-        .await
-        .unwrap();
+    ch.basic_publish(
+        "",
+        "q",
+        BasicPublishOptions::default(),
+        &[0u8; 2048],
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
     eventually(|| err.lock().unwrap().is_some(), "channel error").await;
     let e = err.lock().unwrap().take().unwrap();
     assert_eq!(code(&e), Some(406));
-    assert!(text(&e).contains("larger than configured max size 1024"), "{e}");
+    assert!(
+        text(&e).contains("larger than configured max size 1024"),
+        "{e}"
+    );
     let ch2 = c.create_channel().await.unwrap();
     publish(&ch2, "", "q", &[1u8; 1000]).await;
     assert_eq!(get(&ch2, "q").await.unwrap().delivery.data.len(), 1000);
@@ -484,7 +689,15 @@ async fn fanout_delivers_one_copy_per_queue() {
     for i in 0..5 {
         let q = format!("f{i}");
         queue(&ch, &q).await;
-        ch.queue_bind(&q, "amq.fanout", "", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(
+            &q,
+            "amq.fanout",
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
         consumers.push(consume(&ch, &q, "").await);
     }
     publish(&ch, "amq.fanout", "", b"broadcast").await;

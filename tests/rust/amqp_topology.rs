@@ -23,7 +23,9 @@ fn s(v: &str) -> AMQPValue {
 async fn wrong_password_is_refused_with_403() {
     let b = start().await;
     let uri = format!("amqp://guest:nope@{}/%2f", b.addr);
-    let e = Connection::connect(&uri, ConnectionProperties::default()).await.unwrap_err();
+    let e = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(403), "{e}");
     b.stop().await;
 }
@@ -32,7 +34,9 @@ async fn wrong_password_is_refused_with_403() {
 async fn unknown_vhost_is_refused_with_530() {
     let b = start().await;
     let uri = format!("amqp://guest:guest@{}/nosuch", b.addr);
-    let e = Connection::connect(&uri, ConnectionProperties::default()).await.unwrap_err();
+    let e = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(530), "{e}");
     assert!(text(&e).contains("nosuch"), "{e}");
     b.stop().await;
@@ -42,30 +46,62 @@ async fn unknown_vhost_is_refused_with_530() {
 async fn exchange_declare_passive_and_redeclare_rules() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    ch.exchange_declare("logs", ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-    // Same declaration again is fine; passive finds it.
-    ch.exchange_declare("logs", ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
     ch.exchange_declare(
         "logs",
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions { passive: true, ..Default::default() },
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // Same declaration again is fine; passive finds it.
+    ch.exchange_declare(
+        "logs",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_declare(
+        "logs",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await
     .unwrap();
     // The standard exchanges exist.
-    for x in ["amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match"] {
-        ch.exchange_declare(x, ExchangeKind::Direct, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await
-            .unwrap();
+    for x in [
+        "amq.direct",
+        "amq.fanout",
+        "amq.topic",
+        "amq.headers",
+        "amq.match",
+    ] {
+        ch.exchange_declare(
+            x,
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
     // Different type: 406 and the channel closes.
     let e = ch
-        .exchange_declare("logs", ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "logs",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
@@ -73,7 +109,15 @@ async fn exchange_declare_passive_and_redeclare_rules() {
 
     let ch = c.create_channel().await.unwrap();
     let e = ch
-        .exchange_declare("nope", ExchangeKind::Direct, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .exchange_declare(
+            "nope",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(404));
@@ -81,13 +125,21 @@ async fn exchange_declare_passive_and_redeclare_rules() {
 
     let ch = c.create_channel().await.unwrap();
     let e = ch
-        .exchange_declare("amq.mine", ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "amq.mine",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(403));
 
     let ch = c.create_channel().await.unwrap();
-    let e = ch.exchange_delete("", ExchangeDeleteOptions::default()).await.unwrap_err();
+    let e = ch
+        .exchange_delete("", ExchangeDeleteOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(403));
     b.stop().await;
 }
@@ -97,7 +149,12 @@ async fn unknown_exchange_type_closes_connection_with_503() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
     let e = ch
-        .exchange_declare("x", ExchangeKind::Custom("bogus".into()), ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "x",
+            ExchangeKind::Custom("bogus".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(503), "{e}");
@@ -109,15 +166,49 @@ async fn unknown_exchange_type_closes_connection_with_503() {
 async fn exchange_delete_if_unused() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    ch.exchange_declare("x", ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    ch.exchange_declare(
+        "x",
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     queue(&ch, "q").await;
-    ch.queue_bind("q", "x", "k", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    let e = ch.exchange_delete("x", ExchangeDeleteOptions { if_unused: true, ..Default::default() }).await.unwrap_err();
+    ch.queue_bind(
+        "q",
+        "x",
+        "k",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .exchange_delete(
+            "x",
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     let ch = c.create_channel().await.unwrap();
-    ch.exchange_delete("x", ExchangeDeleteOptions::default()).await.unwrap();
+    ch.exchange_delete("x", ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
     let e = ch
-        .exchange_declare("x", ExchangeKind::Direct, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .exchange_declare(
+            "x",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(404));
@@ -131,14 +222,68 @@ async fn direct_fanout_and_exchange_to_exchange_routing() {
     for q in ["d1", "d2", "f1", "f2"] {
         queue(&ch, q).await;
     }
-    ch.exchange_declare("dx", ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default()).await.unwrap();
-    ch.exchange_declare("fx", ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("d1", "dx", "red", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("d2", "dx", "blue", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("f1", "fx", "", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("f2", "fx", "ignored", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    ch.exchange_declare(
+        "dx",
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_declare(
+        "fx",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "d1",
+        "dx",
+        "red",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "d2",
+        "dx",
+        "blue",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "f1",
+        "fx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "f2",
+        "fx",
+        "ignored",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     // fx receives everything dx routes with key "red".
-    ch.exchange_bind("fx", "dx", "red", ExchangeBindOptions::default(), FieldTable::default()).await.unwrap();
+    ch.exchange_bind(
+        "fx",
+        "dx",
+        "red",
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 
     publish(&ch, "dx", "red", b"r").await;
     publish(&ch, "dx", "blue", b"b").await;
@@ -153,8 +298,18 @@ async fn direct_fanout_and_exchange_to_exchange_routing() {
         assert!(get(&ch, q).await.is_none(), "{q} should be empty");
     }
 
-    ch.exchange_unbind("fx", "dx", "red", ExchangeUnbindOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_unbind("d1", "dx", "red", FieldTable::default()).await.unwrap();
+    ch.exchange_unbind(
+        "fx",
+        "dx",
+        "red",
+        ExchangeUnbindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_unbind("d1", "dx", "red", FieldTable::default())
+        .await
+        .unwrap();
     publish(&ch, "dx", "red", b"r2").await;
     assert!(get(&ch, "d1").await.is_none());
     assert!(get(&ch, "f1").await.is_none());
@@ -165,10 +320,24 @@ async fn direct_fanout_and_exchange_to_exchange_routing() {
 async fn topic_routing_matches_rabbitmq() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    let binds = [("q_star", "*.orange.*"), ("q_rabbit", "*.*.rabbit"), ("q_lazy", "lazy.#"), ("q_all", "#"), ("q_empty", "")];
+    let binds = [
+        ("q_star", "*.orange.*"),
+        ("q_rabbit", "*.*.rabbit"),
+        ("q_lazy", "lazy.#"),
+        ("q_all", "#"),
+        ("q_empty", ""),
+    ];
     for (q, k) in binds {
         queue(&ch, q).await;
-        ch.queue_bind(q, "amq.topic", k, QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(
+            q,
+            "amq.topic",
+            k,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
     let cases: &[(&str, &[&str])] = &[
         ("quick.orange.rabbit", &["q_star", "q_rabbit", "q_all"]),
@@ -185,7 +354,11 @@ async fn topic_routing_matches_rabbitmq() {
             if want.contains(&q) {
                 let m = got.unwrap_or_else(|| panic!("{q} should get {key:?}"));
                 assert_eq!(m.delivery.data, key.as_bytes());
-                m.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+                m.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
             } else {
                 assert!(got.is_none(), "{q} should not get {key:?}");
             }
@@ -200,15 +373,46 @@ async fn headers_exchange_all_and_any() {
     let (_c, ch) = channel(&b).await;
     queue(&ch, "all").await;
     queue(&ch, "any").await;
-    ch.queue_bind("all", "amq.headers", "", QueueBindOptions::default(),
-        table(&[("x-match", s("all")), ("format", s("pdf")), ("type", s("report"))])).await.unwrap();
-    ch.queue_bind("any", "amq.headers", "", QueueBindOptions::default(),
-        table(&[("x-match", s("any")), ("format", s("pdf")), ("type", s("report"))])).await.unwrap();
+    ch.queue_bind(
+        "all",
+        "amq.headers",
+        "",
+        QueueBindOptions::default(),
+        table(&[
+            ("x-match", s("all")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "any",
+        "amq.headers",
+        "",
+        QueueBindOptions::default(),
+        table(&[
+            ("x-match", s("any")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]),
+    )
+    .await
+    .unwrap();
     let send = |h: FieldTable| {
         let ch = ch.clone();
         async move {
-            ch.basic_publish("amq.headers", "", BasicPublishOptions::default(), b"m", BasicProperties::default().with_headers(h))
-                .await.unwrap().await.unwrap();
+            ch.basic_publish(
+                "amq.headers",
+                "",
+                BasicPublishOptions::default(),
+                b"m",
+                BasicProperties::default().with_headers(h),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         }
     };
     send(table(&[("format", s("pdf")), ("type", s("report"))])).await;
@@ -227,13 +431,42 @@ async fn headers_exchange_all_and_any() {
 async fn alternate_exchange_receives_unroutable_messages() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    ch.exchange_declare("ae", ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default()).await.unwrap();
-    ch.exchange_declare("main", ExchangeKind::Direct, ExchangeDeclareOptions::default(),
-        table(&[("alternate-exchange", s("ae"))])).await.unwrap();
+    ch.exchange_declare(
+        "ae",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_declare(
+        "main",
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        table(&[("alternate-exchange", s("ae"))]),
+    )
+    .await
+    .unwrap();
     queue(&ch, "unrouted").await;
     queue(&ch, "routed").await;
-    ch.queue_bind("unrouted", "ae", "", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("routed", "main", "ok", QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    ch.queue_bind(
+        "unrouted",
+        "ae",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "routed",
+        "main",
+        "ok",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     publish(&ch, "main", "ok", b"1").await;
     publish(&ch, "main", "other", b"2").await;
     assert_eq!(get(&ch, "routed").await.unwrap().delivery.data, b"1");
@@ -246,10 +479,29 @@ async fn alternate_exchange_receives_unroutable_messages() {
 async fn internal_exchange_refuses_direct_publish() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    ch.exchange_declare("int", ExchangeKind::Fanout, ExchangeDeclareOptions { internal: true, ..Default::default() }, FieldTable::default())
-        .await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let r = ch.basic_publish("int", "", BasicPublishOptions::default(), b"x", BasicProperties::default()).await;
+    ch.exchange_declare(
+        "int",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = ch
+        .basic_publish(
+            "int",
+            "",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
     let e = match r {
         Ok(confirm) => confirm.await.unwrap_err(),
         Err(e) => e,
@@ -262,14 +514,27 @@ async fn internal_exchange_refuses_direct_publish() {
 async fn publish_to_missing_exchange_closes_channel_with_404() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let r = ch.basic_publish("missing", "k", BasicPublishOptions::default(), b"x", BasicProperties::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = ch
+        .basic_publish(
+            "missing",
+            "k",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
     let e = match r {
         Ok(confirm) => confirm.await.unwrap_err(),
         Err(e) => e,
     };
     assert_eq!(code(&e), Some(404), "{e}");
-    assert!(c.status().connected(), "a channel error keeps the connection");
+    assert!(
+        c.status().connected(),
+        "a channel error keeps the connection"
+    );
     b.stop().await;
 }
 
@@ -277,20 +542,57 @@ async fn publish_to_missing_exchange_closes_channel_with_404() {
 async fn queue_declare_server_named_counts_and_passive() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    let q = ch.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     assert!(q.name().as_str().starts_with("amq.gen-"), "{}", q.name());
     queue(&ch, "counted").await;
     for _ in 0..3 {
         publish(&ch, "", "counted", b"m").await;
     }
     let _consumer = consume(&ch, q.name().as_str(), "c1").await;
-    let again = ch.queue_declare("counted", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let again = ch
+        .queue_declare(
+            "counted",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(again.message_count(), 3);
-    let e = ch.queue_declare("absent", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_declare(
+            "absent",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no queue 'absent' in vhost '/'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch.queue_declare("amq.reserved", QueueDeclareOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_declare(
+            "amq.reserved",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(403));
     b.stop().await;
 }
@@ -300,16 +602,44 @@ async fn queue_redeclare_with_other_arguments_is_406() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
     let args = table(&[("x-max-length", AMQPValue::LongInt(10))]);
-    ch.queue_declare("q", QueueDeclareOptions::default(), args.clone()).await.unwrap();
-    ch.queue_declare("q", QueueDeclareOptions::default(), args).await.unwrap();
-    let e = ch.queue_declare("q", QueueDeclareOptions::default(), table(&[("x-max-length", AMQPValue::LongInt(20))])).await.unwrap_err();
+    ch.queue_declare("q", QueueDeclareOptions::default(), args.clone())
+        .await
+        .unwrap();
+    ch.queue_declare("q", QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare(
+            "q",
+            QueueDeclareOptions::default(),
+            table(&[("x-max-length", AMQPValue::LongInt(20))]),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     assert!(text(&e).contains("inequivalent arg 'x-max-length'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch.queue_declare("q", QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_declare(
+            "q",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     let ch = c.create_channel().await.unwrap();
-    let e = ch.queue_declare("bad", QueueDeclareOptions::default(), table(&[("x-max-length", s("ten"))])).await.unwrap_err();
+    let e = ch
+        .queue_declare(
+            "bad",
+            QueueDeclareOptions::default(),
+            table(&[("x-max-length", s("ten"))]),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     assert!(text(&e).contains("x-max-length"), "{e}");
     b.stop().await;
@@ -319,12 +649,39 @@ async fn queue_redeclare_with_other_arguments_is_406() {
 async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
     let b = start().await;
     let (c1, ch1) = channel(&b).await;
-    ch1.queue_declare("mine", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch1.queue_declare(
+        "mine",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let (_c2, ch2) = channel(&b).await;
-    let e = ch2.queue_declare("mine", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let e = ch2
+        .queue_declare(
+            "mine",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(405), "{e}");
     let (_c3, ch3) = channel(&b).await;
-    let e = ch3.basic_consume("mine", "", BasicConsumeOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch3
+        .basic_consume(
+            "mine",
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(405));
     // Others may still publish to it (RPC reply queues rely on this).
     let (_c4, ch4) = channel(&b).await;
@@ -333,8 +690,22 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
     c1.close(200, "bye").await.unwrap();
     let ch5 = _c4.create_channel().await.unwrap();
     let vhost = b.broker().vhost("/").unwrap();
-    eventually(|| vhost.queue("mine", 0).is_err(), "exclusive queue deleted").await;
-    let e = ch5.queue_declare("mine", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    eventually(
+        || vhost.queue("mine", 0).is_err(),
+        "exclusive queue deleted",
+    )
+    .await;
+    let e = ch5
+        .queue_declare(
+            "mine",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(404));
     b.stop().await;
 }
@@ -347,14 +718,37 @@ async fn queue_purge_and_delete_conditions() {
     for _ in 0..4 {
         publish(&ch, "", "q", b"m").await;
     }
-    let e = ch.queue_delete("q", QueueDeleteOptions { if_empty: true, ..Default::default() }).await.unwrap_err();
+    let e = ch
+        .queue_delete(
+            "q",
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     assert!(text(&e).contains("is not empty"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    assert_eq!(ch.queue_purge("q", QueuePurgeOptions::default()).await.unwrap(), 4);
+    assert_eq!(
+        ch.queue_purge("q", QueuePurgeOptions::default())
+            .await
+            .unwrap(),
+        4
+    );
     let _consumer = consume(&ch, "q", "busy").await;
     let ch2 = c.create_channel().await.unwrap();
-    let e = ch2.queue_delete("q", QueueDeleteOptions { if_unused: true, ..Default::default() }).await.unwrap_err();
+    let e = ch2
+        .queue_delete(
+            "q",
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(406));
     assert!(text(&e).contains("in use"), "{e}");
     let ch3 = c.create_channel().await.unwrap();
@@ -362,9 +756,19 @@ async fn queue_purge_and_delete_conditions() {
     queue(&ch3, "full").await;
     publish(&ch3, "", "full", b"1").await;
     publish(&ch3, "", "full", b"2").await;
-    assert_eq!(ch3.queue_delete("full", QueueDeleteOptions::default()).await.unwrap(), 2);
+    assert_eq!(
+        ch3.queue_delete("full", QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+        2
+    );
     // Deleting a queue that does not exist succeeds, as in RabbitMQ.
-    assert_eq!(ch3.queue_delete("full", QueueDeleteOptions::default()).await.unwrap(), 0);
+    assert_eq!(
+        ch3.queue_delete("full", QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+        0
+    );
     b.stop().await;
 }
 
@@ -373,15 +777,42 @@ async fn bind_errors_name_the_missing_entity() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
     queue(&ch, "q").await;
-    let e = ch.queue_bind("q", "nox", "k", QueueBindOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_bind(
+            "q",
+            "nox",
+            "k",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no exchange 'nox'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch.queue_bind("noq", "amq.direct", "k", QueueBindOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_bind(
+            "noq",
+            "amq.direct",
+            "k",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no queue 'noq'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch.queue_bind("q", "", "k", QueueBindOptions::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_bind(
+            "q",
+            "",
+            "k",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(403));
     b.stop().await;
 }
@@ -390,13 +821,45 @@ async fn bind_errors_name_the_missing_entity() {
 async fn auto_delete_queue_goes_with_its_last_consumer() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    ch.queue_declare("ad", QueueDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.queue_declare(
+        "ad",
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let _c1 = consume(&ch, "ad", "c1").await;
     let _c2 = consume(&ch, "ad", "c2").await;
-    ch.basic_cancel("c1", BasicCancelOptions::default()).await.unwrap();
-    ch.queue_declare("ad", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    ch.basic_cancel("c2", BasicCancelOptions::default()).await.unwrap();
-    let e = ch.queue_declare("ad", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    ch.basic_cancel("c1", BasicCancelOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare(
+        "ad",
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_cancel("c2", BasicCancelOptions::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare(
+            "ad",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(404));
     b.stop().await;
 }

@@ -11,12 +11,12 @@ use crate::error::{code, AmqpError};
 use crate::outbox::Outbox;
 use bytes::{Bytes, BytesMut};
 use ferrymq_core::consumer::{ConsumerSink, SinkRefusal};
+use ferrymq_core::exchange::ExchangeOptions;
 use ferrymq_core::queue::ConsumerEntry;
 use ferrymq_core::vhost::{generate_name, REPLY_TO_PREFIX};
 use ferrymq_core::{
     Broker, ConnectionId, CoreError, Message, Properties, Queue, QueueOptions, QueuedMessage, VHost,
 };
-use ferrymq_core::exchange::ExchangeOptions;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -125,7 +125,12 @@ impl ConsumerSink for AmqpConsumer {
         !ch.out.congested()
     }
 
-    fn deliver(&self, queue: &Arc<Queue>, msg: QueuedMessage, ack_required: bool) -> Result<(), SinkRefusal> {
+    fn deliver(
+        &self,
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+        ack_required: bool,
+    ) -> Result<(), SinkRefusal> {
         let ch = &self.ch;
         let mut st = ch.st.lock();
         if ch.closed.load(Ordering::Relaxed) {
@@ -272,13 +277,21 @@ impl Channel {
                 ctx,
                 n.delivery_tag,
                 n.multiple,
-                if n.requeue { Settle::Requeue } else { Settle::Discard },
+                if n.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                },
             )?,
             Method::BasicReject(r) => self.settle(
                 ctx,
                 r.delivery_tag,
                 false,
-                if r.requeue { Settle::Requeue } else { Settle::Discard },
+                if r.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                },
             )?,
             Method::BasicQos(q) => {
                 if q.prefetch_size != 0 {
@@ -301,7 +314,12 @@ impl Channel {
             Method::BasicCancel(c) => {
                 self.cancel_consumer(ctx, &c.consumer_tag);
                 if !c.nowait {
-                    ctx.send(ch, BasicCancelOk { consumer_tag: c.consumer_tag });
+                    ctx.send(
+                        ch,
+                        BasicCancelOk {
+                            consumer_tag: c.consumer_tag,
+                        },
+                    );
                 }
             }
             Method::BasicGet(g) => self.get(ctx, g)?,
@@ -372,9 +390,17 @@ impl Channel {
             }
             Method::QueuePurge(p) => {
                 let queue = self.queue_name(&p.queue)?;
-                let n = ctx.vhost.purge_queue(&queue, ctx.id).map_err(|e| chan_err(ch, e))?;
+                let n = ctx
+                    .vhost
+                    .purge_queue(&queue, ctx.id)
+                    .map_err(|e| chan_err(ch, e))?;
                 if !p.nowait {
-                    ctx.send(ch, QueuePurgeOk { message_count: n as u32 });
+                    ctx.send(
+                        ch,
+                        QueuePurgeOk {
+                            message_count: n as u32,
+                        },
+                    );
                 }
             }
             Method::QueueDelete(d) => {
@@ -385,7 +411,12 @@ impl Channel {
                     .map_err(|e| chan_err(ch, e))?;
                 ctx.exclusive_queues.retain(|q| q.name != queue);
                 if !d.nowait {
-                    ctx.send(ch, QueueDeleteOk { message_count: n as u32 });
+                    ctx.send(
+                        ch,
+                        QueueDeleteOk {
+                            message_count: n as u32,
+                        },
+                    );
                 }
             }
             Method::ConfirmSelect(c) => {
@@ -421,7 +452,11 @@ impl Channel {
             }
             Method::TxCommit(_) => {
                 let tx = self.tx.as_mut().ok_or_else(|| {
-                    AmqpError::chan(ch, code::PRECONDITION_FAILED, "channel is not transactional")
+                    AmqpError::chan(
+                        ch,
+                        code::PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    )
                 })?;
                 let publishes = std::mem::take(&mut tx.publishes);
                 let settles = std::mem::take(&mut tx.settles);
@@ -429,13 +464,24 @@ impl Channel {
                     self.route(ctx, &p, msg)?;
                 }
                 for (taken, requeue) in settles {
-                    self.apply_settle(taken, if requeue { Settle::Requeue } else { Settle::Ack });
+                    self.apply_settle(
+                        taken,
+                        if requeue {
+                            Settle::Requeue
+                        } else {
+                            Settle::Ack
+                        },
+                    );
                 }
                 ctx.send(ch, TxCommitOk {});
             }
             Method::TxRollback(_) => {
                 let tx = self.tx.as_mut().ok_or_else(|| {
-                    AmqpError::chan(ch, code::PRECONDITION_FAILED, "channel is not transactional")
+                    AmqpError::chan(
+                        ch,
+                        code::PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    )
                 })?;
                 tx.publishes.clear();
                 let settles = std::mem::take(&mut tx.settles);
@@ -481,7 +527,14 @@ impl Channel {
         let ch = self.id;
         if d.queue == REPLY_TO && d.passive {
             if !d.nowait {
-                ctx.send(ch, QueueDeclareOk { queue: d.queue, message_count: 0, consumer_count: 0 });
+                ctx.send(
+                    ch,
+                    QueueDeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 0,
+                    },
+                );
             }
             return Ok(());
         }
@@ -528,10 +581,18 @@ impl Channel {
         let mut reply_token = None;
         let queue = if c.queue == REPLY_TO {
             if !c.no_ack {
-                return Err(AmqpError::chan(ch, code::PRECONDITION_FAILED, "reply consumer cannot acknowledge"));
+                return Err(AmqpError::chan(
+                    ch,
+                    code::PRECONDITION_FAILED,
+                    "reply consumer cannot acknowledge",
+                ));
             }
             if self.reply_token.is_some() {
-                return Err(AmqpError::chan(ch, code::PRECONDITION_FAILED, "reply consumer already set"));
+                return Err(AmqpError::chan(
+                    ch,
+                    code::PRECONDITION_FAILED,
+                    "reply consumer already set",
+                ));
             }
             let token = generate_name("");
             let q = Arc::new(Queue::new(
@@ -545,7 +606,9 @@ impl Channel {
             q
         } else {
             let name = self.queue_name(&c.queue)?;
-            ctx.vhost.queue(&name, ctx.id).map_err(|e| chan_err(ch, e))?
+            ctx.vhost
+                .queue(&name, ctx.id)
+                .map_err(|e| chan_err(ch, e))?
         };
         let credit = Arc::new(ConsumerCredit {
             prefetch: self.consumer_prefetch,
@@ -571,7 +634,12 @@ impl Channel {
         // consume-ok must reach the client before the first delivery, so the consumer only
         // becomes active once it is written.
         if !c.nowait {
-            ctx.send(ch, BasicConsumeOk { consumer_tag: tag.clone() });
+            ctx.send(
+                ch,
+                BasicConsumeOk {
+                    consumer_tag: tag.clone(),
+                },
+            );
         }
         credit.active.store(true, Ordering::Relaxed);
         queue.dispatch();
@@ -594,7 +662,8 @@ impl Channel {
 
     /// The server cancelled a consumer (its queue was deleted).
     pub fn server_cancelled(&mut self, ctx: &ConnCtx, tag: &str) {
-        if self.consumers.remove(tag).is_some() && ctx.caps.consumer_cancel_notify && !self.closing {
+        if self.consumers.remove(tag).is_some() && ctx.caps.consumer_cancel_notify && !self.closing
+        {
             ctx.send(
                 self.id,
                 BasicCancel {
@@ -608,9 +677,17 @@ impl Channel {
     fn get(&mut self, ctx: &mut ConnCtx, g: BasicGet) -> Result<(), AmqpError> {
         let ch = self.id;
         let name = self.queue_name(&g.queue)?;
-        let q = ctx.vhost.queue(&name, ctx.id).map_err(|e| chan_err(ch, e))?;
+        let q = ctx
+            .vhost
+            .queue(&name, ctx.id)
+            .map_err(|e| chan_err(ch, e))?;
         match q.get(!g.no_ack) {
-            None => ctx.send(ch, BasicGetEmpty { cluster_id: String::new() }),
+            None => ctx.send(
+                ch,
+                BasicGetEmpty {
+                    cluster_id: String::new(),
+                },
+            ),
             Some((msg, left)) => {
                 let mut st = self.shared.st.lock();
                 st.next_tag += 1;
@@ -668,7 +745,13 @@ impl Channel {
         }
     }
 
-    fn settle(&mut self, _ctx: &ConnCtx, tag: u64, multiple: bool, how: Settle) -> Result<(), AmqpError> {
+    fn settle(
+        &mut self,
+        _ctx: &ConnCtx,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> Result<(), AmqpError> {
         let taken = self.take_unacked(tag, multiple)?;
         if let Some(tx) = &mut self.tx {
             tx.settles.push((taken, how == Settle::Requeue));
@@ -796,14 +879,22 @@ impl Channel {
 
     fn finish_content(&mut self, ctx: &mut ConnCtx) -> Result<(), AmqpError> {
         let ch = self.id;
-        let Some(pc) = self.content.take() else { return Ok(()) };
-        let Some((mut props, raw)) = pc.properties else { return Ok(()) };
+        let Some(pc) = self.content.take() else {
+            return Ok(());
+        };
+        let Some((mut props, raw)) = pc.properties else {
+            return Ok(());
+        };
         let body = pc.single.unwrap_or_else(|| pc.body.freeze());
         let mut raw = Some(raw);
         if props.reply_to.as_deref() == Some(REPLY_TO) {
             let Some(token) = &self.reply_token else {
-                return Err(AmqpError::chan(ch, code::PRECONDITION_FAILED, "fast reply consumer does not exist")
-                    .caused_by((60, 40)));
+                return Err(AmqpError::chan(
+                    ch,
+                    code::PRECONDITION_FAILED,
+                    "fast reply consumer does not exist",
+                )
+                .caused_by((60, 40)));
             };
             props.reply_to = Some(format!("{REPLY_TO_PREFIX}{token}"));
             raw = None;
@@ -822,7 +913,12 @@ impl Channel {
         self.route(ctx, &pc.publish, msg)
     }
 
-    fn route(&mut self, ctx: &mut ConnCtx, p: &BasicPublish, msg: Arc<Message>) -> Result<(), AmqpError> {
+    fn route(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: &BasicPublish,
+        msg: Arc<Message>,
+    ) -> Result<(), AmqpError> {
         let ch = self.id;
         let outcome = ctx
             .vhost

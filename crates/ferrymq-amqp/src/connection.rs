@@ -93,9 +93,9 @@ struct Connection {
 
 fn codec_error(e: FrameError) -> AmqpError {
     match e.error {
-        CodecError::FrameTooLarge { .. } | CodecError::BadFrameEnd(_) | CodecError::UnknownFrameType(_) => {
-            AmqpError::conn(code::FRAME_ERROR, e.error)
-        }
+        CodecError::FrameTooLarge { .. }
+        | CodecError::BadFrameEnd(_)
+        | CodecError::UnknownFrameType(_) => AmqpError::conn(code::FRAME_ERROR, e.error),
         CodecError::UnknownMethod(c, m) => AmqpError::conn(
             code::NOT_IMPLEMENTED,
             format!("unknown method class {c} method {m}"),
@@ -132,7 +132,11 @@ impl Connection {
         }
     }
 
-    async fn expect_method(&mut self, deadline: Instant, want: &str) -> Result<Option<Method>, AmqpError> {
+    async fn expect_method(
+        &mut self,
+        deadline: Instant,
+        want: &str,
+    ) -> Result<Option<Method>, AmqpError> {
         match self.next_frame(deadline).await? {
             None => Ok(None),
             Some(Frame::Method { channel: 0, method }) => Ok(Some(method)),
@@ -144,7 +148,9 @@ impl Connection {
     }
 
     /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
-    async fn handshake(&mut self) -> Result<Option<(ConnCtx, mpsc::UnboundedReceiver<ConnEvent>)>, AmqpError> {
+    async fn handshake(
+        &mut self,
+    ) -> Result<Option<(ConnCtx, mpsc::UnboundedReceiver<ConnEvent>)>, AmqpError> {
         let deadline = Instant::now() + self.cfg.handshake_timeout;
         while self.rbuf.len() < 8 {
             match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.rbuf)).await {
@@ -154,15 +160,21 @@ impl Connection {
         }
         if &self.rbuf[..8] != PROTOCOL_HEADER {
             tracing::info!(peer = %self.peer, "bad protocol header, answering with AMQP 0-9-1's");
-            self.out.with(|o| o.buf().extend_from_slice(PROTOCOL_HEADER));
+            self.out
+                .with(|o| o.buf().extend_from_slice(PROTOCOL_HEADER));
             return Ok(None);
         }
         let _ = self.rbuf.split_to(8);
         self.send(0, self.start_method());
 
-        let Some(m) = self.expect_method(deadline, "connection.start-ok").await? else { return Ok(None) };
+        let Some(m) = self.expect_method(deadline, "connection.start-ok").await? else {
+            return Ok(None);
+        };
         let Method::ConnectionStartOk(so) = m else {
-            return Err(AmqpError::conn(code::COMMAND_INVALID, format!("expected 'connection.start-ok', got '{}'", m.name())));
+            return Err(AmqpError::conn(
+                code::COMMAND_INVALID,
+                format!("expected 'connection.start-ok', got '{}'", m.name()),
+            ));
         };
         self.caps = read_caps(&so.client_properties);
         let (user, pass) = match so.mechanism.as_str() {
@@ -175,10 +187,21 @@ impl Connection {
                 ))
             }
         }
-        .ok_or_else(|| AmqpError::conn(code::ACCESS_REFUSED, format!("malformed {} response", so.mechanism)))?;
-        if let Err(e) = self.broker.authenticate(&user, &pass, self.peer.ip().is_loopback()) {
+        .ok_or_else(|| {
+            AmqpError::conn(
+                code::ACCESS_REFUSED,
+                format!("malformed {} response", so.mechanism),
+            )
+        })?;
+        if let Err(e) = self
+            .broker
+            .authenticate(&user, &pass, self.peer.ip().is_loopback())
+        {
             tracing::warn!(peer = %self.peer, user = %user, "login refused: {e}");
-            return Err(AmqpError::conn(code::ACCESS_REFUSED, e.to_string().trim_start_matches("ACCESS_REFUSED - ")));
+            return Err(AmqpError::conn(
+                code::ACCESS_REFUSED,
+                e.to_string().trim_start_matches("ACCESS_REFUSED - "),
+            ));
         }
         self.user = user;
 
@@ -190,22 +213,44 @@ impl Connection {
                 heartbeat: self.cfg.heartbeat,
             },
         );
-        let Some(m) = self.expect_method(deadline, "connection.tune-ok").await? else { return Ok(None) };
-        let Method::ConnectionTuneOk(t) = m else {
-            return Err(AmqpError::conn(code::COMMAND_INVALID, format!("expected 'connection.tune-ok', got '{}'", m.name())));
+        let Some(m) = self.expect_method(deadline, "connection.tune-ok").await? else {
+            return Ok(None);
         };
-        let fm = if t.frame_max == 0 { self.cfg.frame_max } else { t.frame_max };
+        let Method::ConnectionTuneOk(t) = m else {
+            return Err(AmqpError::conn(
+                code::COMMAND_INVALID,
+                format!("expected 'connection.tune-ok', got '{}'", m.name()),
+            ));
+        };
+        let fm = if t.frame_max == 0 {
+            self.cfg.frame_max
+        } else {
+            t.frame_max
+        };
         if fm < FRAME_MIN_SIZE {
-            return Err(AmqpError::conn(code::NOT_ALLOWED, format!("frame_max={fm} < {FRAME_MIN_SIZE} min size")));
+            return Err(AmqpError::conn(
+                code::NOT_ALLOWED,
+                format!("frame_max={fm} < {FRAME_MIN_SIZE} min size"),
+            ));
         }
         if fm > self.cfg.frame_max {
-            return Err(AmqpError::conn(code::NOT_ALLOWED, format!("frame_max={fm} > {} max size", self.cfg.frame_max)));
+            return Err(AmqpError::conn(
+                code::NOT_ALLOWED,
+                format!("frame_max={fm} > {} max size", self.cfg.frame_max),
+            ));
         }
-        let cm = if t.channel_max == 0 { self.cfg.channel_max } else { t.channel_max };
+        let cm = if t.channel_max == 0 {
+            self.cfg.channel_max
+        } else {
+            t.channel_max
+        };
         if cm > self.cfg.channel_max {
             return Err(AmqpError::conn(
                 code::NOT_ALLOWED,
-                format!("negotiated channel_max = {cm} is higher than the maximum allowed value ({})", self.cfg.channel_max),
+                format!(
+                    "negotiated channel_max = {cm} is higher than the maximum allowed value ({})",
+                    self.cfg.channel_max
+                ),
             ));
         }
         self.frame_max = fm;
@@ -213,9 +258,14 @@ impl Connection {
         self.channel_max = cm;
         self.heartbeat = t.heartbeat;
 
-        let Some(m) = self.expect_method(deadline, "connection.open").await? else { return Ok(None) };
+        let Some(m) = self.expect_method(deadline, "connection.open").await? else {
+            return Ok(None);
+        };
         let Method::ConnectionOpen(o) = m else {
-            return Err(AmqpError::conn(code::COMMAND_INVALID, format!("expected 'connection.open', got '{}'", m.name())));
+            return Err(AmqpError::conn(
+                code::COMMAND_INVALID,
+                format!("expected 'connection.open', got '{}'", m.name()),
+            ));
         };
         let vhost = self
             .broker
@@ -259,7 +309,10 @@ impl Connection {
                 ("capabilities".into(), FieldValue::Table(caps)),
                 ("cluster_name".into(), s("ferrymq")),
                 ("copyright".into(), s("FerryMQ contributors")),
-                ("information".into(), s("Licensed under the Apache License 2.0")),
+                (
+                    "information".into(),
+                    s("Licensed under the Apache License 2.0"),
+                ),
                 ("platform".into(), s("Rust")),
                 ("product".into(), s("FerryMQ")),
                 ("version".into(), s(env!("CARGO_PKG_VERSION"))),
@@ -303,7 +356,11 @@ impl Connection {
         ev_rx: &mut mpsc::UnboundedReceiver<ConnEvent>,
     ) -> End {
         let hb = Duration::from_secs(self.heartbeat.into());
-        let mut tick = tokio::time::interval(if self.heartbeat > 0 { hb / 2 } else { Duration::from_secs(3600) });
+        let mut tick = tokio::time::interval(if self.heartbeat > 0 {
+            hb / 2
+        } else {
+            Duration::from_secs(3600)
+        });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_recv = Instant::now();
         let mut last_writes = self.out.writes();
@@ -321,13 +378,27 @@ impl Connection {
                         Ok(true) => {}
                         Ok(false) => return End::ClientClosed,
                         Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
-                        Err(AmqpError::Channel { channel, code, text, class_id, method_id }) => {
+                        Err(AmqpError::Channel {
+                            channel,
+                            code,
+                            text,
+                            class_id,
+                            method_id,
+                        }) => {
                             tracing::debug!(peer = %self.peer, channel, code, "channel error: {text}");
                             if let Some(ch) = channels.get_mut(&channel) {
                                 ch.cleanup(ctx);
                                 ch.closing = true;
                             }
-                            self.send(channel, ChannelClose { reply_code: code, reply_text: text, class_id, method_id });
+                            self.send(
+                                channel,
+                                ChannelClose {
+                                    reply_code: code,
+                                    reply_text: text,
+                                    class_id,
+                                    method_id,
+                                },
+                            );
                         }
                         Err(AmqpError::Io(_)) => return End::Done,
                     },
@@ -343,7 +414,12 @@ impl Connection {
             let hold_reads = blocked.is_some() && ctx.has_published;
             if ctx.caps.connection_blocked && hold_reads != blocked_sent {
                 if hold_reads {
-                    self.send(0, ConnectionBlocked { reason: blocked.clone().unwrap_or_default() });
+                    self.send(
+                        0,
+                        ConnectionBlocked {
+                            reason: blocked.clone().unwrap_or_default(),
+                        },
+                    );
                 } else {
                     self.send(0, ConnectionUnblocked {});
                 }
@@ -401,7 +477,12 @@ impl Connection {
     }
 
     /// Handles one frame; returns Ok(false) when the connection is finished.
-    fn handle_frame(&mut self, ctx: &mut ConnCtx, channels: &mut HashMap<u16, Channel>, f: Frame) -> Result<bool, AmqpError> {
+    fn handle_frame(
+        &mut self,
+        ctx: &mut ConnCtx,
+        channels: &mut HashMap<u16, Channel>,
+        f: Frame,
+    ) -> Result<bool, AmqpError> {
         match f {
             Frame::Heartbeat { channel: 0 } => Ok(true),
             Frame::Heartbeat { channel } => Err(AmqpError::conn(
@@ -427,10 +508,9 @@ impl Connection {
                 )
                 .caused_by(other.ids())),
             },
-            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(AmqpError::conn(
-                code::UNEXPECTED_FRAME,
-                "content frame on channel 0",
-            )),
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(
+                AmqpError::conn(code::UNEXPECTED_FRAME, "content frame on channel 0"),
+            ),
             Frame::Method { channel, method } => {
                 let Some(ch) = channels.get_mut(&channel) else {
                     if let Method::ChannelOpen(_) = method {
@@ -446,7 +526,10 @@ impl Connection {
                     }
                     return Err(AmqpError::conn(
                         code::CHANNEL_ERROR,
-                        format!("expected 'channel.open' on channel {channel}, got '{}'", method.name()),
+                        format!(
+                            "expected 'channel.open' on channel {channel}, got '{}'",
+                            method.name()
+                        ),
                     )
                     .caused_by(method.ids()));
                 };
@@ -485,24 +568,49 @@ impl Connection {
                     m => ch.handle_method(ctx, m).map(|_| true),
                 }
             }
-            Frame::Header { channel, class_id, body_size, properties, raw_properties } => {
-                match channels.get_mut(&channel) {
-                    Some(ch) if ch.closing => Ok(true),
-                    Some(ch) => ch.handle_header(ctx, class_id, body_size, properties, raw_properties).map(|_| true),
-                    None => Err(AmqpError::conn(code::CHANNEL_ERROR, format!("content header on unopened channel {channel}"))),
-                }
-            }
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+                raw_properties,
+            } => match channels.get_mut(&channel) {
+                Some(ch) if ch.closing => Ok(true),
+                Some(ch) => ch
+                    .handle_header(ctx, class_id, body_size, *properties, raw_properties)
+                    .map(|_| true),
+                None => Err(AmqpError::conn(
+                    code::CHANNEL_ERROR,
+                    format!("content header on unopened channel {channel}"),
+                )),
+            },
             Frame::Body { channel, payload } => match channels.get_mut(&channel) {
                 Some(ch) if ch.closing => Ok(true),
                 Some(ch) => ch.handle_body(ctx, payload).map(|_| true),
-                None => Err(AmqpError::conn(code::CHANNEL_ERROR, format!("content body on unopened channel {channel}"))),
+                None => Err(AmqpError::conn(
+                    code::CHANNEL_ERROR,
+                    format!("content body on unopened channel {channel}"),
+                )),
             },
         }
     }
 
     /// Sends connection.close for `e` and waits (briefly) for close-ok, discarding other frames.
-    async fn close_with(&mut self, e: AmqpError, channels: &mut HashMap<u16, Channel>, ctx: Option<&ConnCtx>) {
-        let AmqpError::Connection { code, text, class_id, method_id } = e else { return };
+    async fn close_with(
+        &mut self,
+        e: AmqpError,
+        channels: &mut HashMap<u16, Channel>,
+        ctx: Option<&ConnCtx>,
+    ) {
+        let AmqpError::Connection {
+            code,
+            text,
+            class_id,
+            method_id,
+        } = e
+        else {
+            return;
+        };
         if code == code::CONNECTION_FORCED {
             tracing::info!(peer = %self.peer, "closing connection: {text}");
         } else {
@@ -513,13 +621,27 @@ impl Connection {
                 ch.cleanup(ctx);
             }
         }
-        self.send(0, ConnectionClose { reply_code: code, reply_text: text, class_id, method_id });
+        self.send(
+            0,
+            ConnectionClose {
+                reply_code: code,
+                reply_text: text,
+                class_id,
+                method_id,
+            },
+        );
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         loop {
             loop {
                 match decode_frame(&mut self.rbuf, 0) {
-                    Ok(Some(Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) })) => return,
-                    Ok(Some(Frame::Method { channel: 0, method: Method::ConnectionClose(_) })) => {
+                    Ok(Some(Frame::Method {
+                        channel: 0,
+                        method: Method::ConnectionCloseOk(_),
+                    })) => return,
+                    Ok(Some(Frame::Method {
+                        channel: 0,
+                        method: Method::ConnectionClose(_),
+                    })) => {
                         self.send(0, ConnectionCloseOk {});
                         return;
                     }
@@ -553,7 +675,10 @@ fn parse_plain(resp: &[u8]) -> Option<(String, String)> {
     let _authz = parts.next()?;
     let user = parts.next()?;
     let pass = parts.next()?;
-    Some((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
+    Some((
+        String::from_utf8_lossy(user).into_owned(),
+        String::from_utf8_lossy(pass).into_owned(),
+    ))
 }
 
 /// RabbitMQ's AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD.

@@ -1,8 +1,8 @@
 //! AMQP 0-9-1 for FerryMQ: the wire codec and the connection/channel state machines that turn
 //! frames into calls on `ferrymq-core`.
 
-pub mod codec;
 mod channel;
+pub mod codec;
 mod connection;
 pub mod error;
 mod outbox;

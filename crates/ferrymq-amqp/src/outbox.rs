@@ -152,7 +152,11 @@ impl Outbox {
     }
 
     /// Writes pending output until [`Outbox::finish`] or a socket error.
-    pub async fn run_writer(&self, mut sock: OwnedWriteHalf, events: mpsc::UnboundedSender<WriterEvent>) {
+    pub async fn run_writer(
+        &self,
+        mut sock: OwnedWriteHalf,
+        events: mpsc::UnboundedSender<WriterEvent>,
+    ) {
         loop {
             let batch = {
                 let mut g = self.inner.lock();
@@ -183,7 +187,10 @@ impl Outbox {
     }
 }
 
-async fn write_all_vectored(sock: &mut OwnedWriteHalf, mut chunks: Vec<Bytes>) -> std::io::Result<()> {
+async fn write_all_vectored(
+    sock: &mut OwnedWriteHalf,
+    mut chunks: Vec<Bytes>,
+) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
         let n = {

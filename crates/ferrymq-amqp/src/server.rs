@@ -42,7 +42,11 @@ pub struct AmqpServer {
 
 impl AmqpServer {
     /// Binds the listener.
-    pub async fn bind(addr: SocketAddr, broker: Arc<Broker>, config: AmqpConfig) -> std::io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        broker: Arc<Broker>,
+        config: AmqpConfig,
+    ) -> std::io::Result<Self> {
         Ok(AmqpServer {
             listener: TcpListener::bind(addr).await?,
             broker,
@@ -78,7 +82,10 @@ impl AmqpServer {
         }
         drop(self.listener);
         let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
             conns.abort_all();
         }
     }

@@ -162,3 +162,38 @@ impl Broker {
         self.blocked.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_may_only_log_in_from_loopback() {
+        let b = Broker::new(BrokerConfig::default());
+        assert!(b.authenticate("guest", "guest", true).is_ok());
+        let e = b.authenticate("guest", "guest", false).unwrap_err();
+        assert_eq!(e.reply_code(), 403);
+        assert!(e.to_string().contains("can only connect via localhost"));
+        assert!(b.authenticate("guest", "wrong", true).is_err());
+        assert!(b.authenticate("nobody", "guest", true).is_err());
+    }
+
+    #[test]
+    fn vhost_access_needs_permissions() {
+        let b = Broker::new(BrokerConfig::default());
+        assert!(b.open_vhost("guest", "/").is_ok());
+        assert_eq!(
+            b.open_vhost("guest", "/other")
+                .err()
+                .map(|e| e.reply_code()),
+            Some(530)
+        );
+        b.add_vhost("/other");
+        assert_eq!(
+            b.open_vhost("guest", "/other")
+                .err()
+                .map(|e| e.reply_code()),
+            Some(530)
+        );
+    }
+}

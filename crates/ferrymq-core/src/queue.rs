@@ -100,7 +100,12 @@ pub struct QueueCounts {
 
 impl Queue {
     /// A new, empty queue.
-    pub fn new(name: &str, vhost: &str, options: QueueOptions, owner: Option<ConnectionId>) -> Self {
+    pub fn new(
+        name: &str,
+        vhost: &str,
+        options: QueueOptions,
+        owner: Option<ConnectionId>,
+    ) -> Self {
         Queue {
             name: name.to_string(),
             vhost: vhost.to_string(),
@@ -248,7 +253,8 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (entry.exclusive && !st.consumers.is_empty()) {
+        if st.consumers.iter().any(|c| c.exclusive) || (entry.exclusive && !st.consumers.is_empty())
+        {
             return Err(CoreError::AccessRefused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost
@@ -312,7 +318,12 @@ mod tests {
         fn has_credit(&self) -> bool {
             self.credit.load(Ordering::Relaxed) > 0
         }
-        fn deliver(&self, _q: &Arc<Queue>, m: QueuedMessage, _ack: bool) -> Result<(), SinkRefusal> {
+        fn deliver(
+            &self,
+            _q: &Arc<Queue>,
+            m: QueuedMessage,
+            _ack: bool,
+        ) -> Result<(), SinkRefusal> {
             if self.credit.load(Ordering::Relaxed) == 0 {
                 return Err(SinkRefusal::Busy(m));
             }
@@ -344,8 +355,10 @@ mod tests {
     fn round_robin_honours_credit() {
         let q = Arc::new(Queue::new("q", "/", QueueOptions::default(), None));
         let (a, b) = (sink(1), sink(10));
-        q.add_consumer(ConsumerEntry::new("a", a.clone(), false, false, 1)).unwrap();
-        q.add_consumer(ConsumerEntry::new("b", b.clone(), false, false, 1)).unwrap();
+        q.add_consumer(ConsumerEntry::new("a", a.clone(), false, false, 1))
+            .unwrap();
+        q.add_consumer(ConsumerEntry::new("b", b.clone(), false, false, 1))
+            .unwrap();
         for _ in 0..4 {
             q.publish(msg());
         }

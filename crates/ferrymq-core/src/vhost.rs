@@ -1,7 +1,9 @@
 //! A virtual host: its exchanges and queues, and the operations clients perform on them.
 
 use crate::error::{CoreError, CoreResult};
-use crate::exchange::{check_args_equivalent, Destination, Exchange, ExchangeKind, ExchangeOptions};
+use crate::exchange::{
+    check_args_equivalent, Destination, Exchange, ExchangeKind, ExchangeOptions,
+};
 use crate::message::Message;
 use crate::queue::{Queue, QueueCounts, QueueOptions};
 use crate::value::FieldTable;
@@ -82,7 +84,10 @@ impl VHost {
                 ("amq.headers", ExchangeKind::Headers),
                 ("amq.match", ExchangeKind::Headers),
             ] {
-                ex.insert(n.to_string(), Arc::new(Exchange::new(n, k, durable.clone())));
+                ex.insert(
+                    n.to_string(),
+                    Arc::new(Exchange::new(n, k, durable.clone())),
+                );
             }
         }
         v
@@ -133,9 +138,8 @@ impl VHost {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
-        let kind = ExchangeKind::parse(kind).ok_or_else(|| {
-            CoreError::CommandInvalid(format!("unknown exchange type '{kind}'"))
-        })?;
+        let kind = ExchangeKind::parse(kind)
+            .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{kind}'")))?;
         let mut ex = self.exchanges.write();
         if let Some(existing) = ex.get(name) {
             return existing.check_equivalent(&self.name, kind, &options);
@@ -145,7 +149,10 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        ex.insert(name.to_string(), Arc::new(Exchange::new(name, kind, options)));
+        ex.insert(
+            name.to_string(),
+            Arc::new(Exchange::new(name, kind, options)),
+        );
         Ok(())
     }
 
@@ -458,9 +465,7 @@ impl VHost {
                         queues.push(q);
                     }
                 }
-                Destination::Exchange(e) => {
-                    self.route_exchange(&e, key, headers, queues, visited)
-                }
+                Destination::Exchange(e) => self.route_exchange(&e, key, headers, queues, visited),
             }
         }
         if queues.len() == before {
@@ -482,7 +487,11 @@ impl VHost {
                 self.name
             )));
         }
-        let queues = self.route(&x, &message.routing_key, message.properties.headers.as_ref());
+        let queues = self.route(
+            &x,
+            &message.routing_key,
+            message.properties.headers.as_ref(),
+        );
         let mut routed = 0;
         for q in &queues {
             if q.publish(message.clone()) {
@@ -521,16 +530,21 @@ fn validate_queue_args(args: &FieldTable) -> CoreResult<()> {
     for (k, v) in args.iter() {
         let want_int = matches!(
             k.as_str(),
-            "x-message-ttl" | "x-expires" | "x-max-length" | "x-max-length-bytes" | "x-max-priority" | "x-delivery-limit"
+            "x-message-ttl"
+                | "x-expires"
+                | "x-max-length"
+                | "x-max-length-bytes"
+                | "x-max-priority"
+                | "x-delivery-limit"
         );
         if want_int {
             match v.as_i64() {
                 Some(n) if n >= 0 => {}
                 _ => {
                     return Err(CoreError::InvalidArgument(format!(
-                        "invalid arg '{k}' for queue: {v} of type '{}' is not a non-negative integer",
-                        v.type_name()
-                    )))
+                    "invalid arg '{k}' for queue: {v} of type '{}' is not a non-negative integer",
+                    v.type_name()
+                )))
                 }
             }
         }

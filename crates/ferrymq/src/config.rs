@@ -52,7 +52,10 @@ impl Config {
     /// Checks values a user could get wrong, with an actionable message.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.frame_max < 4096 {
-            anyhow::bail!("frame_max must be at least 4096 (the AMQP minimum), got {}", self.frame_max);
+            anyhow::bail!(
+                "frame_max must be at least 4096 (the AMQP minimum), got {}",
+                self.frame_max
+            );
         }
         if self.channel_max == 0 {
             anyhow::bail!("channel_max must be at least 1");

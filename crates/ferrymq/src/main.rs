@@ -75,7 +75,11 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     rt.block_on(async {
         let running = ferrymq::start(&cfg).await?;
-        tracing::info!("FerryMQ {} started, data dir {}", env!("CARGO_PKG_VERSION"), cfg.data_dir.display());
+        tracing::info!(
+            "FerryMQ {} started, data dir {}",
+            env!("CARGO_PKG_VERSION"),
+            cfg.data_dir.display()
+        );
         wait_for_signal().await?;
         tracing::info!("shutting down: closing client connections");
         running.shutdown().await;

@@ -47,7 +47,10 @@ pub async fn start() -> TestBroker {
 /// Starts a broker after letting the test adjust its configuration.
 pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestBroker {
     if let Ok(filter) = std::env::var("FERRYMQ_TEST_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = Config {
@@ -104,18 +107,29 @@ pub async fn queue(ch: &Channel, name: &str) -> lapin::Queue {
 
 /// Publishes a body and waits for the publish to be sent (and confirmed, in confirm mode).
 pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
-    ch.basic_publish(exchange, key, BasicPublishOptions::default(), body, BasicProperties::default())
-        .await
-        .expect("basic.publish")
-        .await
-        .expect("publish settled");
+    ch.basic_publish(
+        exchange,
+        key,
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("basic.publish")
+    .await
+    .expect("publish settled");
 }
 
 /// Starts a consumer with manual acks.
 pub async fn consume(ch: &Channel, queue: &str, tag: &str) -> Consumer {
-    ch.basic_consume(queue, tag, BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .expect("basic.consume")
+    ch.basic_consume(
+        queue,
+        tag,
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("basic.consume")
 }
 
 /// Waits for the next delivery.
@@ -131,12 +145,17 @@ pub async fn next(c: &mut Consumer) -> Delivery {
 pub async fn eventually<F: FnMut() -> bool>(mut f: F, what: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Basic.get with ack required; None when the queue is empty.
 pub async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
-    ch.basic_get(queue, BasicGetOptions::default()).await.expect("basic.get")
+    ch.basic_get(queue, BasicGetOptions::default())
+        .await
+        .expect("basic.get")
 }

@@ -37,8 +37,8 @@ pub enum Frame {
         class_id: u16,
         /// Total body size that follows in body frames.
         body_size: u64,
-        /// Decoded properties.
-        properties: Properties,
+        /// Decoded properties (boxed: they dwarf every other frame variant).
+        properties: Box<Properties>,
         /// Property flags and list exactly as received, for re-sending without re-encoding.
         raw_properties: Bytes,
     },
@@ -113,7 +113,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
                 channel,
                 class_id,
                 body_size: u64::from_be_bytes(sz),
-                properties: decode_properties(&raw).map_err(err)?,
+                properties: Box::new(decode_properties(&raw).map_err(err)?),
                 raw_properties: raw,
             }
         }
@@ -157,7 +157,12 @@ pub fn encode_header(
 /// Splits a body into frames that fit `frame_max`, calling `emit` with each frame's header
 /// (7 bytes), its payload slice, and the end octet, so that callers may avoid copying large
 /// bodies.
-pub fn body_frames(channel: u16, body: &Bytes, frame_max: u32, mut emit: impl FnMut([u8; 7], Bytes)) {
+pub fn body_frames(
+    channel: u16,
+    body: &Bytes,
+    frame_max: u32,
+    mut emit: impl FnMut([u8; 7], Bytes),
+) {
     let max_payload = (frame_max.max(FRAME_MIN_SIZE) - 8) as usize;
     let mut off = 0;
     while off < body.len() {
@@ -192,7 +197,15 @@ mod tests {
     #[test]
     fn partial_frames_wait_and_whole_frames_decode() {
         let mut out = BytesMut::new();
-        encode_method(&mut out, 3, &BasicPublish { routing_key: "k".into(), ..Default::default() }.into());
+        encode_method(
+            &mut out,
+            3,
+            &BasicPublish {
+                routing_key: "k".into(),
+                ..Default::default()
+            }
+            .into(),
+        );
         encode_header(&mut out, 3, 5, &Properties::default(), None);
         body_frames(3, &Bytes::from_static(b"hello"), 4096, |h, p| {
             out.put_slice(&h);
@@ -205,8 +218,14 @@ mod tests {
             while let Ok(Some(_)) = decode_frame(&mut b, 131072) {}
         }
         let mut b = all;
-        assert!(matches!(decode_frame(&mut b, 131072), Ok(Some(Frame::Method { channel: 3, .. }))));
-        assert!(matches!(decode_frame(&mut b, 131072), Ok(Some(Frame::Header { body_size: 5, .. }))));
+        assert!(matches!(
+            decode_frame(&mut b, 131072),
+            Ok(Some(Frame::Method { channel: 3, .. }))
+        ));
+        assert!(matches!(
+            decode_frame(&mut b, 131072),
+            Ok(Some(Frame::Header { body_size: 5, .. }))
+        ));
         match decode_frame(&mut b, 131072) {
             Ok(Some(Frame::Body { payload, .. })) => assert_eq!(&payload[..], b"hello"),
             other => panic!("unexpected {other:?}"),
@@ -217,11 +236,20 @@ mod tests {
     #[test]
     fn oversized_bad_end_and_unknown_type_are_errors() {
         let mut b = BytesMut::from(&[1u8, 0, 1, 0, 1, 0, 0][..]);
-        assert!(matches!(decode_frame(&mut b, 4096).unwrap_err().error, CodecError::FrameTooLarge { .. }));
+        assert!(matches!(
+            decode_frame(&mut b, 4096).unwrap_err().error,
+            CodecError::FrameTooLarge { .. }
+        ));
         let mut b = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xAB][..]);
-        assert_eq!(decode_frame(&mut b, 4096).unwrap_err().error, CodecError::BadFrameEnd(0xAB));
+        assert_eq!(
+            decode_frame(&mut b, 4096).unwrap_err().error,
+            CodecError::BadFrameEnd(0xAB)
+        );
         let mut b = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
-        assert_eq!(decode_frame(&mut b, 4096).unwrap_err().error, CodecError::UnknownFrameType(9));
+        assert_eq!(
+            decode_frame(&mut b, 4096).unwrap_err().error,
+            CodecError::UnknownFrameType(9)
+        );
     }
 
     #[test]

@@ -138,7 +138,10 @@ impl Method {
     pub fn has_content(&self) -> bool {
         matches!(
             self,
-            Method::BasicPublish(_) | Method::BasicReturn(_) | Method::BasicDeliver(_) | Method::BasicGetOk(_)
+            Method::BasicPublish(_)
+                | Method::BasicReturn(_)
+                | Method::BasicDeliver(_)
+                | Method::BasicGetOk(_)
         )
     }
 }
@@ -211,7 +214,13 @@ mod tests {
 
     #[test]
     fn truncated_and_unknown_methods_are_errors() {
-        assert!(matches!(Method::decode(&[0, 60, 0, 40, 0]), Err(CodecError::InsufficientBytes(_))));
-        assert_eq!(Method::decode(&[0, 99, 0, 1]), Err(CodecError::UnknownMethod(99, 1)));
+        assert!(matches!(
+            Method::decode(&[0, 60, 0, 40, 0]),
+            Err(CodecError::InsufficientBytes(_))
+        ));
+        assert_eq!(
+            Method::decode(&[0, 99, 0, 1]),
+            Err(CodecError::UnknownMethod(99, 1))
+        );
     }
 }

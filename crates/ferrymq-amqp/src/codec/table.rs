@@ -190,7 +190,10 @@ mod tests {
             ("f64".into(), FieldValue::F64(-2.25)),
             ("dec".into(), FieldValue::Decimal(2, 12345)),
             ("str".into(), FieldValue::string("héllo")),
-            ("bytes".into(), FieldValue::Bytes(Bytes::from_static(&[0, 1, 2]))),
+            (
+                "bytes".into(),
+                FieldValue::Bytes(Bytes::from_static(&[0, 1, 2])),
+            ),
             (
                 "arr".into(),
                 FieldValue::Array(vec![FieldValue::I32(1), FieldValue::string("x")]),
@@ -207,7 +210,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in [&b"\x03abcZ"[..], b"\x01aS\xff\xff\xff\xff", b"\x05ab", b"\x01aF\x00\x00\x00\x09"] {
+        for bad in [
+            &b"\x03abcZ"[..],
+            b"\x01aS\xff\xff\xff\xff",
+            b"\x05ab",
+            b"\x01aF\x00\x00\x00\x09",
+        ] {
             assert!(read_table(bad).is_err());
         }
     }

@@ -4,7 +4,10 @@ use crate::value::{FieldTable, FieldValue};
 
 /// Whether message `headers` match binding `args`, as RabbitMQ's headers exchange.
 pub fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
-    let mode = args.get("x-match").and_then(FieldValue::as_str).unwrap_or("all");
+    let mode = args
+        .get("x-match")
+        .and_then(FieldValue::as_str)
+        .unwrap_or("all");
     let (any, with_x) = match mode {
         "any" => (true, false),
         "all-with-x" => (false, true),
@@ -40,7 +43,12 @@ mod tests {
     use super::*;
 
     fn t(pairs: &[(&str, FieldValue)]) -> FieldTable {
-        FieldTable(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        FieldTable(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -48,16 +56,27 @@ mod tests {
         let h = t(&[("a", FieldValue::string("1")), ("b", FieldValue::I32(2))]);
         assert!(headers_match(&t(&[("a", FieldValue::string("1"))]), &h));
         assert!(headers_match(
-            &t(&[("x-match", FieldValue::string("all")), ("a", FieldValue::string("1")), ("b", FieldValue::I64(2))]),
+            &t(&[
+                ("x-match", FieldValue::string("all")),
+                ("a", FieldValue::string("1")),
+                ("b", FieldValue::I64(2))
+            ]),
             &h
         ));
         assert!(!headers_match(&t(&[("a", FieldValue::string("2"))]), &h));
         assert!(headers_match(
-            &t(&[("x-match", FieldValue::string("any")), ("a", FieldValue::string("9")), ("b", FieldValue::U8(2))]),
+            &t(&[
+                ("x-match", FieldValue::string("any")),
+                ("a", FieldValue::string("9")),
+                ("b", FieldValue::U8(2))
+            ]),
             &h
         ));
         assert!(!headers_match(
-            &t(&[("x-match", FieldValue::string("any")), ("c", FieldValue::string("9"))]),
+            &t(&[
+                ("x-match", FieldValue::string("any")),
+                ("c", FieldValue::string("9"))
+            ]),
             &h
         ));
         assert!(headers_match(&t(&[]), &h));
@@ -66,13 +85,22 @@ mod tests {
     #[test]
     fn with_x_considers_x_headers() {
         let h = t(&[("x-k", FieldValue::string("v"))]);
-        assert!(headers_match(&t(&[("x-k", FieldValue::string("nope"))]), &h));
+        assert!(headers_match(
+            &t(&[("x-k", FieldValue::string("nope"))]),
+            &h
+        ));
         assert!(!headers_match(
-            &t(&[("x-match", FieldValue::string("all-with-x")), ("x-k", FieldValue::string("nope"))]),
+            &t(&[
+                ("x-match", FieldValue::string("all-with-x")),
+                ("x-k", FieldValue::string("nope"))
+            ]),
             &h
         ));
         assert!(headers_match(
-            &t(&[("x-match", FieldValue::string("any-with-x")), ("x-k", FieldValue::string("v"))]),
+            &t(&[
+                ("x-match", FieldValue::string("any-with-x")),
+                ("x-k", FieldValue::string("v"))
+            ]),
             &h
         ));
     }

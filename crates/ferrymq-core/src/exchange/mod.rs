@@ -149,8 +149,7 @@ impl Exchange {
     /// Adds a binding; binding twice is a no-op, as in AMQP.
     pub fn bind(&self, destination: Destination, routing_key: &str, arguments: FieldTable) {
         let mut b = self.bindings.write();
-        if b
-            .all
+        if b.all
             .iter()
             .any(|x| x.matches(&destination, routing_key, &arguments))
         {
@@ -215,7 +214,12 @@ impl Exchange {
     }
 
     /// Appends the destinations matching a message to `out`.
-    pub fn route_into(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+    pub fn route_into(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {
@@ -261,7 +265,11 @@ impl Exchange {
             return fail("type", kind.as_str().into(), self.kind.as_str().into());
         }
         if options.durable != self.options.durable {
-            return fail("durable", options.durable.to_string(), self.options.durable.to_string());
+            return fail(
+                "durable",
+                options.durable.to_string(),
+                self.options.durable.to_string(),
+            );
         }
         if options.auto_delete != self.options.auto_delete {
             return fail(
@@ -271,7 +279,11 @@ impl Exchange {
             );
         }
         if options.internal != self.options.internal {
-            return fail("internal", options.internal.to_string(), self.options.internal.to_string());
+            return fail(
+                "internal",
+                options.internal.to_string(),
+                self.options.internal.to_string(),
+            );
         }
         check_args_equivalent(&self.options.arguments, &options.arguments, &["alternate-exchange"])
             .map_err(|(k, got, cur)| {

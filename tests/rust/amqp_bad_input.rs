@@ -1,0 +1,589 @@
+//! Bad input over raw sockets: the broker answers with the right reply code, keeps running, and
+//! other clients are not disturbed. Also behaviours a well-behaved client library hides:
+//! heartbeat timeouts, publisher holding under an alarm, the server's capabilities table.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::*;
+use ferrymq_amqp::codec::frame::{decode_frame, encode_header, encode_method};
+use ferrymq_amqp::codec::methods::*;
+use ferrymq_amqp::codec::{Frame, Method, PROTOCOL_HEADER};
+use ferrymq_core::{FieldTable, FieldValue, Properties};
+use lapin::options::*;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A deliberately dumb AMQP client that sends exactly what a test asks for.
+struct Raw {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            s: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).await.expect("write");
+    }
+
+    async fn method(&mut self, ch: u16, m: impl Into<Method>) {
+        let mut b = BytesMut::new();
+        encode_method(&mut b, ch, &m.into());
+        self.send(&b).await;
+    }
+
+    /// Next frame, or None at EOF. Heartbeats are returned like any frame.
+    async fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = decode_frame(&mut self.buf, 0).expect("server sends valid frames") {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(WAIT, self.s.read_buf(&mut self.buf))
+                .await
+                .expect("server answers within the wait limit")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Next method frame, skipping heartbeats.
+    async fn next_method(&mut self) -> Option<(u16, Method)> {
+        loop {
+            match self.frame().await? {
+                Frame::Method { channel, method } => return Some((channel, method)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Runs the handshake as guest with the given heartbeat; returns connection.start.
+    async fn open(addr: SocketAddr, heartbeat: u16) -> (Raw, ConnectionStart) {
+        let mut r = Raw::connect(addr).await;
+        r.send(PROTOCOL_HEADER).await;
+        let Some((0, Method::ConnectionStart(start))) = r.next_method().await else {
+            panic!("expected start")
+        };
+        let caps = FieldTable(vec![
+            ("connection.blocked".into(), FieldValue::Bool(true)),
+            ("consumer_cancel_notify".into(), FieldValue::Bool(true)),
+        ]);
+        r.method(
+            0,
+            ConnectionStartOk {
+                client_properties: FieldTable(vec![(
+                    "capabilities".into(),
+                    FieldValue::Table(caps),
+                )]),
+                mechanism: "PLAIN".into(),
+                response: LongStrBytes::plain("guest", "guest"),
+                locale: "en_US".into(),
+            },
+        )
+        .await;
+        let Some((0, Method::ConnectionTune(t))) = r.next_method().await else {
+            panic!("expected tune")
+        };
+        r.method(
+            0,
+            ConnectionTuneOk {
+                channel_max: t.channel_max,
+                frame_max: t.frame_max,
+                heartbeat,
+            },
+        )
+        .await;
+        r.method(
+            0,
+            ConnectionOpen {
+                virtual_host: "/".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let Some((0, Method::ConnectionOpenOk(_))) = r.next_method().await else {
+            panic!("expected open-ok")
+        };
+        (r, start)
+    }
+
+    async fn open_channel(&mut self, ch: u16) {
+        self.method(ch, ChannelOpen::default()).await;
+        let Some((c, Method::ChannelOpenOk(_))) = self.next_method().await else {
+            panic!("expected channel.open-ok")
+        };
+        assert_eq!(c, ch);
+    }
+
+    /// Waits for connection.close, answers close-ok, and returns (code, text).
+    async fn expect_connection_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_method().await {
+                Some((0, Method::ConnectionClose(c))) => {
+                    self.method(0, ConnectionCloseOk {}).await;
+                    return (c.reply_code, c.reply_text);
+                }
+                Some(_) => continue,
+                None => panic!("connection ended without connection.close"),
+            }
+        }
+    }
+
+    async fn expect_eof(&mut self) {
+        while self.frame().await.is_some() {}
+    }
+}
+
+struct LongStrBytes;
+impl LongStrBytes {
+    fn plain(user: &str, pass: &str) -> ferrymq_amqp::codec::LongStr {
+        ferrymq_amqp::codec::LongStr(bytes::Bytes::from(format!("\0{user}\0{pass}")))
+    }
+}
+
+/// Frames a raw payload with an arbitrary type/channel.
+fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&channel.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v.push(0xCE);
+    v
+}
+
+/// A lapin client that must keep working while others misbehave.
+async fn assert_healthy(b: &TestBroker) {
+    let (_c, ch) = channel(b).await;
+    let q = ch
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    publish(&ch, "", q.name().as_str(), b"still fine").await;
+    assert_eq!(
+        get(&ch, q.name().as_str()).await.unwrap().delivery.data,
+        b"still fine"
+    );
+}
+
+#[tokio::test]
+async fn wrong_protocol_header_is_answered_with_0_9_1_header() {
+    let b = start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, r.s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, PROTOCOL_HEADER);
+    let mut r = Raw::connect(b.addr).await;
+    r.send(b"AMQP\x01\x01\x00\x0a").await;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, r.s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, PROTOCOL_HEADER);
+    assert_healthy(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn connection_start_advertises_rabbitmq_capabilities() {
+    let b = start().await;
+    let (_r, start) = Raw::open(b.addr, 0).await;
+    assert_eq!((start.version_major, start.version_minor), (0, 9));
+    assert_eq!(&start.mechanisms.0[..], b"PLAIN AMQPLAIN");
+    let Some(FieldValue::Table(caps)) = start.server_properties.get("capabilities") else {
+        panic!("no capabilities")
+    };
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        assert_eq!(caps.get(cap), Some(&FieldValue::Bool(true)), "{cap}");
+    }
+    assert_eq!(
+        start
+            .server_properties
+            .get("product")
+            .and_then(|v| v.as_str()),
+        Some("FerryMQ")
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn amqplain_login_works() {
+    let b = start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    r.next_method().await.unwrap();
+    let mut resp = BytesMut::new();
+    ferrymq_amqp::codec::table::write_table(
+        &mut resp,
+        &FieldTable(vec![
+            ("LOGIN".into(), FieldValue::string("guest")),
+            ("PASSWORD".into(), FieldValue::string("guest")),
+        ]),
+    );
+    r.method(
+        0,
+        ConnectionStartOk {
+            mechanism: "AMQPLAIN".into(),
+            response: ferrymq_amqp::codec::LongStr(resp.split_off(4).freeze()),
+            locale: "en_US".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(matches!(
+        r.next_method().await,
+        Some((0, Method::ConnectionTune(_)))
+    ));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn methods_out_of_order_during_handshake_are_503() {
+    let b = start().await;
+    let mut r = Raw::connect(b.addr).await;
+    r.send(PROTOCOL_HEADER).await;
+    r.next_method().await.unwrap();
+    r.method(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (code, text) = r.expect_connection_close().await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("connection.start-ok"), "{text}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn frame_max_outside_limits_is_530() {
+    let b = start().await;
+    for fm in [1024u32, 10_000_000] {
+        let mut r = Raw::connect(b.addr).await;
+        r.send(PROTOCOL_HEADER).await;
+        r.next_method().await.unwrap();
+        r.method(
+            0,
+            ConnectionStartOk {
+                mechanism: "PLAIN".into(),
+                response: LongStrBytes::plain("guest", "guest"),
+                ..Default::default()
+            },
+        )
+        .await;
+        r.next_method().await.unwrap();
+        r.method(
+            0,
+            ConnectionTuneOk {
+                channel_max: 10,
+                frame_max: fm,
+                heartbeat: 0,
+            },
+        )
+        .await;
+        let (code, text) = r.expect_connection_close().await;
+        assert_eq!(code, 530, "{text}");
+        assert!(text.contains("frame_max"), "{text}");
+    }
+    b.stop().await;
+}
+
+/// Each case: what to send after a normal handshake + channel 1, and the expected reply code.
+#[tokio::test]
+async fn bad_frames_close_the_connection_with_the_right_code_and_others_are_undisturbed() {
+    let b = start().await;
+    // A healthy client connected throughout.
+    let (_good_conn, good) = channel(&b).await;
+    queue(&good, "steady").await;
+    let mut good_consumer = consume(&good, "steady", "steady").await;
+
+    let mut publish_then_method = BytesMut::new();
+    encode_method(
+        &mut publish_then_method,
+        1,
+        &BasicPublish {
+            routing_key: "x".into(),
+            ..Default::default()
+        }
+        .into(),
+    );
+    encode_header(
+        &mut publish_then_method,
+        1,
+        10,
+        &Properties::default(),
+        None,
+    );
+    encode_method(
+        &mut publish_then_method,
+        1,
+        &QueueDeclare {
+            queue: "q".into(),
+            ..Default::default()
+        }
+        .into(),
+    );
+
+    let mut header_without_publish = BytesMut::new();
+    encode_header(
+        &mut header_without_publish,
+        1,
+        3,
+        &Properties::default(),
+        None,
+    );
+
+    let mut body_too_long = BytesMut::new();
+    encode_method(
+        &mut body_too_long,
+        1,
+        &BasicPublish {
+            routing_key: "x".into(),
+            ..Default::default()
+        }
+        .into(),
+    );
+    encode_header(&mut body_too_long, 1, 2, &Properties::default(), None);
+    body_too_long.put_slice(&frame(3, 1, b"12345"));
+
+    let mut truncated_method = BytesMut::new();
+    truncated_method.put_slice(&frame(1, 1, &[0, 50, 0, 10, 0, 0, 9, b'q']));
+
+    let mut bad_end = frame(8, 0, b"");
+    *bad_end.last_mut().unwrap() = 0x00;
+
+    let mut oversize = vec![1u8, 0, 1];
+    oversize.extend_from_slice(&(1_000_000u32).to_be_bytes());
+
+    let mut bad_table = BytesMut::new();
+    {
+        // queue.declare whose arguments table contains an unknown value type 'Z'.
+        let mut p = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        let table = [1u8, b'k', b'Z'];
+        p.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        p.extend_from_slice(&table);
+        bad_table.put_slice(&frame(1, 1, &p));
+    }
+
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unknown frame type", frame(0x41, 1, b"garbage"), 501),
+        ("frame larger than frame_max", oversize, 501),
+        ("bad frame end octet", bad_end, 501),
+        ("heartbeat on a channel", frame(8, 1, b""), 501),
+        (
+            "method on unopened channel",
+            frame(1, 7, &[0, 60, 0, 10, 0, 0, 0, 0, 0, 1, 0]),
+            504,
+        ),
+        ("second channel.open", frame(1, 1, &[0, 20, 0, 10, 0]), 504),
+        (
+            "content header without publish",
+            header_without_publish.to_vec(),
+            505,
+        ),
+        (
+            "method while content expected",
+            publish_then_method.to_vec(),
+            505,
+        ),
+        ("body longer than announced", body_too_long.to_vec(), 501),
+        ("unknown method", frame(1, 1, &[0, 99, 0, 1]), 540),
+        ("truncated method arguments", truncated_method.to_vec(), 502),
+        ("malformed field table", bad_table.to_vec(), 502),
+        (
+            "connection method on channel 0 out of order",
+            frame(1, 0, &[0, 10, 0, 30, 0, 0, 0, 0, 0, 0, 0, 0]),
+            503,
+        ),
+        (
+            "channel number above channel_max",
+            frame(1, 3000, &[0, 20, 0, 10, 0]),
+            530,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let (mut r, _) = Raw::open(b.addr, 0).await;
+        r.open_channel(1).await;
+        r.send(&bytes).await;
+        let (code, text) = r.expect_connection_close().await;
+        assert_eq!(code, want, "{what}: {text}");
+        assert!(!text.is_empty(), "{what}: reply text explains the error");
+        r.expect_eof().await;
+        // The healthy client was not disturbed.
+        publish(&good, "", "steady", what.as_bytes()).await;
+        let d = next(&mut good_consumer).await;
+        assert_eq!(d.data, what.as_bytes());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+
+    // Truncated frames followed by a disconnect: nothing to answer, nothing breaks.
+    for cut in [1usize, 5, 9] {
+        let (mut r, _) = Raw::open(b.addr, 0).await;
+        let f = frame(1, 0, &[0, 20, 0, 10, 0]);
+        r.send(&f[..cut]).await;
+        drop(r);
+    }
+    // Pure garbage instead of a protocol header.
+    let mut r = Raw::connect(b.addr).await;
+    r.send(&[0xFFu8; 64]).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, r.s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, PROTOCOL_HEADER);
+    assert_healthy(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_dropped_after_missed_heartbeats_and_its_messages_return() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    queue(&ch, "hb").await;
+    publish(&ch, "", "hb", b"in flight").await;
+
+    let (mut r, _) = Raw::open(b.addr, 1).await;
+    r.open_channel(1).await;
+    r.method(
+        1,
+        BasicConsume {
+            queue: "hb".into(),
+            consumer_tag: "raw".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut delivered = false;
+    // Read (but never send: no heartbeats) until the server gives up on us.
+    while let Some(f) = r.frame().await {
+        if let Frame::Method {
+            method: Method::BasicDeliver(_),
+            ..
+        } = f
+        {
+            delivered = true;
+        }
+    }
+    assert!(
+        delivered,
+        "the raw consumer got the message before going silent"
+    );
+    let mut consumer = consume(&ch, "hb", "rescuer").await;
+    let d = next(&mut consumer).await;
+    assert_eq!(d.data, b"in flight");
+    assert!(
+        d.redelivered,
+        "unacked message of the dead peer comes back redelivered"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn alarm_holds_a_publishing_connection_until_it_clears() {
+    let b = start().await;
+    let (mut r, _) = Raw::open(b.addr, 0).await;
+    r.open_channel(1).await;
+    r.method(
+        1,
+        QueueDeclare {
+            queue: "held".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(matches!(
+        r.next_method().await,
+        Some((1, Method::QueueDeclareOk(_)))
+    ));
+    let publish_frames = |body: &[u8]| {
+        let mut out = BytesMut::new();
+        encode_method(
+            &mut out,
+            1,
+            &BasicPublish {
+                routing_key: "held".into(),
+                ..Default::default()
+            }
+            .into(),
+        );
+        encode_header(&mut out, 1, body.len() as u64, &Properties::default(), None);
+        out.put_slice(&frame(3, 1, body));
+        out
+    };
+    r.send(&publish_frames(b"one")).await;
+    let vhost = b.broker().vhost("/").unwrap();
+    let q = vhost.queue("held", 0).ok();
+    let count = |q: &Option<std::sync::Arc<ferrymq_core::Queue>>| {
+        q.as_ref().map(|q| q.counts().messages).unwrap_or(0)
+    };
+    eventually(|| count(&q) == 1, "first publish routed").await;
+
+    b.broker().set_blocked(Some("disk low".into()));
+    match r.next_method().await {
+        Some((0, Method::ConnectionBlocked(bl))) => assert_eq!(bl.reason, "disk low"),
+        other => panic!("expected connection.blocked, got {other:?}"),
+    }
+    // Sent after the server announced the block: it must not be read until the alarm clears.
+    r.send(&publish_frames(b"two")).await;
+    r.method(
+        1,
+        QueueDeclare {
+            queue: "held".into(),
+            passive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Consumers keep draining meanwhile.
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(get(&ch, "held").await.unwrap().delivery.data, b"one");
+    assert_eq!(
+        count(&q),
+        0,
+        "the held publish was not routed during the alarm"
+    );
+
+    b.broker().set_blocked(None);
+    assert!(matches!(
+        r.next_method().await,
+        Some((0, Method::ConnectionUnblocked(_)))
+    ));
+    match r.next_method().await {
+        Some((1, Method::QueueDeclareOk(ok))) => {
+            assert_eq!(ok.message_count, 1, "held publish routed after unblock")
+        }
+        other => panic!("expected declare-ok, got {other:?}"),
+    }
+    b.stop().await;
+}
