@@ -559,6 +559,18 @@ async fn queue_declare_server_named_counts_and_passive() {
         publish(&ch, "", "counted", b"m").await;
     }
     let _consumer = consume(&ch, q.name().as_str(), "c1").await;
+    let gen = ch
+        .queue_declare(
+            q.name().as_str(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gen.consumer_count(), 1, "declare-ok reports consumers");
     let again = ch
         .queue_declare(
             "counted",

@@ -937,7 +937,25 @@ impl Channel {
         }
         if let Some(c) = &mut self.confirm {
             c.next_seq += 1;
-            c.pending_upto = c.next_seq;
+            if outcome.refused == 0 {
+                c.pending_upto = c.next_seq;
+            } else {
+                // Confirms go out in order: settle the acks before this one, then nack it.
+                let seq = c.next_seq;
+                self.flush_confirms(ctx);
+                ctx.send(
+                    ch,
+                    BasicNack {
+                        delivery_tag: seq,
+                        multiple: false,
+                        requeue: false,
+                    },
+                );
+                if let Some(c) = &mut self.confirm {
+                    c.acked_upto = seq;
+                    c.pending_upto = seq;
+                }
+            }
         }
         Ok(())
     }

@@ -37,6 +37,9 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
 pub struct PublishOutcome {
     /// Number of queues the message was put in.
     pub routed: usize,
+    /// Number of target queues that could not take it (e.g. deleted while routing). A
+    /// publisher in confirm mode gets `basic.nack` when this is not zero.
+    pub refused: usize,
 }
 
 /// A virtual host.
@@ -492,13 +495,15 @@ impl VHost {
             &message.routing_key,
             message.properties.headers.as_ref(),
         );
-        let mut routed = 0;
+        let (mut routed, mut refused) = (0, 0);
         for q in &queues {
             if q.publish(message.clone()) {
                 routed += 1;
+            } else {
+                refused += 1;
             }
         }
-        Ok(PublishOutcome { routed })
+        Ok(PublishOutcome { routed, refused })
     }
 
     /// Registers a direct reply-to pseudo-queue under `token`.
@@ -561,5 +566,92 @@ impl Queue {
              not match that of the original declaration.",
             q.name, q.vhost
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Properties;
+    use bytes::Bytes;
+
+    fn msg(key: &str) -> Arc<Message> {
+        Arc::new(Message {
+            exchange: "amq.fanout".into(),
+            routing_key: key.into(),
+            properties: Properties::default(),
+            raw_properties: None,
+            body: Bytes::from_static(b"x"),
+        })
+    }
+
+    #[test]
+    fn a_queue_that_went_away_refuses_and_is_reported() {
+        let v = VHost::new("/");
+        let (a, _) = v
+            .declare_queue("a", QueueOptions::default(), false, 1)
+            .unwrap();
+        let (b, _) = v
+            .declare_queue("b", QueueOptions::default(), false, 1)
+            .unwrap();
+        v.bind_queue("a", "amq.fanout", "", FieldTable::new(), 1)
+            .unwrap();
+        v.bind_queue("b", "amq.fanout", "", FieldTable::new(), 1)
+            .unwrap();
+        assert_eq!(
+            v.publish("amq.fanout", msg("k")).unwrap(),
+            PublishOutcome {
+                routed: 2,
+                refused: 0
+            }
+        );
+        // Deleted between routing and enqueue: the binding is still there, the queue is not.
+        b.mark_deleted(None);
+        assert_eq!(
+            v.publish("amq.fanout", msg("k")).unwrap(),
+            PublishOutcome {
+                routed: 1,
+                refused: 1
+            }
+        );
+        assert_eq!(a.counts().messages, 2);
+    }
+
+    #[test]
+    fn exchange_to_exchange_cycles_terminate_and_queues_get_one_copy() {
+        let v = VHost::new("/");
+        v.declare_exchange("x1", "fanout", ExchangeOptions::default(), false)
+            .unwrap();
+        v.declare_exchange("x2", "fanout", ExchangeOptions::default(), false)
+            .unwrap();
+        v.bind_exchange("x2", "x1", "", FieldTable::new()).unwrap();
+        v.bind_exchange("x1", "x2", "", FieldTable::new()).unwrap();
+        let (q, _) = v
+            .declare_queue("q", QueueOptions::default(), false, 1)
+            .unwrap();
+        v.bind_queue("q", "x1", "", FieldTable::new(), 1).unwrap();
+        v.bind_queue("q", "x2", "", FieldTable::new(), 1).unwrap();
+        assert_eq!(v.publish("x1", msg("k")).unwrap().routed, 1);
+        assert_eq!(q.counts().messages, 1);
+    }
+
+    #[test]
+    fn auto_delete_exchange_goes_with_its_last_binding() {
+        let v = VHost::new("/");
+        let opts = ExchangeOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        v.declare_exchange("ad", "direct", opts, false).unwrap();
+        v.declare_queue("q", QueueOptions::default(), false, 1)
+            .unwrap();
+        v.bind_queue("q", "ad", "k1", FieldTable::new(), 1).unwrap();
+        v.bind_queue("q", "ad", "k2", FieldTable::new(), 1).unwrap();
+        v.unbind_queue("q", "ad", "k1", &FieldTable::new(), 1)
+            .unwrap();
+        assert!(v.exchange("ad").is_ok());
+        v.unbind_queue("q", "ad", "k2", &FieldTable::new(), 1)
+            .unwrap();
+        assert!(v.exchange("ad").is_err());
     }
 }
