@@ -19,6 +19,23 @@ def _binary() -> str:
     return str(ROOT / "target" / "debug" / "ferrymq")
 
 
+class ExternalBroker:
+    """A broker someone else runs, e.g. RabbitMQ, to check that these tests describe
+    RabbitMQ's behaviour: AMQP_TEST_PORT=5680 pytest tests/python"""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def params(self) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(host="127.0.0.1", port=self.port)
+
+    def connect(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.params())
+
+    def stop(self):
+        pass
+
+
 class Broker:
     def __init__(self, tmp_path: Path):
         self.proc = subprocess.Popen(
@@ -57,7 +74,8 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path):
-    b = Broker(tmp_path)
+    external = os.environ.get("AMQP_TEST_PORT")
+    b = ExternalBroker(int(external)) if external else Broker(tmp_path)
     try:
         yield b
     finally:

@@ -629,7 +629,10 @@ async fn queue_redeclare_with_other_arguments_is_406() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
-    assert!(text(&e).contains("inequivalent arg 'x-max-length'"), "{e}");
+    assert_eq!(
+        text(&e),
+        "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received '20' but current is '10'"
+    );
     let ch = c.create_channel().await.unwrap();
     let e = ch
         .queue_declare(
@@ -653,7 +656,10 @@ async fn queue_redeclare_with_other_arguments_is_406() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
-    assert!(text(&e).contains("x-max-length"), "{e}");
+    assert_eq!(
+        text(&e),
+        "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'bad' in vhost '/': \"expected integer, got longstr\""
+    );
     b.stop().await;
 }
 
@@ -741,7 +747,7 @@ async fn queue_purge_and_delete_conditions() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
-    assert!(text(&e).contains("is not empty"), "{e}");
+    assert!(text(&e).contains("not empty"), "{e}");
     let ch = c.create_channel().await.unwrap();
     assert_eq!(
         ch.queue_purge("q", QueuePurgeOptions::default())

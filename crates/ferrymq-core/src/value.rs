@@ -81,21 +81,22 @@ impl FieldValue {
         FieldValue::LongStr(Bytes::from(s.into()))
     }
 
-    /// A short description of the value's type, for error messages.
-    pub fn type_name(&self) -> &'static str {
+    /// The type name RabbitMQ uses in error messages (`signedint`, `longstr`, ...).
+    pub fn rabbit_type_name(&self) -> &'static str {
         match self {
             FieldValue::Bool(_) => "bool",
-            FieldValue::I8(_)
-            | FieldValue::U8(_)
-            | FieldValue::I16(_)
-            | FieldValue::U16(_)
-            | FieldValue::I32(_)
-            | FieldValue::U32(_)
-            | FieldValue::I64(_) => "long",
-            FieldValue::F32(_) | FieldValue::F64(_) => "float",
+            FieldValue::I8(_) => "byte",
+            FieldValue::U8(_) => "unsignedbyte",
+            FieldValue::I16(_) => "short",
+            FieldValue::U16(_) => "unsignedshort",
+            FieldValue::I32(_) => "signedint",
+            FieldValue::U32(_) => "unsignedint",
+            FieldValue::I64(_) => "long",
+            FieldValue::F32(_) => "float",
+            FieldValue::F64(_) => "double",
             FieldValue::Decimal(..) => "decimal",
             FieldValue::LongStr(_) => "longstr",
-            FieldValue::Bytes(_) => "bytes",
+            FieldValue::Bytes(_) => "binary",
             FieldValue::Array(_) => "array",
             FieldValue::Timestamp(_) => "timestamp",
             FieldValue::Table(_) => "table",

@@ -166,7 +166,7 @@ impl VHost {
         }
         if name.starts_with("amq.") {
             return Err(CoreError::AccessRefused(format!(
-                "deletion of system exchange '{name}' in vhost '{}' is not allowed",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.name
             )));
         }
@@ -237,7 +237,7 @@ impl VHost {
             }
             name.to_string()
         };
-        validate_queue_args(&options.arguments)?;
+        validate_queue_args(&name, &self.name, &options.arguments)?;
         let mut qs = self.queues.write();
         if let Some(q) = qs.get(&name) {
             q.check_access(conn)?;
@@ -307,7 +307,7 @@ impl VHost {
         }
         if if_empty && c.messages > 0 {
             return Err(CoreError::PreconditionFailed(format!(
-                "queue '{name}' in vhost '{}' is not empty",
+                "queue '{name}' in vhost '{}' not empty",
                 self.name
             )));
         }
@@ -531,27 +531,29 @@ pub fn generate_name(prefix: &str) -> String {
     s
 }
 
-fn validate_queue_args(args: &FieldTable) -> CoreResult<()> {
+fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> CoreResult<()> {
     for (k, v) in args.iter() {
-        let want_int = matches!(
-            k.as_str(),
-            "x-message-ttl"
-                | "x-expires"
-                | "x-max-length"
-                | "x-max-length-bytes"
-                | "x-max-priority"
-                | "x-delivery-limit"
-        );
-        if want_int {
-            match v.as_i64() {
-                Some(n) if n >= 0 => {}
-                _ => {
-                    return Err(CoreError::InvalidArgument(format!(
-                    "invalid arg '{k}' for queue: {v} of type '{}' is not a non-negative integer",
-                    v.type_name()
-                )))
-                }
-            }
+        // (minimum, maximum) as RabbitMQ checks them; x-expires must be positive.
+        let (min, max) = match k.as_str() {
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" => (0, i64::MAX),
+            "x-expires" => (1, i64::MAX),
+            "x-max-priority" => (0, 255),
+            _ => continue,
+        };
+        let reason = match v.as_i64() {
+            None => Some(format!(
+                "\"expected integer, got {}\"",
+                v.rabbit_type_name()
+            )),
+            Some(n) if n < 0 => Some(format!("{{value_negative,{n}}}")),
+            Some(n) if n < min => Some(format!("{{value_zero,{n}}}")),
+            Some(n) if n > max => Some(format!("{{max_value_exceeded,{n}}}")),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            return Err(CoreError::InvalidArgument(format!(
+                "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {reason}"
+            )));
         }
     }
     Ok(())

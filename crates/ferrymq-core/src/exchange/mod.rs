@@ -306,25 +306,29 @@ fn rebuild_direct_index(b: &mut Bindings) {
 }
 
 /// Compares the listed arguments of two declarations. Returns the first differing key with
-/// the received and current values rendered for an error message.
+/// the received and current values rendered as RabbitMQ renders them in its error text.
 pub fn check_args_equivalent(
     current: &FieldTable,
     received: &FieldTable,
     keys: &[&str],
 ) -> Result<(), (String, String, String)> {
-    let render = |v: Option<&FieldValue>| match v {
-        None => "none".to_string(),
-        Some(v) => format!("the value '{v}' of type '{}'", v.type_name()),
-    };
     for k in keys {
         let (c, r) = (current.get(k), received.get(k));
-        let same = match (c, r) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a.equivalent(b),
-            _ => false,
+        let rendered = match (c, r) {
+            (None, None) => None,
+            (Some(a), Some(b)) if a.equivalent(b) => None,
+            (Some(c), Some(r)) => Some((format!("'{r}'"), format!("'{c}'"))),
+            (Some(c), None) => Some((
+                "none".to_string(),
+                format!("the value '{c}' of type '{}'", c.rabbit_type_name()),
+            )),
+            (None, Some(r)) => Some((
+                format!("the value '{r}' of type '{}'", r.rabbit_type_name()),
+                "none".to_string(),
+            )),
         };
-        if !same {
-            return Err((k.to_string(), render(r), render(c)));
+        if let Some((got, cur)) = rendered {
+            return Err((k.to_string(), got, cur));
         }
     }
     Ok(())
