@@ -3,6 +3,7 @@
 //! Kept as a library so integration tests can run a broker in-process on a free port.
 
 pub mod config;
+pub mod perf;
 
 use anyhow::Context;
 use config::Config;

@@ -16,6 +16,11 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Server(ServerArgs),
+    /// Measure a broker (FerryMQ or any AMQP 0-9-1 broker) with load scenarios.
+    Perf {
+        #[command(subcommand)]
+        scenario: ferrymq::perf::Scenario,
+    },
 }
 
 #[derive(clap::Args)]
@@ -41,6 +46,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(a) => server(a),
+        Command::Perf { scenario } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?;
+            rt.block_on(ferrymq::perf::run(scenario))
+        }
     }
 }
 
@@ -62,6 +74,8 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         cfg.log_level = v;
     }
     cfg.validate()?;
+    // Thousands of clients need thousands of file descriptors.
+    ferrymq::perf::raise_fd_limit();
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("invalid --log-level '{}'", cfg.log_level))?;
     tracing_subscriber::fmt()

@@ -1,0 +1,57 @@
+//! The connections scenario: N idle AMQP connections and the broker's memory.
+
+use super::client::Conn;
+use super::procstat::{raise_fd_limit, rss_bytes};
+use super::uri::AmqpUri;
+use anyhow::Context;
+
+/// Arguments of `ferrymq perf connections`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsArgs {
+    /// Broker to connect to.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub uri: String,
+    /// Connections to open (each with one channel).
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Broker process id, to report its memory.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+}
+
+/// Opens the connections, reports memory, closes them.
+pub async fn run(a: &ConnectionsArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let uri: AmqpUri = a.uri.parse()?;
+    let rss0 = a.broker_pid.and_then(rss_bytes);
+    let start = std::time::Instant::now();
+    let mut conns = Vec::with_capacity(a.count);
+    for i in 0..a.count {
+        conns.push(
+            Conn::open(&uri)
+                .await
+                .with_context(|| format!("connection {i}"))?,
+        );
+        if (i + 1) % 1000 == 0 {
+            println!("{} connections open", i + 1);
+        }
+    }
+    let took = start.elapsed().as_secs_f64();
+    // Let the broker settle its buffers before reading its memory.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let rss1 = a.broker_pid.and_then(rss_bytes);
+    let mb = |b: Option<u64>| b.map(|b| b as f64 / 1_048_576.0);
+    println!(
+        "summary: {} connections opened in {took:.1}s; broker RSS {:.1} MiB -> {:.1} MiB",
+        a.count,
+        mb(rss0).unwrap_or(f64::NAN),
+        mb(rss1).unwrap_or(f64::NAN)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"scenario": "connections", "count": a.count, "seconds": took,
+            "broker_rss_before_mib": mb(rss0), "broker_rss_after_mib": mb(rss1)})
+    );
+    drop(conns);
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The queues scenario: declare N queues, report the time taken and the broker's memory.
+
+use super::client::{scan, Conn, Event};
+use super::procstat::rss_bytes;
+use super::uri::AmqpUri;
+use anyhow::bail;
+use bytes::BytesMut;
+use ferrymq_amqp::codec::frame::encode_method;
+use ferrymq_amqp::codec::methods::{QueueDeclare, QueueDelete};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Arguments of `ferrymq perf queues`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueuesArgs {
+    /// Broker to connect to.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub uri: String,
+    /// Queues to declare.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// Broker process id, to report its memory.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Delete the queues afterwards.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// Declares the queues (pipelined, 1000 in flight) and reports.
+pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
+    let uri: AmqpUri = a.uri.parse()?;
+    let mut c = Conn::open(&uri).await?;
+    let rss0 = a.broker_pid.and_then(rss_bytes);
+    let start = std::time::Instant::now();
+    pipelined(&mut c, a.count, |i, out| {
+        encode_method(
+            out,
+            1,
+            &QueueDeclare {
+                queue: format!("perf-q-{i}"),
+                ..Default::default()
+            }
+            .into(),
+        )
+    })
+    .await?;
+    let took = start.elapsed().as_secs_f64();
+    let rss1 = a.broker_pid.and_then(rss_bytes);
+    let mb = |b: Option<u64>| b.map(|b| b as f64 / 1_048_576.0);
+    println!(
+        "summary: {} queues declared in {took:.2}s ({:.0}/s); broker RSS {:.1} MiB -> {:.1} MiB",
+        a.count,
+        a.count as f64 / took.max(1e-9),
+        mb(rss0).unwrap_or(f64::NAN),
+        mb(rss1).unwrap_or(f64::NAN)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"scenario": "queues", "count": a.count, "seconds": took,
+            "broker_rss_before_mib": mb(rss0), "broker_rss_after_mib": mb(rss1)})
+    );
+    if a.cleanup {
+        pipelined(&mut c, a.count, |i, out| {
+            encode_method(
+                out,
+                1,
+                &QueueDelete {
+                    queue: format!("perf-q-{i}"),
+                    ..Default::default()
+                }
+                .into(),
+            )
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends `count` requests with up to 1000 outstanding, counting replies on channel 1.
+async fn pipelined(
+    c: &mut Conn,
+    count: usize,
+    encode: impl Fn(usize, &mut BytesMut),
+) -> anyhow::Result<()> {
+    let (mut sent, mut replies) = (0usize, 0usize);
+    let mut out = BytesMut::new();
+    while replies < count {
+        while sent < count && sent - replies < 1000 {
+            encode(sent, &mut out);
+            sent += 1;
+        }
+        if !out.is_empty() {
+            c.wr.write_all(&out).await?;
+            out.clear();
+        }
+        if c.rd.read_buf(&mut c.rbuf).await? == 0 {
+            bail!("broker closed the socket");
+        }
+        while let Some(ev) = scan(&mut c.rbuf)? {
+            match ev {
+                Event::Closed(t) => bail!("broker closed: {t}"),
+                Event::Other => replies += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
