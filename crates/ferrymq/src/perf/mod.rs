@@ -11,7 +11,7 @@ mod throughput;
 mod uri;
 
 pub use procstat::raise_fd_limit;
-pub use throughput::{ThroughputArgs, ThroughputReport};
+pub use throughput::{run as run_throughput, ThroughputArgs, ThroughputReport};
 pub use uri::AmqpUri;
 
 use clap::Subcommand;

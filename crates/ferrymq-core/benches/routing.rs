@@ -1,0 +1,29 @@
+//! Topic routing against 10,000 bindings.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use ferrymq_core::vhost::VHost;
+use ferrymq_core::{FieldTable, QueueOptions};
+
+fn topic(c: &mut Criterion) {
+    let v = VHost::new("/");
+    v.declare_queue("q", QueueOptions::default(), false, 1)
+        .unwrap();
+    // 10,000 distinct patterns shaped like real ones: region.service.level with wildcards.
+    for i in 0..10_000 {
+        let p = match i % 4 {
+            0 => format!("r{}.s{}.*", i % 50, i),
+            1 => format!("r{}.#.l{}", i % 50, i),
+            2 => format!("*.s{}.l{}", i, i % 7),
+            _ => format!("r{}.s{}.l{}", i % 50, i, i % 7),
+        };
+        v.bind_queue("q", "amq.topic", &p, FieldTable::new(), 1)
+            .unwrap();
+    }
+    let x = v.exchange("amq.topic").unwrap();
+    c.bench_function("topic route, 10k bindings", |b| {
+        b.iter(|| black_box(v.route(&x, black_box("r7.s4007.l3"), None).len()))
+    });
+}
+
+criterion_group!(benches, topic);
+criterion_main!(benches);
