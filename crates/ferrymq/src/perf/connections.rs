@@ -27,11 +27,16 @@ pub async fn run(a: &ConnectionsArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let mut conns = Vec::with_capacity(a.count);
     for i in 0..a.count {
-        conns.push(
-            Conn::open(&uri)
-                .await
-                .with_context(|| format!("connection {i}"))?,
-        );
+        // A broker out of file descriptors stops accepting instead of refusing: bound the wait.
+        let c = tokio::time::timeout(std::time::Duration::from_secs(30), Conn::open(&uri))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "connection {i} not established within 30 s (broker out of file descriptors?)"
+                )
+            })?
+            .with_context(|| format!("connection {i}"))?;
+        conns.push(c);
         if (i + 1) % 1000 == 0 {
             println!("{} connections open", i + 1);
         }
