@@ -137,6 +137,16 @@ impl Raw {
         }
     }
 
+    /// The broker's answer to a bad protocol header: its own header, then the socket closes.
+    async fn expect_protocol_header_then_eof(&mut self) {
+        let mut got = self.buf.to_vec();
+        tokio::time::timeout(WAIT, self.s.read_to_end(&mut got))
+            .await
+            .expect("broker closes the socket")
+            .expect("read");
+        assert_eq!(got, PROTOCOL_HEADER);
+    }
+
     async fn expect_eof(&mut self) {
         while self.frame().await.is_some() {}
     }
@@ -185,20 +195,10 @@ async fn wrong_protocol_header_is_answered_with_0_9_1_header() {
     let b = start().await;
     let mut r = Raw::connect(b.addr).await;
     r.send(b"GET / HTTP/1.1\r\n\r\n").await;
-    let mut got = Vec::new();
-    tokio::time::timeout(WAIT, r.s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, PROTOCOL_HEADER);
+    r.expect_protocol_header_then_eof().await;
     let mut r = Raw::connect(b.addr).await;
     r.send(b"AMQP\x01\x01\x00\x0a").await;
-    let mut got = Vec::new();
-    tokio::time::timeout(WAIT, r.s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, PROTOCOL_HEADER);
+    r.expect_protocol_header_then_eof().await;
     assert_healthy(&b).await;
     b.stop().await;
 }
@@ -456,12 +456,7 @@ async fn bad_frames_close_the_connection_with_the_right_code_and_others_are_undi
     // Pure garbage instead of a protocol header.
     let mut r = Raw::connect(b.addr).await;
     r.send(&[0xFFu8; 64]).await;
-    let mut got = Vec::new();
-    tokio::time::timeout(WAIT, r.s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, PROTOCOL_HEADER);
+    r.expect_protocol_header_then_eof().await;
     assert_healthy(&b).await;
     b.stop().await;
 }

@@ -1,7 +1,7 @@
 //! The connections scenario: N idle AMQP connections and the broker's memory.
 
 use super::client::Conn;
-use super::procstat::{raise_fd_limit, rss_bytes};
+use super::procstat::{raise_fd_limit, rss_mib};
 use super::uri::AmqpUri;
 use anyhow::Context;
 
@@ -23,7 +23,7 @@ pub struct ConnectionsArgs {
 pub async fn run(a: &ConnectionsArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let uri: AmqpUri = a.uri.parse()?;
-    let rss0 = a.broker_pid.and_then(rss_bytes);
+    let rss0 = rss_mib(a.broker_pid);
     let start = std::time::Instant::now();
     let mut conns = Vec::with_capacity(a.count);
     for i in 0..a.count {
@@ -44,18 +44,17 @@ pub async fn run(a: &ConnectionsArgs) -> anyhow::Result<()> {
     let took = start.elapsed().as_secs_f64();
     // Let the broker settle its buffers before reading its memory.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let rss1 = a.broker_pid.and_then(rss_bytes);
-    let mb = |b: Option<u64>| b.map(|b| b as f64 / 1_048_576.0);
+    let rss1 = rss_mib(a.broker_pid);
     println!(
         "summary: {} connections opened in {took:.1}s; broker RSS {:.1} MiB -> {:.1} MiB",
         a.count,
-        mb(rss0).unwrap_or(f64::NAN),
-        mb(rss1).unwrap_or(f64::NAN)
+        rss0.unwrap_or(f64::NAN),
+        rss1.unwrap_or(f64::NAN)
     );
     println!(
         "{}",
         serde_json::json!({"scenario": "connections", "count": a.count, "seconds": took,
-            "broker_rss_before_mib": mb(rss0), "broker_rss_after_mib": mb(rss1)})
+            "broker_rss_before_mib": rss0, "broker_rss_after_mib": rss1})
     );
     drop(conns);
     Ok(())

@@ -26,6 +26,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resident set size of `pid` in MiB, if a pid was given and /proc could be read.
+pub fn rss_mib(pid: Option<u32>) -> Option<f64> {
+    pid.and_then(rss_bytes).map(|b| b as f64 / 1_048_576.0)
+}
+
 /// Raises this process's open-file limit to its hard limit (many connections need many fds).
 pub fn raise_fd_limit() {
     let mut r = libc::rlimit {

@@ -1,7 +1,7 @@
 //! The queues scenario: declare N queues, report the time taken and the broker's memory.
 
 use super::client::{scan, Conn, Event};
-use super::procstat::rss_bytes;
+use super::procstat::rss_mib;
 use super::uri::AmqpUri;
 use anyhow::bail;
 use bytes::BytesMut;
@@ -30,7 +30,7 @@ pub struct QueuesArgs {
 pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
     let uri: AmqpUri = a.uri.parse()?;
     let mut c = Conn::open(&uri).await?;
-    let rss0 = a.broker_pid.and_then(rss_bytes);
+    let rss0 = rss_mib(a.broker_pid);
     let start = std::time::Instant::now();
     pipelined(&mut c, a.count, |i, out| {
         encode_method(
@@ -45,19 +45,18 @@ pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
     })
     .await?;
     let took = start.elapsed().as_secs_f64();
-    let rss1 = a.broker_pid.and_then(rss_bytes);
-    let mb = |b: Option<u64>| b.map(|b| b as f64 / 1_048_576.0);
+    let rss1 = rss_mib(a.broker_pid);
     println!(
         "summary: {} queues declared in {took:.2}s ({:.0}/s); broker RSS {:.1} MiB -> {:.1} MiB",
         a.count,
         a.count as f64 / took.max(1e-9),
-        mb(rss0).unwrap_or(f64::NAN),
-        mb(rss1).unwrap_or(f64::NAN)
+        rss0.unwrap_or(f64::NAN),
+        rss1.unwrap_or(f64::NAN)
     );
     println!(
         "{}",
         serde_json::json!({"scenario": "queues", "count": a.count, "seconds": took,
-            "broker_rss_before_mib": mb(rss0), "broker_rss_after_mib": mb(rss1)})
+            "broker_rss_before_mib": rss0, "broker_rss_after_mib": rss1})
     );
     if a.cleanup {
         pipelined(&mut c, a.count, |i, out| {
