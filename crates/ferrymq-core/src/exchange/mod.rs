@@ -4,7 +4,7 @@ mod headers;
 mod topic;
 
 pub use headers::headers_match;
-pub use topic::{topic_match, TopicPattern};
+pub use topic::{topic_match, TopicPattern, TopicTrie};
 
 use crate::error::{CoreError, CoreResult};
 use crate::queue::Queue;
@@ -85,7 +85,6 @@ pub struct Binding {
     pub routing_key: String,
     /// Binding arguments (used by headers exchanges).
     pub arguments: FieldTable,
-    topic: Option<TopicPattern>,
 }
 
 impl Binding {
@@ -101,6 +100,8 @@ struct Bindings {
     all: Vec<Binding>,
     // Direct exchanges index bindings by key so routing is one hash lookup.
     by_key: HashMap<String, Vec<Destination>>,
+    // Topic exchanges index bindings by word (routing cost follows the key, not the count).
+    topics: TopicTrie<Destination>,
 }
 
 /// Declaration options of an exchange.
@@ -155,18 +156,19 @@ impl Exchange {
         {
             return;
         }
-        let topic = (self.kind == ExchangeKind::Topic).then(|| TopicPattern::new(routing_key));
-        if self.kind == ExchangeKind::Direct {
-            b.by_key
+        match self.kind {
+            ExchangeKind::Direct => b
+                .by_key
                 .entry(routing_key.to_string())
                 .or_default()
-                .push(destination.clone());
+                .push(destination.clone()),
+            ExchangeKind::Topic => b.topics.insert(routing_key, destination.clone()),
+            _ => {}
         }
         b.all.push(Binding {
             destination,
             routing_key: routing_key.to_string(),
             arguments,
-            topic,
         });
     }
 
@@ -176,8 +178,8 @@ impl Exchange {
         let before = b.all.len();
         b.all.retain(|x| !x.matches(destination, routing_key, args));
         let removed = b.all.len() != before;
-        if removed && self.kind == ExchangeKind::Direct {
-            rebuild_direct_index(&mut b);
+        if removed {
+            rebuild_indexes(self.kind, &mut b);
         }
         removed
     }
@@ -188,8 +190,8 @@ impl Exchange {
         let before = b.all.len();
         b.all.retain(|x| !x.destination.same(destination));
         let removed = before - b.all.len();
-        if removed > 0 && self.kind == ExchangeKind::Direct {
-            rebuild_direct_index(&mut b);
+        if removed > 0 {
+            rebuild_indexes(self.kind, &mut b);
         }
         removed
     }
@@ -228,14 +230,7 @@ impl Exchange {
                 }
             }
             ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),
-            ExchangeKind::Topic => {
-                let words: Vec<&str> = topic::split_key(routing_key);
-                for x in &b.all {
-                    if x.topic.as_ref().is_some_and(|p| p.matches_words(&words)) {
-                        out.push(x.destination.clone());
-                    }
-                }
-            }
+            ExchangeKind::Topic => b.topics.matches(&topic::split_key(routing_key), out),
             ExchangeKind::Headers => {
                 let empty = FieldTable::new();
                 let h = headers.unwrap_or(&empty);
@@ -295,14 +290,27 @@ impl Exchange {
     }
 }
 
-fn rebuild_direct_index(b: &mut Bindings) {
-    let mut idx: HashMap<String, Vec<Destination>> = HashMap::new();
-    for x in &b.all {
-        idx.entry(x.routing_key.clone())
-            .or_default()
-            .push(x.destination.clone());
+/// Rebuilds the routing index after bindings were removed (removal is rare; routing is hot).
+fn rebuild_indexes(kind: ExchangeKind, b: &mut Bindings) {
+    match kind {
+        ExchangeKind::Direct => {
+            let mut idx: HashMap<String, Vec<Destination>> = HashMap::new();
+            for x in &b.all {
+                idx.entry(x.routing_key.clone())
+                    .or_default()
+                    .push(x.destination.clone());
+            }
+            b.by_key = idx;
+        }
+        ExchangeKind::Topic => {
+            let mut trie = TopicTrie::default();
+            for x in &b.all {
+                trie.insert(&x.routing_key, x.destination.clone());
+            }
+            b.topics = trie;
+        }
+        _ => {}
     }
-    b.by_key = idx;
 }
 
 /// Compares the listed arguments of two declarations. Returns the first differing key with

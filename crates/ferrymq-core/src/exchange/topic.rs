@@ -128,3 +128,122 @@ mod tests {
         }
     }
 }
+
+/// Topic bindings indexed by word, so routing cost follows the key's words rather than the
+/// number of bindings.
+pub struct TopicTrie<T> {
+    root: Node<T>,
+}
+
+impl<T> Default for TopicTrie<T> {
+    fn default() -> Self {
+        TopicTrie {
+            root: Node::default(),
+        }
+    }
+}
+
+struct Node<T> {
+    words: std::collections::HashMap<String, Node<T>>,
+    star: Option<Box<Node<T>>>,
+    hash: Option<Box<Node<T>>>,
+    values: Vec<T>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node {
+            words: Default::default(),
+            star: None,
+            hash: None,
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> TopicTrie<T> {
+    /// Adds `value` under binding key `pattern`.
+    pub fn insert(&mut self, pattern: &str, value: T) {
+        let mut node = &mut self.root;
+        for w in TopicPattern::new(pattern).words {
+            node = match w {
+                Word::Lit(l) => node.words.entry(l).or_default(),
+                Word::Star => node.star.get_or_insert_with(Default::default),
+                Word::Hash => node.hash.get_or_insert_with(Default::default),
+            };
+        }
+        node.values.push(value);
+    }
+
+    /// Appends the values of every pattern matching `words` to `out` (a value bound by two
+    /// matching patterns appears twice; callers deduplicate destinations).
+    pub fn matches(&self, words: &[&str], out: &mut Vec<T>) {
+        walk(&self.root, words, out);
+    }
+}
+
+fn walk<T: Clone>(node: &Node<T>, words: &[&str], out: &mut Vec<T>) {
+    if let Some(h) = &node.hash {
+        // `#` swallows zero or more words.
+        for skip in 0..=words.len() {
+            walk(h, &words[skip..], out);
+        }
+    }
+    match words.split_first() {
+        None => out.extend(node.values.iter().cloned()),
+        Some((first, rest)) => {
+            if let Some(n) = node.words.get(*first) {
+                walk(n, rest, out);
+            }
+            if let Some(n) = &node.star {
+                walk(n, rest, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod trie_tests {
+    use super::*;
+
+    #[test]
+    fn trie_agrees_with_the_pattern_matcher() {
+        let patterns = [
+            "a.b.c", "a.*.c", "a.#.c", "#", "*", "", "a.*", "a.#", "#.b", "*.#", "#.#", "a.#.#.b",
+            "#.*.#", "a.#.b.*", "*.*", "#.a.#", "a.*.#", "x", "a..b", "*.a.*",
+        ];
+        let keys = [
+            "",
+            "a",
+            "b",
+            "a.b",
+            "a.b.c",
+            "a.c",
+            "a.b.b.c",
+            "a.",
+            ".a",
+            "a..b",
+            "a.x.b.y.b.z",
+            "a.x.b.y.c",
+            "x",
+            "a.a",
+            "b.a.b",
+            "a.b.b",
+            "q.a.q",
+        ];
+        let mut trie = TopicTrie::default();
+        for (i, p) in patterns.iter().enumerate() {
+            trie.insert(p, i);
+        }
+        for k in keys {
+            let mut got = Vec::new();
+            trie.matches(&split_key(k), &mut got);
+            got.sort_unstable();
+            got.dedup();
+            let want: Vec<usize> = (0..patterns.len())
+                .filter(|&i| topic_match(patterns[i], k))
+                .collect();
+            assert_eq!(got, want, "key {k:?}");
+        }
+    }
+}
