@@ -12,17 +12,10 @@ use lapin::{BasicProperties, Channel};
 use std::sync::{Arc, Mutex};
 
 async fn ready_count(ch: &Channel, q: &str) -> u32 {
-    ch.queue_declare(
-        q,
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
+    passive_queue(ch, q)
+        .await
+        .expect("passive declare")
+        .message_count()
 }
 
 /// Captures the error that closes a channel (lapin reports async closes through on_error).
@@ -689,15 +682,7 @@ async fn fanout_delivers_one_copy_per_queue() {
     for i in 0..5 {
         let q = format!("f{i}");
         queue(&ch, &q).await;
-        ch.queue_bind(
-            &q,
-            "amq.fanout",
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        bind(&ch, &q, "amq.fanout", "").await.unwrap();
         consumers.push(consume(&ch, &q, "").await);
     }
     publish(&ch, "amq.fanout", "", b"broadcast").await;

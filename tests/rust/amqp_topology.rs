@@ -46,34 +46,14 @@ async fn unknown_vhost_is_refused_with_530() {
 async fn exchange_declare_passive_and_redeclare_rules() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    ch.exchange_declare(
-        "logs",
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, "logs", ExchangeKind::Fanout)
+        .await
+        .unwrap();
     // Same declaration again is fine; passive finds it.
-    ch.exchange_declare(
-        "logs",
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.exchange_declare(
-        "logs",
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, "logs", ExchangeKind::Fanout)
+        .await
+        .unwrap();
+    passive_exchange(&ch, "logs").await.unwrap();
     // The standard exchanges exist.
     for x in [
         "amq.direct",
@@ -82,55 +62,22 @@ async fn exchange_declare_passive_and_redeclare_rules() {
         "amq.headers",
         "amq.match",
     ] {
-        ch.exchange_declare(
-            x,
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        passive_exchange(&ch, x).await.unwrap();
     }
     // Different type: 406 and the channel closes.
-    let e = ch
-        .exchange_declare(
-            "logs",
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    let e = declare_exchange(&ch, "logs", ExchangeKind::Direct)
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
     assert!(text(&e).contains("inequivalent arg 'type'"), "{e}");
 
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .exchange_declare(
-            "nope",
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_exchange(&ch, "nope").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no exchange 'nope' in vhost '/'"), "{e}");
 
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .exchange_declare(
-            "amq.mine",
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    let e = declare_exchange(&ch, "amq.mine", ExchangeKind::Direct)
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(403));
@@ -166,24 +113,11 @@ async fn unknown_exchange_type_closes_connection_with_503() {
 async fn exchange_delete_if_unused() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    ch.exchange_declare(
-        "x",
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, "x", ExchangeKind::Direct)
+        .await
+        .unwrap();
     queue(&ch, "q").await;
-    ch.queue_bind(
-        "q",
-        "x",
-        "k",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "q", "x", "k").await.unwrap();
     let e = ch
         .exchange_delete(
             "x",
@@ -199,18 +133,7 @@ async fn exchange_delete_if_unused() {
     ch.exchange_delete("x", ExchangeDeleteOptions::default())
         .await
         .unwrap();
-    let e = ch
-        .exchange_declare(
-            "x",
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_exchange(&ch, "x").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     b.stop().await;
 }
@@ -222,58 +145,16 @@ async fn direct_fanout_and_exchange_to_exchange_routing() {
     for q in ["d1", "d2", "f1", "f2"] {
         queue(&ch, q).await;
     }
-    ch.exchange_declare(
-        "dx",
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.exchange_declare(
-        "fx",
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        "d1",
-        "dx",
-        "red",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        "d2",
-        "dx",
-        "blue",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        "f1",
-        "fx",
-        "",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        "f2",
-        "fx",
-        "ignored",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, "dx", ExchangeKind::Direct)
+        .await
+        .unwrap();
+    declare_exchange(&ch, "fx", ExchangeKind::Fanout)
+        .await
+        .unwrap();
+    bind(&ch, "d1", "dx", "red").await.unwrap();
+    bind(&ch, "d2", "dx", "blue").await.unwrap();
+    bind(&ch, "f1", "fx", "").await.unwrap();
+    bind(&ch, "f2", "fx", "ignored").await.unwrap();
     // fx receives everything dx routes with key "red".
     ch.exchange_bind(
         "fx",
@@ -329,15 +210,7 @@ async fn topic_routing_matches_rabbitmq() {
     ];
     for (q, k) in binds {
         queue(&ch, q).await;
-        ch.queue_bind(
-            q,
-            "amq.topic",
-            k,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        bind(&ch, q, "amq.topic", k).await.unwrap();
     }
     let cases: &[(&str, &[&str])] = &[
         ("quick.orange.rabbit", &["q_star", "q_rabbit", "q_all"]),
@@ -431,14 +304,9 @@ async fn headers_exchange_all_and_any() {
 async fn alternate_exchange_receives_unroutable_messages() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    ch.exchange_declare(
-        "ae",
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, "ae", ExchangeKind::Fanout)
+        .await
+        .unwrap();
     ch.exchange_declare(
         "main",
         ExchangeKind::Direct,
@@ -449,24 +317,8 @@ async fn alternate_exchange_receives_unroutable_messages() {
     .unwrap();
     queue(&ch, "unrouted").await;
     queue(&ch, "routed").await;
-    ch.queue_bind(
-        "unrouted",
-        "ae",
-        "",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        "routed",
-        "main",
-        "ok",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "unrouted", "ae", "").await.unwrap();
+    bind(&ch, "routed", "main", "ok").await.unwrap();
     publish(&ch, "main", "ok", b"1").await;
     publish(&ch, "main", "other", b"2").await;
     assert_eq!(get(&ch, "routed").await.unwrap().delivery.data, b"1");
@@ -559,41 +411,11 @@ async fn queue_declare_server_named_counts_and_passive() {
         publish(&ch, "", "counted", b"m").await;
     }
     let _consumer = consume(&ch, q.name().as_str(), "c1").await;
-    let gen = ch
-        .queue_declare(
-            q.name().as_str(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let gen = passive_queue(&ch, q.name().as_str()).await.unwrap();
     assert_eq!(gen.consumer_count(), 1, "declare-ok reports consumers");
-    let again = ch
-        .queue_declare(
-            "counted",
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let again = passive_queue(&ch, "counted").await.unwrap();
     assert_eq!(again.message_count(), 3);
-    let e = ch
-        .queue_declare(
-            "absent",
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_queue(&ch, "absent").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no queue 'absent' in vhost '/'"), "{e}");
     let ch = c.create_channel().await.unwrap();
@@ -678,17 +500,7 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
     .await
     .unwrap();
     let (_c2, ch2) = channel(&b).await;
-    let e = ch2
-        .queue_declare(
-            "mine",
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_queue(&ch2, "mine").await.unwrap_err();
     assert_eq!(code(&e), Some(405), "{e}");
     let (_c3, ch3) = channel(&b).await;
     let e = ch3
@@ -713,17 +525,7 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
         "exclusive queue deleted",
     )
     .await;
-    let e = ch5
-        .queue_declare(
-            "mine",
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_queue(&ch5, "mine").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     b.stop().await;
 }
@@ -795,42 +597,15 @@ async fn bind_errors_name_the_missing_entity() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
     queue(&ch, "q").await;
-    let e = ch
-        .queue_bind(
-            "q",
-            "nox",
-            "k",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = bind(&ch, "q", "nox", "k").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no exchange 'nox'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .queue_bind(
-            "noq",
-            "amq.direct",
-            "k",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = bind(&ch, "noq", "amq.direct", "k").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert!(text(&e).contains("no queue 'noq'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .queue_bind(
-            "q",
-            "",
-            "k",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = bind(&ch, "q", "", "k").await.unwrap_err();
     assert_eq!(code(&e), Some(403));
     b.stop().await;
 }
@@ -854,30 +629,11 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     ch.basic_cancel("c1", BasicCancelOptions::default())
         .await
         .unwrap();
-    ch.queue_declare(
-        "ad",
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    passive_queue(&ch, "ad").await.unwrap();
     ch.basic_cancel("c2", BasicCancelOptions::default())
         .await
         .unwrap();
-    let e = ch
-        .queue_declare(
-            "ad",
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_queue(&ch, "ad").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     b.stop().await;
 }

@@ -159,3 +159,57 @@ pub async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMe
         .await
         .expect("basic.get")
 }
+
+/// Passive queue.declare: does the queue exist (and may this connection use it)?
+pub async fn passive_queue(ch: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Passive exchange.declare.
+pub async fn passive_exchange(ch: &Channel, name: &str) -> lapin::Result<()> {
+    ch.exchange_declare(
+        name,
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares an exchange with default options and no arguments.
+pub async fn declare_exchange(
+    ch: &Channel,
+    name: &str,
+    kind: lapin::ExchangeKind,
+) -> lapin::Result<()> {
+    ch.exchange_declare(
+        name,
+        kind,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Binds a queue to an exchange with no arguments.
+pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+    ch.queue_bind(
+        queue,
+        exchange,
+        key,
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
