@@ -155,3 +155,24 @@ def test_idempotent_deletes(broker):
     ch.queue_unbind(q, "amq.direct", "not-bound")
     ch.queue_declare("amq.rabbitmq.reply-to", passive=True)
     conn.close()
+
+
+def test_user_id_must_match_the_login(broker):
+    q = n("q")
+
+    def spoof(c, ch):
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="mallory"))
+    expect(broker, spoof, 406,
+           "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'")
+
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q, exclusive=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="guest"))
+        _, props, body = ch.basic_get(q, auto_ack=True)
+        assert (props.user_id, body) == ("guest", b"x")
+    finally:
+        conn.close()

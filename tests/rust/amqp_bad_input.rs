@@ -6,7 +6,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::*;
-use ferrymq_amqp::codec::frame::{decode_frame, encode_header, encode_method};
+use ferrymq_amqp::codec::frame::{decode_frame, encode_header_properties, encode_method};
 use ferrymq_amqp::codec::methods::*;
 use ferrymq_amqp::codec::{Frame, Method, PROTOCOL_HEADER};
 use ferrymq_core::{FieldTable, FieldValue, Properties};
@@ -241,7 +241,7 @@ async fn amqplain_login_works() {
     r.send(PROTOCOL_HEADER).await;
     r.next_method().await.unwrap();
     let mut resp = BytesMut::new();
-    ferrymq_amqp::codec::table::write_table(
+    ferrymq_core::wire::write_table(
         &mut resp,
         &FieldTable(vec![
             ("LOGIN".into(), FieldValue::string("guest")),
@@ -337,13 +337,7 @@ async fn bad_frames_close_the_connection_with_the_right_code_and_others_are_undi
         }
         .into(),
     );
-    encode_header(
-        &mut publish_then_method,
-        1,
-        10,
-        &Properties::default(),
-        None,
-    );
+    encode_header_properties(&mut publish_then_method, 1, 10, &Properties::default());
     encode_method(
         &mut publish_then_method,
         1,
@@ -355,13 +349,7 @@ async fn bad_frames_close_the_connection_with_the_right_code_and_others_are_undi
     );
 
     let mut header_without_publish = BytesMut::new();
-    encode_header(
-        &mut header_without_publish,
-        1,
-        3,
-        &Properties::default(),
-        None,
-    );
+    encode_header_properties(&mut header_without_publish, 1, 3, &Properties::default());
 
     let mut body_too_long = BytesMut::new();
     encode_method(
@@ -373,7 +361,7 @@ async fn bad_frames_close_the_connection_with_the_right_code_and_others_are_undi
         }
         .into(),
     );
-    encode_header(&mut body_too_long, 1, 2, &Properties::default(), None);
+    encode_header_properties(&mut body_too_long, 1, 2, &Properties::default());
     body_too_long.put_slice(&frame(3, 1, b"12345"));
 
     let mut truncated_method = BytesMut::new();
@@ -532,7 +520,7 @@ async fn alarm_holds_a_publishing_connection_until_it_clears() {
             }
             .into(),
         );
-        encode_header(&mut out, 1, body.len() as u64, &Properties::default(), None);
+        encode_header_properties(&mut out, 1, body.len() as u64, &Properties::default());
         out.put_slice(&frame(3, 1, body));
         out
     };

@@ -3,10 +3,11 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ferrymq_amqp::codec::frame::{
-    body_frames, decode_frame, encode_header, encode_method, FRAME_END,
+    body_frames, decode_frame, encode_deliver, encode_header, encode_header_properties,
+    encode_method, FRAME_END,
 };
-use ferrymq_amqp::codec::methods::{BasicDeliver, BasicPublish};
-use ferrymq_core::Properties;
+use ferrymq_amqp::codec::methods::BasicPublish;
+use ferrymq_core::{Message, Properties};
 
 fn publish_frames(n: usize, body: &[u8]) -> BytesMut {
     let mut out = BytesMut::new();
@@ -24,10 +25,10 @@ fn publish_frames(n: usize, body: &[u8]) -> BytesMut {
             }
             .into(),
         );
-        encode_header(&mut out, 1, body.len() as u64, &props, None);
-        body_frames(1, &Bytes::copy_from_slice(body), 131_072, |h, p| {
+        encode_header_properties(&mut out, 1, body.len() as u64, &props);
+        body_frames(1, body.len(), 131_072, |h, r| {
             out.extend_from_slice(&h);
-            out.extend_from_slice(&p);
+            out.extend_from_slice(&body[r]);
             out.extend_from_slice(&[FRAME_END]);
         });
     }
@@ -55,18 +56,12 @@ fn decode(c: &mut Criterion) {
 }
 
 fn encode(c: &mut Criterion) {
-    let raw = {
-        let mut b = BytesMut::new();
-        ferrymq_amqp::codec::properties::encode_properties(
-            &Properties {
-                delivery_mode: Some(1),
-                ..Default::default()
-            },
-            &mut ferrymq_amqp::codec::Writer::new(&mut b),
-        );
-        b.freeze()
+    let props = Properties {
+        delivery_mode: Some(1),
+        ..Default::default()
     };
-    let body = Bytes::from(vec![7u8; 16]);
+    let msg = Message::from_properties("", "perf-0", &props, Bytes::from(vec![7u8; 16]))
+        .expect("valid message");
     let mut g = c.benchmark_group("encode deliver+header+body");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("16 B x1000", |b| {
@@ -74,19 +69,20 @@ fn encode(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             for tag in 0..1000u64 {
-                let m = BasicDeliver {
-                    consumer_tag: "amq.ctag-abcdefghijklmnopqrstuv".into(),
-                    delivery_tag: tag,
-                    redelivered: false,
-                    exchange: String::new(),
-                    routing_key: "perf-0".into(),
-                }
-                .into();
-                encode_method(&mut out, 1, &m);
-                encode_header(&mut out, 1, 16, &Properties::default(), Some(&raw));
-                body_frames(1, &body, 131_072, |h, p| {
+                encode_deliver(
+                    &mut out,
+                    1,
+                    "amq.ctag-abcdefghijklmnopqrstuv",
+                    tag,
+                    false,
+                    msg.exchange(),
+                    msg.routing_key(),
+                );
+                let body = msg.body();
+                encode_header(&mut out, 1, body.len() as u64, msg.raw_properties());
+                body_frames(1, body.len(), 131_072, |h, r| {
                     out.extend_from_slice(&h);
-                    out.extend_from_slice(&p);
+                    out.extend_from_slice(&body[r]);
                     out.extend_from_slice(&[FRAME_END]);
                 });
             }

@@ -14,8 +14,9 @@ use ferrymq_core::consumer::{ConsumerSink, SinkRefusal};
 use ferrymq_core::exchange::ExchangeOptions;
 use ferrymq_core::queue::ConsumerEntry;
 use ferrymq_core::vhost::{generate_name, REPLY_TO_PREFIX};
+use ferrymq_core::wire::PropertySummary;
 use ferrymq_core::{
-    Broker, ConnectionId, CoreError, Message, Properties, Queue, QueueOptions, QueuedMessage, VHost,
+    Broker, ConnectionId, CoreError, Message, Queue, QueueOptions, QueuedMessage, VHost,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +52,8 @@ pub(crate) struct ConnCtx {
     pub frame_max: u32,
     pub exclusive_queues: Vec<Arc<Queue>>,
     pub has_published: bool,
+    /// The authenticated user, checked against the `user_id` property of publishes.
+    pub user: String,
 }
 
 impl ConnCtx {
@@ -141,17 +144,10 @@ impl ConsumerSink for AmqpConsumer {
         }
         st.next_tag += 1;
         let tag = st.next_tag;
-        let m: Method = BasicDeliver {
-            consumer_tag: self.tag.clone(),
-            delivery_tag: tag,
-            redelivered: msg.redelivered,
-            exchange: msg.message.exchange.clone(),
-            routing_key: msg.message.routing_key.clone(),
-        }
-        .into();
         let fm = ch.out.frame_max.load(Ordering::Relaxed);
         // Encoded while holding the channel lock so delivery tags reach the socket in order.
-        ch.out.with(|o| o.content(ch.id, &m, &msg.message, fm));
+        ch.out
+            .with(|o| o.deliver(ch.id, &self.tag, tag, msg.redelivered(), &msg.message, fm));
         if ack_required {
             self.credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.unacked_global.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +179,7 @@ struct ConsumerRec {
 struct PendingContent {
     publish: BasicPublish,
     body_size: u64,
-    properties: Option<(Properties, Bytes)>,
+    properties: Option<(Bytes, PropertySummary)>,
     body: BytesMut,
     single: Option<Bytes>,
 }
@@ -694,9 +690,9 @@ impl Channel {
                 let tag = st.next_tag;
                 let m: Method = BasicGetOk {
                     delivery_tag: tag,
-                    redelivered: msg.redelivered,
-                    exchange: msg.message.exchange.clone(),
-                    routing_key: msg.message.routing_key.clone(),
+                    redelivered: msg.redelivered(),
+                    exchange: msg.message.exchange().to_string(),
+                    routing_key: msg.message.routing_key().to_string(),
                     message_count: left as u32,
                 }
                 .into();
@@ -769,7 +765,7 @@ impl Channel {
             match how {
                 Settle::Requeue => q.requeue(msgs),
                 Settle::Ack | Settle::Discard => {
-                    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+                    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq()).collect();
                     q.ack(&seqs);
                 }
             }
@@ -799,8 +795,8 @@ impl Channel {
         ctx: &mut ConnCtx,
         class_id: u16,
         body_size: u64,
-        props: Properties,
-        raw: Bytes,
+        props: Bytes,
+        summary: PropertySummary,
     ) -> Result<(), AmqpError> {
         let ch = self.id;
         let Some(pc) = self.content.as_mut() else {
@@ -831,8 +827,21 @@ impl Channel {
             )
             .caused_by((60, 40)));
         }
+        if let Some((a, b)) = summary.user_id {
+            let claimed = String::from_utf8_lossy(&props[a..b]);
+            if claimed != ctx.user {
+                let text = format!(
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
+                    ctx.user
+                );
+                self.content = None;
+                return Err(
+                    AmqpError::chan(ch, code::PRECONDITION_FAILED, text).caused_by((60, 40))
+                );
+            }
+        }
         pc.body_size = body_size;
-        pc.properties = Some((props, raw));
+        pc.properties = Some((props, summary));
         if body_size == 0 {
             return self.finish_content(ctx);
         }
@@ -882,12 +891,15 @@ impl Channel {
         let Some(pc) = self.content.take() else {
             return Ok(());
         };
-        let Some((mut props, raw)) = pc.properties else {
+        let Some((raw, summary)) = pc.properties else {
             return Ok(());
         };
         let body = pc.single.unwrap_or_else(|| pc.body.freeze());
-        let mut raw = Some(raw);
-        if props.reply_to.as_deref() == Some(REPLY_TO) {
+        let (exchange, key) = (&pc.publish.exchange, &pc.publish.routing_key);
+        let is_reply = summary
+            .reply_to
+            .is_some_and(|(a, b)| &raw[a..b] == REPLY_TO.as_bytes());
+        let msg = if is_reply {
             let Some(token) = &self.reply_token else {
                 return Err(AmqpError::chan(
                     ch,
@@ -896,16 +908,14 @@ impl Channel {
                 )
                 .caused_by((60, 40)));
             };
+            let mut props = ferrymq_core::wire::decode_properties(&raw)
+                .map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?;
             props.reply_to = Some(format!("{REPLY_TO_PREFIX}{token}"));
-            raw = None;
-        }
-        let msg = Arc::new(Message {
-            exchange: pc.publish.exchange.clone(),
-            routing_key: pc.publish.routing_key.clone(),
-            properties: props,
-            raw_properties: raw,
-            body,
-        });
+            Message::from_properties(exchange, key, &props, body)
+        } else {
+            Message::new(exchange, key, &raw, body)
+        };
+        let msg = Arc::new(msg.map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?);
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((pc.publish, msg));
             return Ok(());

@@ -284,6 +284,7 @@ impl Connection {
             frame_max: self.frame_max,
             exclusive_queues: Vec::new(),
             has_published: false,
+            user: self.user.clone(),
         };
         Ok(Some((ctx, ev_rx)))
     }
@@ -573,11 +574,11 @@ impl Connection {
                 class_id,
                 body_size,
                 properties,
-                raw_properties,
+                summary,
             } => match channels.get_mut(&channel) {
                 Some(ch) if ch.closing => Ok(true),
                 Some(ch) => ch
-                    .handle_header(ctx, class_id, body_size, *properties, raw_properties)
+                    .handle_header(ctx, class_id, body_size, properties, summary)
                     .map(|_| true),
                 None => Err(AmqpError::conn(
                     code::CHANNEL_ERROR,
@@ -683,7 +684,7 @@ fn parse_plain(resp: &[u8]) -> Option<(String, String)> {
 
 /// RabbitMQ's AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD.
 fn parse_amqplain(resp: &[u8]) -> Option<(String, String)> {
-    let t = crate::codec::table::read_table(resp).ok()?;
+    let t = ferrymq_core::wire::read_table(resp).ok()?;
     let get = |k: &str| match t.get(k) {
         Some(FieldValue::LongStr(b)) => Some(String::from_utf8_lossy(b).into_owned()),
         _ => None,

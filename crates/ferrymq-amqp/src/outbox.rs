@@ -4,7 +4,7 @@
 //! consumers) appends encoded frames to one buffer; the writer task takes everything pending
 //! and writes it with one vectored syscall. Many frames, one syscall (DESIGN.md).
 
-use crate::codec::frame::{body_frames, encode_header, encode_method, FRAME_END};
+use crate::codec::frame::{body_frames, encode_deliver, encode_header, encode_method, FRAME_END};
 use crate::codec::Method;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferrymq_core::Message;
@@ -43,26 +43,53 @@ impl OutBuf {
         encode_method(&mut self.cur, channel, m);
     }
 
-    /// Appends a method with content (deliver, get-ok, return) and the message's header and
-    /// body frames.
+    /// Appends a method with content (get-ok, return) and the message's header and body
+    /// frames.
     pub fn content(&mut self, channel: u16, m: &Method, msg: &Message, frame_max: u32) {
         encode_method(&mut self.cur, channel, m);
+        self.header_and_body(channel, msg, frame_max);
+    }
+
+    /// Appends a `basic.deliver` with the message's header and body frames.
+    pub fn deliver(
+        &mut self,
+        channel: u16,
+        consumer_tag: &str,
+        delivery_tag: u64,
+        redelivered: bool,
+        msg: &Message,
+        frame_max: u32,
+    ) {
+        encode_deliver(
+            &mut self.cur,
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            msg.exchange(),
+            msg.routing_key(),
+        );
+        self.header_and_body(channel, msg, frame_max);
+    }
+
+    fn header_and_body(&mut self, channel: u16, msg: &Message, frame_max: u32) {
+        let body = msg.body();
         encode_header(
             &mut self.cur,
             channel,
-            msg.body.len() as u64,
-            &msg.properties,
-            msg.raw_properties.as_ref(),
+            body.len() as u64,
+            msg.raw_properties(),
         );
-        let big = msg.body.len() >= ZERO_COPY_MIN;
+        let shared = msg.large_body().filter(|b| b.len() >= ZERO_COPY_MIN);
         let (cur, chunks) = (&mut self.cur, &mut self.chunks);
-        body_frames(channel, &msg.body, frame_max, |h, p| {
+        body_frames(channel, body.len(), frame_max, |h, r| {
             cur.put_slice(&h);
-            if big {
-                chunks.push(cur.split().freeze());
-                chunks.push(p);
-            } else {
-                cur.put_slice(&p);
+            match shared {
+                Some(b) => {
+                    chunks.push(cur.split().freeze());
+                    chunks.push(b.slice(r));
+                }
+                None => cur.put_slice(&body[r]),
             }
             cur.put_u8(FRAME_END);
         });

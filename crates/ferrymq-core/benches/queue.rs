@@ -6,13 +6,15 @@ use ferrymq_core::{Message, Properties, Queue, QueueOptions};
 use std::sync::Arc;
 
 fn queue(c: &mut Criterion) {
-    let msg = Arc::new(Message {
-        exchange: String::new(),
-        routing_key: "q".into(),
-        properties: Properties::default(),
-        raw_properties: None,
-        body: Bytes::from_static(b"0123456789abcdef"),
-    });
+    let msg = Arc::new(
+        Message::from_properties(
+            "",
+            "q",
+            &Properties::default(),
+            Bytes::from_static(b"0123456789abcdef"),
+        )
+        .expect("valid message"),
+    );
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(10_000));
     g.bench_function("enqueue+dequeue+ack x10k", |b| {
@@ -23,7 +25,7 @@ fn queue(c: &mut Criterion) {
             }
             let mut seqs = Vec::with_capacity(10_000);
             while let Some((m, _)) = q.get(true) {
-                seqs.push(m.seq);
+                seqs.push(m.seq());
             }
             q.ack(black_box(&seqs));
         })

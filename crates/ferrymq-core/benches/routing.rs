@@ -2,7 +2,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use ferrymq_core::vhost::VHost;
-use ferrymq_core::{FieldTable, QueueOptions};
+use ferrymq_core::{FieldTable, LazyHeaders, QueueOptions};
 
 fn topic(c: &mut Criterion) {
     let v = VHost::new("/");
@@ -21,7 +21,12 @@ fn topic(c: &mut Criterion) {
     }
     let x = v.exchange("amq.topic").unwrap();
     c.bench_function("topic route, 10k bindings", |b| {
-        b.iter(|| black_box(v.route(&x, black_box("r7.s4007.l3"), None).len()))
+        b.iter(|| {
+            black_box(
+                v.route(&x, black_box("r7.s4007.l3"), &LazyHeaders::none())
+                    .len(),
+            )
+        })
     });
 }
 

@@ -1,8 +1,9 @@
 //! FerryMQ broker core: vhosts, exchanges, bindings, routing, queues, consumers and acks.
 //!
-//! This crate knows nothing about sockets or wire formats. Protocol crates (AMQP, later MQTT)
-//! translate their frames into calls on [`Broker`] and [`VHost`], and receive deliveries through
-//! the [`ConsumerSink`] trait they implement.
+//! This crate knows nothing about sockets. It does hold AMQP's encoding of field tables and
+//! properties ([`wire`]), because messages keep their properties in that form. Protocol
+//! crates (AMQP, later MQTT) translate their frames into calls on [`Broker`] and [`VHost`], and
+//! receive deliveries through the [`ConsumerSink`] trait they implement.
 
 pub mod auth;
 pub mod broker;
@@ -14,12 +15,13 @@ pub mod queue;
 pub mod store;
 pub mod value;
 pub mod vhost;
+pub mod wire;
 
 pub use broker::{Broker, BrokerConfig, ConnectionId};
 pub use consumer::{ConsumerSink, SinkRefusal};
 pub use error::CoreError;
 pub use exchange::{Exchange, ExchangeKind};
-pub use message::{Message, Properties, QueuedMessage};
+pub use message::{LazyHeaders, Message, Properties, QueuedMessage};
 pub use queue::{Queue, QueueOptions};
 pub use value::{FieldTable, FieldValue};
 pub use vhost::VHost;

@@ -1,7 +1,8 @@
 //! Messages as the core stores and routes them.
 
 use crate::value::FieldTable;
-use bytes::Bytes;
+use crate::wire::{decode_properties, encode_properties, scan_properties, WireError, Writer};
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// The AMQP basic properties of a message. Every field is optional.
@@ -37,41 +38,281 @@ pub struct Properties {
     pub cluster_id: Option<String>,
 }
 
+/// Bodies up to this size are copied next to the message's names and properties, into one
+/// allocation; larger ones stay the slice of the receive buffer they arrived in (no copy).
+/// Small bodies are copied so that a queued message does not pin the receive buffer it came
+/// from, which would cost far more memory than the copy costs time.
+pub const INLINE_BODY_MAX: usize = 4096;
+
 /// A published message. Shared (`Arc`) by every queue it is routed to: never copied per queue.
-#[derive(Debug)]
+///
+/// Compact by design, since a deep queue holds millions: the exchange, routing key, property
+/// block (exactly as received on the wire) and a small body share one allocation, and the
+/// properties are decoded only when something needs them.
 pub struct Message {
-    /// Exchange the message was published to.
-    pub exchange: String,
-    /// Routing key it was published with.
-    pub routing_key: String,
-    /// Its properties.
-    pub properties: Properties,
-    /// The properties exactly as received on the wire (flags + fields), when the publisher
-    /// spoke AMQP. Re-sent verbatim on delivery so that properties are encoded once.
-    pub raw_properties: Option<Bytes>,
-    /// The body, read once from the socket.
-    pub body: Bytes,
+    /// exchange ‖ routing key ‖ property block ‖ inline body.
+    data: Box<[u8]>,
+    /// The body, when larger than [`INLINE_BODY_MAX`].
+    large_body: Option<Box<Bytes>>,
+    props_end: u32,
+    rk_end: u16,
+    rk_start: u8,
+    delivery_mode: u8,
+    priority: Option<u8>,
 }
 
 impl Message {
-    /// Total size used for limits: the body length.
+    /// A message from its wire parts. `raw_properties` is the flags word and property list of
+    /// a content header; it is validated here, so a malformed block is refused up front.
+    pub fn new(
+        exchange: &str,
+        routing_key: &str,
+        raw_properties: &[u8],
+        body: Bytes,
+    ) -> Result<Message, WireError> {
+        let summary = scan_properties(raw_properties)?;
+        for (what, s) in [("exchange name", exchange), ("routing key", routing_key)] {
+            if s.len() > 255 {
+                return Err(WireError::Syntax(format!("{what} longer than 255 bytes")));
+            }
+        }
+        let inline = body.len() <= INLINE_BODY_MAX;
+        let head = exchange.len() + routing_key.len() + raw_properties.len();
+        let props_end = u32::try_from(head)
+            .map_err(|_| WireError::Syntax("property block too large".into()))?;
+        let mut data = Vec::with_capacity(head + if inline { body.len() } else { 0 });
+        data.extend_from_slice(exchange.as_bytes());
+        data.extend_from_slice(routing_key.as_bytes());
+        data.extend_from_slice(raw_properties);
+        let large_body = if inline {
+            data.extend_from_slice(&body);
+            None
+        } else {
+            Some(Box::new(body))
+        };
+        Ok(Message {
+            data: data.into_boxed_slice(),
+            large_body,
+            props_end,
+            rk_end: (exchange.len() + routing_key.len()) as u16,
+            rk_start: exchange.len() as u8,
+            delivery_mode: summary.delivery_mode.unwrap_or(0),
+            priority: summary.priority,
+        })
+    }
+
+    /// A message from decoded properties (messages the broker makes itself, and tests).
+    pub fn from_properties(
+        exchange: &str,
+        routing_key: &str,
+        properties: &Properties,
+        body: Bytes,
+    ) -> Result<Message, WireError> {
+        let mut raw = BytesMut::new();
+        encode_properties(properties, &mut Writer::new(&mut raw));
+        Message::new(exchange, routing_key, &raw, body)
+    }
+
+    /// Exchange the message was published to.
+    pub fn exchange(&self) -> &str {
+        text(&self.data[..self.rk_start as usize])
+    }
+
+    /// Routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        text(&self.data[self.rk_start as usize..self.rk_end as usize])
+    }
+
+    /// The property flags and list exactly as received, re-sent verbatim on delivery.
+    pub fn raw_properties(&self) -> &[u8] {
+        &self.data[self.rk_end as usize..self.props_end as usize]
+    }
+
+    /// The decoded properties.
+    pub fn properties(&self) -> Properties {
+        // The block was validated when the message was made, so decoding cannot fail.
+        decode_properties(self.raw_properties()).unwrap_or_default()
+    }
+
+    /// The application headers, decoded.
+    pub fn headers(&self) -> Option<FieldTable> {
+        self.properties().headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        match &self.large_body {
+            Some(b) => b,
+            None => &self.data[self.props_end as usize..],
+        }
+    }
+
+    /// The body as shared bytes when it is large enough to be sent without copying.
+    pub fn large_body(&self) -> Option<&Bytes> {
+        self.large_body.as_deref()
+    }
+
+    /// Body length, used for limits and byte counts.
     pub fn body_size(&self) -> usize {
-        self.body.len()
+        self.body().len()
     }
 
     /// Whether the publisher asked for the message to be persisted (delivery mode 2).
     pub fn is_persistent(&self) -> bool {
-        self.properties.delivery_mode == Some(2)
+        self.delivery_mode == 2
+    }
+
+    /// The priority property, if set.
+    pub fn priority(&self) -> Option<u8> {
+        self.priority
     }
 }
 
-/// A message as it sits in a queue: its position, and whether it was delivered before.
+/// A message's application headers, decoded the first time a headers exchange asks for them,
+/// so that routing through direct, fanout and topic exchanges never decodes them.
+pub struct LazyHeaders<'a> {
+    message: Option<&'a Message>,
+    cell: std::cell::OnceCell<FieldTable>,
+}
+
+impl<'a> LazyHeaders<'a> {
+    /// The headers of `message`.
+    pub fn of(message: &'a Message) -> Self {
+        LazyHeaders {
+            message: Some(message),
+            cell: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// No headers (routing a bare key).
+    pub fn none() -> Self {
+        LazyHeaders {
+            message: None,
+            cell: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The headers, empty when the message has none.
+    pub fn get(&self) -> &FieldTable {
+        self.cell
+            .get_or_init(|| self.message.and_then(|m| m.headers()).unwrap_or_default())
+    }
+}
+
+fn text(b: &[u8]) -> &str {
+    // Names were `&str` when the message was built, so this never falls back.
+    std::str::from_utf8(b).unwrap_or_default()
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("exchange", &self.exchange())
+            .field("routing_key", &self.routing_key())
+            .field("properties", &self.properties())
+            .field("body_size", &self.body_size())
+            .finish()
+    }
+}
+
+/// Bits of [`QueuedMessage`]'s packed word that hold the sequence number (2^48 messages per
+/// queue: 8 years at a million a second).
+const SEQ_BITS: u32 = 48;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// A message as it sits in a queue: its position, and how often it went back to the queue
+/// after a delivery. Sixteen bytes, since a deep queue holds millions of them.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
-    /// Position in the queue; requeued messages go back to their position.
-    pub seq: u64,
     /// The shared message.
     pub message: Arc<Message>,
+    /// Sequence number (low 48 bits) and return count (high 16 bits, saturating).
+    packed: u64,
+}
+
+impl QueuedMessage {
+    /// A message entering a queue at position `seq`, never delivered.
+    pub fn new(seq: u64, message: Arc<Message>) -> Self {
+        QueuedMessage {
+            message,
+            packed: seq & SEQ_MASK,
+        }
+    }
+
+    /// Position in the queue; requeued messages go back to their position.
+    pub fn seq(&self) -> u64 {
+        self.packed & SEQ_MASK
+    }
+
     /// Whether it has been delivered before (the AMQP redelivered flag).
-    pub redelivered: bool,
+    pub fn redelivered(&self) -> bool {
+        self.returns() > 0
+    }
+
+    /// How many times it was delivered and came back (rejected, nacked, or its channel went),
+    /// saturating at 65,535.
+    pub fn returns(&self) -> u16 {
+        (self.packed >> SEQ_BITS) as u16
+    }
+
+    /// Records that a delivery of it came back to the queue.
+    pub fn mark_returned(&mut self) {
+        let n = self.returns().saturating_add(1);
+        self.packed = self.seq() | (u64::from(n) << SEQ_BITS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_come_back_for_small_and_large_bodies() {
+        let props = Properties {
+            delivery_mode: Some(2),
+            priority: Some(7),
+            reply_to: Some("r".into()),
+            ..Default::default()
+        };
+        for size in [0, 16, INLINE_BODY_MAX, INLINE_BODY_MAX + 1, 100_000] {
+            let body = Bytes::from(vec![b'x'; size]);
+            let m = Message::from_properties("ex", "key.a", &props, body.clone()).unwrap();
+            assert_eq!(m.exchange(), "ex");
+            assert_eq!(m.routing_key(), "key.a");
+            assert_eq!(m.body(), &body[..]);
+            assert_eq!(m.large_body().is_some(), size > INLINE_BODY_MAX);
+            assert_eq!(m.properties(), props);
+            assert!(m.is_persistent());
+            assert_eq!(m.priority(), Some(7));
+        }
+    }
+
+    #[test]
+    fn malformed_properties_and_long_names_are_refused() {
+        assert!(Message::new("", "k", b"\x00", Bytes::new()).is_err());
+        let long = "k".repeat(256);
+        assert!(Message::new("", &long, b"\x00\x00", Bytes::new()).is_err());
+        assert!(Message::new(&long, "k", b"\x00\x00", Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_queued_small_message_stays_small() {
+        // The memory target (1M queued messages in 150 MB) depends on these.
+        assert!(std::mem::size_of::<Message>() <= 48);
+        assert_eq!(std::mem::size_of::<QueuedMessage>(), 16);
+    }
+
+    #[test]
+    fn returns_count_up_without_touching_the_sequence() {
+        let m = Arc::new(Message::new("", "q", b"\x00\x00", Bytes::new()).unwrap());
+        let mut q = QueuedMessage::new(SEQ_MASK, m);
+        assert!(!q.redelivered());
+        q.mark_returned();
+        q.mark_returned();
+        assert_eq!((q.seq(), q.returns(), q.redelivered()), (SEQ_MASK, 2, true));
+        for _ in 0..70_000 {
+            q.mark_returned();
+        }
+        assert_eq!((q.seq(), q.returns()), (SEQ_MASK, u16::MAX));
+    }
 }

@@ -155,11 +155,7 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.store.push(QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-        });
+        st.store.push(QueuedMessage::new(seq, message));
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st);
         }
@@ -185,7 +181,7 @@ impl Queue {
             }
             let Some(msg) = st.store.shift() else { break };
             let ack_required = !st.consumers[i].no_ack;
-            let seq = msg.seq;
+            let seq = msg.seq();
             match st.consumers[i].sink.deliver(self, msg, ack_required) {
                 Ok(()) => {
                     idle = 0;
@@ -214,7 +210,7 @@ impl Queue {
         if ack_required {
             st.unacked += 1;
         } else {
-            st.store.ack(msg.seq);
+            st.store.ack(msg.seq());
         }
         let left = st.store.len();
         Some((msg, left))
@@ -238,7 +234,7 @@ impl Queue {
             return;
         }
         for mut m in msgs {
-            m.redelivered = true;
+            m.mark_returned();
             st.store.requeue(m);
         }
         self.dispatch_locked(&mut st);
@@ -328,20 +324,17 @@ mod tests {
                 return Err(SinkRefusal::Busy(m));
             }
             self.credit.fetch_sub(1, Ordering::Relaxed);
-            self.got.lock().push((m.seq, m.redelivered));
+            self.got.lock().push((m.seq(), m.redelivered()));
             Ok(())
         }
         fn cancelled_by_server(&self) {}
     }
 
     fn msg() -> Arc<Message> {
-        Arc::new(Message {
-            exchange: String::new(),
-            routing_key: "q".into(),
-            properties: Properties::default(),
-            raw_properties: None,
-            body: Bytes::from_static(b"x"),
-        })
+        Arc::new(
+            Message::from_properties("", "q", &Properties::default(), Bytes::from_static(b"x"))
+                .unwrap(),
+        )
     }
 
     fn sink(credit: usize) -> Arc<CountingSink> {
@@ -376,8 +369,8 @@ mod tests {
         let (first, _) = q.get(true).unwrap();
         q.requeue(vec![first]);
         let (again, left) = q.get(true).unwrap();
-        assert_eq!(again.seq, 1);
-        assert!(again.redelivered);
+        assert_eq!(again.seq(), 1);
+        assert!(again.redelivered());
         assert_eq!(left, 2);
     }
 }

@@ -52,7 +52,7 @@ impl MessageStore for MemoryStore {
         self.bytes += msg.message.body_size();
         // Requeued messages are usually older than everything ready, so the search ends at the
         // front and the insert shifts few elements.
-        let pos = self.ready.partition_point(|m| m.seq < msg.seq);
+        let pos = self.ready.partition_point(|m| m.seq() < msg.seq());
         self.ready.insert(pos, msg);
     }
 

@@ -4,7 +4,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::exchange::{
     check_args_equivalent, Destination, Exchange, ExchangeKind, ExchangeOptions,
 };
-use crate::message::Message;
+use crate::message::{LazyHeaders, Message};
 use crate::queue::{Queue, QueueCounts, QueueOptions};
 use crate::value::FieldTable;
 use crate::ConnectionId;
@@ -427,7 +427,7 @@ impl VHost {
         &self,
         exchange: &Arc<Exchange>,
         routing_key: &str,
-        headers: Option<&FieldTable>,
+        headers: &LazyHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.name.is_empty() {
@@ -450,7 +450,7 @@ impl VHost {
         &self,
         x: &Arc<Exchange>,
         key: &str,
-        headers: Option<&FieldTable>,
+        headers: &LazyHeaders<'_>,
         queues: &mut Vec<Arc<Queue>>,
         visited: &mut Vec<*const Exchange>,
     ) {
@@ -490,11 +490,7 @@ impl VHost {
                 self.name
             )));
         }
-        let queues = self.route(
-            &x,
-            &message.routing_key,
-            message.properties.headers.as_ref(),
-        );
+        let queues = self.route(&x, message.routing_key(), &LazyHeaders::of(&message));
         let (mut routed, mut refused) = (0, 0);
         for q in &queues {
             if q.publish(message.clone()) {
@@ -578,13 +574,10 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(key: &str) -> Arc<Message> {
-        Arc::new(Message {
-            exchange: "amq.fanout".into(),
-            routing_key: key.into(),
-            properties: Properties::default(),
-            raw_properties: None,
-            body: Bytes::from_static(b"x"),
-        })
+        Arc::new(
+            Message::from_properties("amq.fanout", key, &Properties::default(), Bytes::new())
+                .unwrap(),
+        )
     }
 
     #[test]

@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 use ferrymq::config::Config;
 use std::path::PathBuf;
 
+// mimalloc over the system allocator: no per-allocation header and size classes that fit the
+// broker's small per-message allocations, which is what keeps deep queues small (ADR 0004).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ferrymq", version, about = "FerryMQ message broker")]
 struct Cli {

@@ -2,10 +2,11 @@
 
 use super::methods::Method;
 use super::primitives::Writer;
-use super::properties::{decode_properties, encode_properties};
 use super::CodecError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ferrymq_core::wire::{encode_properties, scan_properties, PropertySummary};
 use ferrymq_core::Properties;
+use std::ops::Range;
 
 /// The protocol header a 0-9-1 client sends first.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -37,10 +38,10 @@ pub enum Frame {
         class_id: u16,
         /// Total body size that follows in body frames.
         body_size: u64,
-        /// Decoded properties (boxed: they dwarf every other frame variant).
-        properties: Box<Properties>,
-        /// Property flags and list exactly as received, for re-sending without re-encoding.
-        raw_properties: Bytes,
+        /// Property flags and list exactly as received: kept and re-sent without decoding.
+        properties: Bytes,
+        /// What the broker reads from them on every publish (validated while decoding).
+        summary: PropertySummary,
     },
     /// A content body frame.
     Body {
@@ -108,13 +109,13 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
             let class_id = u16::from_be_bytes([payload[0], payload[1]]);
             let mut sz = [0u8; 8];
             sz.copy_from_slice(&payload[4..12]);
-            let raw = payload.slice(12..);
+            let properties = payload.slice(12..);
             Frame::Header {
                 channel,
                 class_id,
                 body_size: u64::from_be_bytes(sz),
-                properties: Box::new(decode_properties(&raw).map_err(err)?),
-                raw_properties: raw,
+                summary: scan_properties(&properties).map_err(|e| err(e.into()))?,
+                properties,
             }
         }
         TYPE_BODY => Frame::Body { channel, payload },
@@ -135,44 +136,75 @@ pub fn encode_heartbeat(buf: &mut BytesMut) {
     buf.put_slice(&[TYPE_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
 }
 
-/// Appends a content header frame. `raw` (flags + list as received) is used when present.
-pub fn encode_header(
+/// Appends a content header frame carrying a property block as received (flags + list).
+pub fn encode_header(buf: &mut BytesMut, channel: u16, body_size: u64, raw_properties: &[u8]) {
+    let at = begin_header(buf, channel, body_size);
+    buf.put_slice(raw_properties);
+    end_frame(buf, at);
+}
+
+/// Appends a content header frame, encoding `properties` (clients and tests).
+pub fn encode_header_properties(
     buf: &mut BytesMut,
     channel: u16,
     body_size: u64,
     properties: &Properties,
-    raw: Option<&Bytes>,
 ) {
+    let at = begin_header(buf, channel, body_size);
+    encode_properties(properties, &mut Writer::new(buf));
+    end_frame(buf, at);
+}
+
+/// Appends a `basic.deliver` method frame straight from borrowed fields: the hottest frame the
+/// broker writes, so it skips building a [`Method`] and its owned strings.
+pub fn encode_deliver(
+    buf: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) {
+    let at = begin_frame(buf, TYPE_METHOD, channel);
+    let mut w = Writer::new(buf);
+    w.u16(60);
+    w.u16(60);
+    w.shortstr(consumer_tag);
+    w.u64(delivery_tag);
+    w.bit(redelivered);
+    w.shortstr(exchange);
+    w.shortstr(routing_key);
+    end_frame(buf, at);
+}
+
+/// Splits a body of `len` bytes into frames that fit `frame_max`, calling `emit` with each
+/// frame's header (7 bytes) and the range of the body it carries (the caller appends the
+/// payload and [`FRAME_END`], copying or not as it likes).
+pub fn body_frames(
+    channel: u16,
+    len: usize,
+    frame_max: u32,
+    mut emit: impl FnMut([u8; 7], Range<usize>),
+) {
+    let max_payload = (frame_max.max(FRAME_MIN_SIZE) - 8) as usize;
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(max_payload);
+        let mut h = [TYPE_BODY, 0, 0, 0, 0, 0, 0];
+        h[1..3].copy_from_slice(&channel.to_be_bytes());
+        h[3..7].copy_from_slice(&(n as u32).to_be_bytes());
+        emit(h, off..off + n);
+        off += n;
+    }
+}
+
+fn begin_header(buf: &mut BytesMut, channel: u16, body_size: u64) -> usize {
     let at = begin_frame(buf, TYPE_HEADER, channel);
     buf.put_u16(60);
     buf.put_u16(0);
     buf.put_u64(body_size);
-    match raw {
-        Some(r) => buf.put_slice(r),
-        None => encode_properties(properties, &mut Writer::new(buf)),
-    }
-    end_frame(buf, at);
-}
-
-/// Splits a body into frames that fit `frame_max`, calling `emit` with each frame's header
-/// (7 bytes), its payload slice, and the end octet, so that callers may avoid copying large
-/// bodies.
-pub fn body_frames(
-    channel: u16,
-    body: &Bytes,
-    frame_max: u32,
-    mut emit: impl FnMut([u8; 7], Bytes),
-) {
-    let max_payload = (frame_max.max(FRAME_MIN_SIZE) - 8) as usize;
-    let mut off = 0;
-    while off < body.len() {
-        let n = (body.len() - off).min(max_payload);
-        let mut h = [TYPE_BODY, 0, 0, 0, 0, 0, 0];
-        h[1..3].copy_from_slice(&channel.to_be_bytes());
-        h[3..7].copy_from_slice(&(n as u32).to_be_bytes());
-        emit(h, body.slice(off..off + n));
-        off += n;
-    }
+    at
 }
 
 fn begin_frame(buf: &mut BytesMut, kind: u8, channel: u16) -> usize {
@@ -206,10 +238,11 @@ mod tests {
             }
             .into(),
         );
-        encode_header(&mut out, 3, 5, &Properties::default(), None);
-        body_frames(3, &Bytes::from_static(b"hello"), 4096, |h, p| {
+        encode_header_properties(&mut out, 3, 5, &Properties::default());
+        let body = b"hello";
+        body_frames(3, body.len(), 4096, |h, r| {
             out.put_slice(&h);
-            out.put_slice(&p);
+            out.put_slice(&body[r]);
             out.put_u8(FRAME_END);
         });
         let all = out.clone();
@@ -253,10 +286,35 @@ mod tests {
     }
 
     #[test]
+    fn deliver_encodes_as_the_generic_method_does() {
+        let (mut fast, mut slow) = (BytesMut::new(), BytesMut::new());
+        encode_deliver(&mut fast, 2, "ctag", 77, true, "ex", "rk");
+        let m: Method = crate::codec::methods::BasicDeliver {
+            consumer_tag: "ctag".into(),
+            delivery_tag: 77,
+            redelivered: true,
+            exchange: "ex".into(),
+            routing_key: "rk".into(),
+        }
+        .into();
+        encode_method(&mut slow, 2, &m);
+        assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn malformed_properties_are_a_frame_error() {
+        let mut out = BytesMut::new();
+        encode_header(&mut out, 1, 0, b"\x20\x00\x00\x00\x00\x09");
+        assert!(matches!(
+            decode_frame(&mut out, 131072).unwrap_err().error,
+            CodecError::InsufficientBytes(_)
+        ));
+    }
+
+    #[test]
     fn large_bodies_split_at_frame_max() {
-        let body = Bytes::from(vec![7u8; 10_000]);
         let mut sizes = Vec::new();
-        body_frames(1, &body, 4096, |_, p| sizes.push(p.len()));
+        body_frames(1, 10_000, 4096, |_, r| sizes.push(r.len()));
         assert_eq!(sizes, vec![4088, 4088, 1824]);
     }
 }

@@ -6,13 +6,12 @@
 pub mod frame;
 pub mod methods;
 pub mod primitives;
-pub mod properties;
-pub mod table;
 
 pub use frame::{decode_frame, Frame, FRAME_END, PROTOCOL_HEADER};
 pub use methods::Method;
 pub use primitives::{LongStr, Reader, Writer};
 
+use ferrymq_core::wire::WireError;
 use thiserror::Error;
 
 /// Why bytes could not be decoded.
@@ -41,4 +40,13 @@ pub enum CodecError {
     /// A field value is malformed.
     #[error("malformed field: {0}")]
     Syntax(String),
+}
+
+impl From<WireError> for CodecError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::InsufficientBytes(n) => CodecError::InsufficientBytes(n),
+            WireError::Syntax(s) => CodecError::Syntax(s),
+        }
+    }
 }

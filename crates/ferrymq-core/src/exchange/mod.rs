@@ -7,6 +7,7 @@ pub use headers::headers_match;
 pub use topic::{topic_match, TopicPattern, TopicTrie};
 
 use crate::error::{CoreError, CoreResult};
+use crate::message::LazyHeaders;
 use crate::queue::Queue;
 use crate::value::{FieldTable, FieldValue};
 use parking_lot::RwLock;
@@ -219,7 +220,7 @@ impl Exchange {
     pub fn route_into(
         &self,
         routing_key: &str,
-        headers: Option<&FieldTable>,
+        headers: &LazyHeaders<'_>,
         out: &mut Vec<Destination>,
     ) {
         let b = self.bindings.read();
@@ -232,8 +233,7 @@ impl Exchange {
             ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),
             ExchangeKind::Topic => b.topics.matches(&topic::split_key(routing_key), out),
             ExchangeKind::Headers => {
-                let empty = FieldTable::new();
-                let h = headers.unwrap_or(&empty);
+                let h = headers.get();
                 for x in &b.all {
                     if headers_match(&x.arguments, h) {
                         out.push(x.destination.clone());

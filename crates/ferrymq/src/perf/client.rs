@@ -3,7 +3,9 @@
 use super::uri::AmqpUri;
 use anyhow::{anyhow, bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
-use ferrymq_amqp::codec::frame::{decode_frame, encode_header, encode_method, FRAME_END};
+use ferrymq_amqp::codec::frame::{
+    decode_frame, encode_header_properties, encode_method, FRAME_END,
+};
 use ferrymq_amqp::codec::methods::*;
 use ferrymq_amqp::codec::{Frame, LongStr, Method, PROTOCOL_HEADER};
 use ferrymq_core::{FieldTable, Properties};
@@ -178,7 +180,7 @@ impl PublishTemplate {
             delivery_mode: Some(if persistent { 2 } else { 1 }),
             ..Default::default()
         };
-        encode_header(&mut b, 1, size as u64, &props, None);
+        encode_header_properties(&mut b, 1, size as u64, &props);
         b.put_u8(3);
         b.put_u16(1);
         b.put_u32(size as u32);

@@ -1,9 +1,10 @@
 //! Content header properties of the basic class.
 
 use super::primitives::{Reader, Writer};
-use super::CodecError;
-use ferrymq_core::Properties;
+use super::WireError;
+use crate::message::Properties;
 
+/// Flag bit of each property, in wire order.
 const CONTENT_TYPE: u16 = 1 << 15;
 const CONTENT_ENCODING: u16 = 1 << 14;
 const HEADERS: u16 = 1 << 13;
@@ -20,11 +21,11 @@ const APP_ID: u16 = 1 << 3;
 const CLUSTER_ID: u16 = 1 << 2;
 
 /// Decodes property flags and the property list.
-pub fn decode_properties(b: &[u8]) -> Result<Properties, CodecError> {
+pub fn decode_properties(b: &[u8]) -> Result<Properties, WireError> {
     let mut r = Reader::new(b);
     let flags = r.u16()?;
     if flags & 1 != 0 {
-        return Err(CodecError::Syntax(
+        return Err(WireError::Syntax(
             "property flag continuation is not used by the basic class".into(),
         ));
     }
@@ -72,6 +73,75 @@ pub fn decode_properties(b: &[u8]) -> Result<Properties, CodecError> {
         p.cluster_id = Some(r.shortstr()?);
     }
     Ok(p)
+}
+
+/// What the broker reads from a property block on every publish, found without allocating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PropertySummary {
+    /// The property flags word.
+    pub flags: u16,
+    /// Delivery mode, if present.
+    pub delivery_mode: Option<u8>,
+    /// Priority, if present.
+    pub priority: Option<u8>,
+    /// Byte range of the reply-to text within the block, if present.
+    pub reply_to: Option<(usize, usize)>,
+    /// Byte range of the expiration text within the block, if present.
+    pub expiration: Option<(usize, usize)>,
+    /// Byte range of the user-id text within the block, if present.
+    pub user_id: Option<(usize, usize)>,
+}
+
+impl PropertySummary {
+    /// Whether the block carries application headers.
+    pub fn has_headers(&self) -> bool {
+        self.flags & HEADERS != 0
+    }
+}
+
+/// Validates a property block (flags and list, as in a content header frame) and summarises
+/// it. Accepts exactly what [`decode_properties`] accepts, but builds nothing.
+pub fn scan_properties(b: &[u8]) -> Result<PropertySummary, WireError> {
+    let mut r = Reader::new(b);
+    let flags = r.u16()?;
+    if flags & 1 != 0 {
+        return Err(WireError::Syntax(
+            "property flag continuation is not used by the basic class".into(),
+        ));
+    }
+    let mut s = PropertySummary {
+        flags,
+        ..Default::default()
+    };
+    let text = |r: &mut Reader<'_>| -> Result<(usize, usize), WireError> {
+        let n = r.u8()? as usize;
+        let start = b.len() - r.remaining();
+        r.take(n)?;
+        Ok((start, start + n))
+    };
+    for bit in (2..16).rev().map(|i| 1u16 << i) {
+        if flags & bit == 0 {
+            continue;
+        }
+        match bit {
+            HEADERS => {
+                let n = r.u32()? as usize;
+                super::table::validate_table(r.take(n)?)?;
+            }
+            DELIVERY_MODE => s.delivery_mode = Some(r.u8()?),
+            PRIORITY => s.priority = Some(r.u8()?),
+            TIMESTAMP => {
+                r.u64()?;
+            }
+            REPLY_TO => s.reply_to = Some(text(&mut r)?),
+            EXPIRATION => s.expiration = Some(text(&mut r)?),
+            USER_ID => s.user_id = Some(text(&mut r)?),
+            _ => {
+                text(&mut r)?;
+            }
+        }
+    }
+    Ok(s)
 }
 
 /// Encodes property flags and the property list.
@@ -129,8 +199,8 @@ pub fn encode_properties(p: &Properties, w: &mut Writer<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::{FieldTable, FieldValue};
     use bytes::BytesMut;
-    use ferrymq_core::{FieldTable, FieldValue};
 
     #[test]
     fn properties_roundtrip() {
@@ -149,5 +219,26 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_properties(&p, &mut Writer::new(&mut buf));
         assert_eq!(decode_properties(&buf).unwrap(), p);
+        let s = scan_properties(&buf).unwrap();
+        assert_eq!((s.delivery_mode, s.priority), (Some(2), Some(5)));
+        let (a, b) = s.reply_to.unwrap();
+        assert_eq!(&buf[a..b], b"r");
+        let (a, b) = s.expiration.unwrap();
+        assert_eq!(&buf[a..b], b"1000");
+        assert!(s.has_headers() && s.user_id.is_none());
+    }
+
+    #[test]
+    fn scan_refuses_what_decode_refuses() {
+        for bad in [
+            &b"\x00"[..],
+            b"\x00\x01",
+            b"\x80\x00\x05ab",
+            b"\x20\x00\x00\x00\x00\x03\x01aZ",
+            b"\x10\x00",
+        ] {
+            assert!(decode_properties(bad).is_err());
+            assert!(scan_properties(bad).is_err(), "{bad:?}");
+        }
     }
 }

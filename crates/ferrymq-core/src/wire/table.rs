@@ -1,21 +1,21 @@
 //! Field tables and arrays, with every value type RabbitMQ clients send.
 
 use super::primitives::Reader;
-use super::CodecError;
+use super::WireError;
+use crate::value::{FieldTable, FieldValue};
 use bytes::{BufMut, Bytes, BytesMut};
-use ferrymq_core::{FieldTable, FieldValue};
 
 /// Nesting deeper than this is refused, so a hostile table cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
 
 /// Decodes the body of a field table (without its length prefix).
-pub fn read_table(b: &[u8]) -> Result<FieldTable, CodecError> {
+pub fn read_table(b: &[u8]) -> Result<FieldTable, WireError> {
     read_table_depth(b, 0)
 }
 
-fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, CodecError> {
+fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, WireError> {
     if depth > MAX_DEPTH {
-        return Err(CodecError::Syntax("field table nested too deeply".into()));
+        return Err(WireError::Syntax("field table nested too deeply".into()));
     }
     let mut r = Reader::new(b);
     let mut t = Vec::new();
@@ -27,7 +27,7 @@ fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, CodecError> {
     Ok(FieldTable(t))
 }
 
-fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, CodecError> {
+fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError> {
     let tag = r.u8()?;
     Ok(match tag {
         b't' => FieldValue::Bool(r.u8()? != 0),
@@ -69,12 +69,70 @@ fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, CodecError
         }
         b'V' => FieldValue::Void,
         other => {
-            return Err(CodecError::Syntax(format!(
+            return Err(WireError::Syntax(format!(
                 "unknown field value type '{}'",
                 other.escape_ascii()
             )))
         }
     })
+}
+
+/// Checks that `b` is a well-formed field table body without building it: publishes are
+/// validated this way on the hot path, and decoded only where a table is actually needed.
+pub fn validate_table(b: &[u8]) -> Result<(), WireError> {
+    validate_table_depth(b, 0)
+}
+
+fn validate_table_depth(b: &[u8], depth: usize) -> Result<(), WireError> {
+    if depth > MAX_DEPTH {
+        return Err(WireError::Syntax("field table nested too deeply".into()));
+    }
+    let mut r = Reader::new(b);
+    while r.remaining() > 0 {
+        let n = r.u8()? as usize;
+        r.take(n)?;
+        skip_value(&mut r, depth)?;
+    }
+    Ok(())
+}
+
+fn skip_value(r: &mut Reader<'_>, depth: usize) -> Result<(), WireError> {
+    let fixed = match r.u8()? {
+        b't' | b'b' | b'B' => 1,
+        b's' | b'U' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'l' | b'L' | b'd' | b'T' => 8,
+        b'D' => 5,
+        b'V' => 0,
+        b'S' | b'x' => {
+            let n = r.u32()? as usize;
+            r.take(n)?;
+            return Ok(());
+        }
+        b'A' => {
+            let n = r.u32()? as usize;
+            let mut ar = Reader::new(r.take(n)?);
+            if depth + 1 > MAX_DEPTH {
+                return Err(WireError::Syntax("field table nested too deeply".into()));
+            }
+            while ar.remaining() > 0 {
+                skip_value(&mut ar, depth + 1)?;
+            }
+            return Ok(());
+        }
+        b'F' => {
+            let n = r.u32()? as usize;
+            return validate_table_depth(r.take(n)?, depth + 1);
+        }
+        other => {
+            return Err(WireError::Syntax(format!(
+                "unknown field value type '{}'",
+                other.escape_ascii()
+            )))
+        }
+    };
+    r.take(fixed)?;
+    Ok(())
 }
 
 /// Appends a field table with its length prefix.
@@ -204,6 +262,7 @@ mod tests {
         ]);
         let mut buf = BytesMut::new();
         write_table(&mut buf, &t);
+        validate_table(&buf[4..]).unwrap();
         let back = read_table(&buf[4..]).unwrap();
         assert_eq!(back, t);
     }
@@ -217,6 +276,7 @@ mod tests {
             b"\x01aF\x00\x00\x00\x09",
         ] {
             assert!(read_table(bad).is_err());
+            assert!(validate_table(bad).is_err());
         }
     }
 
@@ -229,5 +289,6 @@ mod tests {
         let mut buf = BytesMut::new();
         write_table(&mut buf, &t);
         assert!(read_table(&buf[4..]).is_err());
+        assert!(validate_table(&buf[4..]).is_err());
     }
 }
