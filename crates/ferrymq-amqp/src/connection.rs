@@ -108,6 +108,22 @@ fn codec_error(e: FrameError) -> AmqpError {
 }
 
 impl Connection {
+    /// Starts a fresh receive buffer when the current one is nearly full, carrying over the
+    /// partial frame at its end. Deliberately not `BytesMut::reserve`: once every frame has been
+    /// consumed, reserve grows the old buffer in place (doubling, and faulting in fresh pages)
+    /// instead of reusing it, so the buffer would keep growing and each read would hand the
+    /// connection task megabytes of frames to process without yielding, starving the writer
+    /// tasks scheduled behind it.
+    fn refill_read_buffer(&mut self) {
+        const READ_CHUNK: usize = 64 * 1024;
+        if self.rbuf.capacity() - self.rbuf.len() >= 4096 {
+            return;
+        }
+        let rest = self.rbuf.split();
+        self.rbuf = BytesMut::with_capacity(READ_CHUNK.max(rest.len() + 4096));
+        self.rbuf.extend_from_slice(&rest);
+    }
+
     fn send(&self, channel: u16, m: impl Into<Method>) {
         let m = m.into();
         self.out.with(|o| o.method(channel, &m));
@@ -432,9 +448,7 @@ impl Connection {
                         Ok(0) | Err(_) => return End::Done,
                         Ok(_) => last_recv = Instant::now(),
                     }
-                    if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                        self.rbuf.reserve(64 * 1024);
-                    }
+                    self.refill_read_buffer();
                 }
                 Some(ev) = ev_rx.recv() => match ev {
                     ConnEvent::ServerCancel { channel, tag } => {
