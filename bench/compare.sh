@@ -7,7 +7,7 @@
 #   ROUNDS=5 DURATION=20 bench/compare.sh S1 S4
 #
 # Environment: ROUNDS (3), DURATION seconds (10), PREFILL for S6 (1000000),
-# CONNECTIONS (10000), QUEUES (100000), OUT directory for raw JSON (bench/results/<time>).
+# CONNECTIONS (10000), QUEUES (100000), BACKLOG for MEM (1000000), OUT directory for raw JSON (bench/results/<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -15,11 +15,13 @@ DURATION=${DURATION:-10}
 PREFILL=${PREFILL:-1000000}
 CONNECTIONS=${CONNECTIONS:-10000}
 QUEUES=${QUEUES:-100000}
+BACKLOG=${BACKLOG:-1000000}
 OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 RABBIT_PORT=${RABBIT_PORT:-5680}
 FERRY_PORT=${FERRY_PORT:-5690}
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(S1 S2 S3 S4 S5 S6 S7 S8 CONN QUEUES)
+# MEM runs first, on fresh brokers, so its RSS is the backlog's and not earlier runs' leftovers.
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(MEM S1 S2 S3 S4 S5 S6 S7 S8 CONN QUEUES)
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -85,6 +87,7 @@ args_for() {
         S6) echo "--time 600 --prefill $PREFILL --consume-only" ;;
         S7) echo "--time $DURATION --rate 10000" ;;
         S8) echo "--time $DURATION --publishers 8 --queues 8 --consumers 8" ;;
+        MEM) echo "--time 600 --publish-only --pmessages $BACKLOG --confirm 1000" ;;
     esac
 }
 
@@ -95,7 +98,7 @@ run_one() { # scenario broker port pid round
         CONN) "$BIN" perf connections --uri "$uri" --count "$CONNECTIONS" --broker-pid "$pid" >"$f.log" 2>&1 || ok=$? ;;
         QUEUES) "$BIN" perf queues --uri "$uri" --count "$QUEUES" --broker-pid "$pid" --cleanup >"$f.log" 2>&1 || ok=$? ;;
         *) # shellcheck disable=SC2046
-           "$BIN" perf throughput --uri "$uri" --quiet --queue-prefix "bench-$s" --broker-pid "$pid" $(args_for "$s") >"$f.log" 2>&1 || ok=$? ;;
+           "$BIN" perf throughput --uri "$uri" --quiet --cleanup --queue-prefix "bench-$s" --broker-pid "$pid" $(args_for "$s") >"$f.log" 2>&1 || ok=$? ;;
     esac
     # A failed run is reported and left out of the medians; the comparison goes on.
     if [ "$ok" -eq 0 ]; then tail -n 1 "$f.log" >"$f"; else echo "  FAILED (exit $ok): $(tail -n 1 "$f.log")"; fi
@@ -105,7 +108,7 @@ run_one() { # scenario broker port pid round
 for s in "${SCENARIOS[@]}"; do
     rounds=$ROUNDS
     # Memory scenarios are deterministic enough to run once per broker.
-    case $s in CONN|QUEUES) rounds=1 ;; esac
+    case $s in CONN|QUEUES|MEM) rounds=1 ;; esac
     for r in $(seq 1 "$rounds"); do
         run_one "$s" rabbitmq "$RABBIT_PORT" "$RABBIT_PID" "$r"
         run_one "$s" ferrymq "$FERRY_PORT" "$FERRY_PID" "$r"

@@ -19,6 +19,7 @@ METRICS = {
     "S8": ("S8 8 pub / 8 queues / 8 cons", "consume_rate", "msg/s", True),
     "CONN": ("idle connections: broker RSS", "broker_rss_after_mib", "MiB", False),
     "QUEUES": ("empty queues: broker RSS", "broker_rss_after_mib", "MiB", False),
+    "MEM": ("1M queued 16 B messages: broker RSS", "broker_rss_mib", "MiB", False),
 }
 
 
@@ -68,6 +69,6 @@ for s in scenarios:
     else:
         ratio_s = "n/a"
     cpu = f"{fmt(statistics.median(rc)) if rc else 'n/a'} / {fmt(statistics.median(fc)) if fc else 'n/a'}"
-    if s in ("CONN", "QUEUES"):
+    if s in ("CONN", "QUEUES", "MEM"):
         cpu = "-"
     print(f"| {label} | {unit} | {fmt(rm)} | {fmt(fm)} | {ratio_s} | {spread(r)} / {spread(f)} | {cpu} |")

@@ -23,6 +23,8 @@ use tokio::time::Instant;
 
 /// How long a peer has to answer our connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Size of the receive buffers of a connection that is streaming frames.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Why the main loop ended.
 enum End {
@@ -52,7 +54,9 @@ pub(crate) async fn serve(
     };
     let mut conn = Connection {
         rd,
-        rbuf: BytesMut::with_capacity(64 * 1024),
+        // Small until the connection actually streams: idle connections stay cheap (10,000 of
+        // them is an issue 3 target), busy ones move to READ_CHUNK buffers on their first refill.
+        rbuf: BytesMut::with_capacity(4096),
         out: out.clone(),
         broker,
         cfg,
@@ -115,7 +119,6 @@ impl Connection {
     /// connection task megabytes of frames to process without yielding, starving the writer
     /// tasks scheduled behind it.
     fn refill_read_buffer(&mut self) {
-        const READ_CHUNK: usize = 64 * 1024;
         if self.rbuf.capacity() - self.rbuf.len() >= 4096 {
             return;
         }

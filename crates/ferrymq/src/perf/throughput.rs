@@ -1,7 +1,7 @@
 //! The throughput scenario: publishers → queues → consumers.
 
 use super::client::{now_nanos, scan, Conn, Event, PublishTemplate};
-use super::procstat::cpu_micros;
+use super::procstat::{cpu_micros, rss_mib};
 use super::uri::AmqpUri;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
@@ -79,6 +79,9 @@ pub struct ThroughputArgs {
     /// No live line per second.
     #[arg(long)]
     pub quiet: bool,
+    /// Delete the queues when done (after the broker's memory was read).
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 impl ThroughputArgs {
@@ -143,6 +146,9 @@ pub struct ThroughputReport {
     pub broker_cpu_us_per_msg: Option<f64>,
     /// This process's CPU microseconds per message.
     pub perf_cpu_us_per_msg: f64,
+    /// Broker resident memory when the run ended, MiB (None without --broker-pid). With
+    /// --publish-only this is what the backlog costs.
+    pub broker_rss_mib: Option<f64>,
 }
 
 impl ThroughputReport {
@@ -164,7 +170,7 @@ impl ThroughputReport {
         format!(
             "summary: {:.1}s, published {} ({:.0} msg/s), consumed {} ({:.0} msg/s), confirmed {}, nacked {}\n\
              latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs\n\
-             cpu: broker {cpu}, perf client {:.2} µs/msg",
+             cpu: broker {cpu}, perf client {:.2} µs/msg; broker RSS {}",
             self.elapsed,
             self.published,
             self.publish_rate(),
@@ -177,6 +183,9 @@ impl ThroughputReport {
             self.latency_us[2],
             self.latency_us[3],
             self.perf_cpu_us_per_msg,
+            self.broker_rss_mib
+                .map(|m| format!("{m:.0} MiB"))
+                .unwrap_or_else(|| "n/a".into()),
         )
     }
 
@@ -197,6 +206,7 @@ impl ThroughputReport {
             },
             "broker_cpu_us_per_msg": self.broker_cpu_us_per_msg,
             "perf_cpu_us_per_msg": self.perf_cpu_us_per_msg,
+            "broker_rss_mib": self.broker_rss_mib,
         })
         .to_string()
     }
@@ -344,6 +354,10 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
     let published = shared.published.load(Ordering::Relaxed);
     let consumed = shared.consumed.load(Ordering::Relaxed);
     let msgs = published.max(consumed).max(1) as f64;
+    let broker_rss_mib = rss_mib(a.broker_pid);
+    if a.cleanup {
+        delete_queues(a, &uri).await?;
+    }
     let h = total_hist.lock().unwrap_or_else(|p| p.into_inner());
     let q = |x: f64| {
         if h.is_empty() {
@@ -364,7 +378,28 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
             _ => None,
         },
         perf_cpu_us_per_msg: (self_cpu1 - self_cpu0) as f64 / msgs,
+        broker_rss_mib,
     })
+}
+
+async fn delete_queues(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()> {
+    let mut c = Conn::open(uri).await.context("cleanup connection")?;
+    for i in 0..a.queues {
+        delete_queue(&mut c, a.queue(i)).await?;
+    }
+    Ok(())
+}
+
+async fn delete_queue(c: &mut Conn, queue: String) -> anyhow::Result<()> {
+    c.call(
+        QueueDelete {
+            queue,
+            ..Default::default()
+        },
+        |m| matches!(m, Method::QueueDeleteOk(_)),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn setup_topology(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()> {
@@ -372,14 +407,7 @@ async fn setup_topology(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()>
     for i in 0..a.queues {
         let q = a.queue(i);
         if !a.consume_only || a.prefill > 0 {
-            c.call(
-                QueueDelete {
-                    queue: q.clone(),
-                    ..Default::default()
-                },
-                |m| matches!(m, Method::QueueDeleteOk(_)),
-            )
-            .await?;
+            delete_queue(&mut c, q.clone()).await?;
         }
         c.call(
             QueueDeclare {
