@@ -12,7 +12,7 @@ pub mod queue_log;
 pub mod record;
 pub mod sync;
 
-pub use queue_log::{Position, QueueLog, Recovered};
+pub use queue_log::{Position, QueueLog};
 pub use sync::{FsyncPolicy, SyncGroup};
 
 use thiserror::Error;

@@ -29,19 +29,29 @@ pub struct Position {
     pub offset: u32,
 }
 
-/// A record found by recovery that was not acked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recovered {
-    /// Where it is.
-    pub position: Position,
-    /// Its payload.
-    pub payload: Vec<u8>,
-}
+/// Bytes read from disk per call when reading a backlog sequentially.
+const READ_CHUNK: usize = 256 * 1024;
 
 struct Segment {
     records: u32,
     acked: u32,
     ack_log: Option<File>,
+    /// Valid bytes (for the head segment, see [`Head::len`]).
+    len: u64,
+    /// Offsets found acked when the log was opened: reading skips them.
+    skip: HashSet<u32>,
+}
+
+impl Segment {
+    fn new() -> Self {
+        Segment {
+            records: 0,
+            acked: 0,
+            ack_log: None,
+            len: 0,
+            skip: HashSet::new(),
+        }
+    }
 }
 
 /// The segment being appended to.
@@ -56,6 +66,7 @@ pub struct QueueLog {
     dir: PathBuf,
     segment_size: u64,
     head: Head,
+    recovered_end: Position,
     segments: BTreeMap<u32, Segment>,
     readers: BTreeMap<u32, File>,
     sync: Arc<SyncGroup>,
@@ -75,14 +86,15 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 }
 
 impl QueueLog {
-    /// Opens (creating if needed) the log in `dir`, recovering what it holds: every valid,
-    /// unacked record in order. A torn or corrupt record ends its segment: the segment is cut
+    /// Opens (creating if needed) the log in `dir` and recovers it. Returns the log and how
+    /// many valid, unacked records it holds; read them with [`QueueLog::read_batch`] from
+    /// [`QueueLog::first`]. A torn or corrupt record ends its segment: the segment is cut
     /// there, with a warning, and everything before it is kept.
     pub fn open(
         dir: &Path,
         segment_size: u64,
         sync: Arc<SyncGroup>,
-    ) -> Result<(QueueLog, Vec<Recovered>), StoreError> {
+    ) -> Result<(QueueLog, u64), StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut ids: Vec<u32> = std::fs::read_dir(dir)
             .map_err(io(dir))?
@@ -94,37 +106,157 @@ impl QueueLog {
             .collect();
         ids.sort_unstable();
         let mut segments = BTreeMap::new();
-        let mut recovered = Vec::new();
+        let mut ready = 0u64;
         for &id in &ids {
-            let (seg, mut found) = recover_segment(dir, id)?;
+            let seg = recover_segment(dir, id)?;
             if seg.records == seg.acked {
                 remove_segment(dir, id)?;
                 continue;
             }
-            recovered.append(&mut found);
+            ready += u64::from(seg.records - seg.acked);
             segments.insert(id, seg);
         }
         // Always append to a fresh segment: a recovered one may end where a record was cut.
         let next = ids.last().map_or(1, |l| l + 1);
         let head = new_head(dir, next)?;
-        segments.insert(
-            next,
-            Segment {
-                records: 0,
-                acked: 0,
-                ack_log: None,
-            },
-        );
+        segments.insert(next, Segment::new());
         let log = QueueLog {
             dir: dir.to_path_buf(),
             segment_size: segment_size.max(4096),
             head,
+            recovered_end: Position {
+                segment: next,
+                offset: 0,
+            },
             segments,
             readers: BTreeMap::new(),
             sync,
             scratch: Vec::new(),
         };
-        Ok((log, recovered))
+        Ok((log, ready))
+    }
+
+    /// Where reading the whole log starts.
+    pub fn first(&self) -> Position {
+        Position {
+            segment: self.segments.keys().next().copied().unwrap_or(self.head.id),
+            offset: 0,
+        }
+    }
+
+    /// Records before this position were written before the log was last opened.
+    pub fn recovered_end(&self) -> Position {
+        self.recovered_end
+    }
+
+    /// The position the next append will get (unless it rolls to a new segment).
+    pub fn end(&self) -> Position {
+        Position {
+            segment: self.head.id,
+            offset: self.head.len as u32,
+        }
+    }
+
+    /// Reads up to `max` records in order starting at `from` (a record position, or a segment
+    /// end), skipping records that were already acked when the log was opened. Returns them
+    /// with the position to continue from; fewer than `max` means the end of the log.
+    #[allow(clippy::type_complexity)]
+    pub fn read_batch(
+        &mut self,
+        mut from: Position,
+        max: usize,
+    ) -> Result<(Vec<(Position, Vec<u8>)>, Position), StoreError> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while out.len() < max {
+            let Some((&id, seg)) = self.segments.range(from.segment..).next() else {
+                break;
+            };
+            if id != from.segment {
+                from = Position {
+                    segment: id,
+                    offset: 0,
+                };
+            }
+            let len = if id == self.head.id {
+                self.head.len
+            } else {
+                seg.len
+            };
+            if u64::from(from.offset) >= len {
+                if id == self.head.id {
+                    break;
+                }
+                from = Position {
+                    segment: id + 1,
+                    offset: 0,
+                };
+                continue;
+            }
+            let path = seg_path(&self.dir, id);
+            let want = ((len - u64::from(from.offset)) as usize).min(READ_CHUNK);
+            buf.resize(want, 0);
+            self.file(id)?
+                .read_exact_at(&mut buf, u64::from(from.offset))
+                .map_err(io(&path))?;
+            let mut off = 0usize;
+            while out.len() < max {
+                match record::scan(&buf, off) {
+                    Scan::Record(payload, next) => {
+                        let at = from.offset + off as u32;
+                        let acked = self.segments.get(&id).is_some_and(|s| s.skip.contains(&at));
+                        if !acked {
+                            out.push((
+                                Position {
+                                    segment: id,
+                                    offset: at,
+                                },
+                                payload.to_vec(),
+                            ));
+                        }
+                        off = next;
+                    }
+                    Scan::End => break,
+                    Scan::Torn if off > 0 => break,
+                    Scan::Torn => {
+                        // One record larger than the chunk: read exactly it.
+                        let n = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                        buf.resize(HEADER_LEN + n, 0);
+                        self.file(id)?
+                            .read_exact_at(&mut buf, u64::from(from.offset))
+                            .map_err(io(&path))?;
+                        if !matches!(record::scan(&buf, 0), Scan::Record(..)) {
+                            return Err(StoreError::Corrupt(
+                                path.display().to_string(),
+                                from.offset,
+                            ));
+                        }
+                        continue;
+                    }
+                    Scan::Corrupt => {
+                        return Err(StoreError::Corrupt(
+                            path.display().to_string(),
+                            from.offset + off as u32,
+                        ))
+                    }
+                }
+            }
+            from.offset += off as u32;
+        }
+        Ok((out, from))
+    }
+
+    fn file(&mut self, id: u32) -> Result<&File, StoreError> {
+        if id == self.head.id {
+            return Ok(&self.head.file);
+        }
+        let path = seg_path(&self.dir, id);
+        Ok(match self.readers.entry(id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(File::open(&path).map_err(io(&path))?)
+            }
+        })
     }
 
     /// Appends a record. Returns where it went and the group-commit ticket after which it is
@@ -158,16 +290,7 @@ impl QueueLog {
     /// Reads the payload of the record at `pos`.
     pub fn read(&mut self, pos: Position) -> Result<Vec<u8>, StoreError> {
         let path = seg_path(&self.dir, pos.segment);
-        let f = if pos.segment == self.head.id {
-            &*self.head.file
-        } else {
-            match self.readers.entry(pos.segment) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(File::open(&path).map_err(io(&path))?)
-                }
-            }
-        };
+        let f = self.file(pos.segment)?;
         let mut h = [0u8; HEADER_LEN];
         f.read_exact_at(&mut h, pos.offset as u64)
             .map_err(io(&path))?;
@@ -221,15 +344,11 @@ impl QueueLog {
 
     fn roll(&mut self) -> Result<(), StoreError> {
         let id = self.head.id + 1;
+        if let Some(s) = self.segments.get_mut(&self.head.id) {
+            s.len = self.head.len;
+        }
         self.head = new_head(&self.dir, id)?;
-        self.segments.insert(
-            id,
-            Segment {
-                records: 0,
-                acked: 0,
-                ack_log: None,
-            },
-        );
+        self.segments.insert(id, Segment::new());
         // The previous head may already be fully acked.
         let prev = id - 1;
         if let Some(s) = self.segments.get(&prev) {
@@ -270,7 +389,7 @@ fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn recover_segment(dir: &Path, id: u32) -> Result<(Segment, Vec<Recovered>), StoreError> {
+fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let acked: HashSet<u32> = match std::fs::read(ack_path(dir, id)) {
@@ -281,21 +400,15 @@ fn recover_segment(dir: &Path, id: u32) -> Result<(Segment, Vec<Recovered>), Sto
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
         Err(e) => return Err(io(&ack_path(dir, id))(e)),
     };
-    let mut found = Vec::new();
-    let mut records = 0u32;
+    let mut seg = Segment::new();
     let mut off = 0usize;
     loop {
         match record::scan(&bytes, off) {
-            Scan::Record(payload, next) => {
-                records += 1;
-                if !acked.contains(&(off as u32)) {
-                    found.push(Recovered {
-                        position: Position {
-                            segment: id,
-                            offset: off as u32,
-                        },
-                        payload: payload.to_vec(),
-                    });
+            Scan::Record(_, next) => {
+                seg.records += 1;
+                if acked.contains(&(off as u32)) {
+                    seg.acked += 1;
+                    seg.skip.insert(off as u32);
                 }
                 off = next;
             }
@@ -308,9 +421,10 @@ fn recover_segment(dir: &Path, id: u32) -> Result<(Segment, Vec<Recovered>), Sto
                 };
                 tracing::warn!(
                     "{}: {what} record at offset {off}; cutting the segment there ({} bytes \
-                     dropped, {records} records before it kept)",
+                     dropped, {} records before it kept)",
                     path.display(),
-                    bytes.len() - off
+                    bytes.len() - off,
+                    seg.records
                 );
                 let f = OpenOptions::new()
                     .write(true)
@@ -322,15 +436,8 @@ fn recover_segment(dir: &Path, id: u32) -> Result<(Segment, Vec<Recovered>), Sto
             }
         }
     }
-    let acked_here = records - found.len() as u32;
-    Ok((
-        Segment {
-            records,
-            acked: acked_here,
-            ack_log: None,
-        },
-        found,
-    ))
+    seg.len = off as u64;
+    Ok(seg)
 }
 
 #[cfg(test)]
@@ -338,12 +445,22 @@ mod tests {
     use super::*;
     use crate::sync::FsyncPolicy;
 
-    fn open(dir: &Path, seg: u64) -> (QueueLog, Vec<Recovered>) {
-        QueueLog::open(dir, seg, SyncGroup::start(FsyncPolicy::Never)).unwrap()
-    }
-
-    fn payloads(r: &[Recovered]) -> Vec<Vec<u8>> {
-        r.iter().map(|r| r.payload.clone()).collect()
+    /// Opens the log and reads back everything it recovered.
+    fn open(dir: &Path, seg: u64) -> (QueueLog, Vec<Vec<u8>>) {
+        let (mut log, n) = QueueLog::open(dir, seg, SyncGroup::start(FsyncPolicy::Never)).unwrap();
+        let (mut all, mut at) = (Vec::new(), log.first());
+        loop {
+            // Small batches exercise continuing across chunk and segment ends.
+            let (batch, next) = log.read_batch(at, 7).unwrap();
+            let done = batch.len() < 7;
+            all.extend(batch.into_iter().map(|(_, p)| p));
+            at = next;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(all.len() as u64, n);
+        (log, all)
     }
 
     #[test]
@@ -369,7 +486,7 @@ mod tests {
             .filter(|i| i % 2 == 1)
             .map(|i| i.to_le_bytes().repeat(10))
             .collect();
-        assert_eq!(payloads(&r), want);
+        assert_eq!(r, want);
     }
 
     #[test]
@@ -406,10 +523,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 20).unwrap();
         let (_log, r) = open(d.path(), 1 << 20);
-        assert_eq!(
-            payloads(&r),
-            (0..9u8).map(|i| vec![i; 50]).collect::<Vec<_>>()
-        );
+        assert_eq!(r, (0..9u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), 9 * 58);
     }
 
@@ -427,12 +541,26 @@ mod tests {
         bytes[n - 10] ^= 0x04;
         std::fs::write(&seg, &bytes).unwrap();
         let (mut log, r) = open(d.path(), 1 << 20);
-        assert_eq!(
-            payloads(&r),
-            (0..9u8).map(|i| vec![i; 50]).collect::<Vec<_>>()
-        );
+        assert_eq!(r, (0..9u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
         // The log keeps working after recovery.
         let (p, _) = log.append(b"after").unwrap();
         assert_eq!(log.read(p).unwrap(), b"after");
+    }
+
+    #[test]
+    fn records_larger_than_a_read_chunk_and_reads_of_the_head_work() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let big = vec![9u8; READ_CHUNK + 1000];
+        log.append(b"small").unwrap();
+        log.append(&big).unwrap();
+        log.append(b"tail").unwrap();
+        let (batch, next) = log.read_batch(log.first(), 10).unwrap();
+        let got: Vec<&[u8]> = batch.iter().map(|(_, p)| &p[..]).collect();
+        assert_eq!(got, vec![&b"small"[..], &big[..], &b"tail"[..]]);
+        assert_eq!(next, log.end());
+        let (p, _) = log.append(b"more").unwrap();
+        let (batch, _) = log.read_batch(next, 10).unwrap();
+        assert_eq!(batch, vec![(p, b"more".to_vec())]);
     }
 }
