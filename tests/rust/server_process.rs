@@ -3,70 +3,21 @@
 
 mod common;
 
-use common::{code, WAIT};
+use common::{code, ServerProcess};
 use lapin::{Connection, ConnectionProperties};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(extra: &[&str]) -> Server {
+fn spawn(extra: &[&str]) -> ServerProcess {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
-        .args([
-            "server",
-            "--bind",
-            "127.0.0.1",
-            "--amqp-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.split("AMQP listening on ").nth(1) {
-                let _ = tx.send(a.trim().to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("server logs its AMQP address");
-    Server {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
-fn sigterm(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM");
+    let mut s = ServerProcess::start(&dir.path().join("data"), extra);
+    s.keep(dir);
+    s
 }
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_320_and_exits_zero() {
-    let mut s = spawn(&[]);
+    let s = spawn(&[]);
     let conn = Connection::connect(
         &format!("amqp://guest:guest@{}/%2f", s.addr),
         ConnectionProperties::default(),
@@ -76,14 +27,8 @@ async fn sigterm_closes_clients_with_320_and_exits_zero() {
     let seen = Arc::new(Mutex::new(None));
     let seen2 = seen.clone();
     conn.on_error(move |e| *seen2.lock().unwrap() = code(&e));
-    sigterm(s.child.id());
-    let status = tokio::task::spawn_blocking(move || {
-        let st = s.child.wait().unwrap();
-        drop(s);
-        st
-    })
-    .await
-    .unwrap();
+    s.sigterm();
+    let status = tokio::task::spawn_blocking(move || s.wait()).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
     common::eventually(
         || seen.lock().unwrap().is_some(),

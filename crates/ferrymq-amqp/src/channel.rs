@@ -54,9 +54,16 @@ pub(crate) struct ConnCtx {
     pub has_published: bool,
     /// The authenticated user, checked against the `user_id` property of publishes.
     pub user: String,
+    /// Group-commit progress, when the broker has a data directory.
+    pub sync: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl ConnCtx {
+    /// The highest group-commit ticket known to be on disk.
+    pub fn synced(&self) -> u64 {
+        self.sync.as_ref().map_or(u64::MAX, |r| *r.borrow())
+    }
+
     pub fn send(&self, channel: u16, m: impl Into<Method>) {
         let m = m.into();
         self.out.with(|o| o.method(channel, &m));
@@ -205,11 +212,23 @@ pub(crate) struct Channel {
     last_queue: Option<String>,
 }
 
+/// Publisher confirms of a channel in confirm mode. Every publish up to `ackable` may be
+/// acked; publishes that wait for their data to reach the disk (or that follow one that
+/// does, since confirms go out in order) queue in `waiting` with their group-commit ticket.
 #[derive(Default)]
 struct Confirms {
     next_seq: u64,
     acked_upto: u64,
-    pending_upto: u64,
+    ackable: u64,
+    waiting: VecDeque<Waiting>,
+}
+
+struct Waiting {
+    seq: u64,
+    /// Ackable once group commit reached this ticket (0: at once).
+    ticket: u64,
+    /// Refused by a queue: gets basic.nack instead of basic.ack.
+    nack: bool,
 }
 
 fn chan_err(ch: u16, e: CoreError) -> AmqpError {
@@ -947,12 +966,61 @@ impl Channel {
         }
         if let Some(c) = &mut self.confirm {
             c.next_seq += 1;
-            if outcome.refused == 0 {
-                c.pending_upto = c.next_seq;
+            let seq = c.next_seq;
+            let ticket = outcome.ticket.unwrap_or(0);
+            let durable_now = ticket <= ctx.synced();
+            if outcome.refused == 0 && durable_now && c.waiting.is_empty() {
+                c.ackable = seq;
             } else {
-                // Confirms go out in order: settle the acks before this one, then nack it.
-                let seq = c.next_seq;
-                self.flush_confirms(ctx);
+                c.waiting.push_back(Waiting {
+                    seq,
+                    ticket: if durable_now { 0 } else { ticket },
+                    nack: outcome.refused > 0,
+                });
+                if outcome.refused > 0 {
+                    self.flush_confirms(ctx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether confirms wait for group commit.
+    pub fn awaits_sync(&self) -> bool {
+        self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
+    }
+
+    /// Sends the publisher confirms that are due: everything processed in the last batch of
+    /// frames whose data is durable, as one `basic.ack` with `multiple` when several are due,
+    /// and a `basic.nack` for each refused publish, in publish order.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
+        let Some(c) = &mut self.confirm else {
+            return;
+        };
+        let synced = ctx.synced();
+        let ch = self.id;
+        let send_acks = |c: &mut Confirms| {
+            if c.ackable > c.acked_upto {
+                let multiple = c.ackable - c.acked_upto > 1;
+                ctx.send(
+                    ch,
+                    BasicAck {
+                        delivery_tag: c.ackable,
+                        multiple,
+                    },
+                );
+                c.acked_upto = c.ackable;
+            }
+        };
+        while let Some(w) = c.waiting.front() {
+            if w.ticket > synced {
+                break;
+            }
+            let (seq, nack) = (w.seq, w.nack);
+            c.waiting.pop_front();
+            if nack {
+                c.ackable = seq - 1;
+                send_acks(c);
                 ctx.send(
                     ch,
                     BasicNack {
@@ -961,31 +1029,11 @@ impl Channel {
                         requeue: false,
                     },
                 );
-                if let Some(c) = &mut self.confirm {
-                    c.acked_upto = seq;
-                    c.pending_upto = seq;
-                }
+                c.acked_upto = seq;
             }
+            c.ackable = seq;
         }
-        Ok(())
-    }
-
-    /// Sends the publisher confirms accumulated while processing a batch of frames, as one
-    /// `basic.ack` with `multiple` when several are due.
-    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
-        if let Some(c) = &mut self.confirm {
-            if c.pending_upto > c.acked_upto {
-                let multiple = c.pending_upto - c.acked_upto > 1;
-                ctx.send(
-                    self.id,
-                    BasicAck {
-                        delivery_tag: c.pending_upto,
-                        multiple,
-                    },
-                );
-                c.acked_upto = c.pending_upto;
-            }
-        }
+        send_acks(c);
     }
 
     /// Releases everything the channel holds: consumers are detached (auto-delete queues may

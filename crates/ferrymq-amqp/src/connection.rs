@@ -26,6 +26,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Size of the receive buffers of a connection that is streaming frames.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Waits for group commit to make progress; false when it never will (no data directory, or
+/// the fsync thread is gone).
+async fn wait_sync(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// Why the main loop ended.
 enum End {
     /// The peer went away, or our close handshake completed.
@@ -304,6 +313,7 @@ impl Connection {
             exclusive_queues: Vec::new(),
             has_published: false,
             user: self.user.clone(),
+            sync: self.broker.persistence().map(|p| p.sync().subscribe()),
         };
         Ok(Some((ctx, ev_rx)))
     }
@@ -387,6 +397,7 @@ impl Connection {
         let mut blocked_rx = self.broker.blocked();
         let mut blocked = blocked_rx.borrow_and_update().clone();
         let mut blocked_sent = false;
+        let mut sync_rx = ctx.sync.clone();
         loop {
             // Process every complete frame already buffered.
             loop {
@@ -445,7 +456,17 @@ impl Connection {
                 }
                 blocked_sent = hold_reads;
             }
+            let awaiting_sync = channels.values().any(Channel::awaits_sync);
             tokio::select! {
+                changed = wait_sync(&mut sync_rx), if awaiting_sync => {
+                    if changed {
+                        for ch in channels.values_mut() {
+                            ch.flush_confirms(ctx);
+                        }
+                    } else {
+                        sync_rx = None;
+                    }
+                }
                 r = self.rd.read_buf(&mut self.rbuf), if !hold_reads => {
                     match r {
                         Ok(0) | Err(_) => return End::Done,

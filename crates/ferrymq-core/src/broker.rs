@@ -2,7 +2,9 @@
 
 use crate::auth::User;
 use crate::error::{CoreError, CoreResult};
+use crate::persist::Persistence;
 use crate::vhost::VHost;
+use ferrymq_store::definitions::{self as defs, Definitions};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,11 +52,44 @@ pub struct Broker {
     permissions: RwLock<HashMap<(String, String), Permission>>,
     next_connection: AtomicU64,
     blocked: watch::Sender<Option<String>>,
+    persist: Option<Arc<Persistence>>,
 }
 
 impl Broker {
-    /// A broker with vhost `/` and user `guest`/`guest` with full rights on it.
+    /// An in-memory broker with vhost `/` and user `guest`/`guest` with full rights on it.
     pub fn new(config: BrokerConfig) -> Arc<Self> {
+        Arc::new(Broker::fresh(config, None))
+    }
+
+    /// A broker keeping its definitions and persistent messages in `persist`: what the data
+    /// directory holds is restored (durable exchanges, queues with their messages, bindings,
+    /// users, vhosts, permissions); an empty data directory starts as [`Broker::new`] does.
+    pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
+        let b = match persist.loaded_definitions() {
+            None => {
+                let b = Broker::fresh(config, Some(persist.clone()));
+                let d = b.identity_definitions();
+                persist.update(|cur| *cur = d)?;
+                b
+            }
+            Some(d) => {
+                let b = Broker {
+                    config,
+                    vhosts: RwLock::new(HashMap::new()),
+                    users: RwLock::new(HashMap::new()),
+                    permissions: RwLock::new(HashMap::new()),
+                    next_connection: AtomicU64::new(1),
+                    blocked: watch::channel(None).0,
+                    persist: Some(persist.clone()),
+                };
+                b.restore(d, &persist)?;
+                b
+            }
+        };
+        Ok(Arc::new(b))
+    }
+
+    fn fresh(config: BrokerConfig, persist: Option<Arc<Persistence>>) -> Broker {
         let (blocked, _) = watch::channel(None);
         let b = Broker {
             config,
@@ -63,6 +98,7 @@ impl Broker {
             permissions: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             blocked,
+            persist,
         };
         b.add_vhost("/");
         b.add_user(User::new("guest", "guest", &["administrator"]));
@@ -75,7 +111,99 @@ impl Broker {
                 read: ".*".into(),
             },
         );
-        Arc::new(b)
+        b
+    }
+
+    /// Users, vhosts and permissions as definitions (no exchanges or queues).
+    fn identity_definitions(&self) -> Definitions {
+        let mut d = Definitions {
+            users: self
+                .users
+                .read()
+                .values()
+                .map(|u| defs::User {
+                    name: u.name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    hashing_algorithm: "rabbit_password_hashing_sha256".into(),
+                    tags: u.tags.clone(),
+                })
+                .collect(),
+            vhosts: self
+                .vhosts
+                .read()
+                .keys()
+                .map(|n| defs::VHostDef { name: n.clone() })
+                .collect(),
+            permissions: self
+                .permissions
+                .read()
+                .iter()
+                .map(|((user, vhost), p)| defs::Permission {
+                    user: user.clone(),
+                    vhost: vhost.clone(),
+                    configure: p.configure.clone(),
+                    write: p.write.clone(),
+                    read: p.read.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        d.users.sort_by(|a, b| a.name.cmp(&b.name));
+        d.vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        d
+    }
+
+    fn restore(&self, d: &Definitions, persist: &Persistence) -> CoreResult<()> {
+        for u in &d.users {
+            self.users.write().insert(
+                u.name.clone(),
+                User {
+                    name: u.name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    tags: u.tags.clone(),
+                },
+            );
+        }
+        for v in &d.vhosts {
+            self.add_vhost(&v.name);
+        }
+        for p in &d.permissions {
+            self.set_permission(
+                &p.user,
+                &p.vhost,
+                Permission {
+                    configure: p.configure.clone(),
+                    write: p.write.clone(),
+                    read: p.read.clone(),
+                },
+            );
+        }
+        let vhost = |name: &str| {
+            self.vhost(name).ok_or_else(|| {
+                CoreError::Internal(format!("definitions name unknown vhost '{name}'"))
+            })
+        };
+        for x in &d.exchanges {
+            vhost(&x.vhost)?.restore_exchange(x)?;
+        }
+        let mut dirs = Vec::new();
+        for q in &d.queues {
+            let (dir, n) = vhost(&q.vhost)?.restore_queue(q)?;
+            tracing::info!(queue = %q.name, vhost = %q.vhost, "recovered {n} messages");
+            dirs.push(dir);
+        }
+        for b in &d.bindings {
+            if let Err(e) = vhost(&b.vhost).and_then(|v| v.restore_binding(b)) {
+                tracing::warn!("skipping a binding from the definitions: {e}");
+            }
+        }
+        persist.remove_orphan_queue_dirs(&dirs);
+        Ok(())
+    }
+
+    /// The storage context, when the broker has a data directory.
+    pub fn persistence(&self) -> Option<&Arc<Persistence>> {
+        self.persist.as_ref()
     }
 
     /// Adds a vhost (no-op if it exists) and returns it.
@@ -83,7 +211,7 @@ impl Broker {
         self.vhosts
             .write()
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(VHost::new(name)))
+            .or_insert_with(|| Arc::new(VHost::with_persistence(name, self.persist.clone())))
             .clone()
     }
 

@@ -29,6 +29,10 @@ pub enum CoreError {
     /// An argument has a value the broker cannot accept (AMQP 406 too, but for arguments).
     #[error("PRECONDITION_FAILED - {0}")]
     InvalidArgument(String),
+    /// The broker failed internally, e.g. could not write to its data directory (AMQP 541,
+    /// closes the connection).
+    #[error("INTERNAL_ERROR - {0}")]
+    Internal(String),
 }
 
 impl CoreError {
@@ -42,6 +46,7 @@ impl CoreError {
             CoreError::NotAllowed(_) => 530,
             CoreError::CommandInvalid(_) => 503,
             CoreError::NotImplemented(_) => 540,
+            CoreError::Internal(_) => 541,
         }
     }
 
@@ -49,7 +54,10 @@ impl CoreError {
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            CoreError::NotAllowed(_) | CoreError::NotImplemented(_) | CoreError::CommandInvalid(_)
+            CoreError::NotAllowed(_)
+                | CoreError::NotImplemented(_)
+                | CoreError::CommandInvalid(_)
+                | CoreError::Internal(_)
         )
     }
 }

@@ -87,6 +87,15 @@ pub struct Queue {
     state: Mutex<QueueState>,
 }
 
+/// What a queue did with a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Taken. With a ticket, it is on disk once group commit reaches it.
+    Accepted(Option<u64>),
+    /// Not taken: the queue was deleted meanwhile, or its store could not write it.
+    Refused,
+}
+
 /// Counts reported by queue.declare and the management views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {
@@ -99,12 +108,31 @@ pub struct QueueCounts {
 }
 
 impl Queue {
-    /// A new, empty queue.
+    /// A new, empty queue whose messages stay in memory.
     pub fn new(
         name: &str,
         vhost: &str,
         options: QueueOptions,
         owner: Option<ConnectionId>,
+    ) -> Self {
+        Queue::with_store(
+            name,
+            vhost,
+            options,
+            owner,
+            Box::new(MemoryStore::default()),
+            1,
+        )
+    }
+
+    /// A queue over `store`, which may already hold messages numbered below `next_seq`.
+    pub fn with_store(
+        name: &str,
+        vhost: &str,
+        options: QueueOptions,
+        owner: Option<ConnectionId>,
+        store: Box<dyn MessageStore>,
+        next_seq: u64,
     ) -> Self {
         Queue {
             name: name.to_string(),
@@ -112,10 +140,10 @@ impl Queue {
             options,
             owner,
             state: Mutex::new(QueueState {
-                store: Box::new(MemoryStore::default()),
+                store,
                 consumers: Vec::new(),
                 next_consumer: 0,
-                next_seq: 1,
+                next_seq,
                 unacked: 0,
                 had_consumer: false,
                 deleted: false,
@@ -146,20 +174,25 @@ impl Queue {
         }
     }
 
-    /// Appends a message and delivers it if a consumer can take it. Returns false if the
-    /// queue was deleted meanwhile.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+    /// Appends a message and delivers it if a consumer can take it.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
         let mut st = self.state.lock();
         if st.deleted {
-            return false;
+            return Enqueued::Refused;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.store.push(QueuedMessage::new(seq, message));
+        let ticket = match st.store.push(QueuedMessage::new(seq, message)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(queue = %self.name, vhost = %self.vhost, "message refused: {e}");
+                return Enqueued::Refused;
+            }
+        };
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st);
         }
-        true
+        Enqueued::Accepted(ticket)
     }
 
     /// Delivers ready messages to consumers that have credit. Called by protocol code when a
@@ -284,7 +317,8 @@ impl Queue {
                 return 0;
             }
             st.deleted = true;
-            let n = st.store.purge();
+            let n = st.store.len();
+            st.store.destroy();
             let cs = std::mem::take(&mut st.consumers);
             (n, cs)
         };

@@ -1,16 +1,19 @@
 //! The seam between a queue and where its messages are kept.
 //!
 //! A queue talks to its messages only through [`MessageStore`]: push, shift, requeue, ack,
-//! purge. This issue ships the in-memory [`MemoryStore`]; the durability work plugs a
-//! disk-backed store in behind the same trait without touching routing or delivery.
+//! purge. [`MemoryStore`] keeps everything in RAM (queues of a broker without a data
+//! directory, and tests); `PagedStore` (paged_store.rs) writes persistent messages of durable
+//! queues to disk and pages any queue's tail out under memory pressure.
 
 use crate::message::QueuedMessage;
+use ferrymq_store::StoreError;
 use std::collections::VecDeque;
 
 /// Where a queue's ready messages are kept.
 pub trait MessageStore: Send {
-    /// Appends a new message at the tail.
-    fn push(&mut self, msg: QueuedMessage);
+    /// Appends a new message at the tail. Returns the group-commit ticket after which it is on
+    /// disk, when it had to be made durable; an error refuses the message.
+    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError>;
     /// Removes and returns the message at the head.
     fn shift(&mut self) -> Option<QueuedMessage>;
     /// Puts a delivered-but-unacked message back at its original position.
@@ -27,6 +30,10 @@ pub trait MessageStore: Send {
     }
     /// Total body bytes of the ready messages.
     fn bytes(&self) -> usize;
+    /// The queue was deleted: drop everything, files included.
+    fn destroy(&mut self) {
+        self.purge();
+    }
 }
 
 /// Ready messages in memory, ordered by sequence number.
@@ -37,9 +44,10 @@ pub struct MemoryStore {
 }
 
 impl MessageStore for MemoryStore {
-    fn push(&mut self, msg: QueuedMessage) {
+    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError> {
         self.bytes += msg.message.body_size();
         self.ready.push_back(msg);
+        Ok(None)
     }
 
     fn shift(&mut self) -> Option<QueuedMessage> {

@@ -175,3 +175,84 @@ impl FieldTable {
                 .all(|(k, v)| other.get(k).is_some_and(|o| v.equivalent(o)))
     }
 }
+
+/// A table as JSON, the way RabbitMQ's definitions document writes arguments.
+pub fn table_to_json(t: &FieldTable) -> serde_json::Map<String, serde_json::Value> {
+    t.iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(v: &FieldValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        FieldValue::Bool(b) => J::Bool(*b),
+        FieldValue::F32(f) => {
+            serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number)
+        }
+        FieldValue::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        FieldValue::Decimal(scale, u) => {
+            serde_json::Number::from_f64(f64::from(*u) / 10f64.powi(i32::from(*scale)))
+                .map_or(J::Null, J::Number)
+        }
+        FieldValue::LongStr(b) | FieldValue::Bytes(b) => {
+            J::String(String::from_utf8_lossy(b).into_owned())
+        }
+        FieldValue::Array(items) => J::Array(items.iter().map(value_to_json).collect()),
+        FieldValue::Table(t) => J::Object(table_to_json(t)),
+        FieldValue::Void => J::Null,
+        other => other.as_i64().map_or(J::Null, |i| J::Number(i.into())),
+    }
+}
+
+/// A table from JSON arguments (numbers become longs or doubles, as RabbitMQ imports them).
+pub fn table_from_json(m: &serde_json::Map<String, serde_json::Value>) -> FieldTable {
+    FieldTable(
+        m.iter()
+            .map(|(k, v)| (k.clone(), value_from_json(v)))
+            .collect(),
+    )
+}
+
+fn value_from_json(v: &serde_json::Value) -> FieldValue {
+    use serde_json::Value as J;
+    match v {
+        J::Null => FieldValue::Void,
+        J::Bool(b) => FieldValue::Bool(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::I64(i),
+            None => FieldValue::F64(n.as_f64().unwrap_or_default()),
+        },
+        J::String(s) => FieldValue::string(s),
+        J::Array(items) => FieldValue::Array(items.iter().map(value_from_json).collect()),
+        J::Object(m) => FieldValue::Table(table_from_json(m)),
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn arguments_survive_a_json_round_trip() {
+        let t = FieldTable(vec![
+            ("x-max-length".into(), FieldValue::I64(10)),
+            ("x-dead-letter-exchange".into(), FieldValue::string("dlx")),
+            ("flag".into(), FieldValue::Bool(true)),
+            ("ratio".into(), FieldValue::F64(0.5)),
+            (
+                "nested".into(),
+                FieldValue::Table(FieldTable(vec![(
+                    "list".into(),
+                    FieldValue::Array(vec![FieldValue::I64(1), FieldValue::Void]),
+                )])),
+            ),
+        ]);
+        // JSON objects do not keep key order; arguments are looked up by key.
+        let sorted = |mut t: FieldTable| {
+            t.0.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        };
+        assert_eq!(sorted(table_from_json(&table_to_json(&t))), sorted(t));
+    }
+}

@@ -5,9 +5,12 @@ use crate::exchange::{
     check_args_equivalent, Destination, Exchange, ExchangeKind, ExchangeOptions,
 };
 use crate::message::{LazyHeaders, Message};
-use crate::queue::{Queue, QueueCounts, QueueOptions};
-use crate::value::FieldTable;
+use crate::paged_store::PagedStore;
+use crate::persist::Persistence;
+use crate::queue::{Enqueued, Queue, QueueCounts, QueueOptions};
+use crate::value::{table_from_json, table_to_json, FieldTable};
 use crate::ConnectionId;
+use ferrymq_store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::HashMap;
@@ -40,6 +43,8 @@ pub struct PublishOutcome {
     /// Number of target queues that could not take it (e.g. deleted while routing). A
     /// publisher in confirm mode gets `basic.nack` when this is not zero.
     pub refused: usize,
+    /// Group-commit ticket after which every copy that had to be written is on disk.
+    pub ticket: Option<u64>,
 }
 
 /// A virtual host.
@@ -49,6 +54,7 @@ pub struct VHost {
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
+    persist: Option<Arc<Persistence>>,
 }
 
 fn not_found_queue(name: &str, vhost: &str) -> CoreError {
@@ -65,13 +71,19 @@ fn default_exchange_refused() -> CoreError {
 
 impl VHost {
     /// A vhost with the standard exchanges (default, amq.direct, amq.fanout, amq.topic,
-    /// amq.headers, amq.match).
+    /// amq.headers, amq.match), keeping everything in memory.
     pub fn new(name: &str) -> Self {
+        VHost::with_persistence(name, None)
+    }
+
+    /// A vhost whose durable entities and persistent messages go to `persist`.
+    pub fn with_persistence(name: &str, persist: Option<Arc<Persistence>>) -> Self {
         let v = VHost {
             name: name.to_string(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
+            persist,
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -152,11 +164,24 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        ex.insert(
-            name.to_string(),
-            Arc::new(Exchange::new(name, kind, options)),
-        );
+        let x = Arc::new(Exchange::new(name, kind, options));
+        if let (true, Some(p)) = (x.options.durable, &self.persist) {
+            p.exchange_declared(self.exchange_def(&x))?;
+        }
+        ex.insert(name.to_string(), x);
         Ok(())
+    }
+
+    fn exchange_def(&self, x: &Exchange) -> ExchangeDef {
+        ExchangeDef {
+            name: x.name.clone(),
+            vhost: self.name.clone(),
+            kind: x.kind.as_str().to_string(),
+            durable: true,
+            auto_delete: x.options.auto_delete,
+            internal: x.options.internal,
+            arguments: table_to_json(&x.options.arguments),
+        }
     }
 
     /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
@@ -184,6 +209,9 @@ impl VHost {
             ex.remove(name);
             x
         };
+        if let (true, Some(p)) = (x.options.durable, &self.persist) {
+            p.exchange_deleted(&self.name, name)?;
+        }
         // Remove bindings where the deleted exchange is the destination.
         let dest = Destination::Exchange(x.clone());
         let sources: Vec<Arc<Exchange>> = self.exchanges.read().values().cloned().collect();
@@ -249,7 +277,7 @@ impl VHost {
             return Ok((q.clone(), c));
         }
         let owner = options.exclusive.then_some(conn);
-        let q = Arc::new(Queue::new(&name, &self.name, options, owner));
+        let q = Arc::new(self.new_queue(&name, options, owner)?);
         qs.insert(name, q.clone());
         Ok((
             q,
@@ -259,6 +287,72 @@ impl VHost {
                 consumers: 0,
             },
         ))
+    }
+
+    /// Builds a queue with the store its options call for: on disk for durable queues (and
+    /// the definitions saved), in memory with paging for the rest, in memory only without a
+    /// data directory. Exclusive queues never outlive their connection, so never persist.
+    fn new_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        owner: Option<ConnectionId>,
+    ) -> CoreResult<Queue> {
+        let Some(p) = &self.persist else {
+            return Ok(Queue::new(name, &self.name, options, owner));
+        };
+        let durable = options.durable && !options.exclusive;
+        let dir = if durable {
+            let dir = p.queue_dir(&self.name, name);
+            // Leftovers of an earlier queue of that name must not come back in the new one.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| CoreError::Internal(format!("{}: {e}", dir.display())))?;
+            }
+            p.queue_declared(&self.name, name, options.auto_delete, &options.arguments)?;
+            dir
+        } else {
+            p.transient_dir()
+        };
+        let store = PagedStore::new(p.clone(), durable, dir);
+        Ok(Queue::with_store(
+            name,
+            &self.name,
+            options,
+            owner,
+            Box::new(store),
+            1,
+        ))
+    }
+
+    fn is_persisted(q: &Queue) -> bool {
+        q.options.durable && !q.options.exclusive
+    }
+
+    fn binding_def(
+        &self,
+        source: &str,
+        dest: &Destination,
+        key: &str,
+        args: &FieldTable,
+    ) -> Option<BindingDef> {
+        let (dest_type, dest_name, durable) = match dest {
+            Destination::Queue(q) => ("queue", q.name.clone(), VHost::is_persisted(q)),
+            Destination::Exchange(x) => ("exchange", x.name.clone(), x.options.durable),
+        };
+        let source_durable = self
+            .exchanges
+            .read()
+            .get(source)
+            .is_some_and(|x| x.options.durable);
+        (durable && source_durable && self.persist.is_some()).then(|| BindingDef {
+            source: source.to_string(),
+            vhost: self.name.clone(),
+            destination: dest_name,
+            destination_type: dest_type.to_string(),
+            routing_key: key.to_string(),
+            arguments: table_to_json(args),
+        })
     }
 
     fn check_queue_equivalent(&self, q: &Queue, o: &QueueOptions) -> CoreResult<()> {
@@ -325,6 +419,13 @@ impl VHost {
                 _ => return 0,
             }
         }
+        if let (true, Some(p)) = (VHost::is_persisted(q), &self.persist) {
+            if let Err(e) = p.queue_deleted(&self.name, &q.name) {
+                // The queue is gone either way; at the next start its files are removed as
+                // orphans only if the definitions agree, so say what happened.
+                tracing::error!(queue = %q.name, "cannot save definitions after delete: {e}");
+            }
+        }
         let dest = Destination::Queue(q.clone());
         let exchanges: Vec<Arc<Exchange>> = self.exchanges.read().values().cloned().collect();
         for x in exchanges {
@@ -361,7 +462,12 @@ impl VHost {
         }
         let q = self.queue(queue, conn)?;
         let x = self.exchange(exchange)?;
-        x.bind(Destination::Queue(q), key, args);
+        let dest = Destination::Queue(q);
+        if let (Some(def), Some(p)) = (self.binding_def(exchange, &dest, key, &args), &self.persist)
+        {
+            p.binding_added(def)?;
+        }
+        x.bind(dest, key, args);
         Ok(())
     }
 
@@ -379,7 +485,12 @@ impl VHost {
         }
         let q = self.queue(queue, conn)?;
         let x = self.exchange(exchange)?;
-        if x.unbind(&Destination::Queue(q), key, args) {
+        let dest = Destination::Queue(q);
+        if let (Some(def), Some(p)) = (self.binding_def(exchange, &dest, key, args), &self.persist)
+        {
+            p.binding_removed(&def)?;
+        }
+        if x.unbind(&dest, key, args) {
             self.maybe_auto_delete_exchange(&x);
         }
         Ok(())
@@ -398,7 +509,11 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        s.bind(Destination::Exchange(d), key, args);
+        let dest = Destination::Exchange(d);
+        if let (Some(def), Some(p)) = (self.binding_def(source, &dest, key, &args), &self.persist) {
+            p.binding_added(def)?;
+        }
+        s.bind(dest, key, args);
         Ok(())
     }
 
@@ -415,7 +530,11 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        if s.unbind(&Destination::Exchange(d), key, args) {
+        let dest = Destination::Exchange(d);
+        if let (Some(def), Some(p)) = (self.binding_def(source, &dest, key, args), &self.persist) {
+            p.binding_removed(&def)?;
+        }
+        if s.unbind(&dest, key, args) {
             self.maybe_auto_delete_exchange(&s);
         }
         Ok(())
@@ -491,15 +610,21 @@ impl VHost {
             )));
         }
         let queues = self.route(&x, message.routing_key(), &LazyHeaders::of(&message));
-        let (mut routed, mut refused) = (0, 0);
+        let mut out = PublishOutcome {
+            routed: 0,
+            refused: 0,
+            ticket: None,
+        };
         for q in &queues {
-            if q.publish(message.clone()) {
-                routed += 1;
-            } else {
-                refused += 1;
+            match q.publish(message.clone()) {
+                Enqueued::Accepted(t) => {
+                    out.routed += 1;
+                    out.ticket = out.ticket.max(t);
+                }
+                Enqueued::Refused => out.refused += 1,
             }
         }
-        Ok(PublishOutcome { routed, refused })
+        Ok(out)
     }
 
     /// Registers a direct reply-to pseudo-queue under `token`.
@@ -512,6 +637,63 @@ impl VHost {
         if let Some(q) = self.reply_queues.write().remove(token) {
             q.mark_deleted(None);
         }
+    }
+}
+
+impl VHost {
+    /// Re-creates a durable exchange from the definitions (no save).
+    pub fn restore_exchange(&self, d: &ExchangeDef) -> CoreResult<()> {
+        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
+            CoreError::CommandInvalid(format!("unknown exchange type '{}'", d.kind))
+        })?;
+        let options = ExchangeOptions {
+            durable: true,
+            auto_delete: d.auto_delete,
+            internal: d.internal,
+            arguments: table_from_json(&d.arguments),
+        };
+        self.exchanges
+            .write()
+            .entry(d.name.clone())
+            .or_insert_with(|| Arc::new(Exchange::new(&d.name, kind, options)));
+        Ok(())
+    }
+
+    /// Re-creates a durable queue from the definitions and recovers its messages from its
+    /// log. Returns its directory and how many messages came back.
+    pub fn restore_queue(&self, d: &QueueDef) -> CoreResult<(std::path::PathBuf, u64)> {
+        let Some(p) = &self.persist else {
+            return Err(CoreError::Internal("no data directory".into()));
+        };
+        let dir = p.queue_dir(&self.name, &d.name);
+        let (store, n) = PagedStore::recover(p.clone(), dir.clone())
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let options = QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: d.auto_delete,
+            arguments: table_from_json(&d.arguments),
+        };
+        let q = Queue::with_store(&d.name, &self.name, options, None, Box::new(store), n + 1);
+        self.queues.write().insert(d.name.clone(), Arc::new(q));
+        Ok((dir, n))
+    }
+
+    /// Re-creates a binding from the definitions (no save).
+    pub fn restore_binding(&self, d: &BindingDef) -> CoreResult<()> {
+        let source = self.exchange(&d.source)?;
+        let dest = match d.destination_type.as_str() {
+            "exchange" => Destination::Exchange(self.exchange(&d.destination)?),
+            _ => Destination::Queue(
+                self.queues
+                    .read()
+                    .get(&d.destination)
+                    .cloned()
+                    .ok_or_else(|| not_found_queue(&d.destination, &self.name))?,
+            ),
+        };
+        source.bind(dest, &d.routing_key, table_from_json(&d.arguments));
+        Ok(())
     }
 }
 
@@ -597,7 +779,8 @@ mod tests {
             v.publish("amq.fanout", msg("k")).unwrap(),
             PublishOutcome {
                 routed: 2,
-                refused: 0
+                refused: 0,
+                ticket: None
             }
         );
         // Deleted between routing and enqueue: the binding is still there, the queue is not.
@@ -606,7 +789,8 @@ mod tests {
             v.publish("amq.fanout", msg("k")).unwrap(),
             PublishOutcome {
                 routed: 1,
-                refused: 1
+                refused: 1,
+                ticket: None
             }
         );
         assert_eq!(a.counts().messages, 2);

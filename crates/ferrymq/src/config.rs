@@ -24,6 +24,21 @@ pub struct Config {
     pub heartbeat: u16,
     /// Largest accepted message body, in bytes.
     pub max_message_size: usize,
+    /// When persistent messages are confirmed: `always` (after fsync, the default) or
+    /// `never` (once written to the OS; survives a broker crash, not a power loss).
+    pub fsync: FsyncSetting,
+    /// Size at which a queue's segment file rolls over, in bytes.
+    pub segment_size: u64,
+}
+
+/// The `fsync` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncSetting {
+    /// Confirm after fsync.
+    Always,
+    /// Confirm after the write.
+    Never,
 }
 
 impl Default for Config {
@@ -37,6 +52,8 @@ impl Default for Config {
             channel_max: 2047,
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
+            fsync: FsyncSetting::Always,
+            segment_size: 64 * 1024 * 1024,
         }
     }
 }
@@ -60,6 +77,12 @@ impl Config {
         if self.channel_max == 0 {
             anyhow::bail!("channel_max must be at least 1");
         }
+        if self.segment_size < 4096 {
+            anyhow::bail!(
+                "segment_size must be at least 4096 bytes, got {}",
+                self.segment_size
+            );
+        }
         Ok(())
     }
 }
@@ -74,5 +97,8 @@ mod tests {
         assert_eq!(c.amqp_port, 5999);
         assert_eq!(c.bind, "0.0.0.0");
         assert!(toml::from_str::<Config>("amqp_prot = 1").is_err());
+        let c: Config = toml::from_str("fsync = \"never\"\nsegment_size = 1048576").unwrap();
+        assert_eq!((c.fsync, c.segment_size), (FsyncSetting::Never, 1 << 20));
+        assert!(toml::from_str::<Config>("fsync = \"sometimes\"").is_err());
     }
 }

@@ -8,7 +8,7 @@ pub mod perf;
 use anyhow::Context;
 use config::Config;
 use ferrymq_amqp::{AmqpConfig, AmqpServer};
-use ferrymq_core::{Broker, BrokerConfig};
+use ferrymq_core::{Broker, BrokerConfig, FsyncPolicy, PersistConfig, Persistence};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -29,6 +29,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(p) = self.broker.persistence() {
+            p.stop();
+        }
     }
 }
 
@@ -36,10 +39,23 @@ impl Running {
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    let broker = Broker::new(BrokerConfig {
-        max_message_size: cfg.max_message_size,
-        ..BrokerConfig::default()
-    });
+    let persist = Persistence::open(PersistConfig {
+        fsync: match cfg.fsync {
+            config::FsyncSetting::Always => FsyncPolicy::Always,
+            config::FsyncSetting::Never => FsyncPolicy::Never,
+        },
+        segment_size: cfg.segment_size,
+        ..PersistConfig::new(&cfg.data_dir)
+    })
+    .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;
+    let broker = Broker::open(
+        BrokerConfig {
+            max_message_size: cfg.max_message_size,
+            ..BrokerConfig::default()
+        },
+        persist,
+    )
+    .with_context(|| format!("cannot restore from data dir {}", cfg.data_dir.display()))?;
     let addr: SocketAddr = format!("{}:{}", cfg.bind, cfg.amqp_port)
         .parse()
         .with_context(|| format!("invalid bind address {}:{}", cfg.bind, cfg.amqp_port))?;

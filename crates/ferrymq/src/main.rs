@@ -45,6 +45,13 @@ struct ServerArgs {
     /// Log level or filter, e.g. info, debug, ferrymq_amqp=trace [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// When persistent messages are confirmed: after fsync (always) or after the write
+    /// (never: survives a broker crash, not a power loss) [default: always].
+    #[arg(long, value_name = "POLICY")]
+    fsync: Option<ferrymq::config::FsyncSetting>,
+    /// Size at which a queue's segment file rolls over, in bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    segment_size: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +84,12 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.log_level {
         cfg.log_level = v;
+    }
+    if let Some(v) = a.fsync {
+        cfg.fsync = v;
+    }
+    if let Some(v) = a.segment_size {
+        cfg.segment_size = v;
     }
     cfg.validate()?;
     // Thousands of clients need thousands of file descriptors.

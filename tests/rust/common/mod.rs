@@ -39,6 +39,97 @@ impl TestBroker {
     }
 }
 
+/// The `ferrymq` binary running as a separate process, so tests can kill it (-9 included)
+/// and start it again on the same data directory.
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// `host:port` of its AMQP listener.
+    pub addr: String,
+    _keep: Option<tempfile::TempDir>,
+}
+
+impl ServerProcess {
+    /// Starts `ferrymq server` on a free loopback port with `data_dir` and extra flags, and
+    /// waits until it listens.
+    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrymq"))
+            .args([
+                "server",
+                "--bind",
+                "127.0.0.1",
+                "--amqp-port",
+                "0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("AMQP listening on ").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                if std::env::var_os("FERRYMQ_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("server logs its AMQP address");
+        ServerProcess {
+            child,
+            addr,
+            _keep: None,
+        }
+    }
+
+    /// Ties a temporary directory's lifetime to the process.
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self._keep = Some(dir);
+    }
+
+    /// The AMQP URI of the default vhost.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (a clean shutdown).
+    pub fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM");
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts a broker with default settings on a free loopback port.
 pub async fn start() -> TestBroker {
     start_with(|_| {}).await

@@ -1,0 +1,284 @@
+//! A queue's messages when some of them live on disk.
+//!
+//! The ready messages are a loaded head (`ram`, in memory, in order) followed by `paged`
+//! records at the tail of the queue's [`QueueLog`], read back in batches as the head drains.
+//! A message is written to the log when it must survive a restart (persistent, in a durable
+//! queue) or when it has to be paged out: the tail is already on disk, the queue's in-memory
+//! budget is used up, or the broker signals memory pressure. Paged messages cost no RAM at
+//! all, so a backlog of ten million messages costs little more than its loaded head.
+//!
+//! Record payload: `[flags u8][seq u64 LE][message record]` (see `docs/storage.md`).
+
+use crate::message::{Message, QueuedMessage};
+use crate::persist::Persistence;
+use crate::store::MessageStore;
+use ferrymq_store::{Position, QueueLog, StoreError};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Record flag: the message must survive a restart.
+const FLAG_PERSISTENT: u8 = 1;
+/// Records loaded from disk per batch.
+const LOAD_BATCH: usize = 1024;
+/// RAM accounted per loaded message besides its body (the message and queue entry).
+const OVERHEAD: usize = 128;
+
+struct Ready {
+    msg: QueuedMessage,
+    /// Where its record is, when it has one: settling it must ack the record.
+    pos: Option<Position>,
+}
+
+/// Ready messages in memory with a tail on disk.
+pub struct PagedStore {
+    persist: Arc<Persistence>,
+    /// Whether persistent messages are written (the queue is durable).
+    durable: bool,
+    dir: PathBuf,
+    log: Option<QueueLog>,
+    ram: VecDeque<Ready>,
+    ram_bytes: usize,
+    /// Ready records on disk after `ram`, starting at `cursor`.
+    paged: u64,
+    cursor: Position,
+    /// Sequence number for the next record loaded that predates this run.
+    recovered_seq: u64,
+    inflight: HashMap<u64, Position>,
+    bytes: usize,
+    scratch: Vec<u8>,
+}
+
+impl PagedStore {
+    /// A store for a new queue whose log (if it ever needs one) lives in `dir`.
+    pub fn new(persist: Arc<Persistence>, durable: bool, dir: PathBuf) -> Self {
+        PagedStore {
+            persist,
+            durable,
+            dir,
+            log: None,
+            ram: VecDeque::new(),
+            ram_bytes: 0,
+            paged: 0,
+            cursor: Position {
+                segment: 0,
+                offset: 0,
+            },
+            recovered_seq: 1,
+            inflight: HashMap::new(),
+            bytes: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Reopens a durable queue's log. Returns the store and how many messages it recovered;
+    /// they take sequence numbers 1..=n in their original order, so the queue continues at
+    /// n + 1. Recovered messages come back marked redelivered: the broker cannot know
+    /// whether they were delivered before the restart.
+    pub fn recover(persist: Arc<Persistence>, dir: PathBuf) -> Result<(Self, u64), StoreError> {
+        let (log, n) = QueueLog::open(&dir, persist.segment_size(), persist.sync().clone())?;
+        let mut s = PagedStore::new(persist, true, dir);
+        s.cursor = log.first();
+        s.paged = n;
+        s.log = Some(log);
+        Ok((s, n))
+    }
+
+    fn log(&mut self) -> Result<&mut QueueLog, StoreError> {
+        let log = match self.log.take() {
+            Some(l) => l,
+            None => {
+                QueueLog::open(
+                    &self.dir,
+                    self.persist.segment_size(),
+                    self.persist.sync().clone(),
+                )?
+                .0
+            }
+        };
+        Ok(self.log.insert(log))
+    }
+
+    /// Moves up to a batch of paged records into `ram`.
+    fn load(&mut self) {
+        let want = (self.paged.min(LOAD_BATCH as u64)) as usize;
+        let cursor = self.cursor;
+        let Some(log) = self.log.as_mut() else {
+            self.paged = 0;
+            return;
+        };
+        let recovered_end = log.recovered_end();
+        let (batch, next) = match log.read_batch(cursor, want) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(
+                    "{}: cannot read queued messages back: {e}",
+                    self.dir.display()
+                );
+                return;
+            }
+        };
+        if batch.is_empty() {
+            tracing::error!(
+                "{}: {} queued messages expected on disk but the log ends",
+                self.dir.display(),
+                self.paged
+            );
+            self.paged = 0;
+            return;
+        }
+        self.cursor = next;
+        for (pos, payload) in batch {
+            self.paged = self.paged.saturating_sub(1);
+            let from_before = pos < recovered_end;
+            let parsed = parse(&payload);
+            let Some((flags, seq, msg)) = parsed else {
+                tracing::error!(
+                    "{}: dropping an unreadable message record at segment {} offset {}",
+                    self.dir.display(),
+                    pos.segment,
+                    pos.offset
+                );
+                let _ = log.ack(pos);
+                continue;
+            };
+            if from_before && flags & FLAG_PERSISTENT == 0 {
+                // A transient message paged out before the restart: gone, as RabbitMQ does.
+                let _ = log.ack(pos);
+                continue;
+            }
+            let qm = if from_before {
+                self.recovered_seq += 1;
+                let mut q = QueuedMessage::new(self.recovered_seq - 1, Arc::new(msg));
+                q.mark_returned();
+                q
+            } else {
+                QueuedMessage::new(seq, Arc::new(msg))
+            };
+            if from_before {
+                // Body bytes of recovered messages become known only now.
+                self.bytes += qm.message.body_size();
+            }
+            self.ram_bytes += cost(&qm);
+            self.ram.push_back(Ready {
+                msg: qm,
+                pos: Some(pos),
+            });
+        }
+    }
+}
+
+fn cost(q: &QueuedMessage) -> usize {
+    q.message.body_size() + OVERHEAD
+}
+
+fn parse(payload: &[u8]) -> Option<(u8, u64, Message)> {
+    let (&flags, rest) = payload.split_first()?;
+    let seq = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    let msg = Message::decode_record(rest.get(8..)?).ok()?;
+    Some((flags, seq, msg))
+}
+
+impl MessageStore for PagedStore {
+    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError> {
+        let persistent = self.durable && msg.message.is_persistent();
+        let page = self.paged > 0
+            || self.persist.paging()
+            || (persistent && self.ram_bytes >= self.persist.queue_ram_budget());
+        if !persistent && !page {
+            self.bytes += msg.message.body_size();
+            self.ram_bytes += cost(&msg);
+            self.ram.push_back(Ready { msg, pos: None });
+            return Ok(None);
+        }
+        let mut rec = std::mem::take(&mut self.scratch);
+        rec.clear();
+        rec.push(if persistent { FLAG_PERSISTENT } else { 0 });
+        rec.extend_from_slice(&msg.seq().to_le_bytes());
+        msg.message.encode_record(&mut rec);
+        let appended = self.log().and_then(|l| l.append(&rec));
+        self.scratch = rec;
+        let (pos, ticket) = appended?;
+        self.bytes += msg.message.body_size();
+        if page {
+            if self.paged == 0 {
+                self.cursor = pos;
+            }
+            self.paged += 1;
+        } else {
+            self.ram_bytes += cost(&msg);
+            self.ram.push_back(Ready {
+                msg,
+                pos: Some(pos),
+            });
+        }
+        Ok(persistent.then_some(ticket))
+    }
+
+    fn shift(&mut self) -> Option<QueuedMessage> {
+        if self.ram.is_empty() && self.paged > 0 {
+            self.load();
+        }
+        let r = self.ram.pop_front()?;
+        self.ram_bytes = self.ram_bytes.saturating_sub(cost(&r.msg));
+        self.bytes = self.bytes.saturating_sub(r.msg.message.body_size());
+        if let Some(pos) = r.pos {
+            self.inflight.insert(r.msg.seq(), pos);
+        }
+        Some(r.msg)
+    }
+
+    fn requeue(&mut self, msg: QueuedMessage) {
+        let pos = self.inflight.remove(&msg.seq());
+        self.ram_bytes += cost(&msg);
+        self.bytes += msg.message.body_size();
+        // Requeued messages are older than everything still ready, paged ones included.
+        let at = self.ram.partition_point(|r| r.msg.seq() < msg.seq());
+        self.ram.insert(at, Ready { msg, pos });
+    }
+
+    fn ack(&mut self, seq: u64) {
+        if let Some(pos) = self.inflight.remove(&seq) {
+            if let Some(log) = self.log.as_mut() {
+                if let Err(e) = log.ack(pos) {
+                    // The message comes back after a restart: a redelivery, not a loss.
+                    tracing::warn!("{}: cannot record an ack: {e}", self.dir.display());
+                }
+            }
+        }
+    }
+
+    fn purge(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(m) = self.shift() {
+            let seq = m.seq();
+            self.ack(seq);
+            n += 1;
+        }
+        n
+    }
+
+    fn len(&self) -> usize {
+        self.ram.len() + self.paged as usize
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn destroy(&mut self) {
+        self.ram.clear();
+        self.paged = 0;
+        self.inflight.clear();
+        if let Some(log) = self.log.take() {
+            if let Err(e) = log.destroy() {
+                tracing::warn!(
+                    "{}: cannot remove a deleted queue's files: {e}",
+                    self.dir.display()
+                );
+            }
+        } else if self.dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

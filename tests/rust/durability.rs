@@ -1,0 +1,363 @@
+//! Durability through the real binary: what survives a clean restart and a kill -9, and a
+//! crash test where the broker is killed at random moments under load.
+
+mod common;
+
+use common::{bind, get, passive_exchange, passive_queue, ServerProcess, WAIT};
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use rand::Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+async fn open(s: &ServerProcess) -> (Connection, Channel) {
+    let c = Connection::connect(&s.uri(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = c.create_channel().await.expect("channel");
+    (c, ch)
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    let confirm = ch
+        .basic_publish(exchange, key, BasicPublishOptions::default(), body, props)
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "confirmed with basic.ack");
+}
+
+/// Declares the topology of the restart test and publishes into it.
+async fn populate(s: &ServerProcess) {
+    let (_c, ch) = open(s).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare("dx", ExchangeKind::Topic, durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.exchange_declare(
+        "tx",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("dq", dq, FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_declare("tq", QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    bind(&ch, "dq", "dx", "a.#").await.unwrap();
+    bind(&ch, "tq", "dx", "a.#").await.unwrap();
+    for i in 0..3 {
+        publish_confirmed(&ch, "dx", "a.b", format!("p{i}").as_bytes(), persistent()).await;
+    }
+    publish_confirmed(&ch, "dx", "a.b", b"transient", BasicProperties::default()).await;
+    publish_confirmed(&ch, "", "dq", b"p3", persistent()).await;
+}
+
+/// Checks what a restarted broker kept: durable things and persistent messages only.
+async fn check_survivors(s: &ServerProcess) {
+    let (_c, ch) = open(s).await;
+    passive_exchange(&ch, "dx")
+        .await
+        .expect("durable exchange survives");
+    passive_queue(&ch, "dq")
+        .await
+        .expect("durable queue survives");
+    let mut bodies = Vec::new();
+    while let Some(m) = get(&ch, "dq").await {
+        bodies.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(
+        bodies,
+        ["p0", "p1", "p2", "p3"],
+        "persistent messages, in order"
+    );
+    // The binding came back too.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "dx", "a.c", b"after", persistent()).await;
+    let m = get(&ch, "dq")
+        .await
+        .expect("routed through the recovered binding");
+    assert_eq!(&m.delivery.data[..], b"after");
+    let (_c2, ch2) = open(s).await;
+    let e = passive_exchange(&ch2, "tx")
+        .await
+        .expect_err("transient exchange is gone");
+    assert_eq!(common::code(&e), Some(404));
+    let (_c3, ch3) = open(s).await;
+    let e = passive_queue(&ch3, "tq")
+        .await
+        .expect_err("transient queue is gone");
+    assert_eq!(common::code(&e), Some(404));
+}
+
+#[tokio::test]
+async fn durable_definitions_and_persistent_messages_survive_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    populate(&s).await;
+    s.sigterm();
+    assert!(s.wait().success());
+    let s = ServerProcess::start(dir.path(), &[]);
+    check_survivors(&s).await;
+}
+
+#[tokio::test]
+async fn durable_definitions_and_persistent_messages_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    populate(&s).await;
+    s.kill9();
+    let s = ServerProcess::start(dir.path(), &[]);
+    check_survivors(&s).await;
+}
+
+#[tokio::test]
+async fn acked_messages_stay_acked_and_disk_use_falls_after_a_backlog_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments so the backlog spans many files.
+    let s = ServerProcess::start(dir.path(), &["--segment-size", "65536"]);
+    let (_c, ch) = open(&s).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("backlog", dq, FieldTable::default())
+        .await
+        .unwrap();
+    let body = vec![b'x'; 1000];
+    let mut pending = Vec::new();
+    for _ in 0..2000 {
+        pending.push(
+            ch.basic_publish(
+                "",
+                "backlog",
+                BasicPublishOptions::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for p in pending {
+        assert!(p.await.unwrap().is_ack());
+    }
+    let used = dir_size(&dir.path().join("queues"));
+    assert!(used > 2_000_000, "the backlog is on disk ({used} bytes)");
+    for _ in 0..1500 {
+        let m = get(&ch, "backlog").await.expect("a message");
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    drop(ch);
+    s.kill9();
+    let s = ServerProcess::start(dir.path(), &["--segment-size", "65536"]);
+    let (_c, ch) = open(&s).await;
+    let q = passive_queue(&ch, "backlog").await.unwrap();
+    assert_eq!(q.message_count(), 500, "acked messages do not come back");
+    while let Some(m) = get(&ch, "backlog").await {
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let left = dir_size(&dir.path().join("queues"));
+    assert!(
+        left < 200_000,
+        "segments of acked messages are deleted ({left} bytes left)"
+    );
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+/// What the clients of the crash test saw.
+#[derive(Default)]
+struct Seen {
+    confirmed: BTreeSet<u64>,
+    /// Every delivery: message id → redelivered flags, in order.
+    deliveries: HashMap<u64, Vec<bool>>,
+}
+
+async fn publisher(uri: String, next_id: Arc<Mutex<u64>>, seen: Arc<Mutex<Seen>>) {
+    let Ok(c) = Connection::connect(&uri, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(ch) = c.create_channel().await else {
+        return;
+    };
+    if ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let mut batch = Vec::new();
+        for _ in 0..50 {
+            let id = {
+                let mut n = next_id.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            let Ok(pending) = ch
+                .basic_publish(
+                    "",
+                    "crash",
+                    BasicPublishOptions::default(),
+                    &id.to_be_bytes(),
+                    persistent(),
+                )
+                .await
+            else {
+                return;
+            };
+            batch.push((id, pending));
+        }
+        for (id, pending) in batch {
+            match pending.await {
+                Ok(c) if c.is_ack() => {
+                    seen.lock().unwrap().confirmed.insert(id);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+async fn consumer(uri: String, seen: Arc<Mutex<Seen>>) {
+    let Ok(c) = Connection::connect(&uri, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(ch) = c.create_channel().await else {
+        return;
+    };
+    let _ = ch.basic_qos(100, BasicQosOptions::default()).await;
+    let Ok(mut deliveries) = ch
+        .basic_consume(
+            "crash",
+            "c",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(d)) = deliveries.next().await {
+        let Ok(id) = <[u8; 8]>::try_from(&d.data[..]).map(u64::from_be_bytes) else {
+            continue;
+        };
+        seen.lock()
+            .unwrap()
+            .deliveries
+            .entry(id)
+            .or_default()
+            .push(d.redelivered);
+        if d.ack(BasicAckOptions::default()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_survive_repeated_kill_9_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let next_id = Arc::new(Mutex::new(0u64));
+    for round in 0..4 {
+        let s = ServerProcess::start(dir.path(), &[]);
+        if round == 0 {
+            let (_c, ch) = open(&s).await;
+            let dq = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.queue_declare("crash", dq, FieldTable::default())
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(publisher(
+                s.uri(),
+                next_id.clone(),
+                seen.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(consumer(s.uri(), seen.clone())));
+        let pause = rand::thread_rng().gen_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        s.kill9();
+        for t in tasks {
+            let _ = tokio::time::timeout(WAIT, t).await;
+        }
+    }
+    // A last, clean run drains what is left.
+    let s = ServerProcess::start(dir.path(), &[]);
+    let drain = tokio::spawn(consumer(s.uri(), seen.clone()));
+    let (_c, ch) = open(&s).await;
+    common::eventually(
+        || {
+            let st = seen.lock().unwrap();
+            st.confirmed.iter().all(|id| st.deliveries.contains_key(id))
+        },
+        "every confirmed message delivered",
+    )
+    .await;
+    let _ = ch;
+    drain.abort();
+    let st = seen.lock().unwrap();
+    assert!(
+        st.confirmed.len() > 100,
+        "the test published under load ({} confirmed)",
+        st.confirmed.len()
+    );
+    for (id, flags) in &st.deliveries {
+        for f in flags.iter().skip(1) {
+            assert!(*f, "message {id} seen again without redelivered: {flags:?}");
+        }
+    }
+}
