@@ -10,7 +10,7 @@ out_dir, scenarios = sys.argv[1], sys.argv[2:]
 # (label, metric extractor, unit, higher is better)
 METRICS = {
     "S1": ("S1 transient 16 B, 1→1→1, autoack", "consume_rate", "msg/s", True),
-    "S2": ("S2 persistent 16 B, confirms 1000, ack/100 (FerryMQ: in-memory store)", "consume_rate", "msg/s", True),
+    "S2": ("S2 persistent 16 B, durable queue, confirms 1000, ack/100", "consume_rate", "msg/s", True),
     "S3": ("S3 transient 1 KiB", "consume_rate", "msg/s", True),
     "S4": ("S4 fanout 1 → 10 queues → 10 consumers", "consume_rate", "msg/s", True),
     "S5": ("S5 publish only", "publish_rate", "msg/s", True),

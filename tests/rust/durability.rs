@@ -1,5 +1,5 @@
 //! Durability through the real binary: what survives a clean restart and a kill -9, and a
-//! crash test where the broker is killed at random moments under load.
+//! crash test where the broker is killed at random moments under load, and the disk alarm.
 
 mod common;
 
@@ -362,4 +362,44 @@ async fn confirmed_messages_survive_repeated_kill_9_under_load() {
             assert!(*f, "message {id} seen again without redelivered: {flags:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn low_disk_blocks_publishers_until_space_returns() {
+    // A limit no disk can meet raises the disk alarm at once.
+    let b = common::start_with(|c| c.disk_free_limit = u64::MAX / 2).await;
+    let (pc, ch) = common::channel(&b).await;
+    common::queue(&ch, "q").await;
+    // Only connections that publish are blocked, as in RabbitMQ.
+    let _ = ch
+        .basic_publish(
+            "",
+            "q",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    common::eventually(|| pc.status().blocked(), "connection.blocked for low disk").await;
+    let (_c2, consumer) = common::channel(&b).await;
+    assert!(
+        passive_queue(&consumer, "q").await.is_ok(),
+        "other connections keep working"
+    );
+    let running = b.running.as_ref().unwrap();
+    running.alarms.set_limits(ferrymq::alarms::AlarmLimits {
+        memory_high_watermark: 0.4,
+        disk_free_limit: 0,
+    });
+    common::eventually(
+        || !pc.status().blocked(),
+        "connection.unblocked once space returns",
+    )
+    .await;
+    // Publishing works again.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "", "q", b"y", BasicProperties::default()).await;
+    b.stop().await;
 }

@@ -29,6 +29,12 @@ pub struct Config {
     pub fsync: FsyncSetting,
     /// Size at which a queue's segment file rolls over, in bytes.
     pub segment_size: u64,
+    /// Fraction of RAM the broker may use before publishers are blocked (RabbitMQ's
+    /// `vm_memory_high_watermark.relative`).
+    pub memory_high_watermark: f64,
+    /// Free disk bytes below which publishers are blocked (RabbitMQ's
+    /// `disk_free_limit.absolute`).
+    pub disk_free_limit: u64,
 }
 
 /// The `fsync` setting.
@@ -54,6 +60,8 @@ impl Default for Config {
             max_message_size: 128 * 1024 * 1024,
             fsync: FsyncSetting::Always,
             segment_size: 64 * 1024 * 1024,
+            memory_high_watermark: 0.4,
+            disk_free_limit: 50_000_000,
         }
     }
 }
@@ -76,6 +84,12 @@ impl Config {
         }
         if self.channel_max == 0 {
             anyhow::bail!("channel_max must be at least 1");
+        }
+        if !(self.memory_high_watermark > 0.0 && self.memory_high_watermark <= 1.0) {
+            anyhow::bail!(
+                "memory_high_watermark is a fraction of RAM, above 0 and at most 1, got {}",
+                self.memory_high_watermark
+            );
         }
         if self.segment_size < 4096 {
             anyhow::bail!(

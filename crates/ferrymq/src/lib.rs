@@ -2,6 +2,7 @@
 //!
 //! Kept as a library so integration tests can run a broker in-process on a free port.
 
+pub mod alarms;
 pub mod config;
 pub mod perf;
 
@@ -20,6 +21,8 @@ pub struct Running {
     pub broker: Arc<Broker>,
     /// Where the AMQP listener is bound.
     pub amqp_addr: SocketAddr,
+    /// The resource alarm monitor (thresholds can be changed at runtime).
+    pub alarms: alarms::AlarmMonitor,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -73,11 +76,20 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
     let amqp_addr = amqp.local_addr()?;
     tracing::info!("AMQP listening on {amqp_addr}");
+    let alarms = alarms::AlarmMonitor::spawn(
+        broker.clone(),
+        cfg.data_dir.clone(),
+        alarms::AlarmLimits {
+            memory_high_watermark: cfg.memory_high_watermark,
+            disk_free_limit: cfg.disk_free_limit,
+        },
+    );
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(amqp.run(rx));
     Ok(Running {
         broker,
         amqp_addr,
+        alarms,
         shutdown: tx,
         task,
     })

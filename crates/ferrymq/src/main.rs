@@ -52,6 +52,12 @@ struct ServerArgs {
     /// Size at which a queue's segment file rolls over, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     segment_size: Option<u64>,
+    /// Fraction of RAM the broker may use before publishers are blocked [default: 0.4].
+    #[arg(long, value_name = "FRACTION")]
+    memory_high_watermark: Option<f64>,
+    /// Free disk bytes below which publishers are blocked [default: 50000000].
+    #[arg(long, value_name = "BYTES")]
+    disk_free_limit: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +96,12 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.segment_size {
         cfg.segment_size = v;
+    }
+    if let Some(v) = a.memory_high_watermark {
+        cfg.memory_high_watermark = v;
+    }
+    if let Some(v) = a.disk_free_limit {
+        cfg.disk_free_limit = v;
     }
     cfg.validate()?;
     // Thousands of clients need thousands of file descriptors.

@@ -5,7 +5,7 @@
 
 mod client;
 mod connections;
-mod procstat;
+pub mod procstat;
 mod queues;
 mod throughput;
 mod uri;
