@@ -106,6 +106,21 @@ async fn publish_only_leaves_the_messages_queued() {
     assert_eq!((r.published, r.confirmed, r.consumed), (3000, 3000, 0));
     let q = b.broker().vhost("/").unwrap().queue("po-0", 0).unwrap();
     assert_eq!(q.counts().messages, 3000);
+    // A later consume-only run drains that backlog and stops at the count asked for.
+    let a = args(
+        &b,
+        &[
+            "--consume-only",
+            "--cmessages",
+            "2000",
+            "--queue-prefix",
+            "po",
+        ],
+    );
+    let r = run_throughput(&a, false).await.unwrap();
+    assert_eq!(r.published, 0);
+    assert!(r.consumed >= 2000, "consumed {}", r.consumed);
+    assert_eq!(q.counts().messages as u64, 3000 - r.consumed);
     b.stop().await;
 }
 

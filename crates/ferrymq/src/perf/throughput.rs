@@ -70,6 +70,10 @@ pub struct ThroughputArgs {
     /// Stop after each publisher sent this many (0 = run for --time).
     #[arg(long, default_value_t = 0)]
     pub pmessages: u64,
+    /// With --consume-only and no --prefill: stop after consuming this many in total, e.g.
+    /// to time the drain of a backlog left by a --publish-only run (0 = run for --time).
+    #[arg(long, default_value_t = 0)]
+    pub cmessages: u64,
     /// Broker process id, to report its CPU time per message.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -104,7 +108,7 @@ impl ThroughputArgs {
             bail!("--consumers must be at least 1 (or use --publish-only)");
         }
         if self.consume_only && self.prefill == 0 && self.pmessages > 0 {
-            bail!("--pmessages has no effect with --consume-only; use --prefill");
+            bail!("--pmessages has no effect with --consume-only; use --prefill or --cmessages");
         }
         Ok(())
     }
@@ -286,8 +290,10 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
     }
 
     // Expected consumption when the run is bounded by message counts.
-    let expected = if a.consume_only {
+    let expected = if a.consume_only && a.prefill > 0 {
         Some(a.prefill * a.copies())
+    } else if a.consume_only {
+        (a.cmessages > 0).then_some(a.cmessages)
     } else if a.pmessages > 0 && !a.publish_only {
         Some(a.pmessages * a.publishers as u64 * a.copies() + a.prefill * a.copies())
     } else {
