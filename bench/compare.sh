@@ -21,7 +21,7 @@ RABBIT_PORT=${RABBIT_PORT:-5680}
 FERRY_PORT=${FERRY_PORT:-5690}
 SCENARIOS=("$@")
 # MEM runs first, on fresh brokers, so its RSS is the backlog's and not earlier runs' leftovers.
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(MEM S1 S2 S3 S4 S5 S6 S7 S8 CONN QUEUES)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(MEM S1 S2 S3 S4 S5 S6 S7 S8 PPUB CONN QUEUES)
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -87,6 +87,7 @@ args_for() {
         S6) echo "--time 600 --prefill $PREFILL --consume-only" ;;
         S7) echo "--time $DURATION --rate 10000" ;;
         S8) echo "--time $DURATION --publishers 8 --queues 8 --consumers 8" ;;
+        PPUB) echo "--time $DURATION --persistent --durable --publish-only --confirm 1000" ;;
         MEM) echo "--time 600 --publish-only --pmessages $BACKLOG --confirm 1000" ;;
     esac
 }

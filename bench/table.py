@@ -17,6 +17,7 @@ METRICS = {
     "S6": ("S6 drain 1M prefilled", "consume_rate", "msg/s", True),
     "S7": ("S7 p99 latency at 10,000 msg/s", "p99", "µs", False),
     "S8": ("S8 8 pub / 8 queues / 8 cons", "consume_rate", "msg/s", True),
+    "PPUB": ("persistent publish, durable queue, confirms 1000 (no consumer)", "publish_rate", "msg/s", True),
     "CONN": ("idle connections: broker RSS", "broker_rss_after_mib", "MiB", False),
     "QUEUES": ("empty queues: broker RSS", "broker_rss_after_mib", "MiB", False),
     "MEM": ("1M queued 16 B messages: broker RSS", "broker_rss_mib", "MiB", False),

@@ -26,6 +26,11 @@ impl TestBroker {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// The broker state, for tests that raise alarms.
     pub fn broker(&self) -> &std::sync::Arc<ferrymq_core::Broker> {
         &self.running.as_ref().expect("running").broker
