@@ -513,3 +513,38 @@ async fn under_memory_pressure_transient_messages_are_paged_to_disk_and_come_bac
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_committed_transaction_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("txq", dq, FieldTable::default())
+        .await
+        .unwrap();
+    ch.tx_select().await.unwrap();
+    for body in [&b"one"[..], b"two"] {
+        ch.basic_publish(
+            "",
+            "txq",
+            BasicPublishOptions::default(),
+            body,
+            persistent(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.tx_commit().await.expect("commit-ok");
+    s.kill9();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    let mut got = Vec::new();
+    while let Some(m) = get(&ch, "txq").await {
+        got.push(m.delivery.data.clone());
+    }
+    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+}

@@ -206,6 +206,8 @@ pub(crate) struct Channel {
     content: Option<PendingContent>,
     confirm: Option<Confirms>,
     tx: Option<TxState>,
+    /// A tx.commit-ok held until group commit reaches this ticket.
+    commit_waiting: Option<u64>,
     consumers: HashMap<String, ConsumerRec>,
     consumer_prefetch: u32,
     reply_token: Option<String>,
@@ -253,6 +255,7 @@ impl Channel {
             content: None,
             confirm: None,
             tx: None,
+            commit_waiting: None,
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             reply_token: None,
@@ -475,8 +478,9 @@ impl Channel {
                 })?;
                 let publishes = std::mem::take(&mut tx.publishes);
                 let settles = std::mem::take(&mut tx.settles);
+                let mut ticket = 0;
                 for (p, msg) in publishes {
-                    self.route(ctx, &p, msg)?;
+                    ticket = ticket.max(self.route(ctx, &p, msg)?.unwrap_or(0));
                 }
                 for (taken, requeue) in settles {
                     self.apply_settle(
@@ -488,7 +492,12 @@ impl Channel {
                         },
                     );
                 }
-                ctx.send(ch, TxCommitOk {});
+                // As with confirms, commit-ok promises that persistent messages are on disk.
+                if ticket > ctx.synced() {
+                    self.commit_waiting = Some(ticket);
+                } else {
+                    ctx.send(ch, TxCommitOk {});
+                }
             }
             Method::TxRollback(_) => {
                 let tx = self.tx.as_mut().ok_or_else(|| {
@@ -939,7 +948,7 @@ impl Channel {
             tx.publishes.push((pc.publish, msg));
             return Ok(());
         }
-        self.route(ctx, &pc.publish, msg)
+        self.route(ctx, &pc.publish, msg).map(|_| ())
     }
 
     fn route(
@@ -947,7 +956,7 @@ impl Channel {
         ctx: &mut ConnCtx,
         p: &BasicPublish,
         msg: Arc<Message>,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<Option<u64>, AmqpError> {
         let ch = self.id;
         let outcome = ctx
             .vhost
@@ -982,22 +991,27 @@ impl Channel {
                 }
             }
         }
-        Ok(())
+        Ok(outcome.ticket)
     }
 
-    /// Whether confirms wait for group commit.
+    /// Whether confirms or a tx.commit-ok wait for group commit.
     pub fn awaits_sync(&self) -> bool {
-        self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
+        self.commit_waiting.is_some()
+            || self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
     }
 
     /// Sends the publisher confirms that are due: everything processed in the last batch of
     /// frames whose data is durable, as one `basic.ack` with `multiple` when several are due,
     /// and a `basic.nack` for each refused publish, in publish order.
     pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
+        let synced = ctx.synced();
+        if self.commit_waiting.is_some_and(|t| t <= synced) {
+            self.commit_waiting = None;
+            ctx.send(self.id, TxCommitOk {});
+        }
         let Some(c) = &mut self.confirm else {
             return;
         };
-        let synced = ctx.synced();
         let ch = self.id;
         let send_acks = |c: &mut Confirms| {
             if c.ackable > c.acked_upto {
