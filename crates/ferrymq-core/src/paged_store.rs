@@ -24,12 +24,6 @@ const LOAD_BATCH: usize = 1024;
 /// RAM accounted per loaded message besides its body (the message and queue entry).
 const OVERHEAD: usize = 128;
 
-struct Ready {
-    msg: QueuedMessage,
-    /// Where its record is, when it has one: settling it must ack the record.
-    pos: Option<Position>,
-}
-
 /// Ready messages in memory with a tail on disk.
 pub struct PagedStore {
     persist: Arc<Persistence>,
@@ -37,14 +31,17 @@ pub struct PagedStore {
     durable: bool,
     dir: PathBuf,
     log: Option<QueueLog>,
-    ram: VecDeque<Ready>,
+    ram: VecDeque<QueuedMessage>,
     ram_bytes: usize,
     /// Ready records on disk after `ram`, starting at `cursor`.
     paged: u64,
     cursor: Position,
     /// Sequence number for the next record loaded that predates this run.
     recovered_seq: u64,
-    inflight: HashMap<u64, Position>,
+    /// Where the record of each written message still in the queue (ready in `ram`, or
+    /// delivered and unacked) is: settling it must ack the record. Kept apart from `ram` so
+    /// that a queue of transient messages pays nothing for it.
+    positions: HashMap<u64, Position>,
     bytes: usize,
     scratch: Vec<u8>,
 }
@@ -65,7 +62,7 @@ impl PagedStore {
                 offset: 0,
             },
             recovered_seq: 1,
-            inflight: HashMap::new(),
+            positions: HashMap::new(),
             bytes: 0,
             scratch: Vec::new(),
         }
@@ -160,10 +157,8 @@ impl PagedStore {
                 self.bytes += qm.message.body_size();
             }
             self.ram_bytes += cost(&qm);
-            self.ram.push_back(Ready {
-                msg: qm,
-                pos: Some(pos),
-            });
+            self.positions.insert(qm.seq(), pos);
+            self.ram.push_back(qm);
         }
     }
 }
@@ -188,7 +183,7 @@ impl MessageStore for PagedStore {
         if !persistent && !page {
             self.bytes += msg.message.body_size();
             self.ram_bytes += cost(&msg);
-            self.ram.push_back(Ready { msg, pos: None });
+            self.ram.push_back(msg);
             return Ok(None);
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -207,10 +202,8 @@ impl MessageStore for PagedStore {
             self.paged += 1;
         } else {
             self.ram_bytes += cost(&msg);
-            self.ram.push_back(Ready {
-                msg,
-                pos: Some(pos),
-            });
+            self.positions.insert(msg.seq(), pos);
+            self.ram.push_back(msg);
         }
         Ok(persistent.then_some(ticket))
     }
@@ -219,26 +212,22 @@ impl MessageStore for PagedStore {
         if self.ram.is_empty() && self.paged > 0 {
             self.load();
         }
-        let r = self.ram.pop_front()?;
-        self.ram_bytes = self.ram_bytes.saturating_sub(cost(&r.msg));
-        self.bytes = self.bytes.saturating_sub(r.msg.message.body_size());
-        if let Some(pos) = r.pos {
-            self.inflight.insert(r.msg.seq(), pos);
-        }
-        Some(r.msg)
+        let m = self.ram.pop_front()?;
+        self.ram_bytes = self.ram_bytes.saturating_sub(cost(&m));
+        self.bytes = self.bytes.saturating_sub(m.message.body_size());
+        Some(m)
     }
 
     fn requeue(&mut self, msg: QueuedMessage) {
-        let pos = self.inflight.remove(&msg.seq());
         self.ram_bytes += cost(&msg);
         self.bytes += msg.message.body_size();
         // Requeued messages are older than everything still ready, paged ones included.
-        let at = self.ram.partition_point(|r| r.msg.seq() < msg.seq());
-        self.ram.insert(at, Ready { msg, pos });
+        let at = self.ram.partition_point(|r| r.seq() < msg.seq());
+        self.ram.insert(at, msg);
     }
 
     fn ack(&mut self, seq: u64) {
-        if let Some(pos) = self.inflight.remove(&seq) {
+        if let Some(pos) = self.positions.remove(&seq) {
             if let Some(log) = self.log.as_mut() {
                 if let Err(e) = log.ack(pos) {
                     // The message comes back after a restart: a redelivery, not a loss.
@@ -269,7 +258,7 @@ impl MessageStore for PagedStore {
     fn destroy(&mut self) {
         self.ram.clear();
         self.paged = 0;
-        self.inflight.clear();
+        self.positions.clear();
         if let Some(log) = self.log.take() {
             if let Err(e) = log.destroy() {
                 tracing::warn!(
