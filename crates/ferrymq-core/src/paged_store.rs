@@ -13,12 +13,17 @@ use crate::message::{Message, QueuedMessage};
 use crate::persist::Persistence;
 use crate::store::MessageStore;
 use ferrymq_store::{Position, QueueLog, StoreError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Record flag: the message must survive a restart.
 const FLAG_PERSISTENT: u8 = 1;
+/// Position marking a ready message that has no record (it lives only in memory).
+const NO_RECORD: Position = Position {
+    segment: u32::MAX,
+    offset: u32::MAX,
+};
 /// Records loaded from disk per batch.
 const LOAD_BATCH: usize = 1024;
 /// RAM accounted per loaded message besides its body (the message and queue entry).
@@ -32,16 +37,18 @@ pub struct PagedStore {
     dir: PathBuf,
     log: Option<QueueLog>,
     ram: VecDeque<QueuedMessage>,
+    /// Record position of each entry of `ram` ([`NO_RECORD`] for messages only in memory).
+    /// A parallel queue rather than a field of the entry, so `ram` stays 16 bytes an entry.
+    ram_pos: VecDeque<Position>,
     ram_bytes: usize,
     /// Ready records on disk after `ram`, starting at `cursor`.
     paged: u64,
     cursor: Position,
     /// Sequence number for the next record loaded that predates this run.
     recovered_seq: u64,
-    /// Where the record of each written message still in the queue (ready in `ram`, or
-    /// delivered and unacked) is: settling it must ack the record. Kept apart from `ram` so
-    /// that a queue of transient messages pays nothing for it.
-    positions: HashMap<u64, Position>,
+    /// Records of delivered, unacked messages, sorted by sequence number: acks mostly come
+    /// in order (and right after the delivery with autoack), so this stays cheap.
+    inflight: VecDeque<(u64, Position)>,
     bytes: usize,
     scratch: Vec<u8>,
 }
@@ -55,6 +62,7 @@ impl PagedStore {
             dir,
             log: None,
             ram: VecDeque::new(),
+            ram_pos: VecDeque::new(),
             ram_bytes: 0,
             paged: 0,
             cursor: Position {
@@ -62,7 +70,7 @@ impl PagedStore {
                 offset: 0,
             },
             recovered_seq: 1,
-            positions: HashMap::new(),
+            inflight: VecDeque::new(),
             bytes: 0,
             scratch: Vec::new(),
         }
@@ -157,8 +165,8 @@ impl PagedStore {
                 self.bytes += qm.message.body_size();
             }
             self.ram_bytes += cost(&qm);
-            self.positions.insert(qm.seq(), pos);
             self.ram.push_back(qm);
+            self.ram_pos.push_back(pos);
         }
     }
 }
@@ -184,6 +192,7 @@ impl MessageStore for PagedStore {
             self.bytes += msg.message.body_size();
             self.ram_bytes += cost(&msg);
             self.ram.push_back(msg);
+            self.ram_pos.push_back(NO_RECORD);
             return Ok(None);
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -202,8 +211,8 @@ impl MessageStore for PagedStore {
             self.paged += 1;
         } else {
             self.ram_bytes += cost(&msg);
-            self.positions.insert(msg.seq(), pos);
             self.ram.push_back(msg);
+            self.ram_pos.push_back(pos);
         }
         Ok(persistent.then_some(ticket))
     }
@@ -213,6 +222,14 @@ impl MessageStore for PagedStore {
             self.load();
         }
         let m = self.ram.pop_front()?;
+        if let Some(pos) = self.ram_pos.pop_front().filter(|p| *p != NO_RECORD) {
+            let seq = m.seq();
+            let at = match self.inflight.back() {
+                Some((last, _)) if *last > seq => self.inflight.partition_point(|(s, _)| *s < seq),
+                _ => self.inflight.len(),
+            };
+            self.inflight.insert(at, (seq, pos));
+        }
         self.ram_bytes = self.ram_bytes.saturating_sub(cost(&m));
         self.bytes = self.bytes.saturating_sub(m.message.body_size());
         Some(m)
@@ -222,12 +239,22 @@ impl MessageStore for PagedStore {
         self.ram_bytes += cost(&msg);
         self.bytes += msg.message.body_size();
         // Requeued messages are older than everything still ready, paged ones included.
-        let at = self.ram.partition_point(|r| r.seq() < msg.seq());
+        let seq = msg.seq();
+        let pos = match self.inflight.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) => self.inflight.remove(i).map_or(NO_RECORD, |(_, p)| p),
+            Err(_) => NO_RECORD,
+        };
+        let at = self.ram.partition_point(|r| r.seq() < seq);
         self.ram.insert(at, msg);
+        self.ram_pos.insert(at, pos);
     }
 
     fn ack(&mut self, seq: u64) {
-        if let Some(pos) = self.positions.remove(&seq) {
+        let found = match self.inflight.front() {
+            Some((s, _)) if *s == seq => Some(0),
+            _ => self.inflight.binary_search_by_key(&seq, |(s, _)| *s).ok(),
+        };
+        if let Some((_, pos)) = found.and_then(|i| self.inflight.remove(i)) {
             if let Some(log) = self.log.as_mut() {
                 if let Err(e) = log.ack(pos) {
                     // The message comes back after a restart: a redelivery, not a loss.
@@ -257,8 +284,9 @@ impl MessageStore for PagedStore {
 
     fn destroy(&mut self) {
         self.ram.clear();
+        self.ram_pos.clear();
         self.paged = 0;
-        self.positions.clear();
+        self.inflight.clear();
         if let Some(log) = self.log.take() {
             if let Err(e) = log.destroy() {
                 tracing::warn!(
@@ -269,5 +297,97 @@ impl MessageStore for PagedStore {
         } else if self.dir.exists() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Properties;
+    use crate::persist::PersistConfig;
+    use bytes::Bytes;
+    use ferrymq_store::FsyncPolicy;
+
+    fn persistence(dir: &std::path::Path) -> Arc<Persistence> {
+        Persistence::open(PersistConfig {
+            fsync: FsyncPolicy::Never,
+            segment_size: 8192,
+            // A few messages fit in RAM; the rest of the tail must be read back from disk.
+            queue_ram_budget: 1000,
+            ..PersistConfig::new(dir)
+        })
+        .unwrap()
+    }
+
+    fn msg(seq: u64, persistent: bool) -> QueuedMessage {
+        let props = Properties {
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..Default::default()
+        };
+        let m = Message::from_properties("", "q", &props, Bytes::from(seq.to_string())).unwrap();
+        QueuedMessage::new(seq, Arc::new(m))
+    }
+
+    fn body(m: &QueuedMessage) -> String {
+        String::from_utf8_lossy(m.message.body()).into_owned()
+    }
+
+    #[test]
+    fn a_tail_beyond_the_budget_is_read_back_in_order_with_requeues_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let p = persistence(d.path());
+        let mut s = PagedStore::new(p, true, d.path().join("q"));
+        for seq in 1..=500 {
+            // Every third message is transient: it is paged with the rest once the tail is
+            // on disk, and must come back in its place.
+            s.push(msg(seq, seq % 3 != 0)).unwrap();
+        }
+        assert!(
+            s.paged > 400,
+            "most of the queue is on disk only ({} paged)",
+            s.paged
+        );
+        assert_eq!(s.len(), 500);
+        let first = s.shift().unwrap();
+        let second = s.shift().unwrap();
+        s.requeue(first);
+        s.ack(second.seq());
+        let mut got = Vec::new();
+        while let Some(m) = s.shift() {
+            got.push(body(&m));
+            s.ack(m.seq());
+        }
+        let mut want: Vec<String> = (1..=500).map(|i| i.to_string()).collect();
+        want.remove(1);
+        assert_eq!(got, want);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn recovery_returns_persistent_messages_only_marked_redelivered() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        {
+            let mut s = PagedStore::new(persistence(d.path()), true, dir.clone());
+            for seq in 1..=300 {
+                s.push(msg(seq, seq % 2 == 0)).unwrap();
+            }
+            // Acked before the "crash": must not come back.
+            let m = s.shift().unwrap();
+            s.ack(m.seq());
+            let m = s.shift().unwrap();
+            s.ack(m.seq());
+        }
+        let (mut s, n) = PagedStore::recover(persistence(d.path()), dir).unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = s.shift() {
+            assert!(m.redelivered());
+            got.push(body(&m));
+        }
+        // Persistent = even sequence numbers; 2 was acked. Transient ones that had been
+        // paged out are dropped at recovery, as RabbitMQ drops transient messages.
+        let want: Vec<String> = (4..=300).step_by(2).map(|i| i.to_string()).collect();
+        assert_eq!(got, want);
+        assert!(n >= want.len() as u64);
     }
 }
