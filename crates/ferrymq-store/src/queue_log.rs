@@ -276,7 +276,9 @@ impl QueueLog {
             offset: self.head.len as u32,
         };
         let path = seg_path(&self.dir, self.head.id);
-        if let Err(e) = (&*self.head.file).write_all(&self.scratch) {
+        // Positional write: after a failed (possibly partial) write the next one still lands
+        // right after the last whole record.
+        if let Err(e) = self.head.file.write_all_at(&self.scratch, self.head.len) {
             let _ = self.head.file.set_len(self.head.len);
             return Err(io(&path)(e));
         }
@@ -562,5 +564,26 @@ mod tests {
         let (p, _) = log.append(b"more").unwrap();
         let (batch, _) = log.read_batch(next, 10).unwrap();
         assert_eq!(batch, vec![(p, b"more".to_vec())]);
+    }
+
+    #[test]
+    fn a_full_disk_refuses_the_append_and_the_log_recovers_when_space_returns() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let (p1, _) = log.append(b"before").unwrap();
+        // Writes to /dev/full fail with ENOSPC, as a full file system does.
+        let real = std::mem::replace(
+            &mut log.head.file,
+            Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap()),
+        );
+        let e = log.append(b"lost").unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        log.head.file = real;
+        let (p2, _) = log.append(b"after").unwrap();
+        assert_eq!(log.read(p1).unwrap(), b"before");
+        assert_eq!(log.read(p2).unwrap(), b"after");
+        drop(log);
+        let (_log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, vec![b"before".to_vec(), b"after".to_vec()]);
     }
 }
