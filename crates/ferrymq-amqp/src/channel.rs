@@ -193,8 +193,8 @@ struct PendingContent {
 
 struct TxState {
     publishes: Vec<(BasicPublish, Arc<Message>)>,
-    // Settlements buffered until commit: (taken deliveries, requeue?)
-    settles: Vec<(Vec<Unacked>, bool)>,
+    // Settlements buffered until commit.
+    settles: Vec<(Vec<Unacked>, Settle)>,
 }
 
 /// A channel as the connection task sees it.
@@ -482,15 +482,8 @@ impl Channel {
                 for (p, msg) in publishes {
                     ticket = ticket.max(self.route(ctx, &p, msg)?.unwrap_or(0));
                 }
-                for (taken, requeue) in settles {
-                    self.apply_settle(
-                        taken,
-                        if requeue {
-                            Settle::Requeue
-                        } else {
-                            Settle::Ack
-                        },
-                    );
+                for (taken, how) in settles {
+                    self.apply_settle(taken, how);
                 }
                 // As with confirms, commit-ok promises that persistent messages are on disk.
                 if ticket > ctx.synced() {
@@ -602,6 +595,21 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        let priority = match c.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| {
+                AmqpError::chan(
+                    ch,
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "invalid arg 'x-priority' for consumer on {}: expected a 32-bit integer, got {} {}",
+                        c.queue,
+                        v.rabbit_type_name(),
+                        v
+                    ),
+                )
+            })?,
+        };
         let mut reply_token = None;
         let queue = if c.queue == REPLY_TO {
             if !c.no_ack {
@@ -644,7 +652,8 @@ impl Channel {
             tag: tag.clone(),
             credit: credit.clone(),
         });
-        let entry = ConsumerEntry::new(&tag, sink.clone(), c.no_ack, c.exclusive, ctx.id);
+        let entry = ConsumerEntry::new(&tag, sink.clone(), c.no_ack, c.exclusive, ctx.id)
+            .with_priority(priority);
         let id = entry.id;
         if let Err(e) = queue.add_consumer(entry) {
             if let Some(t) = reply_token {
@@ -778,7 +787,7 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         let taken = self.take_unacked(tag, multiple)?;
         if let Some(tx) = &mut self.tx {
-            tx.settles.push((taken, how == Settle::Requeue));
+            tx.settles.push((taken, how));
             return Ok(());
         }
         self.apply_settle(taken, how);
@@ -792,7 +801,8 @@ impl Channel {
         for (q, msgs) in group_by_queue(taken) {
             match how {
                 Settle::Requeue => q.requeue(msgs),
-                Settle::Ack | Settle::Discard => {
+                Settle::Discard => q.reject(msgs),
+                Settle::Ack => {
                     let seqs: Vec<u64> = msgs.iter().map(|m| m.seq()).collect();
                     q.ack(&seqs);
                 }

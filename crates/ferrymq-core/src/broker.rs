@@ -192,6 +192,12 @@ impl Broker {
             tracing::info!(queue = %q.name, vhost = %q.vhost, "recovered {n} messages");
             dirs.push(dir);
         }
+        for p in &d.policies {
+            match crate::policy::Policy::from_def(p) {
+                Ok(pol) => vhost(&p.vhost)?.restore_policy(pol),
+                Err(e) => tracing::warn!("skipping policy '{}' from the definitions: {e}", p.name),
+            }
+        }
         for b in &d.bindings {
             if let Err(e) = vhost(&b.vhost).and_then(|v| v.restore_binding(b)) {
                 tracing::warn!("skipping a binding from the definitions: {e}");
@@ -211,7 +217,7 @@ impl Broker {
         self.vhosts
             .write()
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(VHost::with_persistence(name, self.persist.clone())))
+            .or_insert_with(|| VHost::with_persistence(name, self.persist.clone()))
             .clone()
     }
 

@@ -59,6 +59,8 @@ pub struct Message {
     rk_start: u8,
     delivery_mode: u8,
     priority: Option<u8>,
+    /// Whether the properties carry `expiration` (read on demand: few messages have one).
+    has_expiration: bool,
 }
 
 impl Message {
@@ -98,6 +100,7 @@ impl Message {
             rk_start: exchange.len() as u8,
             delivery_mode: summary.delivery_mode.unwrap_or(0),
             priority: summary.priority,
+            has_expiration: summary.expiration.is_some(),
         })
     }
 
@@ -165,6 +168,33 @@ impl Message {
     /// The priority property, if set.
     pub fn priority(&self) -> Option<u8> {
         self.priority
+    }
+
+    /// The `expiration` property as RabbitMQ reads it: `Some(Ok(ms))` for a non-negative
+    /// integer, `Some(Err(text))` for anything else, `None` when absent.
+    pub fn expiration(&self) -> Option<Result<u64, String>> {
+        if !self.has_expiration {
+            return None;
+        }
+        let raw = self.raw_properties();
+        let (a, b) = scan_properties(raw).ok()?.expiration?;
+        let t = String::from_utf8_lossy(&raw[a..b]).into_owned();
+        Some(t.parse::<u64>().map_err(|_| t))
+    }
+
+    /// A copy published under another exchange and routing key with changed properties (used
+    /// when the broker re-publishes a message itself: dead-lettering, delivery counts).
+    pub fn republished(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Properties,
+    ) -> Result<Message, WireError> {
+        let body = match &self.large_body {
+            Some(b) => Bytes::clone(b),
+            None => Bytes::copy_from_slice(self.body()),
+        };
+        Message::from_properties(exchange, routing_key, properties, body)
     }
 
     /// Appends the message as a store record payload (`docs/storage.md`):
@@ -252,6 +282,26 @@ impl std::fmt::Debug for Message {
     }
 }
 
+/// The placeholder left where a ready message was taken out of the middle of a queue (it
+/// expired): replacing the entry keeps removal O(log n) on a deque of millions, and the
+/// placeholder is skipped when it reaches the head.
+fn tombstone() -> &'static Arc<Message> {
+    static T: std::sync::OnceLock<Arc<Message>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        // No names, an empty property block (flags word 0) and no body.
+        Arc::new(Message {
+            data: Box::new([0, 0]),
+            large_body: None,
+            props_end: 2,
+            rk_end: 0,
+            rk_start: 0,
+            delivery_mode: 0,
+            priority: None,
+            has_expiration: false,
+        })
+    })
+}
+
 /// Bits of [`QueuedMessage`]'s packed word that hold the sequence number (2^48 messages per
 /// queue: 8 years at a million a second).
 const SEQ_BITS: u32 = 48;
@@ -296,6 +346,20 @@ impl QueuedMessage {
     pub fn mark_returned(&mut self) {
         let n = self.returns().saturating_add(1);
         self.packed = self.seq() | (u64::from(n) << SEQ_BITS);
+    }
+
+    /// Takes the message out, leaving a tombstone with the same position in its place.
+    pub fn take_out(&mut self) -> QueuedMessage {
+        let m = std::mem::replace(&mut self.message, tombstone().clone());
+        QueuedMessage {
+            message: m,
+            packed: self.packed,
+        }
+    }
+
+    /// Whether this entry is a tombstone left by [`QueuedMessage::take_out`].
+    pub fn is_tombstone(&self) -> bool {
+        Arc::ptr_eq(&self.message, tombstone())
     }
 }
 

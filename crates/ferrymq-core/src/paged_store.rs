@@ -40,6 +40,8 @@ pub struct PagedStore {
     /// Record position of each entry of `ram` ([`NO_RECORD`] for messages only in memory).
     /// A parallel queue rather than a field of the entry, so `ram` stays 16 bytes an entry.
     ram_pos: VecDeque<Position>,
+    /// Tombstones in `ram` (messages taken out of the middle when they expired).
+    dead: usize,
     ram_bytes: usize,
     /// Ready records on disk after `ram`, starting at `cursor`.
     paged: u64,
@@ -63,6 +65,7 @@ impl PagedStore {
             log: None,
             ram: VecDeque::new(),
             ram_pos: VecDeque::new(),
+            dead: 0,
             ram_bytes: 0,
             paged: 0,
             cursor: Position {
@@ -77,12 +80,17 @@ impl PagedStore {
     }
 
     /// Reopens a durable queue's log. Returns the store and how many messages it recovered;
-    /// they take sequence numbers 1..=n in their original order, so the queue continues at
-    /// n + 1. Recovered messages come back marked redelivered: the broker cannot know
-    /// whether they were delivered before the restart.
-    pub fn recover(persist: Arc<Persistence>, dir: PathBuf) -> Result<(Self, u64), StoreError> {
+    /// they take sequence numbers `first_seq..first_seq + n` in their original order, so the
+    /// queue continues after them. Recovered messages come back marked redelivered: the
+    /// broker cannot know whether they were delivered before the restart.
+    pub fn recover(
+        persist: Arc<Persistence>,
+        dir: PathBuf,
+        first_seq: u64,
+    ) -> Result<(Self, u64), StoreError> {
         let (log, n) = QueueLog::open(&dir, persist.segment_size(), persist.sync().clone())?;
         let mut s = PagedStore::new(persist, true, dir);
+        s.recovered_seq = first_seq;
         s.cursor = log.first();
         s.paged = n;
         s.log = Some(log);
@@ -218,11 +226,19 @@ impl MessageStore for PagedStore {
     }
 
     fn shift(&mut self) -> Option<QueuedMessage> {
-        if self.ram.is_empty() && self.paged > 0 {
-            self.load();
-        }
-        let m = self.ram.pop_front()?;
-        if let Some(pos) = self.ram_pos.pop_front().filter(|p| *p != NO_RECORD) {
+        let (m, pos) = loop {
+            if self.ram.is_empty() && self.paged > 0 {
+                self.load();
+            }
+            let m = self.ram.pop_front()?;
+            let pos = self.ram_pos.pop_front();
+            if m.is_tombstone() {
+                self.dead -= 1;
+                continue;
+            }
+            break (m, pos);
+        };
+        if let Some(pos) = pos.filter(|p| *p != NO_RECORD) {
             let seq = m.seq();
             let at = match self.inflight.back() {
                 Some((last, _)) if *last > seq => self.inflight.partition_point(|(s, _)| *s < seq),
@@ -264,6 +280,22 @@ impl MessageStore for PagedStore {
         }
     }
 
+    fn remove(&mut self, seq: u64) -> Option<QueuedMessage> {
+        let (i, m) = crate::store::take_out(&mut self.ram, seq)?;
+        if let Some(pos) = self.ram_pos.get_mut(i) {
+            let pos = std::mem::replace(pos, NO_RECORD);
+            if let (true, Some(log)) = (pos != NO_RECORD, self.log.as_mut()) {
+                if let Err(e) = log.ack(pos) {
+                    tracing::warn!("{}: cannot record a removal: {e}", self.dir.display());
+                }
+            }
+        }
+        self.dead += 1;
+        self.ram_bytes = self.ram_bytes.saturating_sub(cost(&m));
+        self.bytes = self.bytes.saturating_sub(m.message.body_size());
+        Some(m)
+    }
+
     fn purge(&mut self) -> usize {
         let mut n = 0;
         while let Some(m) = self.shift() {
@@ -275,7 +307,7 @@ impl MessageStore for PagedStore {
     }
 
     fn len(&self) -> usize {
-        self.ram.len() + self.paged as usize
+        self.ram.len() - self.dead + self.paged as usize
     }
 
     fn bytes(&self) -> usize {
@@ -285,6 +317,7 @@ impl MessageStore for PagedStore {
     fn destroy(&mut self) {
         self.ram.clear();
         self.ram_pos.clear();
+        self.dead = 0;
         self.paged = 0;
         self.inflight.clear();
         if let Some(log) = self.log.take() {
@@ -378,7 +411,7 @@ mod tests {
             let m = s.shift().unwrap();
             s.ack(m.seq());
         }
-        let (mut s, n) = PagedStore::recover(persistence(d.path()), dir).unwrap();
+        let (mut s, n) = PagedStore::recover(persistence(d.path()), dir, 1).unwrap();
         let mut got = Vec::new();
         while let Some(m) = s.shift() {
             assert!(m.redelivered());

@@ -112,15 +112,18 @@ impl Persistence {
 
     /// The log directory of durable queue `name` in `vhost`.
     pub fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {
-        let mut h = Sha256::new();
-        h.update(vhost.as_bytes());
-        h.update([0]);
-        h.update(name.as_bytes());
-        let hex: String = h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.config.data_dir.join("queues").join(hex)
+        self.config
+            .data_dir
+            .join("queues")
+            .join(hashed(vhost, name))
+    }
+
+    /// The log directory of the messages waiting in delayed-message exchange `name`.
+    pub fn delayed_dir(&self, vhost: &str, name: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("delayed")
+            .join(hashed(vhost, name))
     }
 
     /// A fresh directory for the paged-out tail of a non-durable queue.
@@ -232,4 +235,16 @@ impl Persistence {
     pub fn stop(&self) {
         self.sync.stop();
     }
+}
+
+/// A file-system-safe name for an entity: names may hold any character.
+fn hashed(vhost: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(vhost.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

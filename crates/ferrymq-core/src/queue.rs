@@ -4,14 +4,25 @@
 //! push and dispatch under that lock; protocol connections ack and requeue through it.
 
 use crate::consumer::{ConsumerSink, SinkRefusal};
+use crate::dead_letter::{DeadLetter, DeathReason};
+use crate::dedup::{dedup_key, DedupCache};
 use crate::error::{CoreError, CoreResult};
+use crate::expiry::{instant_of, now_ms, Deadlines};
 use crate::message::{Message, QueuedMessage};
+use crate::queue_config::{Overflow, QueueConfig};
 use crate::store::{MemoryStore, MessageStore};
-use crate::value::FieldTable;
+use crate::timers::{self, Timed};
+use crate::value::{FieldTable, FieldValue};
+use crate::vhost::VHost;
 use crate::ConnectionId;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
+
+/// Header carrying how many times a message came back to its queue, on queues with a
+/// delivery limit (as RabbitMQ's quorum queues write it).
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Declaration options of a queue.
 #[derive(Debug, Clone, Default)]
@@ -42,10 +53,12 @@ pub struct ConsumerEntry {
     pub exclusive: bool,
     /// Connection owning the consumer.
     pub connection: ConnectionId,
+    /// Consumer priority (`x-priority`): higher ones are served first while they have credit.
+    pub priority: i32,
 }
 
 impl ConsumerEntry {
-    /// A consumer with a fresh id.
+    /// A consumer with a fresh id and priority 0.
     pub fn new(
         tag: &str,
         sink: Arc<dyn ConsumerSink>,
@@ -60,18 +73,122 @@ impl ConsumerEntry {
             no_ack,
             exclusive,
             connection,
+            priority: 0,
         }
+    }
+
+    /// The same consumer with a priority.
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
     }
 }
 
 struct QueueState {
     store: Box<dyn MessageStore>,
+    /// Sorted by priority, highest first; arrival order within a priority. With single
+    /// active consumer the first one is the active one.
     consumers: Vec<ConsumerEntry>,
     next_consumer: usize,
     next_seq: u64,
     unacked: usize,
     had_consumer: bool,
     deleted: bool,
+    cfg: QueueConfig,
+    deadlines: Deadlines,
+    dedup: Option<DedupCache>,
+    /// When the queue was last used (consumer, get, redeclare), for `x-expires`, in ms.
+    last_used: u64,
+    /// Earliest wake-up already requested from the timer thread, in ms.
+    timer_at: Option<u64>,
+    /// Messages to dead-letter once the lock is released.
+    dead: Vec<DeadLetter>,
+}
+
+impl QueueState {
+    /// Sends `message` to the dead-letter exchange, if the queue has one; otherwise it is
+    /// dropped, as in RabbitMQ.
+    fn dead_letter(&mut self, message: Arc<Message>, reason: DeathReason) {
+        if self.cfg.dead_letter_exchange.is_some() {
+            self.dead.push(DeadLetter { message, reason });
+        }
+    }
+
+    /// Removes ready messages whose deadline passed, wherever they are in the queue.
+    fn expire_due(&mut self, now: u64) {
+        if self.deadlines.is_empty() {
+            return;
+        }
+        for seq in self.deadlines.take_due(now) {
+            if let Some(m) = self.store.remove(seq) {
+                self.deadlines.forget(seq);
+                self.dead_letter(m.message, DeathReason::Expired);
+            }
+        }
+    }
+
+    /// Drops messages from the head while the queue is over its length limits.
+    fn drop_head_over_limits(&mut self) {
+        while self.cfg.over(self.store.len(), self.store.bytes()) {
+            let Some(m) = self.store.shift() else { break };
+            let seq = m.seq();
+            self.store.ack(seq);
+            self.deadlines.forget(seq);
+            self.dead_letter(m.message, DeathReason::Maxlen);
+        }
+    }
+
+    /// Picks the consumer for the next delivery: the active one under single active
+    /// consumer, else round-robin among the highest-priority consumers that have credit.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.consumers.len();
+        if n == 0 {
+            return None;
+        }
+        if self.cfg.single_active_consumer {
+            return self.consumers[0].sink.has_credit().then_some(0);
+        }
+        let mut start = 0;
+        while start < n {
+            let p = self.consumers[start].priority;
+            let len = self.consumers[start..]
+                .iter()
+                .take_while(|c| c.priority == p)
+                .count();
+            for k in 0..len {
+                let i = start + (self.next_consumer + k) % len;
+                if self.consumers[i].sink.has_credit() {
+                    self.next_consumer = i - start + 1;
+                    return Some(i);
+                }
+            }
+            start += len;
+        }
+        None
+    }
+
+    /// Takes the next message to hand out, expiring the ones whose deadline passed.
+    fn shift_live(&mut self, now: &mut Option<u64>) -> Option<QueuedMessage> {
+        loop {
+            let m = self.store.shift()?;
+            if self.deadlines.is_empty() {
+                return Some(m);
+            }
+            let t = *now.get_or_insert_with(now_ms);
+            let seq = m.seq();
+            if !self.deadlines.is_due(seq, t) {
+                return Some(m);
+            }
+            self.store.ack(seq);
+            self.deadlines.forget(seq);
+            self.dead_letter(m.message, DeathReason::Expired);
+        }
+    }
+
+    fn settled(&mut self, seq: u64) {
+        self.store.ack(seq);
+        self.deadlines.forget(seq);
+    }
 }
 
 /// A message queue.
@@ -84,15 +201,19 @@ pub struct Queue {
     pub options: QueueOptions,
     /// Owning connection of an exclusive queue.
     pub owner: Option<ConnectionId>,
+    /// The vhost it dead-letters into and is deleted from when it expires.
+    home: OnceLock<Weak<VHost>>,
     state: Mutex<QueueState>,
 }
 
 /// What a queue did with a published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Taken. With a ticket, it is on disk once group commit reaches it.
+    /// Taken (or dropped as a duplicate). With a ticket, it is on disk once group commit
+    /// reaches it.
     Accepted(Option<u64>),
-    /// Not taken: the queue was deleted meanwhile, or its store could not write it.
+    /// Not taken: the queue was deleted meanwhile, is full with `reject-publish`, or its
+    /// store could not write it.
     Refused,
 }
 
@@ -139,6 +260,7 @@ impl Queue {
             vhost: vhost.to_string(),
             options,
             owner,
+            home: OnceLock::new(),
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -147,8 +269,57 @@ impl Queue {
                 unacked: 0,
                 had_consumer: false,
                 deleted: false,
+                cfg: QueueConfig::default(),
+                deadlines: Deadlines::default(),
+                dedup: None,
+                last_used: now_ms(),
+                timer_at: None,
+                dead: Vec::new(),
             }),
         }
+    }
+
+    /// Attaches the queue to its vhost and applies its feature settings.
+    pub fn attach(self: &Arc<Self>, home: Weak<VHost>, cfg: QueueConfig) {
+        let _ = self.home.set(home);
+        self.apply_config(cfg, true);
+    }
+
+    /// Applies new feature settings (a policy changed). The priority levels and single
+    /// active consumer are fixed when the queue is declared and stay as they were.
+    pub fn set_config(self: &Arc<Self>, cfg: QueueConfig) {
+        self.apply_config(cfg, false);
+    }
+
+    fn apply_config(self: &Arc<Self>, mut cfg: QueueConfig, initial: bool) {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return;
+        }
+        if !initial {
+            cfg.max_priority = st.cfg.max_priority;
+            cfg.single_active_consumer = st.cfg.single_active_consumer;
+        }
+        st.dedup = match (cfg.dedup, st.dedup.take()) {
+            (None, _) => None,
+            (Some(c), Some(mut d)) => {
+                d.set_config(c);
+                Some(d)
+            }
+            (Some(c), None) => Some(DedupCache::new(c)),
+        };
+        st.cfg = cfg;
+        st.drop_head_over_limits();
+        if let Some(e) = st.cfg.expires {
+            let at = st.last_used.saturating_add(e);
+            self.arm(&mut st, at);
+        }
+        self.unlock_and_flush(st);
+    }
+
+    /// The effective feature settings.
+    pub fn config(&self) -> QueueConfig {
+        self.state.lock().cfg.clone()
     }
 
     /// Ready, unacked and consumer counts.
@@ -174,14 +345,71 @@ impl Queue {
         }
     }
 
+    /// Records a use of the queue (redeclare, basic.get) for `x-expires`.
+    pub fn touch(&self) {
+        self.state.lock().last_used = now_ms();
+    }
+
+    /// Requests a timer wake-up at `at` (ms) unless an earlier one is pending.
+    fn arm(self: &Arc<Self>, st: &mut QueueState, at: u64) {
+        if st.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        st.timer_at = Some(at);
+        let me: Weak<dyn Timed> = Arc::downgrade(self) as Weak<dyn Timed>;
+        timers::schedule(instant_of(at), me);
+    }
+
+    /// Releases the lock, then republishes the dead letters collected under it.
+    fn unlock_and_flush(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+        if st.dead.is_empty() {
+            return;
+        }
+        let letters = std::mem::take(&mut st.dead);
+        let (dlx, dlrk) = (
+            st.cfg.dead_letter_exchange.clone(),
+            st.cfg.dead_letter_routing_key.clone(),
+        );
+        drop(st);
+        let (Some(dlx), Some(home)) = (dlx, self.home.get().and_then(Weak::upgrade)) else {
+            return;
+        };
+        home.dead_letter(&self.name, &dlx, dlrk.as_deref(), letters);
+    }
+
     /// Appends a message and delivers it if a consumer can take it.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
         let mut st = self.state.lock();
         if st.deleted {
             return Enqueued::Refused;
         }
+        if let Some(d) = &mut st.dedup {
+            if let Some(key) = dedup_key(&message) {
+                if d.check(&key, now_ms()) {
+                    return Enqueued::Accepted(None);
+                }
+            }
+        }
+        if st.cfg.overflow != Overflow::DropHead
+            && !st
+                .cfg
+                .fits(st.store.len(), st.store.bytes(), message.body_size())
+        {
+            if st.cfg.overflow == Overflow::RejectPublishDlx {
+                st.dead_letter(message, DeathReason::Maxlen);
+            }
+            self.unlock_and_flush(st);
+            return Enqueued::Refused;
+        }
         let seq = st.next_seq;
         st.next_seq += 1;
+        let ttl = match (
+            st.cfg.message_ttl,
+            message.expiration().and_then(Result::ok),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let ticket = match st.store.push(QueuedMessage::new(seq, message)) {
             Ok(t) => t,
             Err(e) => {
@@ -189,9 +417,20 @@ impl Queue {
                 return Enqueued::Refused;
             }
         };
+        if let Some(ttl) = ttl {
+            let now = now_ms();
+            st.deadlines.add(seq, now.saturating_add(ttl));
+            self.arm(&mut st, now.saturating_add(ttl));
+        }
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st);
         }
+        if ttl == Some(0) {
+            // TTL 0: delivered at once to a consumer that could take it, or expired now.
+            st.expire_due(now_ms());
+        }
+        st.drop_head_over_limits();
+        self.unlock_and_flush(st);
         Enqueued::Accepted(ticket)
     }
 
@@ -200,33 +439,32 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
         self.dispatch_locked(&mut st);
+        self.unlock_and_flush(st);
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        // Round-robin, one message per consumer turn: fair dispatch as RabbitMQ does it.
-        let mut idle = 0usize;
-        while !st.consumers.is_empty() && idle < st.consumers.len() && !st.store.is_empty() {
-            let i = st.next_consumer % st.consumers.len();
-            st.next_consumer = i + 1;
-            if !st.consumers[i].sink.has_credit() {
-                idle += 1;
-                continue;
-            }
-            let Some(msg) = st.store.shift() else { break };
+        let mut now = None;
+        let mut busy = 0usize;
+        while !st.store.is_empty() && busy <= st.consumers.len() {
+            let Some(i) = st.pick() else { break };
+            let Some(msg) = st.shift_live(&mut now) else {
+                break;
+            };
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
             match st.consumers[i].sink.deliver(self, msg, ack_required) {
                 Ok(()) => {
-                    idle = 0;
                     if ack_required {
                         st.unacked += 1;
                     } else {
-                        st.store.ack(seq);
+                        st.settled(seq);
                     }
                 }
                 Err(SinkRefusal::Busy(m)) => {
+                    // Credit went between the check and the delivery (another queue took
+                    // the channel's last slot); try the others, but not for ever.
                     st.store.requeue(m);
-                    idle += 1;
+                    busy += 1;
                 }
                 Err(SinkRefusal::Gone(m)) => {
                     st.store.requeue(m);
@@ -237,40 +475,78 @@ impl Queue {
     }
 
     /// Takes the head message for basic.get. Returns it with the number of messages left.
-    pub fn get(&self, ack_required: bool) -> Option<(QueuedMessage, usize)> {
+    pub fn get(self: &Arc<Self>, ack_required: bool) -> Option<(QueuedMessage, usize)> {
         let mut st = self.state.lock();
-        let msg = st.store.shift()?;
-        if ack_required {
-            st.unacked += 1;
-        } else {
-            st.store.ack(msg.seq());
-        }
-        let left = st.store.len();
-        Some((msg, left))
+        st.last_used = now_ms();
+        let mut now = None;
+        let msg = st.shift_live(&mut now);
+        let out = msg.map(|msg| {
+            if ack_required {
+                st.unacked += 1;
+            } else {
+                st.settled(msg.seq());
+            }
+            (msg, st.store.len())
+        });
+        self.unlock_and_flush(st);
+        out
     }
 
-    /// Settles delivered messages (ack, or reject without requeue).
+    /// Settles delivered messages (acknowledged).
     pub fn ack(&self, seqs: &[u64]) {
         let mut st = self.state.lock();
         for &s in seqs {
-            st.store.ack(s);
+            st.settled(s);
         }
         st.unacked = st.unacked.saturating_sub(seqs.len());
     }
 
+    /// Settles delivered messages a consumer rejected without requeueing: they are
+    /// dead-lettered (reason `rejected`) if the queue has a dead-letter exchange.
+    pub fn reject(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(msgs.len());
+        for m in msgs {
+            st.settled(m.seq());
+            if !st.deleted {
+                st.dead_letter(m.message, DeathReason::Rejected);
+            }
+        }
+        self.unlock_and_flush(st);
+    }
+
     /// Puts delivered messages back at their original positions, marked redelivered, and
-    /// dispatches them again.
+    /// dispatches them again. Past the delivery limit they are dead-lettered instead; under
+    /// a limit they carry their delivery count in `x-delivery-count`.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(msgs.len());
         if st.deleted {
             return;
         }
+        let now = now_ms();
         for mut m in msgs {
             m.mark_returned();
+            let seq = m.seq();
+            if let Some(limit) = st.cfg.delivery_limit {
+                if u64::from(m.returns()) > limit {
+                    st.settled(seq);
+                    st.dead_letter(m.message, DeathReason::DeliveryLimit);
+                    continue;
+                }
+                if let Some(counted) = with_delivery_count(&m.message, m.returns()) {
+                    m.message = Arc::new(counted);
+                }
+            }
+            if st.deadlines.is_due(seq, now) {
+                st.settled(seq);
+                st.dead_letter(m.message, DeathReason::Expired);
+                continue;
+            }
             st.store.requeue(m);
         }
         self.dispatch_locked(&mut st);
+        self.unlock_and_flush(st);
     }
 
     /// Attaches a consumer, enforcing exclusive-consumer rules, and starts delivering.
@@ -289,23 +565,55 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        st.consumers.push(entry);
+        let at = if st.cfg.single_active_consumer {
+            // Arrival order decides who is next in line, whatever the priority.
+            st.consumers.len()
+        } else {
+            st.consumers
+                .partition_point(|c| c.priority >= entry.priority)
+        };
+        st.consumers.insert(at, entry);
         st.had_consumer = true;
+        st.last_used = now_ms();
         self.dispatch_locked(&mut st);
+        self.unlock_and_flush(st);
         Ok(())
     }
 
     /// Detaches a consumer. Returns true if the queue is auto-delete and now has no consumers,
     /// i.e. the caller should delete it.
-    pub fn remove_consumer(&self, id: u64) -> bool {
+    pub fn remove_consumer(self: &Arc<Self>, id: u64) -> bool {
         let mut st = self.state.lock();
+        let was_active = st.consumers.first().is_some_and(|c| c.id == id);
         st.consumers.retain(|c| c.id != id);
-        self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+        st.last_used = now_ms();
+        if st.consumers.is_empty() {
+            if let Some(e) = st.cfg.expires {
+                let at = st.last_used.saturating_add(e);
+                self.arm(&mut st, at);
+            }
+        } else if was_active && st.cfg.single_active_consumer {
+            // The next consumer in line takes over.
+            self.dispatch_locked(&mut st);
+        }
+        let delete =
+            self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted;
+        self.unlock_and_flush(st);
+        delete
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> usize {
-        self.state.lock().store.purge()
+        let mut st = self.state.lock();
+        if st.deadlines.is_empty() {
+            return st.store.purge();
+        }
+        let mut n = 0;
+        while let Some(m) = st.store.shift() {
+            st.settled(m.seq());
+            n += 1;
+        }
+        n
     }
 
     /// Marks the queue deleted, drops its messages and tells every consumer (except
@@ -319,6 +627,7 @@ impl Queue {
             st.deleted = true;
             let n = st.store.len();
             st.store.destroy();
+            st.deadlines.clear();
             let cs = std::mem::take(&mut st.consumers);
             (n, cs)
         };
@@ -330,6 +639,48 @@ impl Queue {
         }
         n
     }
+}
+
+impl Timed for Queue {
+    fn on_timer(self: Arc<Self>, _now: Instant) {
+        let now = now_ms();
+        let mut st = self.state.lock();
+        st.timer_at = None;
+        if st.deleted {
+            return;
+        }
+        st.expire_due(now);
+        let expires_at = st
+            .cfg
+            .expires
+            .filter(|_| st.consumers.is_empty())
+            .map(|e| st.last_used.saturating_add(e));
+        let expired = expires_at.is_some_and(|at| at <= now);
+        let next = match (st.deadlines.next(), expires_at.filter(|_| !expired)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next {
+            self.arm(&mut st, at);
+        }
+        self.unlock_and_flush(st);
+        if expired {
+            if let Some(home) = self.home.get().and_then(Weak::upgrade) {
+                tracing::debug!(queue = %self.name, vhost = %self.vhost, "queue expired");
+                home.remove_queue(&self, None);
+            }
+        }
+    }
+}
+
+/// A copy of `msg` whose headers carry its delivery count.
+fn with_delivery_count(msg: &Message, count: u16) -> Option<Message> {
+    let mut props = msg.properties();
+    let mut h = props.headers.take().unwrap_or_default();
+    h.insert(DELIVERY_COUNT_HEADER, FieldValue::I64(i64::from(count)));
+    props.headers = Some(h);
+    msg.republished(msg.exchange(), msg.routing_key(), &props)
+        .ok()
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub trait MessageStore: Send {
     fn requeue(&mut self, msg: QueuedMessage);
     /// Records that a delivered message was acknowledged (or otherwise finished with).
     fn ack(&mut self, seq: u64);
+    /// Takes a ready message out of the middle of the queue (it expired), if it is in
+    /// memory; a message paged out to disk is left for [`MessageStore::shift`] to return.
+    fn remove(&mut self, seq: u64) -> Option<QueuedMessage>;
     /// Drops every ready message and returns how many there were.
     fn purge(&mut self) -> usize;
     /// Number of ready messages.
@@ -39,8 +42,23 @@ pub trait MessageStore: Send {
 /// Ready messages in memory, ordered by sequence number.
 #[derive(Default)]
 pub struct MemoryStore {
+    /// Entries in sequence order; `dead` of them are tombstones of removed messages.
     ready: VecDeque<QueuedMessage>,
+    dead: usize,
     bytes: usize,
+}
+
+/// Finds the ready entry for `seq` in a deque sorted by sequence number and replaces it with
+/// a tombstone. Returns its index and the message.
+pub(crate) fn take_out(
+    entries: &mut VecDeque<QueuedMessage>,
+    seq: u64,
+) -> Option<(usize, QueuedMessage)> {
+    let i = entries.partition_point(|m| m.seq() < seq);
+    let e = entries
+        .get_mut(i)
+        .filter(|e| e.seq() == seq && !e.is_tombstone())?;
+    Some((i, e.take_out()))
 }
 
 impl MessageStore for MemoryStore {
@@ -51,9 +69,15 @@ impl MessageStore for MemoryStore {
     }
 
     fn shift(&mut self) -> Option<QueuedMessage> {
-        let m = self.ready.pop_front()?;
-        self.bytes -= m.message.body_size();
-        Some(m)
+        loop {
+            let m = self.ready.pop_front()?;
+            if m.is_tombstone() {
+                self.dead -= 1;
+                continue;
+            }
+            self.bytes -= m.message.body_size();
+            return Some(m);
+        }
     }
 
     fn requeue(&mut self, msg: QueuedMessage) {
@@ -66,15 +90,27 @@ impl MessageStore for MemoryStore {
 
     fn ack(&mut self, _seq: u64) {}
 
+    fn remove(&mut self, seq: u64) -> Option<QueuedMessage> {
+        let (_, m) = take_out(&mut self.ready, seq)?;
+        self.bytes -= m.message.body_size();
+        self.dead += 1;
+        while self.ready.back().is_some_and(QueuedMessage::is_tombstone) {
+            self.ready.pop_back();
+            self.dead -= 1;
+        }
+        Some(m)
+    }
+
     fn purge(&mut self) -> usize {
-        let n = self.ready.len();
+        let n = self.len();
         self.ready.clear();
+        self.dead = 0;
         self.bytes = 0;
         n
     }
 
     fn len(&self) -> usize {
-        self.ready.len()
+        self.ready.len() - self.dead
     }
 
     fn bytes(&self) -> usize {

@@ -1,20 +1,27 @@
 //! A virtual host: its exchanges and queues, and the operations clients perform on them.
 
+use crate::dead_letter::{dead_letter_copy, is_cycle, DeadLetter};
 use crate::error::{CoreError, CoreResult};
 use crate::exchange::{
-    check_args_equivalent, Destination, Exchange, ExchangeKind, ExchangeOptions,
+    check_args_equivalent, DelayedMessages, Destination, Exchange, ExchangeKind, ExchangeOptions,
+    DELAYED_TYPE, DELAY_HEADER,
 };
 use crate::message::{LazyHeaders, Message};
 use crate::paged_store::PagedStore;
 use crate::persist::Persistence;
+use crate::policy::{self, Policy};
+use crate::priority_store::PriorityStore;
 use crate::queue::{Enqueued, Queue, QueueCounts, QueueOptions};
-use crate::value::{table_from_json, table_to_json, FieldTable};
+use crate::queue_config::QueueConfig;
+use crate::store::{MemoryStore, MessageStore};
+use crate::value::{table_from_json, table_to_json, FieldTable, FieldValue};
 use crate::ConnectionId;
 use ferrymq_store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 
 /// Prefix of the pseudo-queue names used by direct reply-to.
 pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
@@ -55,6 +62,9 @@ pub struct VHost {
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
     persist: Option<Arc<Persistence>>,
+    policies: RwLock<Vec<Policy>>,
+    /// Itself, handed to queues and delayed exchanges that call back into the vhost.
+    me: Weak<VHost>,
 }
 
 fn not_found_queue(name: &str, vhost: &str) -> CoreError {
@@ -72,18 +82,24 @@ fn default_exchange_refused() -> CoreError {
 impl VHost {
     /// A vhost with the standard exchanges (default, amq.direct, amq.fanout, amq.topic,
     /// amq.headers, amq.match), keeping everything in memory.
-    pub fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Arc<Self> {
         VHost::with_persistence(name, None)
     }
 
     /// A vhost whose durable entities and persistent messages go to `persist`.
-    pub fn with_persistence(name: &str, persist: Option<Arc<Persistence>>) -> Self {
+    pub fn with_persistence(name: &str, persist: Option<Arc<Persistence>>) -> Arc<Self> {
+        Arc::new_cyclic(|me| VHost::build(name, persist, me.clone()))
+    }
+
+    fn build(name: &str, persist: Option<Arc<Persistence>>, me: Weak<VHost>) -> Self {
         let v = VHost {
             name: name.to_string(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
             persist,
+            policies: RwLock::new(Vec::new()),
+            me,
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -153,18 +169,18 @@ impl VHost {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
-        let kind = ExchangeKind::parse(kind)
-            .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{kind}'")))?;
+        let type_name = kind;
+        let kind = routing_kind(kind, &options.arguments)?;
         let mut ex = self.exchanges.write();
         if let Some(existing) = ex.get(name) {
-            return existing.check_equivalent(&self.name, kind, &options);
+            return existing.check_equivalent(&self.name, type_name, &options);
         }
         if name.starts_with("amq.") {
             return Err(CoreError::AccessRefused(format!(
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let x = Arc::new(Exchange::new(name, kind, options));
+        let x = self.new_exchange(name, type_name, kind, options, false)?;
         if let (true, Some(p)) = (x.options.durable, &self.persist) {
             p.exchange_declared(self.exchange_def(&x))?;
         }
@@ -172,11 +188,40 @@ impl VHost {
         Ok(())
     }
 
+    /// Builds an exchange; a delayed-message exchange gets its message store (recovering
+    /// what a previous run left when `recover` is set).
+    fn new_exchange(
+        &self,
+        name: &str,
+        type_name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+        recover: bool,
+    ) -> CoreResult<Arc<Exchange>> {
+        let x = if type_name == DELAYED_TYPE {
+            let msgs = match &self.persist {
+                None => DelayedMessages::in_memory(),
+                Some(p) => DelayedMessages::on_disk(
+                    p.clone(),
+                    p.delayed_dir(&self.name, name),
+                    options.durable && recover,
+                )
+                .map_err(|e| CoreError::Internal(format!("delayed exchange '{name}': {e}")))?,
+            };
+            Exchange::delayed(name, kind, options, msgs, self.me.clone())
+        } else {
+            Arc::new(Exchange::new(name, kind, options))
+        };
+        let policies = self.policies.read();
+        x.set_policy_alternate_exchange(exchange_policy_ae(&policies, name));
+        Ok(x)
+    }
+
     fn exchange_def(&self, x: &Exchange) -> ExchangeDef {
         ExchangeDef {
             name: x.name.clone(),
             vhost: self.name.clone(),
-            kind: x.kind.as_str().to_string(),
+            kind: x.type_name().to_string(),
             durable: true,
             auto_delete: x.options.auto_delete,
             internal: x.options.internal,
@@ -209,6 +254,7 @@ impl VHost {
             ex.remove(name);
             x
         };
+        x.destroy_delayed();
         if let (true, Some(p)) = (x.options.durable, &self.persist) {
             p.exchange_deleted(&self.name, name)?;
         }
@@ -265,7 +311,7 @@ impl VHost {
             }
             name.to_string()
         };
-        validate_queue_args(&name, &self.name, &options.arguments)?;
+        let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
         let mut qs = self.queues.write();
         if let Some(q) = qs.get(&name) {
             q.check_access(conn)?;
@@ -273,12 +319,15 @@ impl VHost {
                 return Err(Queue::locked_error(q));
             }
             self.check_queue_equivalent(q, &options)?;
+            q.touch();
             let c = q.counts();
             return Ok((q.clone(), c));
         }
         let owner = options.exclusive.then_some(conn);
-        let q = Arc::new(self.new_queue(&name, options, owner)?);
+        let q = Arc::new(self.new_queue(&name, options, owner, cfg.max_priority)?);
         qs.insert(name, q.clone());
+        drop(qs);
+        self.attach_queue(&q, cfg);
         Ok((
             q,
             QueueCounts {
@@ -297,9 +346,20 @@ impl VHost {
         name: &str,
         options: QueueOptions,
         owner: Option<ConnectionId>,
+        max_priority: Option<u8>,
     ) -> CoreResult<Queue> {
         let Some(p) = &self.persist else {
-            return Ok(Queue::new(name, &self.name, options, owner));
+            let store: Box<dyn MessageStore> = match max_priority {
+                Some(max) => Box::new(PriorityStore::new(
+                    (0..=max)
+                        .map(|_| Box::new(MemoryStore::default()) as Box<dyn MessageStore>)
+                        .collect(),
+                )),
+                None => Box::new(MemoryStore::default()),
+            };
+            return Ok(Queue::with_store(
+                name, &self.name, options, owner, store, 1,
+            ));
         };
         let durable = options.durable && !options.exclusive;
         let dir = if durable {
@@ -314,15 +374,29 @@ impl VHost {
         } else {
             p.transient_dir()
         };
-        let store = PagedStore::new(p.clone(), durable, dir);
+        let store: Box<dyn MessageStore> = match max_priority {
+            Some(max) => Box::new(PriorityStore::new(
+                (0..=max)
+                    .map(|l| {
+                        Box::new(PagedStore::new(p.clone(), durable, level_dir(&dir, l)))
+                            as Box<dyn MessageStore>
+                    })
+                    .collect(),
+            )),
+            None => Box::new(PagedStore::new(p.clone(), durable, dir)),
+        };
         Ok(Queue::with_store(
-            name,
-            &self.name,
-            options,
-            owner,
-            Box::new(store),
-            1,
+            name, &self.name, options, owner, store, 1,
         ))
+    }
+
+    /// Hands a new queue its vhost and its settings (declaration plus policy).
+    fn attach_queue(&self, q: &Arc<Queue>, cfg: QueueConfig) {
+        let cfg = {
+            let policies = self.policies.read();
+            cfg.with_policy(policy::effective(&policies, &q.name, true).map(|p| &p.definition))
+        };
+        q.attach(self.me.clone(), cfg);
     }
 
     fn is_persisted(q: &Queue) -> bool {
@@ -593,7 +667,7 @@ impl VHost {
         if queues.len() == before {
             if let Some(ae) = x
                 .alternate_exchange()
-                .and_then(|n| self.exchanges.read().get(n).cloned())
+                .and_then(|n| self.exchanges.read().get(&n).cloned())
             {
                 self.route_exchange(&ae, key, headers, queues, visited);
             }
@@ -609,7 +683,20 @@ impl VHost {
                 self.name
             )));
         }
-        let queues = self.route(&x, message.routing_key(), &LazyHeaders::of(&message));
+        let headers = LazyHeaders::of(&message);
+        if x.is_delayed() {
+            let delay = headers.get().get(DELAY_HEADER).and_then(FieldValue::as_i64);
+            if let Some(d) = delay.filter(|d| *d > 0) {
+                // Taken by the exchange: counts as routed (no basic.return), as the plugin.
+                let ticket = x.hold(message, d as u64)?;
+                return Ok(PublishOutcome {
+                    routed: 1,
+                    refused: 0,
+                    ticket,
+                });
+            }
+        }
+        let queues = self.route(&x, message.routing_key(), &headers);
         let mut out = PublishOutcome {
             routed: 0,
             refused: 0,
@@ -625,6 +712,111 @@ impl VHost {
             }
         }
         Ok(out)
+    }
+
+    /// Routes a message whose delay on `x` has passed, as `x`'s `x-delayed-type` routes.
+    pub fn route_delayed(&self, x: &Arc<Exchange>, message: Arc<Message>) {
+        let queues = self.route(x, message.routing_key(), &LazyHeaders::of(&message));
+        for q in queues {
+            q.publish(message.clone());
+        }
+    }
+
+    /// Republishes messages that left queue `queue` to its dead-letter exchange `dlx`, with
+    /// their `x-death` history. A missing exchange drops them, as in RabbitMQ; a queue that
+    /// would close a cycle without a rejection in it is skipped.
+    pub fn dead_letter(
+        &self,
+        queue: &str,
+        dlx: &str,
+        routing_key: Option<&str>,
+        letters: Vec<DeadLetter>,
+    ) {
+        let Ok(x) = self.exchange(dlx) else {
+            tracing::debug!(
+                queue,
+                dlx,
+                "dead-letter exchange missing; {} messages dropped",
+                letters.len()
+            );
+            return;
+        };
+        for l in letters {
+            let Some(copy) = dead_letter_copy(&l.message, queue, l.reason, dlx, routing_key) else {
+                continue;
+            };
+            let copy = Arc::new(copy);
+            let targets = self.route(&x, copy.routing_key(), &LazyHeaders::of(&copy));
+            for q in targets {
+                if !is_cycle(&copy, &q.name) {
+                    q.publish(copy.clone());
+                }
+            }
+        }
+    }
+
+    /// Adds or replaces a policy and applies it to the matching queues and exchanges.
+    pub fn set_policy(&self, p: Policy) -> CoreResult<()> {
+        if let Some(persist) = &self.persist {
+            let def = p.to_def(&self.name);
+            persist.update(|d| {
+                d.policies
+                    .retain(|x| !(x.vhost == def.vhost && x.name == def.name));
+                d.policies.push(def);
+            })?;
+        }
+        {
+            let mut ps = self.policies.write();
+            ps.retain(|x| x.name != p.name);
+            ps.push(p);
+        }
+        self.apply_policies();
+        Ok(())
+    }
+
+    /// Removes a policy; the entities it applied to fall back to their own arguments (or the
+    /// next matching policy). Clearing a missing policy is an error naming it.
+    pub fn clear_policy(&self, name: &str) -> CoreResult<()> {
+        if !self.policies.read().iter().any(|p| p.name == name) {
+            return Err(CoreError::NotFound(format!(
+                "no policy '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        if let Some(persist) = &self.persist {
+            let vhost = self.name.clone();
+            persist.update(|d| d.policies.retain(|x| !(x.vhost == vhost && x.name == name)))?;
+        }
+        self.policies.write().retain(|p| p.name != name);
+        self.apply_policies();
+        Ok(())
+    }
+
+    /// The policies of this vhost.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.policies.read().clone()
+    }
+
+    /// Restores a policy from the definitions (no save, applied to what exists).
+    pub fn restore_policy(&self, p: Policy) {
+        self.policies.write().push(p);
+        self.apply_policies();
+    }
+
+    /// Recomputes every queue's and exchange's settings from its arguments and the policies.
+    fn apply_policies(&self) {
+        let policies = self.policies.read().clone();
+        for q in self.queues() {
+            match QueueConfig::from_args(&q.name, &self.name, &q.options.arguments) {
+                Ok(cfg) => q.set_config(cfg.with_policy(
+                    policy::effective(&policies, &q.name, true).map(|p| &p.definition),
+                )),
+                Err(e) => tracing::warn!("queue '{}': {e}", q.name),
+            }
+        }
+        for x in self.exchanges() {
+            x.set_policy_alternate_exchange(exchange_policy_ae(&policies, &x.name));
+        }
     }
 
     /// Registers a direct reply-to pseudo-queue under `token`.
@@ -643,19 +835,18 @@ impl VHost {
 impl VHost {
     /// Re-creates a durable exchange from the definitions (no save).
     pub fn restore_exchange(&self, d: &ExchangeDef) -> CoreResult<()> {
-        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
-            CoreError::CommandInvalid(format!("unknown exchange type '{}'", d.kind))
-        })?;
+        let kind = routing_kind(&d.kind, &table_from_json(&d.arguments))?;
         let options = ExchangeOptions {
             durable: true,
             auto_delete: d.auto_delete,
             internal: d.internal,
             arguments: table_from_json(&d.arguments),
         };
-        self.exchanges
-            .write()
-            .entry(d.name.clone())
-            .or_insert_with(|| Arc::new(Exchange::new(&d.name, kind, options)));
+        if self.exchanges.read().contains_key(&d.name) {
+            return Ok(());
+        }
+        let x = self.new_exchange(&d.name, &d.kind, kind, options, true)?;
+        self.exchanges.write().insert(d.name.clone(), x);
         Ok(())
     }
 
@@ -666,16 +857,43 @@ impl VHost {
             return Err(CoreError::Internal("no data directory".into()));
         };
         let dir = p.queue_dir(&self.name, &d.name);
-        let (store, n) = PagedStore::recover(p.clone(), dir.clone())
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
         let options = QueueOptions {
             durable: true,
             exclusive: false,
             auto_delete: d.auto_delete,
             arguments: table_from_json(&d.arguments),
         };
-        let q = Queue::with_store(&d.name, &self.name, options, None, Box::new(store), n + 1);
-        self.queues.write().insert(d.name.clone(), Arc::new(q));
+        let cfg = QueueConfig::from_args(&d.name, &self.name, &options.arguments)?;
+        let recover = |dir: PathBuf, first: u64| {
+            PagedStore::recover(p.clone(), dir, first)
+                .map_err(|e| CoreError::Internal(e.to_string()))
+        };
+        let (store, n): (Box<dyn MessageStore>, u64) = match cfg.max_priority {
+            Some(max) => {
+                let mut levels: Vec<Box<dyn MessageStore>> = Vec::new();
+                let mut total = 0;
+                for l in 0..=max {
+                    let (s, n) = recover(level_dir(&dir, l), total + 1)?;
+                    total += n;
+                    levels.push(Box::new(s));
+                }
+                (Box::new(PriorityStore::new(levels)), total)
+            }
+            None => {
+                let (s, n) = recover(dir.clone(), 1)?;
+                (Box::new(s), n)
+            }
+        };
+        let q = Arc::new(Queue::with_store(
+            &d.name,
+            &self.name,
+            options,
+            None,
+            store,
+            n + 1,
+        ));
+        self.queues.write().insert(d.name.clone(), q.clone());
+        self.attach_queue(&q, cfg);
         Ok((dir, n))
     }
 
@@ -709,32 +927,35 @@ pub fn generate_name(prefix: &str) -> String {
     s
 }
 
-fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> CoreResult<()> {
-    for (k, v) in args.iter() {
-        // (minimum, maximum) as RabbitMQ checks them; x-expires must be positive.
-        let (min, max) = match k.as_str() {
-            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" => (0, i64::MAX),
-            "x-expires" => (1, i64::MAX),
-            "x-max-priority" => (0, 255),
-            _ => continue,
-        };
-        let reason = match v.as_i64() {
-            None => Some(format!(
-                "\"expected integer, got {}\"",
-                v.rabbit_type_name()
-            )),
-            Some(n) if n < 0 => Some(format!("{{value_negative,{n}}}")),
-            Some(n) if n < min => Some(format!("{{value_zero,{n}}}")),
-            Some(n) if n > max => Some(format!("{{max_value_exceeded,{n}}}")),
-            Some(_) => None,
-        };
-        if let Some(reason) = reason {
-            return Err(CoreError::InvalidArgument(format!(
-                "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {reason}"
-            )));
-        }
+/// The routing algorithm of a declared exchange type; a delayed-message exchange routes as
+/// its `x-delayed-type` argument says.
+fn routing_kind(type_name: &str, args: &FieldTable) -> CoreResult<ExchangeKind> {
+    if type_name == DELAYED_TYPE {
+        return args
+            .get("x-delayed-type")
+            .and_then(FieldValue::as_str)
+            .and_then(ExchangeKind::parse)
+            .ok_or_else(|| {
+                CoreError::InvalidArgument(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type".into(),
+                )
+            });
     }
-    Ok(())
+    ExchangeKind::parse(type_name)
+        .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{type_name}'")))
+}
+
+/// The alternate exchange a policy sets on exchange `name`, if any.
+fn exchange_policy_ae(policies: &[Policy], name: &str) -> Option<String> {
+    policy::effective(policies, name, false)
+        .and_then(|p| p.definition.get("alternate-exchange"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+/// The log directory of one priority level of a priority queue.
+fn level_dir(dir: &std::path::Path, level: u8) -> PathBuf {
+    dir.join(format!("p{level}"))
 }
 
 impl Queue {

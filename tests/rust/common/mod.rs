@@ -309,3 +309,22 @@ pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> lapin
     )
     .await
 }
+
+/// A field table from pairs.
+pub fn table(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(lapin::types::ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// A long-string field value.
+pub fn s(v: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(lapin::types::LongString::from(v))
+}
+
+/// A 32-bit integer field value.
+pub fn int(v: i32) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongInt(v)
+}

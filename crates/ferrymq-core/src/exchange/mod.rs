@@ -1,18 +1,29 @@
 //! Exchanges, their bindings and routing.
 
+mod delayed;
 mod headers;
 mod topic;
 
+pub use delayed::DelayedMessages;
 pub use headers::headers_match;
 pub use topic::{topic_match, TopicPattern, TopicTrie};
 
 use crate::error::{CoreError, CoreResult};
-use crate::message::LazyHeaders;
+use crate::expiry::{instant_of, now_ms};
+use crate::message::{LazyHeaders, Message};
 use crate::queue::Queue;
+use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
-use parking_lot::RwLock;
+use crate::vhost::VHost;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
+
+/// Exchange type of RabbitMQ's delayed-message plugin.
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+/// Header giving a message's delay in milliseconds on a delayed-message exchange.
+pub const DELAY_HEADER: &str = "x-delay";
 
 /// The routing algorithm of an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,15 +129,27 @@ pub struct ExchangeOptions {
     pub arguments: FieldTable,
 }
 
+/// The waiting messages of a delayed-message exchange and its pending timer.
+struct Delay {
+    msgs: DelayedMessages,
+    timer_at: Option<u64>,
+}
+
 /// An exchange and its bindings.
 pub struct Exchange {
     /// Name, empty for the default exchange.
     pub name: String,
-    /// Routing algorithm.
+    /// Routing algorithm (for a delayed-message exchange, its `x-delayed-type`).
     pub kind: ExchangeKind,
     /// Declaration options.
     pub options: ExchangeOptions,
     bindings: RwLock<Bindings>,
+    /// Set for `x-delayed-message` exchanges.
+    delay: Option<Mutex<Delay>>,
+    /// Alternate exchange set by a policy (a declared argument takes precedence).
+    policy_ae: RwLock<Option<String>>,
+    /// The vhost delayed messages are routed in when their time comes.
+    home: OnceLock<Weak<VHost>>,
 }
 
 impl Exchange {
@@ -137,15 +160,105 @@ impl Exchange {
             kind,
             options,
             bindings: RwLock::new(Bindings::default()),
+            delay: None,
+            policy_ae: RwLock::new(None),
+            home: OnceLock::new(),
         }
     }
 
-    /// The alternate exchange for unroutable messages, if configured.
-    pub fn alternate_exchange(&self) -> Option<&str> {
-        self.options
+    /// A delayed-message exchange that routes as `kind` once a message's delay has passed.
+    pub fn delayed(
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+        msgs: DelayedMessages,
+        home: Weak<VHost>,
+    ) -> Arc<Self> {
+        let mut x = Exchange::new(name, kind, options);
+        x.delay = Some(Mutex::new(Delay {
+            msgs,
+            timer_at: None,
+        }));
+        let _ = x.home.set(home);
+        let x = Arc::new(x);
+        x.arm_delay();
+        x
+    }
+
+    /// The exchange type as declared (`direct`, ..., `x-delayed-message`).
+    pub fn type_name(&self) -> &'static str {
+        if self.delay.is_some() {
+            DELAYED_TYPE
+        } else {
+            self.kind.as_str()
+        }
+    }
+
+    /// The alternate exchange for unroutable messages, if configured (declared argument
+    /// first, then policy).
+    pub fn alternate_exchange(&self) -> Option<String> {
+        match self
+            .options
             .arguments
             .get("alternate-exchange")
             .and_then(FieldValue::as_str)
+        {
+            Some(a) => Some(a.to_string()),
+            None => self.policy_ae.read().clone(),
+        }
+    }
+
+    /// Sets (or clears) the alternate exchange given by a policy.
+    pub fn set_policy_alternate_exchange(&self, ae: Option<String>) {
+        *self.policy_ae.write() = ae;
+    }
+
+    /// Whether this is a delayed-message exchange.
+    pub fn is_delayed(&self) -> bool {
+        self.delay.is_some()
+    }
+
+    /// Number of messages waiting for their delay (0 for other exchanges).
+    pub fn delayed_count(&self) -> usize {
+        self.delay.as_ref().map_or(0, |d| d.lock().msgs.len())
+    }
+
+    /// Holds a message on a delayed-message exchange for `delay_ms`. Returns the
+    /// group-commit ticket after which it is on disk, when it had to be made durable.
+    pub fn hold(self: &Arc<Self>, msg: Arc<Message>, delay_ms: u64) -> CoreResult<Option<u64>> {
+        let Some(d) = &self.delay else {
+            return Err(CoreError::Internal(format!(
+                "exchange '{}' does not delay",
+                self.name
+            )));
+        };
+        let at = now_ms().saturating_add(delay_ms);
+        let ticket = d
+            .lock()
+            .msgs
+            .hold(msg, at)
+            .map_err(|e| CoreError::Internal(format!("cannot hold a delayed message: {e}")))?;
+        self.arm_delay();
+        Ok(ticket)
+    }
+
+    fn arm_delay(self: &Arc<Self>) {
+        let Some(d) = &self.delay else { return };
+        let mut d = d.lock();
+        let Some(at) = d.msgs.next() else { return };
+        if d.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        d.timer_at = Some(at);
+        let me: Weak<dyn Timed> = Arc::downgrade(self) as Weak<dyn Timed>;
+        timers::schedule(instant_of(at), me);
+    }
+
+    /// Drops the messages a deleted delayed-message exchange was holding.
+    pub fn destroy_delayed(&self) {
+        if let Some(d) = &self.delay {
+            d.lock().msgs.destroy();
+        }
     }
 
     /// Adds a binding; binding twice is a no-op, as in AMQP.
@@ -243,11 +356,12 @@ impl Exchange {
         }
     }
 
-    /// Checks that a redeclaration matches this exchange, as RabbitMQ does.
+    /// Checks that a redeclaration (of declared type `type_name`) matches this exchange, as
+    /// RabbitMQ does.
     pub fn check_equivalent(
         &self,
         vhost: &str,
-        kind: ExchangeKind,
+        type_name: &str,
         options: &ExchangeOptions,
     ) -> CoreResult<()> {
         let fail = |what: &str, got: String, cur: String| {
@@ -256,8 +370,8 @@ impl Exchange {
                 self.name
             )))
         };
-        if kind != self.kind {
-            return fail("type", kind.as_str().into(), self.kind.as_str().into());
+        if type_name != self.type_name() {
+            return fail("type", type_name.into(), self.type_name().into());
         }
         if options.durable != self.options.durable {
             return fail(
@@ -280,13 +394,39 @@ impl Exchange {
                 self.options.internal.to_string(),
             );
         }
-        check_args_equivalent(&self.options.arguments, &options.arguments, &["alternate-exchange"])
+        check_args_equivalent(
+            &self.options.arguments,
+            &options.arguments,
+            &["alternate-exchange", "x-delayed-type"],
+        )
             .map_err(|(k, got, cur)| {
                 CoreError::PreconditionFailed(format!(
                     "inequivalent arg '{k}' for exchange '{}' in vhost '{vhost}': received {got} but current is {cur}",
                     self.name
                 ))
             })
+    }
+}
+
+impl Timed for Exchange {
+    fn on_timer(self: Arc<Self>, _now: Instant) {
+        let Some(d) = &self.delay else { return };
+        let due = {
+            let mut d = d.lock();
+            d.timer_at = None;
+            d.msgs.take_due(now_ms())
+        };
+        if !due.is_empty() {
+            if let Some(home) = self.home.get().and_then(Weak::upgrade) {
+                for (msg, pos) in due {
+                    home.route_delayed(&self, msg);
+                    if let Some(pos) = pos {
+                        d.lock().msgs.sent(pos);
+                    }
+                }
+            }
+        }
+        self.arm_delay();
     }
 }
 

@@ -1,0 +1,200 @@
+//! Dead-lettering: the copy of a message a queue republishes to its dead-letter exchange,
+//! with the `x-death` history exactly as RabbitMQ writes it, and the cycle rule that keeps
+//! such copies from circulating for ever.
+
+use crate::message::Message;
+use crate::value::{FieldTable, FieldValue};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a message left its queue for the dead-letter exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    /// basic.reject / basic.nack with requeue = false.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// The queue was over a length limit.
+    Maxlen,
+    /// It came back more often than the queue's delivery limit.
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    /// The reason as written in `x-death`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// A message leaving a queue to be dead-lettered.
+pub struct DeadLetter {
+    /// The message as it sat in the queue.
+    pub message: Arc<Message>,
+    /// Why.
+    pub reason: DeathReason,
+}
+
+fn text(t: &FieldTable, k: &str) -> Option<String> {
+    t.get(k).and_then(FieldValue::as_str).map(str::to_string)
+}
+
+/// Builds the dead-lettered copy of `msg` leaving `queue` for `exchange`: `x-death` gains
+/// (or counts up) the entry for this queue and reason and moves it to the front,
+/// `x-first-death-*` are set once, and a per-message `expiration` moves into the entry as
+/// `original-expiration` so the copy does not expire again. Returns `None` if the message
+/// cannot be rebuilt (its property block was validated on arrival, so this does not happen).
+pub fn dead_letter_copy(
+    msg: &Message,
+    queue: &str,
+    reason: DeathReason,
+    exchange: &str,
+    routing_key: Option<&str>,
+) -> Option<Message> {
+    let mut props = msg.properties();
+    let mut headers = props.headers.take().unwrap_or_default();
+    let mut deaths: Vec<FieldValue> = match headers.get("x-death") {
+        Some(FieldValue::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let same = |d: &FieldValue| match d {
+        FieldValue::Table(t) => {
+            text(t, "queue").as_deref() == Some(queue)
+                && text(t, "reason").as_deref() == Some(reason.as_str())
+        }
+        _ => false,
+    };
+    let entry = match deaths.iter().position(same) {
+        Some(i) => {
+            let mut e = deaths.remove(i);
+            if let FieldValue::Table(t) = &mut e {
+                let n = t.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
+                t.insert("count", FieldValue::I64(n.saturating_add(1)));
+            }
+            e
+        }
+        None => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut t = FieldTable::new();
+            t.insert("count", FieldValue::I64(1));
+            t.insert("reason", FieldValue::string(reason.as_str()));
+            t.insert("queue", FieldValue::string(queue));
+            t.insert("time", FieldValue::Timestamp(now));
+            t.insert("exchange", FieldValue::string(msg.exchange()));
+            t.insert(
+                "routing-keys",
+                FieldValue::Array(vec![FieldValue::string(msg.routing_key())]),
+            );
+            if let Some(exp) = &props.expiration {
+                t.insert("original-expiration", FieldValue::string(exp.clone()));
+            }
+            FieldValue::Table(t)
+        }
+    };
+    deaths.insert(0, entry);
+    headers.insert("x-death", FieldValue::Array(deaths));
+    for (k, v) in [
+        ("x-first-death-reason", reason.as_str()),
+        ("x-first-death-queue", queue),
+        ("x-first-death-exchange", msg.exchange()),
+    ] {
+        if headers.get(k).is_none() {
+            headers.insert(k, FieldValue::string(v));
+        }
+    }
+    props.headers = Some(headers);
+    props.expiration = None;
+    let key = routing_key.unwrap_or(msg.routing_key());
+    msg.republished(exchange, key, &props).ok()
+}
+
+/// Whether delivering a dead-lettered message to `queue` would close a cycle with no
+/// rejection in it, in which case RabbitMQ drops it for that queue. The history is read most
+/// recent first: a rejection means a consumer is in the loop, so it may go on.
+pub fn is_cycle(msg: &Message, queue: &str) -> bool {
+    let Some(headers) = msg.headers() else {
+        return false;
+    };
+    let Some(FieldValue::Array(deaths)) = headers.get("x-death") else {
+        return false;
+    };
+    for d in deaths {
+        if let FieldValue::Table(t) = d {
+            if text(t, "reason").as_deref() == Some("rejected") {
+                return false;
+            }
+            if text(t, "queue").as_deref() == Some(queue) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Properties;
+    use bytes::Bytes;
+
+    fn deaths(m: &Message) -> Vec<FieldTable> {
+        match m.headers().and_then(|h| h.get("x-death").cloned()) {
+            Some(FieldValue::Array(a)) => a
+                .into_iter()
+                .filter_map(|v| match v {
+                    FieldValue::Table(t) => Some(t),
+                    _ => None,
+                })
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn history_counts_up_moves_to_front_and_keeps_first_death() {
+        let props = Properties {
+            expiration: Some("60000".into()),
+            ..Default::default()
+        };
+        let m =
+            Message::from_properties("orders", "new", &props, Bytes::from_static(b"x")).unwrap();
+        let a = dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).unwrap();
+        assert_eq!(a.exchange(), "dlx");
+        assert_eq!(a.routing_key(), "new");
+        assert_eq!(a.properties().expiration, None);
+        let d = deaths(&a);
+        assert_eq!(d.len(), 1);
+        assert_eq!(text(&d[0], "original-expiration").as_deref(), Some("60000"));
+        assert_eq!(text(&d[0], "exchange").as_deref(), Some("orders"));
+        let b = dead_letter_copy(&a, "wait", DeathReason::Expired, "retry", Some("new")).unwrap();
+        let c = dead_letter_copy(&b, "work", DeathReason::Rejected, "dlx", None).unwrap();
+        let d = deaths(&c);
+        assert_eq!(d.len(), 2);
+        assert_eq!(text(&d[0], "queue").as_deref(), Some("work"));
+        assert_eq!(d[0].get("count").and_then(FieldValue::as_i64), Some(2));
+        assert_eq!(text(&d[1], "reason").as_deref(), Some("expired"));
+        let h = c.headers().unwrap();
+        assert_eq!(text(&h, "x-first-death-queue").as_deref(), Some("work"));
+        assert_eq!(
+            text(&h, "x-first-death-reason").as_deref(),
+            Some("rejected")
+        );
+        assert_eq!(
+            text(&h, "x-first-death-exchange").as_deref(),
+            Some("orders")
+        );
+        // Through a rejection, going back to "work" or "wait" is not a cycle.
+        assert!(!is_cycle(&c, "wait"));
+        // Expired in "wait" and again in "a": back to "wait" with no consumer involved is.
+        let e = dead_letter_copy(&b, "a", DeathReason::Expired, "x", None).unwrap();
+        assert!(is_cycle(&e, "a"));
+        assert!(!is_cycle(&e, "elsewhere"));
+    }
+}

@@ -1,0 +1,110 @@
+//! Per-queue message deadlines (TTL): a map from sequence number to deadline, and a heap
+//! ordered by deadline that tells the queue when to wake up.
+//!
+//! Entries of messages that were delivered and acked stay in the heap until their deadline
+//! (removing from the middle of a heap is costly); they are skipped then, and the heap is
+//! rebuilt from the map when stale entries outnumber live ones.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Milliseconds on the process's monotonic clock.
+pub fn now_ms() -> u64 {
+    base().elapsed().as_millis() as u64
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// The instant of a deadline given by [`now_ms`]'s clock.
+pub fn instant_of(ms: u64) -> Instant {
+    base() + Duration::from_millis(ms)
+}
+
+/// Deadlines of one queue's messages.
+#[derive(Default)]
+pub struct Deadlines {
+    by_seq: HashMap<u64, u64>,
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+}
+
+impl Deadlines {
+    /// Records that message `seq` expires at `at` (ms).
+    pub fn add(&mut self, seq: u64, at: u64) {
+        self.by_seq.insert(seq, at);
+        self.heap.push(Reverse((at, seq)));
+        if self.heap.len() > 2 * self.by_seq.len() + 1024 {
+            self.heap = self.by_seq.iter().map(|(&s, &a)| Reverse((a, s))).collect();
+        }
+    }
+
+    /// Whether message `seq` has a deadline before `now`. A message is still deliverable
+    /// within the millisecond of its deadline, so a TTL of 0 reaches a consumer that is
+    /// waiting when it arrives, as in RabbitMQ.
+    pub fn is_due(&self, seq: u64, now: u64) -> bool {
+        self.by_seq.get(&seq).is_some_and(|&at| at < now)
+    }
+
+    /// The message left the queue for good (acked, dead-lettered).
+    pub fn forget(&mut self, seq: u64) {
+        if !self.by_seq.is_empty() {
+            self.by_seq.remove(&seq);
+        }
+    }
+
+    /// Whether no message has a deadline.
+    pub fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    /// Sequence numbers whose deadline passed, earliest first, each returned once. The
+    /// caller [`forget`](Deadlines::forget)s those it could expire; the others (delivered,
+    /// or paged to disk) are checked again when they come back or reach the head.
+    pub fn take_due(&mut self, now: u64) -> Vec<u64> {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, seq))) = self.heap.peek() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            if self.by_seq.get(&seq) == Some(&at) {
+                due.push(seq);
+            }
+        }
+        due
+    }
+
+    /// The earliest deadline still pending, if any.
+    pub fn next(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Drops everything (purge, delete).
+    pub fn clear(&mut self) {
+        self.by_seq.clear();
+        self.heap.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_entries_come_out_in_deadline_order_and_forgotten_ones_never() {
+        let mut d = Deadlines::default();
+        d.add(1, 300);
+        d.add(2, 100);
+        d.add(3, 200);
+        d.forget(3);
+        assert!(d.is_due(2, 101) && !d.is_due(2, 100) && !d.is_due(1, 299));
+        assert_eq!(d.take_due(250), vec![2]);
+        assert_eq!(d.next(), Some(300));
+        assert_eq!(d.take_due(1000), vec![1]);
+        assert!(d.take_due(2000).is_empty());
+    }
+}

@@ -1,0 +1,313 @@
+//! A queue's feature settings, from its `x-` declaration arguments and the policy that applies
+//! to it, validated as RabbitMQ validates them.
+
+use crate::error::{CoreError, CoreResult};
+use crate::value::{FieldTable, FieldValue};
+use serde_json::{Map, Value};
+
+/// What a queue does when a publish would take it over its length limits (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (dead-letter) the oldest messages to make room.
+    #[default]
+    DropHead,
+    /// Refuse the new message (basic.nack under confirms).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+impl Overflow {
+    fn parse(s: &str) -> Option<Overflow> {
+        match s {
+            "drop-head" => Some(Overflow::DropHead),
+            "reject-publish" => Some(Overflow::RejectPublish),
+            "reject-publish-dlx" => Some(Overflow::RejectPublishDlx),
+            _ => None,
+        }
+    }
+}
+
+/// Message deduplication settings (`x-message-deduplication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupConfig {
+    /// How many recent keys are remembered (`x-cache-size`).
+    pub cache_size: usize,
+    /// How long a key is remembered, in ms (`x-cache-ttl`); forever when absent.
+    pub cache_ttl: Option<u64>,
+}
+
+/// Default number of deduplication keys remembered when `x-cache-size` is not given.
+pub const DEFAULT_DEDUP_CACHE: usize = 100_000;
+
+/// The effective feature settings of a queue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueConfig {
+    /// Per-queue message TTL in ms (`x-message-ttl`).
+    pub message_ttl: Option<u64>,
+    /// Queue expiry after this many ms unused (`x-expires`).
+    pub expires: Option<u64>,
+    /// Most ready messages (`x-max-length`).
+    pub max_length: Option<u64>,
+    /// Most ready body bytes (`x-max-length-bytes`).
+    pub max_length_bytes: Option<u64>,
+    /// What to do beyond the limits.
+    pub overflow: Overflow,
+    /// Where dead letters go (`x-dead-letter-exchange`).
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key for dead letters, instead of their own (`x-dead-letter-routing-key`).
+    pub dead_letter_routing_key: Option<String>,
+    /// Priority levels above 0 (`x-max-priority`); fixed at declaration.
+    pub max_priority: Option<u8>,
+    /// Deliveries a message may come back from before it is dead-lettered
+    /// (`x-delivery-limit`).
+    pub delivery_limit: Option<u64>,
+    /// Only one consumer receives at a time (`x-single-active-consumer`); fixed at declaration.
+    pub single_active_consumer: bool,
+    /// Duplicate suppression (`x-message-deduplication`).
+    pub dedup: Option<DedupConfig>,
+}
+
+fn invalid(queue: &str, vhost: &str, arg: &str, reason: String) -> CoreError {
+    CoreError::InvalidArgument(format!(
+        "invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {reason}"
+    ))
+}
+
+/// Checks an integer argument against a range, with RabbitMQ's reasons.
+fn check_int(v: &FieldValue, min: i64, max: i64) -> Result<u64, String> {
+    match v.as_i64() {
+        None => Err(format!(
+            "\"expected integer, got {}\"",
+            v.rabbit_type_name()
+        )),
+        Some(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),
+        Some(n) if n < min => Err(format!("{{value_zero,{n}}}")),
+        Some(n) if n > max => Err(format!("{{max_value_exceeded,{n}}}")),
+        Some(n) => Ok(n as u64),
+    }
+}
+
+fn check_str(v: &FieldValue) -> Result<&str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{{unacceptable_type,{}}}", v.rabbit_type_name()))
+}
+
+fn check_bool(v: &FieldValue) -> Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| format!("{{unacceptable_type,{}}}", v.rabbit_type_name()))
+}
+
+impl QueueConfig {
+    /// Validates declaration arguments and builds the settings they ask for. Errors are 406
+    /// PRECONDITION_FAILED naming the argument. Unknown `x-` arguments are ignored, as
+    /// RabbitMQ ignores them.
+    pub fn from_args(queue: &str, vhost: &str, args: &FieldTable) -> CoreResult<QueueConfig> {
+        let mut c = QueueConfig::default();
+        let mut dedup = false;
+        let (mut cache_size, mut cache_ttl) = (None, None);
+        for (k, v) in args.iter() {
+            let bad = |reason: String| invalid(queue, vhost, k, reason);
+            match k.as_str() {
+                "x-message-ttl" => {
+                    c.message_ttl = Some(check_int(v, 0, u32::MAX as i64).map_err(bad)?)
+                }
+                "x-expires" => c.expires = Some(check_int(v, 1, u32::MAX as i64).map_err(bad)?),
+                "x-max-length" => c.max_length = Some(check_int(v, 0, i64::MAX).map_err(bad)?),
+                "x-max-length-bytes" => {
+                    c.max_length_bytes = Some(check_int(v, 0, i64::MAX).map_err(bad)?)
+                }
+                "x-max-priority" => c.max_priority = Some(check_int(v, 0, 255).map_err(bad)? as u8),
+                "x-delivery-limit" => {
+                    c.delivery_limit = Some(check_int(v, 0, i64::MAX).map_err(bad)?)
+                }
+                "x-overflow" => {
+                    let s = check_str(v).map_err(bad)?;
+                    c.overflow = Overflow::parse(s)
+                        .ok_or_else(|| bad(format!("{{unknown_overflow_mode,<<\"{s}\">>}}")))?;
+                }
+                "x-dead-letter-exchange" => {
+                    c.dead_letter_exchange = Some(check_str(v).map_err(bad)?.to_string())
+                }
+                "x-dead-letter-routing-key" => {
+                    c.dead_letter_routing_key = Some(check_str(v).map_err(bad)?.to_string())
+                }
+                "x-single-active-consumer" => {
+                    c.single_active_consumer = check_bool(v).map_err(bad)?
+                }
+                "x-message-deduplication" => dedup = check_bool(v).map_err(bad)?,
+                "x-cache-size" => cache_size = Some(check_int(v, 1, i64::MAX).map_err(bad)?),
+                "x-cache-ttl" => cache_ttl = Some(check_int(v, 0, i64::MAX).map_err(bad)?),
+                _ => {}
+            }
+        }
+        if c.dead_letter_routing_key.is_some() && c.dead_letter_exchange.is_none() {
+            return Err(invalid(
+                queue,
+                vhost,
+                "x-dead-letter-routing-key",
+                "routing key set without x-dead-letter-exchange".into(),
+            ));
+        }
+        if dedup {
+            c.dedup = Some(DedupConfig {
+                cache_size: cache_size.map_or(DEFAULT_DEDUP_CACHE, |n| n as usize),
+                cache_ttl,
+            });
+        }
+        Ok(c)
+    }
+
+    /// Layers a policy definition under the declared settings, as RabbitMQ resolves them:
+    /// for limits and TTLs the smaller value wins; for the rest the declaration wins.
+    pub fn with_policy(mut self, def: Option<&Map<String, Value>>) -> QueueConfig {
+        let Some(def) = def else { return self };
+        let num = |k: &str| def.get(k).and_then(Value::as_u64);
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.message_ttl = min(self.message_ttl, num("message-ttl"));
+        self.expires = min(self.expires, num("expires").filter(|n| *n > 0));
+        self.max_length = min(self.max_length, num("max-length"));
+        self.max_length_bytes = min(self.max_length_bytes, num("max-length-bytes"));
+        self.delivery_limit = min(self.delivery_limit, num("delivery-limit"));
+        let text = |k: &str| def.get(k).and_then(Value::as_str).map(str::to_string);
+        if self.dead_letter_exchange.is_none() {
+            self.dead_letter_exchange = text("dead-letter-exchange");
+            if self.dead_letter_routing_key.is_none() {
+                self.dead_letter_routing_key = text("dead-letter-routing-key");
+            }
+        }
+        if let Some(o) = text("overflow").and_then(|s| Overflow::parse(&s)) {
+            if self.overflow == Overflow::DropHead {
+                self.overflow = o;
+            }
+        }
+        self
+    }
+
+    /// Whether a message of `bytes` body bytes still fits when `len` messages of `total`
+    /// bytes are ready.
+    pub fn fits(&self, len: usize, total: usize, bytes: usize) -> bool {
+        self.max_length.is_none_or(|m| (len as u64) < m)
+            && self
+                .max_length_bytes
+                .is_none_or(|m| (total + bytes) as u64 <= m)
+    }
+
+    /// Whether `len` messages of `total` bytes are over the limits.
+    pub fn over(&self, len: usize, total: usize) -> bool {
+        self.max_length.is_some_and(|m| len as u64 > m)
+            || self.max_length_bytes.is_some_and(|m| total as u64 > m)
+    }
+}
+
+/// Checks a policy definition: known keys with values of the right type. Errors name the key.
+pub fn validate_policy_definition(def: &Map<String, Value>) -> CoreResult<()> {
+    for (k, v) in def {
+        let ok = match k.as_str() {
+            "message-ttl" | "max-length" | "max-length-bytes" | "delivery-limit" => v.is_u64(),
+            "expires" => v.as_u64().is_some_and(|n| n > 0),
+            "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => {
+                v.is_string()
+            }
+            "overflow" => v.as_str().and_then(Overflow::parse).is_some(),
+            "queue-mode" => v.is_string(),
+            _ => {
+                return Err(CoreError::InvalidArgument(format!(
+                    "unknown policy key '{k}'"
+                )))
+            }
+        };
+        if !ok {
+            return Err(CoreError::InvalidArgument(format!(
+                "invalid value {v} for policy key '{k}'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(kv: &[(&str, FieldValue)]) -> FieldTable {
+        let mut t = FieldTable::new();
+        for (k, v) in kv {
+            t.insert(*k, v.clone());
+        }
+        t
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        for (k, v, want) in [
+            ("x-message-ttl", FieldValue::I32(-1), "{value_negative,-1}"),
+            (
+                "x-max-priority",
+                FieldValue::I32(256),
+                "{max_value_exceeded,256}",
+            ),
+            (
+                "x-overflow",
+                FieldValue::string("sideways"),
+                "unknown_overflow_mode",
+            ),
+            (
+                "x-single-active-consumer",
+                FieldValue::I32(1),
+                "unacceptable_type",
+            ),
+            (
+                "x-dead-letter-exchange",
+                FieldValue::I32(1),
+                "unacceptable_type",
+            ),
+        ] {
+            let e = QueueConfig::from_args("q", "/", &args(&[(k, v)])).unwrap_err();
+            assert_eq!(e.reply_code(), 406);
+            let t = e.to_string();
+            assert!(
+                t.contains(&format!("invalid arg '{k}' for queue 'q'")),
+                "{t}"
+            );
+            assert!(t.contains(want), "{t}");
+        }
+        let e = QueueConfig::from_args(
+            "q",
+            "/",
+            &args(&[("x-dead-letter-routing-key", FieldValue::string("k"))]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x-dead-letter-routing-key"));
+    }
+
+    #[test]
+    fn policy_limits_take_the_smaller_and_declared_dlx_wins() {
+        let c = QueueConfig::from_args(
+            "q",
+            "/",
+            &args(&[
+                ("x-max-length", FieldValue::I32(10)),
+                ("x-dead-letter-exchange", FieldValue::string("mine")),
+            ]),
+        )
+        .unwrap();
+        let def: Map<String, Value> = serde_json::from_str(
+            r#"{"max-length": 5, "message-ttl": 1000, "dead-letter-exchange": "theirs"}"#,
+        )
+        .unwrap();
+        let c = c.with_policy(Some(&def));
+        assert_eq!(c.max_length, Some(5));
+        assert_eq!(c.message_ttl, Some(1000));
+        assert_eq!(c.dead_letter_exchange.as_deref(), Some("mine"));
+        assert!(validate_policy_definition(&def).is_ok());
+        let bad: Map<String, Value> = serde_json::from_str(r#"{"max-length": "x"}"#).unwrap();
+        assert!(validate_policy_definition(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("max-length"));
+    }
+}
