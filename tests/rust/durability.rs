@@ -548,3 +548,69 @@ async fn a_committed_transaction_survives_kill_9() {
     }
     assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
 }
+
+#[tokio::test]
+async fn priority_queues_and_delayed_messages_survive_kill_9() {
+    use common::{int, s as lstr, table};
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("pq", dq, table(&[("x-max-priority", int(5))]))
+        .await
+        .unwrap();
+    for (body, p) in [("low-1", 0), ("high", 5), ("low-2", 0), ("mid", 3)] {
+        publish_confirmed(
+            &ch,
+            "",
+            "pq",
+            body.as_bytes(),
+            persistent().with_priority(p),
+        )
+        .await;
+    }
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "later",
+        ExchangeKind::Custom("x-delayed-message".into()),
+        durable,
+        table(&[("x-delayed-type", lstr("fanout"))]),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare("inbox", dq, FieldTable::default())
+        .await
+        .unwrap();
+    bind(&ch, "inbox", "later", "").await.unwrap();
+    let delayed = persistent().with_headers(table(&[("x-delay", int(1500))]));
+    publish_confirmed(&ch, "later", "", b"wake me", delayed).await;
+    s.kill9();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    let mut got = Vec::new();
+    while let Some(m) = get(&ch, "pq").await {
+        got.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    assert_eq!(got, ["high", "mid", "low-1", "low-2"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(m) = get(&ch, "inbox").await {
+            assert_eq!(m.delivery.data, b"wake me");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delayed message never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

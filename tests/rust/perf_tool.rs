@@ -154,3 +154,28 @@ fn bad_arguments_are_refused_with_a_reason() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("must start with amqp://"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiration_spread_gives_every_message_a_ttl_in_range() {
+    let b = start().await;
+    let a = args(
+        &b,
+        &[
+            "--publish-only",
+            "--pmessages",
+            "500",
+            "--confirm",
+            "100",
+            "--expiration-spread",
+            "100",
+            "--queue-prefix",
+            "ttl",
+        ],
+    );
+    let r = run_throughput(&a, false).await.unwrap();
+    assert_eq!((r.published, r.confirmed), (500, 500));
+    let q = b.broker().vhost("/").unwrap().queue("ttl-0", 0).unwrap();
+    // TTLs of 100-200 ms: everything is gone well within the wait limit.
+    eventually(|| q.counts().messages == 0, "every message to expire").await;
+    b.stop().await;
+}

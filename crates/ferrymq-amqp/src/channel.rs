@@ -1068,10 +1068,6 @@ impl Channel {
             self.shared.closed.store(true, Ordering::Relaxed);
             st.unacked.drain(..).collect()
         };
-        let tags: Vec<String> = self.consumers.keys().cloned().collect();
-        for t in tags {
-            self.cancel_consumer(ctx, &t);
-        }
         let mut all = taken;
         if let Some(tx) = self.tx.take() {
             for (t, _) in tx.settles {
@@ -1079,8 +1075,15 @@ impl Channel {
             }
         }
         all.sort_by_key(|u| u.tag);
+        // Requeued before the consumers go, so a single-active-consumer queue hands its
+        // next consumer the returned messages first, in order (the closed channel refuses
+        // deliveries meanwhile).
         for (q, msgs) in group_by_queue(all) {
             q.requeue(msgs);
+        }
+        let tags: Vec<String> = self.consumers.keys().cloned().collect();
+        for t in tags {
+            self.cancel_consumer(ctx, &t);
         }
         self.content = None;
     }

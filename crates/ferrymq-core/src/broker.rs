@@ -330,4 +330,36 @@ mod tests {
             Some(530)
         );
     }
+
+    #[test]
+    fn policies_are_saved_and_applied_again_after_a_restart() {
+        use crate::persist::{PersistConfig, Persistence};
+        use crate::policy::Policy;
+        use crate::queue::QueueOptions;
+        let d = tempfile::tempdir().unwrap();
+        let open = || {
+            let p = Persistence::open(PersistConfig::new(d.path())).unwrap();
+            Broker::open(BrokerConfig::default(), p).unwrap()
+        };
+        let b = open();
+        let v = b.vhost("/").unwrap();
+        let def = serde_json::from_str(r#"{"message-ttl": 5000}"#).unwrap();
+        v.set_policy(Policy::new("ttl", "^t", "queues", 1, def).unwrap())
+            .unwrap();
+        let durable = QueueOptions {
+            durable: true,
+            ..Default::default()
+        };
+        v.declare_queue("tq", durable, false, 1).unwrap();
+        b.persistence().unwrap().stop();
+        drop((v, b));
+        let b = open();
+        let v = b.vhost("/").unwrap();
+        assert_eq!(v.policies().len(), 1);
+        let q = v.queue("tq", 1).unwrap();
+        assert_eq!(q.config().message_ttl, Some(5000));
+        v.clear_policy("ttl").unwrap();
+        assert_eq!(q.config().message_ttl, None);
+        assert!(v.clear_policy("ttl").is_err());
+    }
 }

@@ -51,8 +51,12 @@ impl Deadlines {
 
     /// The message left the queue for good (acked, dead-lettered).
     pub fn forget(&mut self, seq: u64) {
-        if !self.by_seq.is_empty() {
-            self.by_seq.remove(&seq);
+        if !self.by_seq.is_empty() && self.by_seq.remove(&seq).is_some() && self.by_seq.is_empty() {
+            // Every heap entry is stale now; give back what a large backlog needed.
+            if self.by_seq.capacity() > 4096 {
+                self.by_seq = HashMap::new();
+            }
+            self.heap = BinaryHeap::new();
         }
     }
 

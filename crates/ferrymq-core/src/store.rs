@@ -70,7 +70,13 @@ impl MessageStore for MemoryStore {
 
     fn shift(&mut self) -> Option<QueuedMessage> {
         loop {
-            let m = self.ready.pop_front()?;
+            let Some(m) = self.ready.pop_front() else {
+                // Drained: give back what a deep backlog needed.
+                if self.ready.capacity() > 65536 {
+                    self.ready = VecDeque::new();
+                }
+                return None;
+            };
             if m.is_tombstone() {
                 self.dead -= 1;
                 continue;

@@ -204,7 +204,8 @@ impl VHost {
                 Some(p) => DelayedMessages::on_disk(
                     p.clone(),
                     p.delayed_dir(&self.name, name),
-                    options.durable && recover,
+                    options.durable,
+                    recover,
                 )
                 .map_err(|e| CoreError::Internal(format!("delayed exchange '{name}': {e}")))?,
             };

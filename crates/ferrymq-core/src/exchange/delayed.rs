@@ -74,16 +74,18 @@ impl DelayedMessages {
         }
     }
 
-    /// Messages kept in `dir`. A durable exchange recovers the persistent messages a
-    /// previous run left there; otherwise leftovers are removed.
+    /// Messages kept in `dir`; a durable exchange keeps persistent messages across restarts.
+    /// With `recover` (a durable exchange restored at start) the messages a previous run left
+    /// there come back; otherwise leftovers are removed.
     pub fn on_disk(
         persist: Arc<Persistence>,
         dir: PathBuf,
         durable: bool,
+        recover: bool,
     ) -> Result<Self, StoreError> {
         let mut d = DelayedMessages::in_memory();
         if dir.exists() {
-            if durable {
+            if durable && recover {
                 d.recover(&persist, &dir)?;
             } else {
                 std::fs::remove_dir_all(&dir)

@@ -147,19 +147,28 @@ impl Conn {
     }
 }
 
-/// The frames of one publish, encoded once; only the body's first 16 bytes change.
+/// Digits of the fixed-width `expiration` property written by templates with expirations.
+const EXPIRATION_DIGITS: usize = 10;
+
+/// The frames of one publish, encoded once; only the body's first 16 bytes change (and the
+/// expiration digits, when messages get varied TTLs).
 pub struct PublishTemplate {
     bytes: Vec<u8>,
     body_at: usize,
+    /// Where the expiration digits are and the spread of TTLs, if messages carry one.
+    expiration: Option<(usize, u64)>,
 }
 
 impl PublishTemplate {
     /// Encodes basic.publish + header + one body frame for `size`-byte bodies.
+    /// With `expiration_spread` > 0 every message carries a different per-message TTL
+    /// between `spread` and `2 * spread` ms, in no particular order.
     pub fn new(
         exchange: &str,
         key: &str,
         size: usize,
         persistent: bool,
+        expiration_spread: u64,
         frame_max: u32,
     ) -> anyhow::Result<Self> {
         if size + 8 > frame_max as usize {
@@ -178,9 +187,13 @@ impl PublishTemplate {
         );
         let props = Properties {
             delivery_mode: Some(if persistent { 2 } else { 1 }),
+            expiration: (expiration_spread > 0).then(|| "0".repeat(EXPIRATION_DIGITS)),
             ..Default::default()
         };
         encode_header_properties(&mut b, 1, size as u64, &props);
+        // The expiration is the last property written, so its digits end the header frame.
+        let expiration =
+            (expiration_spread > 0).then(|| (b.len() - 1 - EXPIRATION_DIGITS, expiration_spread));
         b.put_u8(3);
         b.put_u16(1);
         b.put_u32(size as u32);
@@ -190,6 +203,7 @@ impl PublishTemplate {
         Ok(PublishTemplate {
             bytes: b.to_vec(),
             body_at,
+            expiration,
         })
     }
 
@@ -200,6 +214,14 @@ impl PublishTemplate {
         let at = start + self.body_at;
         out[at..at + 8].copy_from_slice(&sent_nanos.to_be_bytes());
         out[at + 8..at + 16].copy_from_slice(&seq.to_be_bytes());
+        if let Some((exp_at, spread)) = self.expiration {
+            // A multiplicative hash spreads consecutive messages over the whole range.
+            let ttl = spread + seq.wrapping_mul(2_654_435_761) % spread;
+            let digits = format!("{ttl:0width$}", width = EXPIRATION_DIGITS);
+            let at = start + exp_at;
+            out[at..at + EXPIRATION_DIGITS]
+                .copy_from_slice(&digits.as_bytes()[..EXPIRATION_DIGITS]);
+        }
     }
 }
 

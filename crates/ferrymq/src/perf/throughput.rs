@@ -40,6 +40,9 @@ pub struct ThroughputArgs {
     /// Publish with delivery_mode 2.
     #[arg(long)]
     pub persistent: bool,
+    /// Give every message its own TTL (`expiration`) between N and 2N ms; 0 = none.
+    #[arg(long, default_value_t = 0)]
+    pub expiration_spread: u64,
     /// Declare the queues durable.
     #[arg(long)]
     pub durable: bool,
@@ -494,11 +497,21 @@ fn templates(a: &ThroughputArgs, frame_max: u32) -> anyhow::Result<Vec<PublishTe
             "",
             a.size,
             a.persistent,
+            a.expiration_spread,
             frame_max,
         )?])
     } else {
         (0..a.queues)
-            .map(|i| PublishTemplate::new("", &a.queue(i), a.size, a.persistent, frame_max))
+            .map(|i| {
+                PublishTemplate::new(
+                    "",
+                    &a.queue(i),
+                    a.size,
+                    a.persistent,
+                    a.expiration_spread,
+                    frame_max,
+                )
+            })
             .collect()
     }
 }
@@ -517,9 +530,23 @@ async fn publish(
         .await?;
     }
     let tpl = if a.fanout {
-        PublishTemplate::new(&a.exchange(), "", a.size, a.persistent, c.frame_max)?
+        PublishTemplate::new(
+            &a.exchange(),
+            "",
+            a.size,
+            a.persistent,
+            a.expiration_spread,
+            c.frame_max,
+        )?
     } else {
-        PublishTemplate::new("", &a.queue(index), a.size, a.persistent, c.frame_max)?
+        PublishTemplate::new(
+            "",
+            &a.queue(index),
+            a.size,
+            a.persistent,
+            a.expiration_spread,
+            c.frame_max,
+        )?
     };
     let Conn {
         mut rd,
