@@ -113,6 +113,10 @@ def test_max_length_drop_head_and_priority(broker):
     ("x-message-ttl", -1, "{value_negative,-1}"),
     ("x-max-length", "ten", "expected integer, got longstr"),
     ("x-max-priority", 256, "{max_value_exceeded,256}"),
+    ("x-expires", 0, "{value_zero,0}"),
+    ("x-overflow", "explode", "invalid_overflow"),
+    ("x-dead-letter-routing-key", "k", "routing_key_but_no_dlx_defined"),
+    ("x-single-active-consumer", "yes", "{unacceptable_type,longstr}"),
 ])
 def test_bad_arguments_are_406_with_rabbitmqs_text(broker, arg, value, reason):
     conn = broker.connect()

@@ -88,11 +88,6 @@ fn check_int(v: &FieldValue, min: i64, max: i64) -> Result<u64, String> {
     }
 }
 
-fn check_str(v: &FieldValue) -> Result<&str, String> {
-    v.as_str()
-        .ok_or_else(|| format!("{{unacceptable_type,{}}}", v.rabbit_type_name()))
-}
-
 fn check_bool(v: &FieldValue) -> Result<bool, String> {
     v.as_bool()
         .ok_or_else(|| format!("{{unacceptable_type,{}}}", v.rabbit_type_name()))
@@ -108,6 +103,15 @@ impl QueueConfig {
         let (mut cache_size, mut cache_ttl) = (None, None);
         for (k, v) in args.iter() {
             let bad = |reason: String| invalid(queue, vhost, k, reason);
+            // String arguments of another type get RabbitMQ's other wording.
+            let check_str = |v: &FieldValue| -> CoreResult<String> {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    CoreError::InvalidArgument(format!(
+                        "invalid type '{}' for arg '{k}' in queue '{queue}' in vhost '{vhost}'",
+                        v.rabbit_type_name()
+                    ))
+                })
+            };
             match k.as_str() {
                 "x-message-ttl" => {
                     c.message_ttl = Some(check_int(v, 0, u32::MAX as i64).map_err(bad)?)
@@ -122,16 +126,11 @@ impl QueueConfig {
                     c.delivery_limit = Some(check_int(v, 0, i64::MAX).map_err(bad)?)
                 }
                 "x-overflow" => {
-                    let s = check_str(v).map_err(bad)?;
-                    c.overflow = Overflow::parse(s)
-                        .ok_or_else(|| bad(format!("{{unknown_overflow_mode,<<\"{s}\">>}}")))?;
+                    c.overflow = Overflow::parse(&check_str(v)?)
+                        .ok_or_else(|| bad("invalid_overflow".into()))?;
                 }
-                "x-dead-letter-exchange" => {
-                    c.dead_letter_exchange = Some(check_str(v).map_err(bad)?.to_string())
-                }
-                "x-dead-letter-routing-key" => {
-                    c.dead_letter_routing_key = Some(check_str(v).map_err(bad)?.to_string())
-                }
+                "x-dead-letter-exchange" => c.dead_letter_exchange = Some(check_str(v)?),
+                "x-dead-letter-routing-key" => c.dead_letter_routing_key = Some(check_str(v)?),
                 "x-single-active-consumer" => {
                     c.single_active_consumer = check_bool(v).map_err(bad)?
                 }
@@ -146,7 +145,7 @@ impl QueueConfig {
                 queue,
                 vhost,
                 "x-dead-letter-routing-key",
-                "routing key set without x-dead-letter-exchange".into(),
+                "routing_key_but_no_dlx_defined".into(),
             ));
         }
         if dedup {
@@ -253,15 +252,10 @@ mod tests {
             (
                 "x-overflow",
                 FieldValue::string("sideways"),
-                "unknown_overflow_mode",
+                "invalid_overflow",
             ),
             (
                 "x-single-active-consumer",
-                FieldValue::I32(1),
-                "unacceptable_type",
-            ),
-            (
-                "x-dead-letter-exchange",
                 FieldValue::I32(1),
                 "unacceptable_type",
             ),
@@ -281,7 +275,16 @@ mod tests {
             &args(&[("x-dead-letter-routing-key", FieldValue::string("k"))]),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("x-dead-letter-routing-key"));
+        assert!(e.to_string().contains("routing_key_but_no_dlx_defined"));
+        let e = QueueConfig::from_args(
+            "q",
+            "/",
+            &args(&[("x-dead-letter-exchange", FieldValue::I32(1))]),
+        )
+        .unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'q'"));
     }
 
     #[test]
