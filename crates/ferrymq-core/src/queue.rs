@@ -419,8 +419,11 @@ impl Queue {
         };
         if let Some(ttl) = ttl {
             let now = now_ms();
-            st.deadlines.add(seq, now.saturating_add(ttl));
-            self.arm(&mut st, now.saturating_add(ttl));
+            // The clock counts whole milliseconds; rounding up means a message never
+            // expires before its TTL (TTL 0 stays "now": deliverable only at once).
+            let at = now.saturating_add(ttl) + u64::from(ttl > 0);
+            st.deadlines.add(seq, at);
+            self.arm(&mut st, at);
         }
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st);

@@ -232,7 +232,8 @@ impl Exchange {
                 self.name
             )));
         };
-        let at = now_ms().saturating_add(delay_ms);
+        // Rounded up to the next whole millisecond: never released before its delay.
+        let at = now_ms().saturating_add(delay_ms) + 1;
         let ticket = d
             .lock()
             .msgs
