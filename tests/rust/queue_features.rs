@@ -89,13 +89,20 @@ fn dlx_args(dlx: &str) -> Vec<(&'static str, AMQPValue)> {
     vec![("x-dead-letter-exchange", s(dlx))]
 }
 
+/// Declares queue `target` and returns the arguments that dead-letter into it through the
+/// default exchange.
+async fn dead_letter_into(ch: &Channel, target: &str) -> Vec<(&'static str, AMQPValue)> {
+    declare(ch, target, FieldTable::default()).await;
+    let mut args = dlx_args("");
+    args.push(("x-dead-letter-routing-key", s(target)));
+    args
+}
+
 #[tokio::test]
 async fn a_message_in_the_middle_expires_on_time_with_no_consumer() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    declare(&ch, "dead", FieldTable::default()).await;
-    let mut args = dlx_args("");
-    args.push(("x-dead-letter-routing-key", s("dead")));
+    let args = dead_letter_into(&ch, "dead").await;
     declare(&ch, "work", table(&args)).await;
     let t0 = Instant::now();
     send(&ch, "", "work", b"first", BasicProperties::default()).await;
@@ -294,9 +301,7 @@ async fn retry_loop_through_a_ttl_wait_queue_counts_laps_in_x_death() {
 async fn delivery_limit_dead_letters_and_counts_deliveries() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    declare(&ch, "poison", FieldTable::default()).await;
-    let mut args = dlx_args("");
-    args.push(("x-dead-letter-routing-key", s("poison")));
+    let mut args = dead_letter_into(&ch, "poison").await;
     args.push(("x-delivery-limit", int(2)));
     declare(&ch, "jobs", table(&args)).await;
     send(&ch, "", "jobs", b"bad", BasicProperties::default()).await;
@@ -331,9 +336,7 @@ async fn delivery_limit_dead_letters_and_counts_deliveries() {
 async fn drop_head_dead_letters_the_oldest() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
-    declare(&ch, "overflowed", FieldTable::default()).await;
-    let mut args = dlx_args("");
-    args.push(("x-dead-letter-routing-key", s("overflowed")));
+    let mut args = dead_letter_into(&ch, "overflowed").await;
     args.push(("x-max-length", int(2)));
     declare(&ch, "bounded", table(&args)).await;
     for body in [b"1", b"2", b"3", b"4"] {
@@ -365,7 +368,6 @@ async fn reject_publish_nacks_the_publisher_and_dlx_variant_dead_letters() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    declare(&ch, "spill", FieldTable::default()).await;
     declare(
         &ch,
         "full",
@@ -394,8 +396,7 @@ async fn reject_publish_nacks_the_publisher_and_dlx_variant_dead_letters() {
     assert!(matches!(confirm(b"1", "full").await, Confirmation::Ack(_)));
     assert!(matches!(confirm(b"2", "full").await, Confirmation::Nack(_)));
     assert_eq!(ready(&ch, "full").await, 1);
-    let mut args = dlx_args("");
-    args.push(("x-dead-letter-routing-key", s("spill")));
+    let mut args = dead_letter_into(&ch, "spill").await;
     args.push(("x-max-length", int(1)));
     args.push(("x-overflow", s("reject-publish-dlx")));
     declare(&ch, "full-dlx", table(&args)).await;
