@@ -22,6 +22,15 @@ async fn open(s: &ServerProcess) -> (Connection, Channel) {
     (c, ch)
 }
 
+/// Declares a durable queue.
+async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name, dq, args).await.unwrap();
+}
+
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
@@ -63,13 +72,7 @@ async fn populate(s: &ServerProcess) {
     )
     .await
     .unwrap();
-    let dq = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("dq", dq, FieldTable::default())
-        .await
-        .unwrap();
+    declare_durable(&ch, "dq", FieldTable::default()).await;
     ch.queue_declare("tq", QueueDeclareOptions::default(), FieldTable::default())
         .await
         .unwrap();
@@ -152,13 +155,7 @@ async fn acked_messages_stay_acked_and_disk_use_falls_after_a_backlog_drains() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let dq = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("backlog", dq, FieldTable::default())
-        .await
-        .unwrap();
+    declare_durable(&ch, "backlog", FieldTable::default()).await;
     let body = vec![b'x'; 1000];
     let mut pending = Vec::new();
     for _ in 0..2000 {
@@ -313,13 +310,7 @@ async fn confirmed_messages_survive_repeated_kill_9_under_load() {
         let s = ServerProcess::start(dir.path(), &[]);
         if round == 0 {
             let (_c, ch) = open(&s).await;
-            let dq = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            ch.queue_declare("crash", dq, FieldTable::default())
-                .await
-                .unwrap();
+            declare_durable(&ch, "crash", FieldTable::default()).await;
         }
         let mut tasks = Vec::new();
         for _ in 0..2 {
@@ -430,13 +421,7 @@ async fn ten_persistent_then_stop(dir: &Path) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let dq = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("c", dq, FieldTable::default())
-        .await
-        .unwrap();
+    declare_durable(&ch, "c", FieldTable::default()).await;
     for i in 0..10 {
         publish_confirmed(&ch, "", "c", format!("m{i}").as_bytes(), persistent()).await;
     }
@@ -519,13 +504,7 @@ async fn a_committed_transaction_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let s = ServerProcess::start(dir.path(), &[]);
     let (_c, ch) = open(&s).await;
-    let dq = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("txq", dq, FieldTable::default())
-        .await
-        .unwrap();
+    declare_durable(&ch, "txq", FieldTable::default()).await;
     ch.tx_select().await.unwrap();
     for body in [&b"one"[..], b"two"] {
         ch.basic_publish(
@@ -558,13 +537,7 @@ async fn priority_queues_and_delayed_messages_survive_kill_9() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let dq = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("pq", dq, table(&[("x-max-priority", int(5))]))
-        .await
-        .unwrap();
+    declare_durable(&ch, "pq", table(&[("x-max-priority", int(5))])).await;
     for (body, p) in [("low-1", 0), ("high", 5), ("low-2", 0), ("mid", 3)] {
         publish_confirmed(
             &ch,
@@ -587,9 +560,7 @@ async fn priority_queues_and_delayed_messages_survive_kill_9() {
     )
     .await
     .unwrap();
-    ch.queue_declare("inbox", dq, FieldTable::default())
-        .await
-        .unwrap();
+    declare_durable(&ch, "inbox", FieldTable::default()).await;
     bind(&ch, "inbox", "later", "").await.unwrap();
     let delayed = persistent().with_headers(table(&[("x-delay", int(1500))]));
     publish_confirmed(&ch, "later", "", b"wake me", delayed).await;

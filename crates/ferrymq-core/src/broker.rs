@@ -73,15 +73,7 @@ impl Broker {
                 b
             }
             Some(d) => {
-                let b = Broker {
-                    config,
-                    vhosts: RwLock::new(HashMap::new()),
-                    users: RwLock::new(HashMap::new()),
-                    permissions: RwLock::new(HashMap::new()),
-                    next_connection: AtomicU64::new(1),
-                    blocked: watch::channel(None).0,
-                    persist: Some(persist.clone()),
-                };
+                let b = Broker::empty(config, Some(persist.clone()));
                 b.restore(d, &persist)?;
                 b
             }
@@ -89,17 +81,21 @@ impl Broker {
         Ok(Arc::new(b))
     }
 
-    fn fresh(config: BrokerConfig, persist: Option<Arc<Persistence>>) -> Broker {
-        let (blocked, _) = watch::channel(None);
-        let b = Broker {
+    /// A broker with no vhosts, users or permissions yet.
+    fn empty(config: BrokerConfig, persist: Option<Arc<Persistence>>) -> Broker {
+        Broker {
             config,
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             permissions: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
-            blocked,
+            blocked: watch::channel(None).0,
             persist,
-        };
+        }
+    }
+
+    fn fresh(config: BrokerConfig, persist: Option<Arc<Persistence>>) -> Broker {
+        let b = Broker::empty(config, persist);
         b.add_vhost("/");
         b.add_user(User::new("guest", "guest", &["administrator"]));
         b.set_permission(
