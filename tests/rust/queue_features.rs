@@ -660,7 +660,7 @@ async fn policies_set_features_at_runtime_and_declared_arguments_take_precedence
     for i in 0..5u8 {
         send(&ch, "", "limited.a", &[i], BasicProperties::default()).await;
     }
-    let vhost = b.broker().vhost("/").unwrap();
+    let broker = b.broker();
     let def = |json: &str| serde_json::from_str(json).unwrap();
     let policy = ferrymq_core::policy::Policy::new(
         "cap",
@@ -670,7 +670,7 @@ async fn policies_set_features_at_runtime_and_declared_arguments_take_precedence
         def(r#"{"max-length": 3, "overflow": "drop-head"}"#),
     )
     .unwrap();
-    vhost.set_policy(policy).unwrap();
+    broker.set_policy("/", policy).unwrap();
     // Applied at once to the existing backlog, oldest dropped.
     assert_eq!(ready(&ch, "limited.a").await, 3);
     assert_eq!(get(&ch, "limited.a").await.unwrap().delivery.data, [2]);
@@ -685,7 +685,7 @@ async fn policies_set_features_at_runtime_and_declared_arguments_take_precedence
         send(&ch, "", "limited.c", &[i], BasicProperties::default()).await;
     }
     assert_eq!(ready(&ch, "limited.c").await, 3);
-    vhost.clear_policy("cap").unwrap();
+    broker.clear_policy("/", "cap").unwrap();
     for i in 0..5u8 {
         send(&ch, "", "limited.c", &[i], BasicProperties::default()).await;
     }
@@ -707,7 +707,7 @@ async fn policies_set_features_at_runtime_and_declared_arguments_take_precedence
         def(r#"{"alternate-exchange": "ae"}"#),
     )
     .unwrap();
-    vhost.set_policy(ae).unwrap();
+    broker.set_policy("/", ae).unwrap();
     send(
         &ch,
         "orders",

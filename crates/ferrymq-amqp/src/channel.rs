@@ -16,7 +16,7 @@ use ferrymq_core::queue::ConsumerEntry;
 use ferrymq_core::vhost::{generate_name, REPLY_TO_PREFIX};
 use ferrymq_core::wire::PropertySummary;
 use ferrymq_core::{
-    Broker, ConnectionId, CoreError, Message, Queue, QueueOptions, QueuedMessage, VHost,
+    ChannelPermit, CoreError, Message, Queue, QueueOptions, QueuedMessage, Session,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -43,17 +43,13 @@ pub(crate) struct ClientCaps {
 
 /// Connection-wide context the channel handlers need.
 pub(crate) struct ConnCtx {
-    pub id: ConnectionId,
-    pub broker: Arc<Broker>,
-    pub vhost: Arc<VHost>,
+    /// The core session every operation goes through (identity, vhost, permissions).
+    pub session: Session,
     pub out: Arc<Outbox>,
     pub events: mpsc::UnboundedSender<ConnEvent>,
     pub caps: ClientCaps,
     pub frame_max: u32,
-    pub exclusive_queues: Vec<Arc<Queue>>,
     pub has_published: bool,
-    /// The authenticated user, checked against the `user_id` property of publishes.
-    pub user: String,
     /// Group-commit progress, when the broker has a data directory.
     pub sync: Option<tokio::sync::watch::Receiver<u64>>,
 }
@@ -212,6 +208,10 @@ pub(crate) struct Channel {
     consumer_prefetch: u32,
     reply_token: Option<String>,
     last_queue: Option<String>,
+    /// Counts the channel against the user's `max-channels` while it is open.
+    _permit: ChannelPermit,
+    /// (highest delivery tag handed out, time in ms) at each consumer-timeout tick.
+    marks: VecDeque<(u64, u64)>,
 }
 
 /// Publisher confirms of a channel in confirm mode. Every publish up to `ackable` may be
@@ -238,8 +238,10 @@ fn chan_err(ch: u16, e: CoreError) -> AmqpError {
 }
 
 impl Channel {
-    pub fn new(id: u16, ctx: &ConnCtx) -> Self {
+    pub fn new(id: u16, ctx: &ConnCtx, permit: ChannelPermit) -> Self {
         Channel {
+            _permit: permit,
+            marks: VecDeque::new(),
             id,
             closing: false,
             shared: Arc::new(ChannelShared {
@@ -353,7 +355,7 @@ impl Channel {
                     internal: d.internal,
                     arguments: d.arguments,
                 };
-                ctx.vhost
+                ctx.session
                     .declare_exchange(&d.exchange, &d.kind, opts, d.passive)
                     .map_err(|e| chan_err(ch, e))?;
                 if !d.nowait {
@@ -361,7 +363,7 @@ impl Channel {
                 }
             }
             Method::ExchangeDelete(d) => {
-                ctx.vhost
+                ctx.session
                     .delete_exchange(&d.exchange, d.if_unused)
                     .map_err(|e| chan_err(ch, e))?;
                 if !d.nowait {
@@ -369,7 +371,7 @@ impl Channel {
                 }
             }
             Method::ExchangeBind(b) => {
-                ctx.vhost
+                ctx.session
                     .bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
                     .map_err(|e| chan_err(ch, e))?;
                 if !b.nowait {
@@ -377,7 +379,7 @@ impl Channel {
                 }
             }
             Method::ExchangeUnbind(b) => {
-                ctx.vhost
+                ctx.session
                     .unbind_exchange(&b.destination, &b.source, &b.routing_key, &b.arguments)
                     .map_err(|e| chan_err(ch, e))?;
                 if !b.nowait {
@@ -392,8 +394,8 @@ impl Channel {
                 } else {
                     b.routing_key
                 };
-                ctx.vhost
-                    .bind_queue(&queue, &b.exchange, &key, b.arguments, ctx.id)
+                ctx.session
+                    .bind_queue(&queue, &b.exchange, &key, b.arguments)
                     .map_err(|e| chan_err(ch, e))?;
                 if !b.nowait {
                     ctx.send(ch, QueueBindOk {});
@@ -401,16 +403,16 @@ impl Channel {
             }
             Method::QueueUnbind(b) => {
                 let queue = self.queue_name(&b.queue)?;
-                ctx.vhost
-                    .unbind_queue(&queue, &b.exchange, &b.routing_key, &b.arguments, ctx.id)
+                ctx.session
+                    .unbind_queue(&queue, &b.exchange, &b.routing_key, &b.arguments)
                     .map_err(|e| chan_err(ch, e))?;
                 ctx.send(ch, QueueUnbindOk {});
             }
             Method::QueuePurge(p) => {
                 let queue = self.queue_name(&p.queue)?;
                 let n = ctx
-                    .vhost
-                    .purge_queue(&queue, ctx.id)
+                    .session
+                    .purge_queue(&queue)
                     .map_err(|e| chan_err(ch, e))?;
                 if !p.nowait {
                     ctx.send(
@@ -424,10 +426,9 @@ impl Channel {
             Method::QueueDelete(d) => {
                 let queue = self.queue_name(&d.queue)?;
                 let n = ctx
-                    .vhost
-                    .delete_queue(&queue, d.if_unused, d.if_empty, ctx.id)
+                    .session
+                    .delete_queue(&queue, d.if_unused, d.if_empty)
                     .map_err(|e| chan_err(ch, e))?;
-                ctx.exclusive_queues.retain(|q| q.name != queue);
                 if !d.nowait {
                     ctx.send(
                         ch,
@@ -562,12 +563,9 @@ impl Channel {
             arguments: d.arguments,
         };
         let (q, counts) = ctx
-            .vhost
-            .declare_queue(&d.queue, opts, d.passive, ctx.id)
+            .session
+            .declare_queue(&d.queue, opts, d.passive)
             .map_err(|e| chan_err(ch, e))?;
-        if q.owner == Some(ctx.id) && !ctx.exclusive_queues.iter().any(|e| Arc::ptr_eq(e, &q)) {
-            ctx.exclusive_queues.push(q.clone());
-        }
         self.last_queue = Some(q.name.clone());
         if !d.nowait {
             ctx.send(
@@ -626,21 +624,11 @@ impl Channel {
                     "reply consumer already set",
                 ));
             }
-            let token = generate_name("");
-            let q = Arc::new(Queue::new(
-                &format!("{REPLY_TO_PREFIX}{token}"),
-                &ctx.vhost.name,
-                QueueOptions::default(),
-                None,
-            ));
-            ctx.vhost.register_reply_queue(&token, q.clone());
+            let (token, q) = ctx.session.reply_to_queue();
             reply_token = Some(token);
-            q
+            Some(q)
         } else {
-            let name = self.queue_name(&c.queue)?;
-            ctx.vhost
-                .queue(&name, ctx.id)
-                .map_err(|e| chan_err(ch, e))?
+            None
         };
         let credit = Arc::new(ConsumerCredit {
             prefetch: self.consumer_prefetch,
@@ -652,15 +640,29 @@ impl Channel {
             tag: tag.clone(),
             credit: credit.clone(),
         });
-        let entry = ConsumerEntry::new(&tag, sink.clone(), c.no_ack, c.exclusive, ctx.id)
+        let entry = ConsumerEntry::new(&tag, sink.clone(), c.no_ack, c.exclusive, ctx.session.id())
             .with_priority(priority);
         let id = entry.id;
-        if let Err(e) = queue.add_consumer(entry) {
-            if let Some(t) = reply_token {
-                ctx.vhost.unregister_reply_queue(&t);
+        let attached = match queue {
+            Some(q) => q
+                .add_consumer(entry)
+                .map(|_| q)
+                .map_err(|e| chan_err(ch, e)),
+            None => self.queue_name(&c.queue).and_then(|name| {
+                ctx.session
+                    .consume(&name, entry)
+                    .map_err(|e| chan_err(ch, e))
+            }),
+        };
+        let queue = match attached {
+            Ok(q) => q,
+            Err(e) => {
+                if let Some(t) = reply_token {
+                    ctx.session.reply_to_cancel(&t);
+                }
+                return Err(e);
             }
-            return Err(chan_err(ch, e));
-        }
+        };
         if reply_token.is_some() {
             self.reply_token = reply_token;
         }
@@ -683,12 +685,11 @@ impl Channel {
     fn cancel_consumer(&mut self, ctx: &ConnCtx, tag: &str) {
         if let Some(rec) = self.consumers.remove(tag) {
             rec.sink.credit.active.store(false, Ordering::Relaxed);
+            ctx.session.cancel(&rec.queue, rec.id);
             if rec.queue.name.starts_with(REPLY_TO_PREFIX) {
                 if let Some(t) = self.reply_token.take() {
-                    ctx.vhost.unregister_reply_queue(&t);
+                    ctx.session.reply_to_cancel(&t);
                 }
-            } else {
-                ctx.vhost.remove_consumer(&rec.queue, rec.id);
             }
         }
     }
@@ -710,11 +711,11 @@ impl Channel {
     fn get(&mut self, ctx: &mut ConnCtx, g: BasicGet) -> Result<(), AmqpError> {
         let ch = self.id;
         let name = self.queue_name(&g.queue)?;
-        let q = ctx
-            .vhost
-            .queue(&name, ctx.id)
+        let (q, got) = ctx
+            .session
+            .get(&name, !g.no_ack)
             .map_err(|e| chan_err(ch, e))?;
-        match q.get(!g.no_ack) {
+        match got {
             None => ctx.send(
                 ch,
                 BasicGetEmpty {
@@ -820,6 +821,68 @@ impl Channel {
         Ok(())
     }
 
+    /// The channel error for deliveries held longer than their queue's consumer timeout
+    /// (RabbitMQ's `consumer_timeout`), if any; closing the channel returns them. Delivery
+    /// times are not recorded per message (a clock read per delivery on the hot path):
+    /// each tick records the highest delivery tag handed out so far, so a delivery's age is
+    /// known to within one tick, erring on the young side.
+    pub fn check_consumer_timeout(&mut self, ctx: &ConnCtx, now: u64) -> Option<AmqpError> {
+        if self.closing {
+            return None;
+        }
+        let st = self.shared.st.lock();
+        if self.marks.back().is_none_or(|m| m.0 != st.next_tag) {
+            self.marks.push_back((st.next_tag, now));
+        }
+        let Some(oldest) = st.unacked.front().map(|u| u.tag) else {
+            // Nothing unacked: only the latest mark matters for what comes next.
+            while self.marks.len() > 1 {
+                self.marks.pop_front();
+            }
+            return None;
+        };
+        while self.marks.front().is_some_and(|m| m.0 < oldest) {
+            self.marks.pop_front();
+        }
+        let mut timeouts: Vec<(*const Queue, Option<u64>)> = Vec::new();
+        let mut mark = 0;
+        for u in &st.unacked {
+            while self.marks.get(mark).is_some_and(|m| m.0 < u.tag) {
+                mark += 1;
+            }
+            let Some(&(_, at)) = self.marks.get(mark) else {
+                break;
+            };
+            let age = now.saturating_sub(at);
+            if age == 0 {
+                break;
+            }
+            let key = Arc::as_ptr(&u.queue);
+            let timeout = match timeouts.iter().find(|(q, _)| *q == key) {
+                Some((_, t)) => *t,
+                None => {
+                    let t = ctx
+                        .session
+                        .consumer_timeout(&u.queue)
+                        .map(|d| d.as_millis() as u64);
+                    timeouts.push((key, t));
+                    t
+                }
+            };
+            if let Some(t) = timeout.filter(|t| age > *t) {
+                return Some(AmqpError::chan(
+                    self.id,
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "delivery acknowledgement on channel {} timed out. Timeout value used: {t} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                        self.id
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
     /// Lets every queue this channel consumes from deliver again (credit was freed).
     pub fn kick_consumers(&self) {
         for rec in self.consumers.values() {
@@ -855,7 +918,7 @@ impl Channel {
                 format!("content header for class {class_id}, expected class 60 (basic)"),
             ));
         }
-        let max = ctx.broker.config.max_message_size as u64;
+        let max = ctx.session.broker().config.max_message_size as u64;
         if body_size > max {
             self.content = None;
             return Err(AmqpError::chan(
@@ -867,15 +930,9 @@ impl Channel {
         }
         if let Some((a, b)) = summary.user_id {
             let claimed = String::from_utf8_lossy(&props[a..b]);
-            if claimed != ctx.user {
-                let text = format!(
-                    "user_id property set to '{claimed}' but authenticated user was '{}'",
-                    ctx.user
-                );
+            if let Err(e) = ctx.session.check_user_id(&claimed) {
                 self.content = None;
-                return Err(
-                    AmqpError::chan(ch, code::PRECONDITION_FAILED, text).caused_by((60, 40))
-                );
+                return Err(chan_err(ch, e).caused_by((60, 40)));
             }
         }
         pc.body_size = body_size;
@@ -969,7 +1026,7 @@ impl Channel {
     ) -> Result<Option<u64>, AmqpError> {
         let ch = self.id;
         let outcome = ctx
-            .vhost
+            .session
             .publish(&p.exchange, msg.clone())
             .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
         if outcome.routed == 0 && p.mandatory {

@@ -9,7 +9,8 @@ use crate::error::{code, AmqpError};
 use crate::outbox::{Outbox, WriterEvent};
 use crate::server::AmqpConfig;
 use bytes::BytesMut;
-use ferrymq_core::{Broker, FieldTable, FieldValue};
+use ferrymq_core::connections::ConnectionMeta;
+use ferrymq_core::{Broker, CoreError, FieldTable, FieldValue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,8 @@ use tokio::time::Instant;
 
 /// How long a peer has to answer our connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often channels look for deliveries held past their consumer timeout.
+const CONSUMER_TIMEOUT_TICK: Duration = Duration::from_millis(500);
 /// Size of the receive buffers of a connection that is streaming frames.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -78,7 +81,8 @@ pub(crate) async fn serve(
         wev_rx,
         shutdown,
     };
-    conn.frame_max = conn.cfg.frame_max;
+    // Until connection.tune-ok only the AMQP minimum frame size is accepted (as RabbitMQ):
+    // a peer that has not authenticated cannot make the broker buffer large frames.
     match conn.handshake().await {
         Ok(Some((ctx, ev_rx))) => conn.run(ctx, ev_rx).await,
         Ok(None) => {}
@@ -226,10 +230,7 @@ impl Connection {
             .authenticate(&user, &pass, self.peer.ip().is_loopback())
         {
             tracing::warn!(peer = %self.peer, user = %user, "login refused: {e}");
-            return Err(AmqpError::conn(
-                code::ACCESS_REFUSED,
-                e.to_string().trim_start_matches("ACCESS_REFUSED - "),
-            ));
+            return Err(AmqpError::conn(code::ACCESS_REFUSED, e));
         }
         self.user = user;
 
@@ -295,24 +296,30 @@ impl Connection {
                 format!("expected 'connection.open', got '{}'", m.name()),
             ));
         };
-        let vhost = self
+        let meta = ConnectionMeta {
+            peer: Some(self.peer),
+            protocol: "AMQP 0-9-1",
+        };
+        let session = self
             .broker
-            .open_vhost(&self.user, &o.virtual_host)
-            .map_err(|e| AmqpError::from_core(0, e))?;
+            .open_session(&self.user, &o.virtual_host, meta)
+            .map_err(|e| match e {
+                // Refusals at connection.open close the connection, as in RabbitMQ.
+                CoreError::LimitReached(_) | CoreError::VHostAccessRefused(_) => {
+                    AmqpError::conn(code::NOT_ALLOWED, e)
+                }
+                e => AmqpError::from_core(0, e),
+            })?;
         self.send(0, ConnectionOpenOk::default());
-        tracing::debug!(peer = %self.peer, user = %self.user, vhost = %vhost.name, "connection opened");
+        tracing::debug!(peer = %self.peer, user = %self.user, vhost = %o.virtual_host, "connection opened");
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let ctx = ConnCtx {
-            id: self.broker.next_connection_id(),
-            broker: self.broker.clone(),
-            vhost,
+            session,
             out: self.out.clone(),
             events: ev_tx,
             caps: self.caps,
             frame_max: self.frame_max,
-            exclusive_queues: Vec::new(),
             has_published: false,
-            user: self.user.clone(),
             sync: self.broker.persistence().map(|p| p.sync().subscribe()),
         };
         Ok(Some((ctx, ev_rx)))
@@ -363,9 +370,7 @@ impl Connection {
         for (_, mut ch) in channels.drain() {
             ch.cleanup(&ctx);
         }
-        for q in ctx.exclusive_queues.drain(..) {
-            ctx.vhost.remove_queue(&q, None);
-        }
+        ctx.session.close();
         if client_closed {
             // Cleanup is done before close-ok so a client that reconnects sees its exclusive
             // queues gone. Then let the client close the socket first: some clients (lapin)
@@ -398,6 +403,10 @@ impl Connection {
         let mut blocked = blocked_rx.borrow_and_update().clone();
         let mut blocked_sent = false;
         let mut sync_rx = ctx.sync.clone();
+        let mut closed_rx = ctx.session.closed();
+        // Consumer timeouts are checked on this tick (see `Channel::check_consumer_timeout`).
+        let mut ack_tick = tokio::time::interval(CONSUMER_TIMEOUT_TICK);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Process every complete frame already buffered.
             loop {
@@ -409,28 +418,7 @@ impl Connection {
                         Ok(true) => {}
                         Ok(false) => return End::ClientClosed,
                         Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
-                        Err(AmqpError::Channel {
-                            channel,
-                            code,
-                            text,
-                            class_id,
-                            method_id,
-                        }) => {
-                            tracing::debug!(peer = %self.peer, channel, code, "channel error: {text}");
-                            if let Some(ch) = channels.get_mut(&channel) {
-                                ch.cleanup(ctx);
-                                ch.closing = true;
-                            }
-                            self.send(
-                                channel,
-                                ChannelClose {
-                                    reply_code: code,
-                                    reply_text: text,
-                                    class_id,
-                                    method_id,
-                                },
-                            );
-                        }
+                        Err(e @ AmqpError::Channel { .. }) => self.close_channel(ctx, channels, e),
                         Err(AmqpError::Io(_)) => return End::Done,
                     },
                     Ok(None) => break,
@@ -495,6 +483,24 @@ impl Connection {
                         "broker forced connection closure with reason 'shutdown'",
                     ));
                 }
+                r = closed_rx.changed() => {
+                    let reason = closed_rx.borrow_and_update().clone();
+                    if let (Ok(()), Some(reason)) = (r, reason) {
+                        return End::Close(AmqpError::conn(code::CONNECTION_FORCED, reason));
+                    }
+                }
+                _ = ack_tick.tick() => {
+                    let now = ferrymq_core::expiry::now_ms();
+                    let mut expired = Vec::new();
+                    for ch in channels.values_mut() {
+                        if let Some(e) = ch.check_consumer_timeout(ctx, now) {
+                            expired.push(e);
+                        }
+                    }
+                    for e in expired {
+                        self.close_channel(ctx, channels, e);
+                    }
+                }
                 _ = blocked_rx.changed() => {
                     blocked = blocked_rx.borrow_and_update().clone();
                     // While held, the peer's silence is our doing: restart the clock.
@@ -513,6 +519,41 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Closes one channel after a channel error: releases what it holds (its unacked
+    /// messages return to their queues) and sends channel.close; frames the client sends
+    /// before channel.close-ok are ignored.
+    fn close_channel(
+        &mut self,
+        ctx: &mut ConnCtx,
+        channels: &mut HashMap<u16, Channel>,
+        e: AmqpError,
+    ) {
+        let AmqpError::Channel {
+            channel,
+            code,
+            text,
+            class_id,
+            method_id,
+        } = e
+        else {
+            return;
+        };
+        tracing::debug!(peer = %self.peer, channel, code, "channel error: {text}");
+        if let Some(ch) = channels.get_mut(&channel) {
+            ch.cleanup(ctx);
+            ch.closing = true;
+        }
+        self.send(
+            channel,
+            ChannelClose {
+                reply_code: code,
+                reply_text: text,
+                class_id,
+                method_id,
+            },
+        );
     }
 
     /// Handles one frame; returns Ok(false) when the connection is finished.
@@ -553,13 +594,23 @@ impl Connection {
             Frame::Method { channel, method } => {
                 let Some(ch) = channels.get_mut(&channel) else {
                     if let Method::ChannelOpen(_) = method {
-                        if channel > self.channel_max {
+                        // channel_max limits how many channels are open, not their numbers
+                        // (RabbitMQ 3.10 accepts any number up to 65535).
+                        if channels.len() >= usize::from(self.channel_max) {
                             return Err(AmqpError::conn(
                                 code::NOT_ALLOWED,
-                                format!("channel number {channel} exceeds the negotiated channel_max ({})", self.channel_max),
-                            ));
+                                format!(
+                                    "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                                    channels.len(),
+                                    self.channel_max
+                                ),
+                            )
+                            .caused_by(method.ids()));
                         }
-                        channels.insert(channel, Channel::new(channel, ctx));
+                        let permit = ctx.session.open_channel().map_err(|e| {
+                            AmqpError::conn(code::NOT_ALLOWED, e).caused_by(method.ids())
+                        })?;
+                        channels.insert(channel, Channel::new(channel, ctx, permit));
                         self.send(channel, ChannelOpenOk::default());
                         return Ok(true);
                     }
@@ -672,7 +723,7 @@ impl Connection {
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         loop {
             loop {
-                match decode_frame(&mut self.rbuf, 0) {
+                match decode_frame(&mut self.rbuf, self.frame_max) {
                     Ok(Some(Frame::Method {
                         channel: 0,
                         method: Method::ConnectionCloseOk(_),

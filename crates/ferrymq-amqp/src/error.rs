@@ -15,6 +15,8 @@ pub mod code {
     pub const ACCESS_REFUSED: u16 = 403;
     /// Entity not found.
     pub const NOT_FOUND: u16 = 404;
+    /// Exclusive resource held by another connection.
+    pub const RESOURCE_LOCKED: u16 = 405;
     /// Precondition failed.
     pub const PRECONDITION_FAILED: u16 = 406;
     /// Malformed frame.
@@ -133,24 +135,25 @@ impl AmqpError {
         self
     }
 
-    /// Maps a core error raised on `channel` to a channel or connection exception.
+    /// Maps a core error raised on `channel` to a channel or connection exception with
+    /// RabbitMQ's reply code; the core's text follows the code name.
     pub fn from_core(channel: u16, e: CoreError) -> Self {
-        let code = e.reply_code();
-        if e.is_connection_error() {
-            AmqpError::Connection {
-                code,
-                text: e.to_string(),
-                class_id: 0,
-                method_id: 0,
-            }
+        let (code, connection) = match &e {
+            CoreError::NotFound(_) => (code::NOT_FOUND, false),
+            CoreError::AccessRefused(_) => (code::ACCESS_REFUSED, false),
+            CoreError::ResourceLocked(_) => (code::RESOURCE_LOCKED, false),
+            CoreError::PreconditionFailed(_)
+            | CoreError::InvalidArgument(_)
+            | CoreError::LimitReached(_) => (code::PRECONDITION_FAILED, false),
+            CoreError::VHostAccessRefused(_) => (code::NOT_ALLOWED, true),
+            CoreError::CommandInvalid(_) => (code::COMMAND_INVALID, true),
+            CoreError::NotImplemented(_) => (code::NOT_IMPLEMENTED, true),
+            CoreError::Internal(_) => (code::INTERNAL_ERROR, true),
+        };
+        if connection {
+            AmqpError::conn(code, e)
         } else {
-            AmqpError::Channel {
-                channel,
-                code,
-                text: e.to_string(),
-                class_id: 0,
-                method_id: 0,
-            }
+            AmqpError::chan(channel, code, e)
         }
     }
 }

@@ -1,12 +1,17 @@
 //! Topic routing against 10,000 bindings.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use ferrymq_core::vhost::VHost;
-use ferrymq_core::{FieldTable, LazyHeaders, QueueOptions};
+use ferrymq_core::connections::ConnectionMeta;
+use ferrymq_core::{Broker, BrokerConfig, FieldTable, LazyHeaders, QueueOptions};
 
 fn topic(c: &mut Criterion) {
-    let v = VHost::new("/");
-    v.declare_queue("q", QueueOptions::default(), false, 1)
+    let b = Broker::new(BrokerConfig::default());
+    let meta = ConnectionMeta {
+        peer: None,
+        protocol: "bench",
+    };
+    let s = b.open_session("guest", "/", meta).unwrap();
+    s.declare_queue("q", QueueOptions::default(), false)
         .unwrap();
     // 10,000 distinct patterns shaped like real ones: region.service.level with wildcards.
     for i in 0..10_000 {
@@ -16,9 +21,10 @@ fn topic(c: &mut Criterion) {
             2 => format!("*.s{}.l{}", i, i % 7),
             _ => format!("r{}.s{}.l{}", i % 50, i, i % 7),
         };
-        v.bind_queue("q", "amq.topic", &p, FieldTable::new(), 1)
+        s.bind_queue("q", "amq.topic", &p, FieldTable::new())
             .unwrap();
     }
+    let v = s.vhost();
     let x = v.exchange("amq.topic").unwrap();
     c.bench_function("topic route, 10k bindings", |b| {
         b.iter(|| {

@@ -4,6 +4,7 @@
 //! base64(salt ++ sha256(salt ++ password)) with a 4-byte salt, so definitions can move between
 //! RabbitMQ and FerryMQ later.
 
+use crate::limits::UserLimits;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -15,8 +16,10 @@ pub struct User {
     pub name: String,
     /// Salted SHA-256 password hash, base64 encoded.
     pub password_hash: String,
-    /// Tags such as `administrator`.
+    /// Tags such as `administrator`, `monitoring`, `policymaker`, `management`.
     pub tags: Vec<String>,
+    /// Connection and channel limits.
+    pub limits: UserLimits,
 }
 
 impl User {
@@ -28,6 +31,17 @@ impl User {
             name: name.to_string(),
             password_hash: hash_password(&salt, password),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            limits: UserLimits::default(),
+        }
+    }
+
+    /// A user with a stored hash (from a definitions file).
+    pub fn with_hash(name: &str, password_hash: &str, tags: Vec<String>) -> Self {
+        User {
+            name: name.to_string(),
+            password_hash: password_hash.to_string(),
+            tags,
+            limits: UserLimits::default(),
         }
     }
 

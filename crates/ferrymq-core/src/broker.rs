@@ -1,14 +1,22 @@
-//! The broker: vhosts, users and permissions, and broker-wide state such as resource alarms.
+//! The broker: its vhosts, who may use them (users, permissions, limits), the live
+//! connections, and broker-wide state such as resource alarms. Protocol crates authenticate a
+//! client here and then work through a [`Session`]; operators change users, vhosts,
+//! permissions, policies and limits through the admin API in [`crate::admin`].
 
+use crate::access::{Permission, TopicPermission};
 use crate::auth::User;
+use crate::connections::{ConnectionMeta, Registry};
 use crate::error::{CoreError, CoreResult};
+use crate::limits::{UserLimits, VHostLimits};
 use crate::persist::Persistence;
+use crate::session::Session;
 use crate::vhost::VHost;
-use ferrymq_store::definitions::{self as defs, Definitions};
-use parking_lot::RwLock;
+use ferrymq_store::definitions::Definitions;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Identifies one client connection within the broker (used for exclusive ownership).
@@ -21,6 +29,9 @@ pub struct BrokerConfig {
     pub max_message_size: usize,
     /// Users that may only connect from loopback addresses.
     pub loopback_users: Vec<String>,
+    /// How long a consumer may hold a delivery unacknowledged before its channel is closed
+    /// (RabbitMQ's `consumer_timeout`; `None` disables it).
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for BrokerConfig {
@@ -28,31 +39,40 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_message_size: 128 * 1024 * 1024,
             loopback_users: vec!["guest".to_string()],
+            consumer_timeout: Some(Duration::from_secs(30 * 60)),
         }
     }
 }
 
-/// Per-vhost permissions of a user: regexes over resource names, as in RabbitMQ.
-#[derive(Debug, Clone)]
-pub struct Permission {
-    /// Which resources the user may declare/delete.
-    pub configure: String,
-    /// Which resources the user may publish to / bind into.
-    pub write: String,
-    /// Which resources the user may consume from / bind from.
-    pub read: String,
+/// Who may do what: users, their per-vhost permissions and topic permissions, and limits.
+#[derive(Default, Clone)]
+pub(crate) struct Identity {
+    pub users: HashMap<String, User>,
+    pub permissions: HashMap<(String, String), Permission>,
+    pub topic_permissions: HashMap<(String, String), Vec<TopicPermission>>,
+    pub vhost_limits: HashMap<String, VHostLimits>,
+}
+
+impl Identity {
+    pub fn user_limits(&self, user: &str) -> UserLimits {
+        self.users.get(user).map(|u| u.limits).unwrap_or_default()
+    }
 }
 
 /// The whole broker state shared by every listener.
 pub struct Broker {
     /// Limits and defaults.
     pub config: BrokerConfig,
-    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: RwLock<HashMap<String, User>>,
-    permissions: RwLock<HashMap<(String, String), Permission>>,
+    pub(crate) vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    pub(crate) identity: RwLock<Identity>,
+    /// Bumped whenever users or permissions change, so sessions recompile what they cached.
+    access_generation: AtomicU64,
+    pub(crate) connections: Mutex<Registry>,
+    /// Serialises admin changes (each is save, then apply).
+    pub(crate) admin: Mutex<()>,
     next_connection: AtomicU64,
     blocked: watch::Sender<Option<String>>,
-    persist: Option<Arc<Persistence>>,
+    pub(crate) persist: Option<Arc<Persistence>>,
 }
 
 impl Broker {
@@ -63,7 +83,8 @@ impl Broker {
 
     /// A broker keeping its definitions and persistent messages in `persist`: what the data
     /// directory holds is restored (durable exchanges, queues with their messages, bindings,
-    /// users, vhosts, permissions); an empty data directory starts as [`Broker::new`] does.
+    /// users, vhosts, permissions, limits, policies); an empty data directory starts as
+    /// [`Broker::new`] does.
     pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
         let b = match persist.loaded_definitions() {
             None => {
@@ -86,8 +107,10 @@ impl Broker {
         Broker {
             config,
             vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
-            permissions: RwLock::new(HashMap::new()),
+            identity: RwLock::new(Identity::default()),
+            access_generation: AtomicU64::new(1),
+            connections: Mutex::new(Registry::default()),
+            admin: Mutex::new(()),
             next_connection: AtomicU64::new(1),
             blocked: watch::channel(None).0,
             persist,
@@ -96,84 +119,27 @@ impl Broker {
 
     fn fresh(config: BrokerConfig, persist: Option<Arc<Persistence>>) -> Broker {
         let b = Broker::empty(config, persist);
-        b.add_vhost("/");
-        b.add_user(User::new("guest", "guest", &["administrator"]));
-        b.set_permission(
-            "guest",
-            "/",
-            Permission {
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-            },
+        b.insert_vhost("/");
+        let mut id = b.identity.write();
+        id.users.insert(
+            "guest".into(),
+            User::new("guest", "guest", &["administrator"]),
         );
+        id.permissions
+            .insert(("guest".into(), "/".into()), Permission::all());
+        drop(id);
         b
     }
 
-    /// Users, vhosts and permissions as definitions (no exchanges or queues).
-    fn identity_definitions(&self) -> Definitions {
-        let mut d = Definitions {
-            users: self
-                .users
-                .read()
-                .values()
-                .map(|u| defs::User {
-                    name: u.name.clone(),
-                    password_hash: u.password_hash.clone(),
-                    hashing_algorithm: "rabbit_password_hashing_sha256".into(),
-                    tags: u.tags.clone(),
-                })
-                .collect(),
-            vhosts: self
-                .vhosts
-                .read()
-                .keys()
-                .map(|n| defs::VHostDef { name: n.clone() })
-                .collect(),
-            permissions: self
-                .permissions
-                .read()
-                .iter()
-                .map(|((user, vhost), p)| defs::Permission {
-                    user: user.clone(),
-                    vhost: vhost.clone(),
-                    configure: p.configure.clone(),
-                    write: p.write.clone(),
-                    read: p.read.clone(),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        d.users.sort_by(|a, b| a.name.cmp(&b.name));
-        d.vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    /// Users, vhosts, permissions and limits as definitions (no exchanges or queues).
+    pub(crate) fn identity_definitions(&self) -> Definitions {
+        let mut d = Definitions::default();
+        crate::admin::write_identity(self, &mut d);
         d
     }
 
     fn restore(&self, d: &Definitions, persist: &Persistence) -> CoreResult<()> {
-        for u in &d.users {
-            self.users.write().insert(
-                u.name.clone(),
-                User {
-                    name: u.name.clone(),
-                    password_hash: u.password_hash.clone(),
-                    tags: u.tags.clone(),
-                },
-            );
-        }
-        for v in &d.vhosts {
-            self.add_vhost(&v.name);
-        }
-        for p in &d.permissions {
-            self.set_permission(
-                &p.user,
-                &p.vhost,
-                Permission {
-                    configure: p.configure.clone(),
-                    write: p.write.clone(),
-                    read: p.read.clone(),
-                },
-            );
-        }
+        crate::admin::load_identity(self, d)?;
         let vhost = |name: &str| {
             self.vhost(name).ok_or_else(|| {
                 CoreError::Internal(format!("definitions name unknown vhost '{name}'"))
@@ -208,8 +174,8 @@ impl Broker {
         self.persist.as_ref()
     }
 
-    /// Adds a vhost (no-op if it exists) and returns it.
-    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+    /// Adds a vhost to memory only (no-op if it exists) and returns it.
+    pub(crate) fn insert_vhost(&self, name: &str) -> Arc<VHost> {
         self.vhosts
             .write()
             .entry(name.to_string())
@@ -227,23 +193,22 @@ impl Broker {
         self.vhosts.read().values().cloned().collect()
     }
 
-    /// Adds or replaces a user.
-    pub fn add_user(&self, user: User) {
-        self.users.write().insert(user.name.clone(), user);
+    /// The current access generation (see [`Broker::bump_access`]).
+    pub(crate) fn access_generation(&self) -> u64 {
+        self.access_generation.load(Ordering::Acquire)
     }
 
-    /// Grants `user` permissions on `vhost`.
-    pub fn set_permission(&self, user: &str, vhost: &str, p: Permission) {
-        self.permissions
-            .write()
-            .insert((user.to_string(), vhost.to_string()), p);
+    /// Tells live sessions that users or permissions changed.
+    pub(crate) fn bump_access(&self) {
+        self.access_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Checks a login. `loopback` says whether the peer connected from a loopback address.
     pub fn authenticate(&self, username: &str, password: &str, loopback: bool) -> CoreResult<()> {
         let ok = self
-            .users
+            .identity
             .read()
+            .users
             .get(username)
             .is_some_and(|u| u.check_password(password));
         if !ok {
@@ -259,26 +224,55 @@ impl Broker {
         Ok(())
     }
 
-    /// Opens `vhost` for `user`: the vhost must exist and the user must have permissions on it.
-    pub fn open_vhost(&self, user: &str, vhost: &str) -> CoreResult<Arc<VHost>> {
+    /// Opens a session for an authenticated `user` on `vhost`: the vhost must exist, the
+    /// user must have permissions on it, and neither the vhost's nor the user's connection
+    /// limit may be reached. The session is counted until it is dropped.
+    pub fn open_session(
+        self: &Arc<Self>,
+        user: &str,
+        vhost: &str,
+        meta: ConnectionMeta,
+    ) -> CoreResult<Session> {
         let v = self
             .vhost(vhost)
-            .ok_or_else(|| CoreError::NotAllowed(format!("vhost {vhost} not found")))?;
-        if !self
-            .permissions
-            .read()
-            .contains_key(&(user.to_string(), vhost.to_string()))
-        {
-            return Err(CoreError::NotAllowed(format!(
-                "access to vhost '{vhost}' refused for user '{user}'"
-            )));
-        }
-        Ok(v)
+            .ok_or_else(|| CoreError::VHostAccessRefused(format!("vhost {vhost} not found")))?;
+        let (vlim, ulim, tags) = {
+            let id = self.identity.read();
+            if !id
+                .permissions
+                .contains_key(&(user.to_string(), vhost.to_string()))
+            {
+                return Err(CoreError::VHostAccessRefused(format!(
+                    "access to vhost '{vhost}' refused for user '{user}'"
+                )));
+            }
+            let tags = id
+                .users
+                .get(user)
+                .map(|u| u.tags.clone())
+                .unwrap_or_default();
+            (
+                id.vhost_limits.get(vhost).copied().unwrap_or_default(),
+                id.user_limits(user),
+                tags,
+            )
+        };
+        let id = self.next_connection_id();
+        let info = self
+            .connections
+            .lock()
+            .register(id, user, vhost, meta, vlim, ulim)?;
+        Ok(Session::new(self.clone(), v, info, tags))
     }
 
     /// A fresh connection id.
     pub fn next_connection_id(&self) -> ConnectionId {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every live connection.
+    pub fn connections(&self) -> Vec<Arc<crate::connections::ConnectionInfo>> {
+        self.connections.lock().all()
     }
 
     /// Raises (Some(reason)) or clears (None) the publisher-blocking alarm. Connections that
@@ -294,68 +288,4 @@ impl Broker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_may_only_log_in_from_loopback() {
-        let b = Broker::new(BrokerConfig::default());
-        assert!(b.authenticate("guest", "guest", true).is_ok());
-        let e = b.authenticate("guest", "guest", false).unwrap_err();
-        assert_eq!(e.reply_code(), 403);
-        assert!(e.to_string().contains("can only connect via localhost"));
-        assert!(b.authenticate("guest", "wrong", true).is_err());
-        assert!(b.authenticate("nobody", "guest", true).is_err());
-    }
-
-    #[test]
-    fn vhost_access_needs_permissions() {
-        let b = Broker::new(BrokerConfig::default());
-        assert!(b.open_vhost("guest", "/").is_ok());
-        assert_eq!(
-            b.open_vhost("guest", "/other")
-                .err()
-                .map(|e| e.reply_code()),
-            Some(530)
-        );
-        b.add_vhost("/other");
-        assert_eq!(
-            b.open_vhost("guest", "/other")
-                .err()
-                .map(|e| e.reply_code()),
-            Some(530)
-        );
-    }
-
-    #[test]
-    fn policies_are_saved_and_applied_again_after_a_restart() {
-        use crate::persist::{PersistConfig, Persistence};
-        use crate::policy::Policy;
-        use crate::queue::QueueOptions;
-        let d = tempfile::tempdir().unwrap();
-        let open = || {
-            let p = Persistence::open(PersistConfig::new(d.path())).unwrap();
-            Broker::open(BrokerConfig::default(), p).unwrap()
-        };
-        let b = open();
-        let v = b.vhost("/").unwrap();
-        let def = serde_json::from_str(r#"{"message-ttl": 5000}"#).unwrap();
-        v.set_policy(Policy::new("ttl", "^t", "queues", 1, def).unwrap())
-            .unwrap();
-        let durable = QueueOptions {
-            durable: true,
-            ..Default::default()
-        };
-        v.declare_queue("tq", durable, false, 1).unwrap();
-        b.persistence().unwrap().stop();
-        drop((v, b));
-        let b = open();
-        let v = b.vhost("/").unwrap();
-        assert_eq!(v.policies().len(), 1);
-        let q = v.queue("tq", 1).unwrap();
-        assert_eq!(q.config().message_ttl, Some(5000));
-        v.clear_policy("ttl").unwrap();
-        assert_eq!(q.config().message_ttl, None);
-        assert!(v.clear_policy("ttl").is_err());
-    }
-}
+mod tests;

@@ -7,13 +7,13 @@ use crate::consumer::{ConsumerSink, SinkRefusal};
 use crate::dead_letter::{DeadLetter, DeathReason};
 use crate::dedup::{dedup_key, DedupCache};
 use crate::error::{CoreError, CoreResult};
+use crate::events::QueueEvents;
 use crate::expiry::{instant_of, now_ms, Deadlines};
 use crate::message::{Message, QueuedMessage};
 use crate::queue_config::{Overflow, QueueConfig};
 use crate::store::{MemoryStore, MessageStore};
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
-use crate::vhost::VHost;
 use crate::ConnectionId;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,8 +207,17 @@ pub struct Queue {
     /// Owning connection of an exclusive queue.
     pub owner: Option<ConnectionId>,
     /// The vhost it dead-letters into and is deleted from when it expires.
-    home: OnceLock<Weak<VHost>>,
+    home: OnceLock<Weak<dyn QueueEvents>>,
     state: Mutex<QueueState>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a queue did with a published message.
@@ -285,7 +294,7 @@ impl Queue {
     }
 
     /// Attaches the queue to its vhost and applies its feature settings.
-    pub fn attach(self: &Arc<Self>, home: Weak<VHost>, cfg: QueueConfig) {
+    pub fn attach(self: &Arc<Self>, home: Weak<dyn QueueEvents>, cfg: QueueConfig) {
         let _ = self.home.set(home);
         self.apply_config(cfg, true);
     }
@@ -327,6 +336,11 @@ impl Queue {
         self.state.lock().cfg.clone()
     }
 
+    /// The queue's own consumer timeout in ms (`x-consumer-timeout` or a policy), if any.
+    pub fn consumer_timeout(&self) -> Option<u64> {
+        self.state.lock().cfg.consumer_timeout
+    }
+
     /// Ready, unacked and consumer counts.
     pub fn counts(&self) -> QueueCounts {
         let st = self.state.lock();
@@ -335,6 +349,12 @@ impl Queue {
             unacked: st.unacked,
             consumers: st.consumers.len(),
         }
+    }
+
+    /// Whether the queue's definition and messages are kept on disk: durable and not
+    /// exclusive (an exclusive queue never outlives its connection).
+    pub fn is_persisted(&self) -> bool {
+        self.options.durable && !self.options.exclusive
     }
 
     /// Whether the queue has been deleted.
@@ -674,8 +694,7 @@ impl Timed for Queue {
         self.unlock_and_flush(st);
         if expired {
             if let Some(home) = self.home.get().and_then(Weak::upgrade) {
-                tracing::debug!(queue = %self.name, vhost = %self.vhost, "queue expired");
-                home.remove_queue(&self, None);
+                home.expired(&self);
             }
         }
     }

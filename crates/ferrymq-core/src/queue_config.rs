@@ -66,6 +66,9 @@ pub struct QueueConfig {
     pub single_active_consumer: bool,
     /// Duplicate suppression (`x-message-deduplication`).
     pub dedup: Option<DedupConfig>,
+    /// How long a consumer may hold a delivery unacknowledged before its channel is closed,
+    /// in ms (`x-consumer-timeout`; the broker's `consumer_timeout` otherwise).
+    pub consumer_timeout: Option<u64>,
 }
 
 fn invalid(queue: &str, vhost: &str, arg: &str, reason: String) -> CoreError {
@@ -137,6 +140,9 @@ impl QueueConfig {
                 "x-message-deduplication" => dedup = check_bool(v).map_err(bad)?,
                 "x-cache-size" => cache_size = Some(check_int(v, 1, i64::MAX).map_err(bad)?),
                 "x-cache-ttl" => cache_ttl = Some(check_int(v, 0, i64::MAX).map_err(bad)?),
+                "x-consumer-timeout" => {
+                    c.consumer_timeout = Some(check_int(v, 1, u32::MAX as i64).map_err(bad)?)
+                }
                 _ => {}
             }
         }
@@ -171,6 +177,10 @@ impl QueueConfig {
         self.max_length = min(self.max_length, num("max-length"));
         self.max_length_bytes = min(self.max_length_bytes, num("max-length-bytes"));
         self.delivery_limit = min(self.delivery_limit, num("delivery-limit"));
+        self.consumer_timeout = min(
+            self.consumer_timeout,
+            num("consumer-timeout").filter(|n| *n > 0),
+        );
         let text = |k: &str| def.get(k).and_then(Value::as_str).map(str::to_string);
         if self.dead_letter_exchange.is_none() {
             self.dead_letter_exchange = text("dead-letter-exchange");
@@ -207,7 +217,7 @@ pub fn validate_policy_definition(def: &Map<String, Value>) -> CoreResult<()> {
     for (k, v) in def {
         let ok = match k.as_str() {
             "message-ttl" | "max-length" | "max-length-bytes" | "delivery-limit" => v.is_u64(),
-            "expires" => v.as_u64().is_some_and(|n| n > 0),
+            "expires" | "consumer-timeout" => v.as_u64().is_some_and(|n| n > 0),
             "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => {
                 v.is_string()
             }
@@ -261,7 +271,7 @@ mod tests {
             ),
         ] {
             let e = QueueConfig::from_args("q", "/", &args(&[(k, v)])).unwrap_err();
-            assert_eq!(e.reply_code(), 406);
+            assert!(matches!(e, CoreError::InvalidArgument(_)), "{e:?}");
             let t = e.to_string();
             assert!(
                 t.contains(&format!("invalid arg '{k}' for queue 'q'")),

@@ -30,9 +30,10 @@ pub struct Definitions {
     pub vhosts: Vec<VHostDef>,
     /// Per-vhost permissions.
     pub permissions: Vec<Permission>,
-    /// Topic permissions (kept for round trips).
-    pub topic_permissions: Vec<Value>,
-    /// Runtime parameters (kept for round trips).
+    /// Topic permissions (per user, vhost and topic exchange).
+    pub topic_permissions: Vec<TopicPermission>,
+    /// Runtime parameters: vhost limits (component `vhost-limits`) are read from here,
+    /// the rest is kept for round trips.
     pub parameters: Vec<Value>,
     /// Global parameters (kept for round trips).
     pub global_parameters: Vec<Value>,
@@ -60,6 +61,12 @@ pub struct User {
     /// comma-separated string, which is accepted too.
     #[serde(deserialize_with = "tags")]
     pub tags: Vec<String>,
+    /// A clear-text password, accepted on import (RabbitMQ's definitions allow it); it is
+    /// hashed on load and never written back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Per-user limits (`max-connections`, `max-channels`), as RabbitMQ 3.10 exports them.
+    pub limits: Arguments,
 }
 
 fn tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -103,6 +110,26 @@ pub struct Permission {
     /// Read regex.
     pub read: String,
 }
+
+/// A user's topic permissions on one topic exchange of a vhost (regular expressions over
+/// routing keys).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TopicPermission {
+    /// User name.
+    pub user: String,
+    /// Vhost name.
+    pub vhost: String,
+    /// Topic exchange name.
+    pub exchange: String,
+    /// Routing keys the user may publish with.
+    pub write: String,
+    /// Binding keys the user may bind with.
+    pub read: String,
+}
+
+/// Component name of the runtime parameter holding a vhost's limits.
+pub const VHOST_LIMITS: &str = "vhost-limits";
 
 /// A policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -179,6 +206,32 @@ pub struct BindingDef {
 }
 
 impl Definitions {
+    /// The limits set on `vhost` (the `vhost-limits` parameter), if any.
+    pub fn vhost_limits(&self, vhost: &str) -> Option<&Arguments> {
+        self.parameters.iter().find_map(|p| {
+            let is = p.get("component").and_then(Value::as_str) == Some(VHOST_LIMITS)
+                && p.get("vhost").and_then(Value::as_str) == Some(vhost);
+            if is {
+                p.get("value").and_then(Value::as_object)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Replaces (or with `None` removes) the limits of `vhost`.
+    pub fn set_vhost_limits(&mut self, vhost: &str, limits: Option<Arguments>) {
+        self.parameters.retain(|p| {
+            !(p.get("component").and_then(Value::as_str) == Some(VHOST_LIMITS)
+                && p.get("vhost").and_then(Value::as_str) == Some(vhost))
+        });
+        if let Some(l) = limits {
+            self.parameters.push(serde_json::json!({
+                "value": l, "vhost": vhost, "component": VHOST_LIMITS, "name": "limits"
+            }));
+        }
+    }
+
     /// Loads the document at `path`; a missing file is an empty document.
     pub fn load(path: &Path) -> Result<Option<Definitions>, StoreError> {
         let text = match std::fs::read_to_string(path) {

@@ -35,6 +35,15 @@ pub struct Config {
     /// Free disk bytes below which publishers are blocked (RabbitMQ's
     /// `disk_free_limit.absolute`).
     pub disk_free_limit: u64,
+    /// Milliseconds a consumer may hold a delivery unacknowledged before its channel is
+    /// closed (RabbitMQ's `consumer_timeout`); 0 disables the check.
+    pub consumer_timeout: u64,
+    /// Seconds a client has to complete the AMQP handshake (RabbitMQ's
+    /// `handshake_timeout`).
+    pub handshake_timeout: u64,
+    /// A definitions file (RabbitMQ's JSON format) imported at start: users, vhosts,
+    /// permissions, topic permissions, limits, policies, exchanges, queues, bindings.
+    pub load_definitions: Option<PathBuf>,
 }
 
 /// The `fsync` setting.
@@ -62,6 +71,9 @@ impl Default for Config {
             segment_size: 64 * 1024 * 1024,
             memory_high_watermark: 0.4,
             disk_free_limit: 50_000_000,
+            consumer_timeout: 30 * 60 * 1000,
+            handshake_timeout: 10,
+            load_definitions: None,
         }
     }
 }
@@ -90,6 +102,9 @@ impl Config {
                 "memory_high_watermark is a fraction of RAM, above 0 and at most 1, got {}",
                 self.memory_high_watermark
             );
+        }
+        if self.handshake_timeout == 0 {
+            anyhow::bail!("handshake_timeout must be at least 1 second");
         }
         if self.segment_size < 4096 {
             anyhow::bail!(

@@ -54,11 +54,22 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let broker = Broker::open(
         BrokerConfig {
             max_message_size: cfg.max_message_size,
+            consumer_timeout: (cfg.consumer_timeout > 0)
+                .then(|| std::time::Duration::from_millis(cfg.consumer_timeout)),
             ..BrokerConfig::default()
         },
         persist,
     )
     .with_context(|| format!("cannot restore from data dir {}", cfg.data_dir.display()))?;
+    if let Some(path) = &cfg.load_definitions {
+        let defs = ferrymq_store::definitions::Definitions::load(path)
+            .with_context(|| format!("cannot read definitions file {}", path.display()))?
+            .with_context(|| format!("definitions file {} not found", path.display()))?;
+        broker
+            .import_definitions(&defs)
+            .with_context(|| format!("cannot import definitions file {}", path.display()))?;
+        tracing::info!("imported definitions from {}", path.display());
+    }
     let addr: SocketAddr = format!("{}:{}", cfg.bind, cfg.amqp_port)
         .parse()
         .with_context(|| format!("invalid bind address {}:{}", cfg.bind, cfg.amqp_port))?;
@@ -69,7 +80,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             frame_max: cfg.frame_max,
             channel_max: cfg.channel_max,
             heartbeat: cfg.heartbeat,
-            ..AmqpConfig::default()
+            handshake_timeout: std::time::Duration::from_secs(cfg.handshake_timeout),
         },
     )
     .await

@@ -58,6 +58,14 @@ struct ServerArgs {
     /// Free disk bytes below which publishers are blocked [default: 50000000].
     #[arg(long, value_name = "BYTES")]
     disk_free_limit: Option<u64>,
+    /// Milliseconds a consumer may hold a delivery unacknowledged before its channel is
+    /// closed; 0 disables [default: 1800000].
+    #[arg(long, value_name = "MS")]
+    consumer_timeout: Option<u64>,
+    /// Import a definitions file (RabbitMQ's JSON format: users, vhosts, permissions,
+    /// limits, policies, exchanges, queues, bindings) at start.
+    #[arg(long, value_name = "FILE")]
+    load_definitions: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +110,12 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.disk_free_limit {
         cfg.disk_free_limit = v;
+    }
+    if let Some(v) = a.consumer_timeout {
+        cfg.consumer_timeout = v;
+    }
+    if let Some(v) = a.load_definitions {
+        cfg.load_definitions = Some(v);
     }
     cfg.validate()?;
     // Thousands of clients need thousands of file descriptors.

@@ -9,12 +9,12 @@ pub use headers::headers_match;
 pub use topic::{topic_match, TopicPattern, TopicTrie};
 
 use crate::error::{CoreError, CoreResult};
+use crate::events::DelayedRelease;
 use crate::expiry::{instant_of, now_ms};
 use crate::message::{LazyHeaders, Message};
 use crate::queue::Queue;
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
-use crate::vhost::VHost;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
@@ -149,7 +149,7 @@ pub struct Exchange {
     /// Alternate exchange set by a policy (a declared argument takes precedence).
     policy_ae: RwLock<Option<String>>,
     /// The vhost delayed messages are routed in when their time comes.
-    home: OnceLock<Weak<VHost>>,
+    home: OnceLock<Weak<dyn DelayedRelease>>,
 }
 
 impl Exchange {
@@ -172,7 +172,7 @@ impl Exchange {
         kind: ExchangeKind,
         options: ExchangeOptions,
         msgs: DelayedMessages,
-        home: Weak<VHost>,
+        home: Weak<dyn DelayedRelease>,
     ) -> Arc<Self> {
         let mut x = Exchange::new(name, kind, options);
         x.delay = Some(Mutex::new(Delay {
@@ -420,7 +420,7 @@ impl Timed for Exchange {
         if !due.is_empty() {
             if let Some(home) = self.home.get().and_then(Weak::upgrade) {
                 for (msg, pos) in due {
-                    home.route_delayed(&self, msg);
+                    home.release(&self, msg);
                     if let Some(pos) = pos {
                         d.lock().msgs.sent(pos);
                     }

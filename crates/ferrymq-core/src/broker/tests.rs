@@ -1,0 +1,187 @@
+//! Unit tests of authentication, sessions, admin changes and their persistence.
+
+use super::*;
+use crate::access::{Permission, TopicPermission};
+use crate::admin::Credential;
+use crate::connections::ConnectionMeta;
+use crate::persist::{PersistConfig, Persistence};
+use crate::policy::Policy;
+use crate::queue::QueueOptions;
+
+fn meta() -> ConnectionMeta {
+    ConnectionMeta {
+        peer: None,
+        protocol: "test",
+    }
+}
+
+#[test]
+fn guest_may_only_log_in_from_loopback() {
+    let b = Broker::new(BrokerConfig::default());
+    assert!(b.authenticate("guest", "guest", true).is_ok());
+    let e = b.authenticate("guest", "guest", false).unwrap_err();
+    assert!(matches!(e, CoreError::AccessRefused(_)));
+    assert!(e.to_string().contains("can only connect via localhost"));
+    assert!(b.authenticate("guest", "wrong", true).is_err());
+    assert!(b.authenticate("nobody", "guest", true).is_err());
+}
+
+#[test]
+fn vhost_access_needs_permissions() {
+    let b = Broker::new(BrokerConfig::default());
+    assert!(b.open_session("guest", "/", meta()).is_ok());
+    let e = b.open_session("guest", "/other", meta()).err().unwrap();
+    assert!(matches!(e, CoreError::VHostAccessRefused(_)), "{e:?}");
+    b.add_vhost("/other").unwrap();
+    let e = b.open_session("guest", "/other", meta()).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "access to vhost '/other' refused for user 'guest'"
+    );
+    b.set_permissions("guest", "/other", Permission::all())
+        .unwrap();
+    assert!(b.open_session("guest", "/other", meta()).is_ok());
+}
+
+fn open(d: &std::path::Path) -> Arc<Broker> {
+    let p = Persistence::open(PersistConfig::new(d)).unwrap();
+    Broker::open(BrokerConfig::default(), p).unwrap()
+}
+
+fn reopen(b: Arc<Broker>, d: &std::path::Path) -> Arc<Broker> {
+    b.persistence().unwrap().stop();
+    drop(b);
+    open(d)
+}
+
+#[test]
+fn policies_are_saved_and_applied_again_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let def = serde_json::from_str(r#"{"message-ttl": 5000}"#).unwrap();
+    b.set_policy("/", Policy::new("ttl", "^t", "queues", 1, def).unwrap())
+        .unwrap();
+    let s = b.open_session("guest", "/", meta()).unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    s.declare_queue("tq", durable, false).unwrap();
+    drop(s);
+    let b = reopen(b, d.path());
+    let v = b.vhost("/").unwrap();
+    assert_eq!(v.policies().len(), 1);
+    let q = v.queue("tq", 1).unwrap();
+    assert_eq!(q.config().message_ttl, Some(5000));
+    b.clear_policy("/", "ttl").unwrap();
+    assert_eq!(q.config().message_ttl, None);
+    assert!(b.clear_policy("/", "ttl").is_err());
+}
+
+#[test]
+fn users_permissions_topic_permissions_and_limits_survive_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    b.add_vhost("prod").unwrap();
+    b.put_user(
+        "app",
+        Credential::Password("s3cret".into()),
+        &["monitoring"],
+    )
+    .unwrap();
+    let p = Permission {
+        configure: "^app\\.".into(),
+        write: ".*".into(),
+        read: "".into(),
+    };
+    b.set_permissions("app", "prod", p.clone()).unwrap();
+    let t = TopicPermission {
+        exchange: "amq.topic".into(),
+        write: "^{username}\\.".into(),
+        read: ".*".into(),
+    };
+    b.set_topic_permissions("app", "prod", t.clone()).unwrap();
+    let ul = crate::limits::UserLimits {
+        max_connections: Some(3),
+        max_channels: Some(7),
+    };
+    b.set_user_limits("app", ul).unwrap();
+    let vl = crate::limits::VHostLimits {
+        max_connections: None,
+        max_queues: Some(9),
+    };
+    b.set_vhost_limits("prod", vl).unwrap();
+    let b = reopen(b, d.path());
+    assert!(b.authenticate("app", "s3cret", true).is_ok());
+    let app = b.users().into_iter().find(|u| u.name == "app").unwrap();
+    assert_eq!(app.tags, vec!["monitoring"]);
+    assert_eq!(app.limits, ul);
+    assert_eq!(b.vhost_limits("prod"), vl);
+    assert!(b
+        .permissions()
+        .iter()
+        .any(|e| e.user == "app" && e.vhost == "prod" && e.permission == p));
+    assert_eq!(b.topic_permissions("app", "prod"), vec![t]);
+    b.delete_user("app").unwrap();
+    let b = reopen(b, d.path());
+    assert!(b.authenticate("app", "s3cret", true).is_err());
+    assert!(b.permissions().iter().all(|e| e.user != "app"));
+}
+
+#[test]
+fn deleting_a_vhost_deletes_its_queues_and_their_files_and_closes_its_sessions() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    b.add_vhost("gone").unwrap();
+    b.set_permissions("guest", "gone", Permission::all())
+        .unwrap();
+    let s = b.open_session("guest", "gone", meta()).unwrap();
+    let mut closed = s.closed();
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let (q, _) = s.declare_queue("dq", durable, false).unwrap();
+    let props = crate::message::Properties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    let m = crate::message::Message::from_properties("", "dq", &props, bytes::Bytes::new());
+    s.publish("", Arc::new(m.unwrap())).unwrap();
+    let dir = b.persistence().unwrap().queue_dir("gone", "dq");
+    assert!(dir.exists());
+    b.delete_vhost("gone").unwrap();
+    assert!(closed.borrow_and_update().is_some());
+    assert!(q.is_deleted());
+    assert!(!dir.exists());
+    assert!(b.vhost("gone").is_none());
+    drop(s);
+    let b = reopen(b, d.path());
+    assert!(b.vhost("gone").is_none());
+    assert!(b.permissions().iter().all(|e| e.vhost != "gone"));
+    assert!(b.add_vhost("gone").unwrap().queues().is_empty());
+}
+
+#[test]
+fn invalid_patterns_and_unknown_names_are_refused() {
+    let b = Broker::new(BrokerConfig::default());
+    let bad = Permission {
+        configure: "(".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+    };
+    assert!(matches!(
+        b.set_permissions("guest", "/", bad),
+        Err(CoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        b.set_permissions("nobody", "/", Permission::all()),
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.set_permissions("guest", "/nope", Permission::all()),
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(b.delete_user("nobody").is_err());
+    assert!(b.delete_vhost("/nope").is_err());
+}

@@ -1,0 +1,204 @@
+//! The live client connections of every protocol: who is connected to which vhost, how many
+//! channels each user has open, the limits on both, and a way to close a connection from
+//! the broker side (user or vhost deleted, an operator's request).
+
+use crate::error::{CoreError, CoreResult};
+use crate::limits::{UserLimits, VHostLimits};
+use crate::ConnectionId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What a protocol crate knows about a connection when it opens a session.
+#[derive(Debug, Clone)]
+pub struct ConnectionMeta {
+    /// The client's address, when it came over the network.
+    pub peer: Option<SocketAddr>,
+    /// Protocol name as the management API shows it, e.g. `AMQP 0-9-1`.
+    pub protocol: &'static str,
+}
+
+/// One live connection as the broker sees it.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// Broker-unique id.
+    pub id: ConnectionId,
+    /// The authenticated user.
+    pub user: String,
+    /// The vhost it works in.
+    pub vhost: String,
+    /// Where it comes from and how.
+    pub meta: ConnectionMeta,
+    channels: AtomicU64,
+    kill: watch::Sender<Option<String>>,
+}
+
+impl ConnectionInfo {
+    /// Open channels of this connection.
+    pub fn channels(&self) -> u64 {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection to close with `reason` (it sees it through
+    /// [`Session::closed`](crate::session::Session::closed)).
+    pub fn close(&self, reason: &str) {
+        self.kill.send_replace(Some(reason.to_string()));
+    }
+
+    /// Subscribes to close requests.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.kill.subscribe()
+    }
+}
+
+/// Every live connection with the counts the limits are checked against.
+#[derive(Default)]
+pub(crate) struct Registry {
+    conns: HashMap<ConnectionId, Arc<ConnectionInfo>>,
+    per_vhost: HashMap<String, u64>,
+    per_user: HashMap<String, u64>,
+    user_channels: HashMap<String, u64>,
+}
+
+fn dec(m: &mut HashMap<String, u64>, k: &str) {
+    if let Some(n) = m.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
+}
+
+impl Registry {
+    /// Admits a connection unless the vhost's or the user's connection limit is reached
+    /// (RabbitMQ's texts).
+    pub fn register(
+        &mut self,
+        id: ConnectionId,
+        user: &str,
+        vhost: &str,
+        meta: ConnectionMeta,
+        vlim: VHostLimits,
+        ulim: UserLimits,
+    ) -> CoreResult<Arc<ConnectionInfo>> {
+        if let Some(max) = vlim.max_connections {
+            if self.per_vhost.get(vhost).copied().unwrap_or(0) >= max {
+                return Err(CoreError::LimitReached(format!(
+                    "access to vhost '{vhost}' refused for user '{user}': connection limit ({max}) is reached"
+                )));
+            }
+        }
+        if let Some(max) = ulim.max_connections {
+            if self.per_user.get(user).copied().unwrap_or(0) >= max {
+                return Err(CoreError::LimitReached(format!(
+                    "Connection refused for user '{user}'. User connection limit ({max}) is reached"
+                )));
+            }
+        }
+        let info = Arc::new(ConnectionInfo {
+            id,
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            meta,
+            channels: AtomicU64::new(0),
+            kill: watch::channel(None).0,
+        });
+        *self.per_vhost.entry(vhost.to_string()).or_default() += 1;
+        *self.per_user.entry(user.to_string()).or_default() += 1;
+        self.conns.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// Forgets a connection (and the channels it still had).
+    pub fn unregister(&mut self, id: ConnectionId) {
+        let Some(info) = self.conns.remove(&id) else {
+            return;
+        };
+        dec(&mut self.per_vhost, &info.vhost);
+        dec(&mut self.per_user, &info.user);
+        for _ in 0..info.channels() {
+            dec(&mut self.user_channels, &info.user);
+        }
+    }
+
+    /// Counts a channel opened on `info`, unless the user's channel limit is reached.
+    pub fn open_channel(&mut self, info: &ConnectionInfo, ulim: UserLimits) -> CoreResult<()> {
+        let n = self.user_channels.get(&info.user).copied().unwrap_or(0);
+        if let Some(max) = ulim.max_channels {
+            if n >= max {
+                return Err(CoreError::LimitReached(format!(
+                    "number of channels opened for user '{}' has reached the maximum allowed user limit of ({max})",
+                    info.user
+                )));
+            }
+        }
+        *self.user_channels.entry(info.user.clone()).or_default() += 1;
+        info.channels.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts a channel closed on `info`.
+    pub fn close_channel(&mut self, info: &ConnectionInfo) {
+        if !self.conns.contains_key(&info.id) {
+            return;
+        }
+        let had = info
+            .channels
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if had.is_ok() {
+            dec(&mut self.user_channels, &info.user);
+        }
+    }
+
+    /// Every live connection.
+    pub fn all(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.conns.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ConnectionMeta {
+        ConnectionMeta {
+            peer: None,
+            protocol: "test",
+        }
+    }
+
+    #[test]
+    fn limits_count_live_connections_and_channels() {
+        let mut r = Registry::default();
+        let vlim = VHostLimits {
+            max_connections: Some(2),
+            max_queues: None,
+        };
+        let ulim = UserLimits {
+            max_connections: Some(1),
+            max_channels: Some(2),
+        };
+        let a = r.register(1, "u", "/", meta(), vlim, ulim).unwrap();
+        let e = r.register(2, "u", "/", meta(), vlim, ulim).unwrap_err();
+        assert!(e.to_string().contains("User connection limit (1)"), "{e}");
+        r.register(3, "v", "/", meta(), vlim, UserLimits::default())
+            .unwrap();
+        let e = r
+            .register(4, "w", "/", meta(), vlim, UserLimits::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("connection limit (2) is reached"),
+            "{e}"
+        );
+        r.open_channel(&a, ulim).unwrap();
+        r.open_channel(&a, ulim).unwrap();
+        assert!(r.open_channel(&a, ulim).is_err());
+        r.close_channel(&a);
+        r.open_channel(&a, ulim).unwrap();
+        r.unregister(1);
+        assert!(r.user_channels.is_empty());
+        r.register(5, "u", "/", meta(), vlim, ulim).unwrap();
+    }
+}

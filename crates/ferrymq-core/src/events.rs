@@ -1,0 +1,29 @@
+//! What queues and delayed exchanges report back to the vhost they live in. Small traits
+//! instead of a reference to `VHost`, so queues and exchanges do not depend on it.
+
+use crate::dead_letter::DeadLetter;
+use crate::exchange::Exchange;
+use crate::message::Message;
+use crate::queue::Queue;
+use std::sync::Arc;
+
+/// Events of a queue its home vhost acts on.
+pub trait QueueEvents: Send + Sync {
+    /// Messages left queue `queue` for dead-letter exchange `dlx` (with `routing_key`, or
+    /// their own keys): route them there. Called with no queue lock held.
+    fn dead_letter(
+        &self,
+        queue: &str,
+        dlx: &str,
+        routing_key: Option<&str>,
+        letters: Vec<DeadLetter>,
+    );
+    /// The queue was unused for its `x-expires`: delete it.
+    fn expired(&self, queue: &Arc<Queue>);
+}
+
+/// Where a delayed-message exchange sends a message once its delay has passed.
+pub trait DelayedRelease: Send + Sync {
+    /// Routes `message` through `exchange` now.
+    fn release(&self, exchange: &Arc<Exchange>, message: Arc<Message>);
+}

@@ -1,0 +1,142 @@
+//! Builds queues by type: the store a queue gets follows its `x-queue-type` (only classic
+//! queues exist yet; this is the seam where stream queues plug in) and its options
+//! (on disk for durable queues, in memory with paging otherwise, one store per priority
+//! level for priority queues).
+
+use crate::error::{CoreError, CoreResult};
+use crate::paged_store::PagedStore;
+use crate::persist::Persistence;
+use crate::priority_store::PriorityStore;
+use crate::queue::{Queue, QueueOptions};
+use crate::queue_config::QueueConfig;
+use crate::store::{MemoryStore, MessageStore};
+use crate::value::FieldValue;
+use crate::ConnectionId;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The kinds of queue the broker can build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// RabbitMQ's classic queue: FIFO (per priority level), messages acked individually.
+    Classic,
+}
+
+impl QueueType {
+    /// The type a declaration asks for. Other types (`quorum`, `stream`) are still served
+    /// by classic queues, as before this seam existed.
+    pub fn of(options: &QueueOptions) -> QueueType {
+        match options
+            .arguments
+            .get("x-queue-type")
+            .and_then(FieldValue::as_str)
+        {
+            Some(other) if other != "classic" => {
+                tracing::debug!("x-queue-type '{other}' is served by a classic queue");
+                QueueType::Classic
+            }
+            _ => QueueType::Classic,
+        }
+    }
+}
+
+/// A new, empty queue `name` in `vhost`. A durable queue's definition is saved and any
+/// leftovers of an earlier queue of that name are removed first. Exclusive queues never
+/// outlive their connection, so they never persist.
+pub fn create(
+    persist: Option<&Arc<Persistence>>,
+    vhost: &str,
+    name: &str,
+    options: QueueOptions,
+    owner: Option<ConnectionId>,
+    cfg: &QueueConfig,
+) -> CoreResult<Queue> {
+    match QueueType::of(&options) {
+        QueueType::Classic => classic(persist, vhost, name, options, owner, cfg),
+    }
+}
+
+fn classic(
+    persist: Option<&Arc<Persistence>>,
+    vhost: &str,
+    name: &str,
+    options: QueueOptions,
+    owner: Option<ConnectionId>,
+    cfg: &QueueConfig,
+) -> CoreResult<Queue> {
+    let levels = cfg.max_priority;
+    let Some(p) = persist else {
+        let store: Box<dyn MessageStore> = match levels {
+            Some(max) => Box::new(PriorityStore::new(
+                (0..=max)
+                    .map(|_| Box::new(MemoryStore::default()) as Box<dyn MessageStore>)
+                    .collect(),
+            )),
+            None => Box::new(MemoryStore::default()),
+        };
+        return Ok(Queue::with_store(name, vhost, options, owner, store, 1));
+    };
+    let durable = options.durable && !options.exclusive;
+    let dir = if durable {
+        let dir = p.queue_dir(vhost, name);
+        // Leftovers of an earlier queue of that name must not come back in the new one.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| CoreError::Internal(format!("{}: {e}", dir.display())))?;
+        }
+        p.queue_declared(vhost, name, options.auto_delete, &options.arguments)?;
+        dir
+    } else {
+        p.transient_dir()
+    };
+    let store: Box<dyn MessageStore> = match levels {
+        Some(max) => Box::new(PriorityStore::new(
+            (0..=max)
+                .map(|l| {
+                    Box::new(PagedStore::new(p.clone(), durable, level_dir(&dir, l)))
+                        as Box<dyn MessageStore>
+                })
+                .collect(),
+        )),
+        None => Box::new(PagedStore::new(p.clone(), durable, dir)),
+    };
+    Ok(Queue::with_store(name, vhost, options, owner, store, 1))
+}
+
+/// A durable queue re-created at start with the messages its log holds. Returns the queue,
+/// its directory and how many messages came back.
+pub fn recover(
+    p: &Arc<Persistence>,
+    vhost: &str,
+    name: &str,
+    options: QueueOptions,
+    cfg: &QueueConfig,
+) -> CoreResult<(Queue, PathBuf, u64)> {
+    let dir = p.queue_dir(vhost, name);
+    let recover = |dir: PathBuf, first: u64| {
+        PagedStore::recover(p.clone(), dir, first).map_err(|e| CoreError::Internal(e.to_string()))
+    };
+    let (store, n): (Box<dyn MessageStore>, u64) = match cfg.max_priority {
+        Some(max) => {
+            let mut levels: Vec<Box<dyn MessageStore>> = Vec::new();
+            let mut total = 0;
+            for l in 0..=max {
+                let (s, n) = recover(level_dir(&dir, l), total + 1)?;
+                total += n;
+                levels.push(Box::new(s));
+            }
+            (Box::new(PriorityStore::new(levels)), total)
+        }
+        None => {
+            let (s, n) = recover(dir.clone(), 1)?;
+            (Box::new(s), n)
+        }
+    };
+    let q = Queue::with_store(name, vhost, options, None, store, n + 1);
+    Ok((q, dir, n))
+}
+
+/// The log directory of one priority level of a priority queue.
+fn level_dir(dir: &Path, level: u8) -> PathBuf {
+    dir.join(format!("p{level}"))
+}

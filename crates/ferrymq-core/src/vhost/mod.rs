@@ -1,0 +1,214 @@
+//! A virtual host: the registry of its exchanges and queues. What clients do to them is split
+//! by concern: [`topology`] (declare, delete, bind), [`routing`] (the one routing and enqueue
+//! path of publishes, delayed releases and dead letters), [`policies`], [`restore`] (start-up
+//! from the definitions) and [`reply_to`] (direct reply-to pseudo-queues).
+//!
+//! Mutators are `pub(crate)`: protocol crates reach them only through a
+//! [`Session`](crate::session::Session), which checks the caller's permissions first.
+
+mod policies;
+mod reply_to;
+mod restore;
+mod routing;
+mod topology;
+
+pub use reply_to::REPLY_TO_PREFIX;
+pub use routing::PublishOutcome;
+
+use crate::error::{CoreError, CoreResult};
+use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};
+use crate::persist::Persistence;
+use crate::policy::Policy;
+use crate::queue::Queue;
+use crate::ConnectionId;
+use parking_lot::{ReentrantMutex, RwLock};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+/// A virtual host.
+pub struct VHost {
+    /// Its name, e.g. `/`.
+    pub name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
+    persist: Option<Arc<Persistence>>,
+    policies: RwLock<Vec<Policy>>,
+    /// Serialises topology changes, so "save the definitions, then change memory" is one
+    /// step. Routing never takes it (it reads the maps), so an fsync of the definitions
+    /// never stalls publishers. Reentrant: deleting a queue can auto-delete an exchange.
+    topology: ReentrantMutex<()>,
+    /// Set once the vhost is deleted: nothing can be declared in it any more.
+    deleted: std::sync::atomic::AtomicBool,
+    /// Itself, handed to queues and delayed exchanges that report back to the vhost.
+    me: Weak<VHost>,
+}
+
+fn not_found_queue(name: &str, vhost: &str) -> CoreError {
+    CoreError::NotFound(format!("no queue '{name}' in vhost '{vhost}'"))
+}
+
+fn not_found_exchange(name: &str, vhost: &str) -> CoreError {
+    CoreError::NotFound(format!("no exchange '{name}' in vhost '{vhost}'"))
+}
+
+impl VHost {
+    /// A vhost with the standard exchanges (default, amq.direct, amq.fanout, amq.topic,
+    /// amq.headers, amq.match), keeping everything in memory.
+    pub fn new(name: &str) -> Arc<Self> {
+        VHost::with_persistence(name, None)
+    }
+
+    /// A vhost whose durable entities and persistent messages go to `persist`.
+    pub fn with_persistence(name: &str, persist: Option<Arc<Persistence>>) -> Arc<Self> {
+        Arc::new_cyclic(|me| VHost::build(name, persist, me.clone()))
+    }
+
+    fn build(name: &str, persist: Option<Arc<Persistence>>, me: Weak<VHost>) -> Self {
+        let v = VHost {
+            name: name.to_string(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            reply_queues: RwLock::new(HashMap::new()),
+            persist,
+            policies: RwLock::new(Vec::new()),
+            topology: ReentrantMutex::new(()),
+            deleted: std::sync::atomic::AtomicBool::new(false),
+            me,
+        };
+        let durable = ExchangeOptions {
+            durable: true,
+            ..Default::default()
+        };
+        {
+            let mut ex = v.exchanges.write();
+            for (n, k) in [
+                ("", ExchangeKind::Direct),
+                ("amq.direct", ExchangeKind::Direct),
+                ("amq.fanout", ExchangeKind::Fanout),
+                ("amq.topic", ExchangeKind::Topic),
+                ("amq.headers", ExchangeKind::Headers),
+                ("amq.match", ExchangeKind::Headers),
+            ] {
+                ex.insert(
+                    n.to_string(),
+                    Arc::new(Exchange::new(n, k, durable.clone())),
+                );
+            }
+        }
+        v
+    }
+
+    /// The named exchange.
+    pub fn exchange(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        self.exchanges
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found_exchange(name, &self.name))
+    }
+
+    /// The named queue, checking that `conn` may use it (exclusive queues belong to the
+    /// connection that declared them).
+    pub fn queue(&self, name: &str, conn: ConnectionId) -> CoreResult<Arc<Queue>> {
+        let q = self.find_queue(name)?;
+        q.check_access(conn)?;
+        Ok(q)
+    }
+
+    /// The named queue, whoever owns it.
+    pub(crate) fn find_queue(&self, name: &str) -> CoreResult<Arc<Queue>> {
+        self.queues
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found_queue(name, &self.name))
+    }
+
+    /// Every exchange.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    /// Every queue.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// Number of queues (for the `max-queues` limit).
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    /// Runs `apply` after `save` stored the change in the definitions document (when the
+    /// broker has a data directory): memory only changes once the disk agrees, so a failed
+    /// save leaves both as they were.
+    fn persist_then<T>(
+        &self,
+        save: impl FnOnce(&Persistence) -> CoreResult<()>,
+        apply: impl FnOnce() -> T,
+    ) -> CoreResult<T> {
+        if let Some(p) = &self.persist {
+            save(p)?;
+        }
+        Ok(apply())
+    }
+
+    /// Whether the vhost has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Deletes everything in the vhost: queues with their messages and files, delayed
+    /// messages, reply-to pseudo-queues. The broker has already removed it from the
+    /// definitions and closed its connections.
+    pub(crate) fn destroy(&self) {
+        let _t = self.topology.lock();
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        let queues: Vec<Arc<Queue>> = self.queues.write().drain().map(|(_, q)| q).collect();
+        for q in queues {
+            q.mark_deleted(None);
+        }
+        let exchanges: Vec<Arc<Exchange>> =
+            self.exchanges.write().drain().map(|(_, x)| x).collect();
+        for x in exchanges {
+            x.destroy_delayed();
+            // Bindings hold Arcs to other exchanges: drop them so nothing stays alive.
+            for b in x.bindings() {
+                x.unbind_destination(&b.destination);
+            }
+        }
+        for (_, q) in self.reply_queues.write().drain() {
+            q.mark_deleted(None);
+        }
+    }
+}
+
+/// A server-generated name such as `amq.gen-Xy3...`, 22 random URL-safe characters.
+pub fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for _ in 0..22 {
+        s.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    s
+}
+
+impl Queue {
+    /// The RESOURCE_LOCKED error for a queue held by another connection.
+    pub fn locked_error(q: &Queue) -> CoreError {
+        CoreError::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does \
+             not match that of the original declaration.",
+            q.name, q.vhost
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

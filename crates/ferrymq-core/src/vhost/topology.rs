@@ -1,0 +1,503 @@
+//! Declaring, deleting, binding and unbinding exchanges and queues. Every change that must
+//! survive a restart is saved first and applied after ([`VHost::persist_then`]), under the
+//! vhost's topology lock.
+
+use super::VHost;
+use crate::error::{CoreError, CoreResult};
+use crate::exchange::{
+    check_args_equivalent, DelayedMessages, Destination, Exchange, ExchangeKind, ExchangeOptions,
+    DELAYED_TYPE,
+};
+use crate::queue::{Queue, QueueCounts, QueueOptions};
+use crate::queue_config::QueueConfig;
+use crate::queue_factory;
+use crate::value::{table_to_json, FieldTable, FieldValue};
+use crate::ConnectionId;
+use ferrymq_store::definitions::{BindingDef, ExchangeDef};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Arguments whose values must match when a queue is redeclared.
+const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+    "x-consumer-timeout",
+];
+
+fn default_exchange_refused() -> CoreError {
+    CoreError::AccessRefused("operation not permitted on the default exchange".into())
+}
+
+/// The routing algorithm of a declared exchange type; a delayed-message exchange routes as
+/// its `x-delayed-type` argument says.
+pub(super) fn routing_kind(type_name: &str, args: &FieldTable) -> CoreResult<ExchangeKind> {
+    if type_name == DELAYED_TYPE {
+        return args
+            .get("x-delayed-type")
+            .and_then(FieldValue::as_str)
+            .and_then(ExchangeKind::parse)
+            .ok_or_else(|| {
+                CoreError::InvalidArgument(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type".into(),
+                )
+            });
+    }
+    ExchangeKind::parse(type_name)
+        .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{type_name}'")))
+}
+
+impl VHost {
+    fn check_not_deleted(&self) -> CoreResult<()> {
+        if self.is_deleted() {
+            return Err(CoreError::NotFound(format!(
+                "vhost '{}' is being deleted",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// exchange.declare.
+    pub(crate) fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        options: ExchangeOptions,
+        passive: bool,
+    ) -> CoreResult<()> {
+        if passive {
+            return self.exchange(name).map(|_| ());
+        }
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let type_name = kind;
+        let kind = routing_kind(kind, &options.arguments)?;
+        let _t = self.topology.lock();
+        self.check_not_deleted()?;
+        if let Some(existing) = self.exchanges.read().get(name) {
+            return existing.check_equivalent(&self.name, type_name, &options);
+        }
+        if name.starts_with("amq.") {
+            return Err(CoreError::AccessRefused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let x = self.new_exchange(name, type_name, kind, options, false)?;
+        self.persist_then(
+            |p| match x.options.durable {
+                true => p.exchange_declared(self.exchange_def(&x)),
+                false => Ok(()),
+            },
+            || self.exchanges.write().insert(name.to_string(), x.clone()),
+        )?;
+        Ok(())
+    }
+
+    /// Builds an exchange; a delayed-message exchange gets its message store (recovering
+    /// what a previous run left when `recover` is set).
+    pub(super) fn new_exchange(
+        &self,
+        name: &str,
+        type_name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+        recover: bool,
+    ) -> CoreResult<Arc<Exchange>> {
+        let x = if type_name == DELAYED_TYPE {
+            let msgs = match &self.persist {
+                None => DelayedMessages::in_memory(),
+                Some(p) => DelayedMessages::on_disk(
+                    p.clone(),
+                    p.delayed_dir(&self.name, name),
+                    options.durable,
+                    recover,
+                )
+                .map_err(|e| CoreError::Internal(format!("delayed exchange '{name}': {e}")))?,
+            };
+            Exchange::delayed(name, kind, options, msgs, self.me.clone())
+        } else {
+            Arc::new(Exchange::new(name, kind, options))
+        };
+        x.set_policy_alternate_exchange(self.policy_alternate_exchange(name));
+        Ok(x)
+    }
+
+    fn exchange_def(&self, x: &Exchange) -> ExchangeDef {
+        ExchangeDef {
+            name: x.name.clone(),
+            vhost: self.name.clone(),
+            kind: x.type_name().to_string(),
+            durable: true,
+            auto_delete: x.options.auto_delete,
+            internal: x.options.internal,
+            arguments: table_to_json(&x.options.arguments),
+        }
+    }
+
+    /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
+    pub(crate) fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(CoreError::AccessRefused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let _t = self.topology.lock();
+        let Some(x) = self.exchanges.read().get(name).cloned() else {
+            return Ok(());
+        };
+        if if_unused && (x.has_bindings() || self.is_destination(&x, &self.exchanges.read())) {
+            return Err(CoreError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.persist_then(
+            |p| match x.options.durable {
+                true => p.exchange_deleted(&self.name, name),
+                false => Ok(()),
+            },
+            || self.exchanges.write().remove(name),
+        )?;
+        x.destroy_delayed();
+        // Remove bindings where the deleted exchange is the destination.
+        let dest = Destination::Exchange(x.clone());
+        for s in self.exchanges() {
+            if s.unbind_destination(&dest) > 0 {
+                self.maybe_auto_delete_exchange(&s);
+            }
+        }
+        // Break reference cycles through its own outgoing exchange bindings.
+        for b in x.bindings() {
+            x.unbind_destination(&b.destination);
+            if let Destination::Exchange(d) = &b.destination {
+                self.maybe_auto_delete_exchange(d);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_destination(&self, x: &Arc<Exchange>, all: &HashMap<String, Arc<Exchange>>) -> bool {
+        let d = Destination::Exchange(x.clone());
+        all.values().any(|s| {
+            s.bindings()
+                .iter()
+                .any(|b| matches!((&b.destination, &d), (Destination::Exchange(a), Destination::Exchange(c)) if Arc::ptr_eq(a, c)))
+        })
+    }
+
+    fn maybe_auto_delete_exchange(&self, x: &Arc<Exchange>) {
+        if x.options.auto_delete && !x.has_bindings() {
+            if let Err(e) = self.delete_exchange(&x.name, false) {
+                tracing::error!(exchange = %x.name, vhost = %self.name, "auto-delete failed: {e}");
+            }
+        }
+    }
+
+    /// queue.declare. Returns the (possibly server-generated) name and its counts. A new
+    /// queue is refused once the vhost holds `max_queues`.
+    pub(crate) fn declare_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        passive: bool,
+        conn: ConnectionId,
+        max_queues: Option<u64>,
+    ) -> CoreResult<(Arc<Queue>, QueueCounts)> {
+        if passive {
+            let q = self.queue(name, conn)?;
+            let c = q.counts();
+            return Ok((q, c));
+        }
+        // Reserved `amq.` names are refused to clients by the session; server-generated
+        // names come here already chosen.
+        let name = if name.is_empty() {
+            generate_unique_name(self)
+        } else {
+            name.to_string()
+        };
+        let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
+        let _t = self.topology.lock();
+        self.check_not_deleted()?;
+        if let Some(q) = self.queues.read().get(&name) {
+            q.check_access(conn)?;
+            if options.exclusive && q.owner.is_none() {
+                return Err(Queue::locked_error(q));
+            }
+            self.check_queue_equivalent(q, &options)?;
+            q.touch();
+            let c = q.counts();
+            return Ok((q.clone(), c));
+        }
+        if let Some(max) = max_queues {
+            if self.queue_count() as u64 >= max {
+                return Err(CoreError::LimitReached(format!(
+                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                    self.name
+                )));
+            }
+        }
+        let owner = options.exclusive.then_some(conn);
+        let q = Arc::new(queue_factory::create(
+            self.persist.as_ref(),
+            &self.name,
+            &name,
+            options,
+            owner,
+            &cfg,
+        )?);
+        self.queues.write().insert(name, q.clone());
+        self.attach_queue(&q, cfg);
+        let counts = QueueCounts {
+            messages: 0,
+            unacked: 0,
+            consumers: 0,
+        };
+        Ok((q, counts))
+    }
+
+    fn check_queue_equivalent(&self, q: &Queue, o: &QueueOptions) -> CoreResult<()> {
+        let fail = |what: &str, got: bool, cur: bool| {
+            Err(CoreError::PreconditionFailed(format!(
+                "inequivalent arg '{what}' for queue '{}' in vhost '{}': received '{got}' but current is '{cur}'",
+                q.name, self.name
+            )))
+        };
+        if o.durable != q.options.durable {
+            return fail("durable", o.durable, q.options.durable);
+        }
+        if o.auto_delete != q.options.auto_delete {
+            return fail("auto_delete", o.auto_delete, q.options.auto_delete);
+        }
+        check_args_equivalent(&q.options.arguments, &o.arguments, QUEUE_EQUIVALENCE_ARGS).map_err(
+            |(k, got, cur)| {
+                CoreError::PreconditionFailed(format!(
+                    "inequivalent arg '{k}' for queue '{}' in vhost '{}': received {got} but current is {cur}",
+                    q.name, self.name
+                ))
+            },
+        )
+    }
+
+    /// queue.delete. Returns the number of ready messages it held. Deleting a missing queue
+    /// succeeds with 0, as in RabbitMQ.
+    pub(crate) fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<usize> {
+        let q = match self.queue(name, conn) {
+            Ok(q) => q,
+            Err(CoreError::NotFound(_)) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let c = q.counts();
+        if if_unused && c.consumers > 0 {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && c.messages > 0 {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
+        }
+        self.remove_queue(&q, None)
+    }
+
+    /// Removes a queue: unbinds it everywhere and cancels its consumers except `except`.
+    /// Returns the ready count it had.
+    pub(crate) fn remove_queue(
+        &self,
+        q: &Arc<Queue>,
+        except_consumer: Option<u64>,
+    ) -> CoreResult<usize> {
+        let _t = self.topology.lock();
+        match self.queues.read().get(&q.name) {
+            Some(cur) if Arc::ptr_eq(cur, q) => {}
+            _ => return Ok(0),
+        }
+        self.persist_then(
+            |p| match q.is_persisted() {
+                true => p.queue_deleted(&self.name, &q.name),
+                false => Ok(()),
+            },
+            || self.queues.write().remove(&q.name),
+        )?;
+        let dest = Destination::Queue(q.clone());
+        for x in self.exchanges() {
+            if x.unbind_destination(&dest) > 0 {
+                self.maybe_auto_delete_exchange(&x);
+            }
+        }
+        Ok(q.mark_deleted(except_consumer))
+    }
+
+    /// Detaches a consumer and deletes the queue if it is auto-delete and now unused.
+    pub(crate) fn remove_consumer(&self, q: &Arc<Queue>, consumer_id: u64) {
+        if q.remove_consumer(consumer_id) {
+            if let Err(e) = self.remove_queue(q, Some(consumer_id)) {
+                tracing::error!(queue = %q.name, vhost = %self.name, "auto-delete failed: {e}");
+            }
+        }
+    }
+
+    /// queue.purge.
+    pub(crate) fn purge_queue(&self, name: &str, conn: ConnectionId) -> CoreResult<usize> {
+        Ok(self.queue(name, conn)?.purge())
+    }
+
+    /// queue.bind.
+    pub(crate) fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: FieldTable,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _t = self.topology.lock();
+        let q = self.queue(queue, conn)?;
+        let x = self.exchange(exchange)?;
+        let dest = Destination::Queue(q);
+        let def = self.binding_def(exchange, &dest, key, &args);
+        self.persist_then(
+            |p| def.map_or(Ok(()), |d| p.binding_added(d)),
+            || x.bind(dest, key, args),
+        )
+    }
+
+    /// queue.unbind. Unbinding a binding that does not exist succeeds.
+    pub(crate) fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: &FieldTable,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _t = self.topology.lock();
+        let q = self.queue(queue, conn)?;
+        let x = self.exchange(exchange)?;
+        let dest = Destination::Queue(q);
+        let def = self.binding_def(exchange, &dest, key, args);
+        let removed = self.persist_then(
+            |p| def.map_or(Ok(()), |d| p.binding_removed(&d)),
+            || x.unbind(&dest, key, args),
+        )?;
+        if removed {
+            self.maybe_auto_delete_exchange(&x);
+        }
+        Ok(())
+    }
+
+    /// exchange.bind (destination ← source).
+    pub(crate) fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> CoreResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _t = self.topology.lock();
+        let d = self.exchange(destination)?;
+        let s = self.exchange(source)?;
+        let dest = Destination::Exchange(d);
+        let def = self.binding_def(source, &dest, key, &args);
+        self.persist_then(
+            |p| def.map_or(Ok(()), |d| p.binding_added(d)),
+            || s.bind(dest, key, args),
+        )
+    }
+
+    /// exchange.unbind.
+    pub(crate) fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> CoreResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _t = self.topology.lock();
+        let d = self.exchange(destination)?;
+        let s = self.exchange(source)?;
+        let dest = Destination::Exchange(d);
+        let def = self.binding_def(source, &dest, key, args);
+        let removed = self.persist_then(
+            |p| def.map_or(Ok(()), |d| p.binding_removed(&d)),
+            || s.unbind(&dest, key, args),
+        )?;
+        if removed {
+            self.maybe_auto_delete_exchange(&s);
+        }
+        Ok(())
+    }
+
+    /// The definitions entry of a binding, when both ends are durable (and the broker has a
+    /// data directory).
+    fn binding_def(
+        &self,
+        source: &str,
+        dest: &Destination,
+        key: &str,
+        args: &FieldTable,
+    ) -> Option<BindingDef> {
+        let (dest_type, dest_name, durable) = match dest {
+            Destination::Queue(q) => ("queue", q.name.clone(), q.is_persisted()),
+            Destination::Exchange(x) => ("exchange", x.name.clone(), x.options.durable),
+        };
+        let source_durable = self
+            .exchanges
+            .read()
+            .get(source)
+            .is_some_and(|x| x.options.durable);
+        (durable && source_durable && self.persist.is_some()).then(|| BindingDef {
+            source: source.to_string(),
+            vhost: self.name.clone(),
+            destination: dest_name,
+            destination_type: dest_type.to_string(),
+            routing_key: key.to_string(),
+            arguments: table_to_json(args),
+        })
+    }
+}
+
+/// A server-generated queue name not in use in `v`.
+fn generate_unique_name(v: &VHost) -> String {
+    loop {
+        let n = super::generate_name("amq.gen-");
+        if v.find_queue(&n).is_err() {
+            return n;
+        }
+    }
+}
