@@ -155,7 +155,7 @@ async fn runtime_admin_changes_reach_live_connections_and_survive_a_restart() {
     assert_eq!(code_, 403);
     assert_eq!(
         text_,
-        "ACCESS_REFUSED - write access to topic 'other.key' in exchange 'amq.topic' in vhost '/' refused for user 'app'"
+        "ACCESS_REFUSED - access to topic 'other.key' in exchange 'amq.topic' in vhost '/' refused for user 'app'"
     );
 
     // Deleting the user closes its connection; it cannot log in again.

@@ -309,7 +309,8 @@ impl Connection {
                     AmqpError::conn(code::NOT_ALLOWED, e)
                 }
                 e => AmqpError::from_core(0, e),
-            })?;
+            })
+            .map_err(|e| e.caused_by((10, 40)))?;
         self.send(0, ConnectionOpenOk::default());
         tracing::debug!(peer = %self.peer, user = %self.user, vhost = %o.virtual_host, "connection opened");
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -604,12 +605,12 @@ impl Connection {
                                     channels.len(),
                                     self.channel_max
                                 ),
-                            )
-                            .caused_by(method.ids()));
+                            ));
                         }
-                        let permit = ctx.session.open_channel().map_err(|e| {
-                            AmqpError::conn(code::NOT_ALLOWED, e).caused_by(method.ids())
-                        })?;
+                        let permit = ctx
+                            .session
+                            .open_channel()
+                            .map_err(|e| AmqpError::conn(code::NOT_ALLOWED, e))?;
                         channels.insert(channel, Channel::new(channel, ctx, permit));
                         self.send(channel, ChannelOpenOk::default());
                         return Ok(true);

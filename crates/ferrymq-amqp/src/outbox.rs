@@ -214,6 +214,20 @@ impl Outbox {
     }
 }
 
+#[cfg(test)]
+impl Outbox {
+    /// Everything pending, in write order, so tests can decode a handler's output without a
+    /// socket (bodies queued by reference included).
+    pub(crate) fn take_pending(&self) -> BytesMut {
+        let mut all = BytesMut::new();
+        for chunk in self.inner.lock().take() {
+            all.extend_from_slice(&chunk);
+        }
+        self.pending.store(0, Ordering::Relaxed);
+        all
+    }
+}
+
 async fn write_all_vectored(
     sock: &mut OwnedWriteHalf,
     mut chunks: Vec<Bytes>,

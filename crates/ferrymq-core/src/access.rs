@@ -83,12 +83,12 @@ pub struct TopicPermission {
     pub read: String,
 }
 
-/// Compiles a permission pattern. RabbitMQ matches unanchored, and an empty pattern grants
-/// nothing; `None` is "grants nothing".
+/// Compiles a permission pattern. RabbitMQ matches unanchored, and an empty pattern means
+/// `^$`: it grants only the empty name (never a queue or exchange, since the default
+/// exchange is checked as `amq.default`; for topic permissions, the empty routing key).
+/// `None` is "grants nothing".
 pub fn compile_pattern(pattern: &str) -> CoreResult<Option<Regex>> {
-    if pattern.is_empty() {
-        return Ok(None);
-    }
+    let pattern = if pattern.is_empty() { "^$" } else { pattern };
     regex::RegexBuilder::new(pattern)
         .size_limit(PATTERN_SIZE_LIMIT)
         .build()
@@ -180,17 +180,10 @@ pub fn refused(kind: Resource, name: &str, vhost: &str, user: &str) -> CoreError
     ))
 }
 
-/// RabbitMQ's text for a refused topic access.
-pub fn topic_refused(
-    perm: Perm,
-    routing_key: &str,
-    exchange: &str,
-    vhost: &str,
-    user: &str,
-) -> CoreError {
+/// RabbitMQ's text for a refused topic access (the same for write and read).
+pub fn topic_refused(routing_key: &str, exchange: &str, vhost: &str, user: &str) -> CoreError {
     CoreError::AccessRefused(format!(
-        "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
-        perm.as_str()
+        "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
     ))
 }
 
@@ -208,7 +201,7 @@ mod tests {
         assert!(p.allows(Perm::Configure, "app.q"));
         assert!(!p.allows(Perm::Configure, "x.app.q"));
         assert!(!p.allows(Perm::Write, "anything"));
-        assert!(!p.allows(Perm::Write, ""));
+        assert!(p.allows(Perm::Write, ""));
         assert!(p.allows(Perm::Read, "my-logs-queue"));
     }
 

@@ -127,6 +127,8 @@ impl Broker {
             if !id.users.contains_key(user) {
                 return Err(unknown_user(user));
             }
+            // Checked again under the admin lock, so a grant cannot outlive its vhost.
+            self.vhost(vhost).ok_or_else(|| unknown_vhost(vhost))?;
             id.permissions
                 .insert((user.to_string(), vhost.to_string()), p);
             Ok(())
@@ -179,6 +181,7 @@ impl Broker {
             if !id.users.contains_key(user) {
                 return Err(unknown_user(user));
             }
+            self.vhost(vhost).ok_or_else(|| unknown_vhost(vhost))?;
             let list = id
                 .topic_permissions
                 .entry((user.to_string(), vhost.to_string()))
@@ -286,6 +289,9 @@ impl Broker {
         let v = {
             let _g = self.admin.lock();
             let v = self.vhost(name).ok_or_else(|| unknown_vhost(name))?;
+            // No declaration or policy may be saved for the vhost from here on: its
+            // definitions are about to go.
+            v.mark_deleted();
             let mut next = self.identity.read().clone();
             next.permissions.retain(|(_, vh), _| vh != name);
             next.topic_permissions.retain(|(_, vh), _| vh != name);

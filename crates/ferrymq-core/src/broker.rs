@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     /// How long a consumer may hold a delivery unacknowledged before its channel is closed
     /// (RabbitMQ's `consumer_timeout`; `None` disables it).
     pub consumer_timeout: Option<Duration>,
+    /// Whether a fresh data directory starts with vhost `/` and user `guest`. RabbitMQ does
+    /// not seed them when definitions are loaded at boot; nor does FerryMQ.
+    pub seed_defaults: bool,
 }
 
 impl Default for BrokerConfig {
@@ -40,6 +43,7 @@ impl Default for BrokerConfig {
             max_message_size: 128 * 1024 * 1024,
             loopback_users: vec!["guest".to_string()],
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
+            seed_defaults: true,
         }
     }
 }
@@ -88,7 +92,10 @@ impl Broker {
     pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
         let b = match persist.loaded_definitions() {
             None => {
-                let b = Broker::fresh(config, Some(persist.clone()));
+                let b = match config.seed_defaults {
+                    true => Broker::fresh(config, Some(persist.clone())),
+                    false => Broker::empty(config, Some(persist.clone())),
+                };
                 let d = b.identity_definitions();
                 persist.update(|cur| *cur = d)?;
                 b
@@ -140,29 +147,43 @@ impl Broker {
 
     fn restore(&self, d: &Definitions, persist: &Persistence) -> CoreResult<()> {
         crate::admin::load_identity(self, d)?;
-        let vhost = |name: &str| {
-            self.vhost(name).ok_or_else(|| {
-                CoreError::Internal(format!("definitions name unknown vhost '{name}'"))
-            })
+        // An entry of a vhost the document does not list (left by a crash while the vhost
+        // was deleted) is skipped with a warning rather than keeping the broker down.
+        let vhost = |name: &str, what: &str| {
+            let v = self.vhost(name);
+            if v.is_none() {
+                tracing::warn!("skipping {what} of unknown vhost '{name}' in the definitions");
+            }
+            v
         };
         for x in &d.exchanges {
-            vhost(&x.vhost)?.restore_exchange(x)?;
+            if let Some(v) = vhost(&x.vhost, "an exchange") {
+                v.restore_exchange(x)?;
+            }
         }
         let mut dirs = Vec::new();
         for q in &d.queues {
-            let (dir, n) = vhost(&q.vhost)?.restore_queue(q)?;
-            tracing::info!(queue = %q.name, vhost = %q.vhost, "recovered {n} messages");
-            dirs.push(dir);
+            if let Some(v) = vhost(&q.vhost, "a queue") {
+                let (dir, n) = v.restore_queue(q)?;
+                tracing::info!(queue = %q.name, vhost = %q.vhost, "recovered {n} messages");
+                dirs.push(dir);
+            }
         }
         for p in &d.policies {
             match crate::policy::Policy::from_def(p) {
-                Ok(pol) => vhost(&p.vhost)?.restore_policy(pol),
+                Ok(pol) => {
+                    if let Some(v) = vhost(&p.vhost, "a policy") {
+                        v.restore_policy(pol);
+                    }
+                }
                 Err(e) => tracing::warn!("skipping policy '{}' from the definitions: {e}", p.name),
             }
         }
         for b in &d.bindings {
-            if let Err(e) = vhost(&b.vhost).and_then(|v| v.restore_binding(b)) {
-                tracing::warn!("skipping a binding from the definitions: {e}");
+            if let Some(v) = vhost(&b.vhost, "a binding") {
+                if let Err(e) = v.restore_binding(b) {
+                    tracing::warn!("skipping a binding from the definitions: {e}");
+                }
             }
         }
         persist.remove_orphan_queue_dirs(&dirs);
@@ -212,9 +233,10 @@ impl Broker {
             .get(username)
             .is_some_and(|u| u.check_password(password));
         if !ok {
-            return Err(CoreError::AccessRefused(format!(
-                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{username}')"
-            )));
+            return Err(CoreError::AccessRefused(
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+                    .into(),
+            ));
         }
         if !loopback && self.config.loopback_users.iter().any(|u| u == username) {
             return Err(CoreError::AccessRefused(format!(
@@ -236,16 +258,11 @@ impl Broker {
         let v = self
             .vhost(vhost)
             .ok_or_else(|| CoreError::VHostAccessRefused(format!("vhost {vhost} not found")))?;
-        let (vlim, ulim, tags) = {
+        let (vlim, ulim, tags, permitted) = {
             let id = self.identity.read();
-            if !id
+            let permitted = id
                 .permissions
-                .contains_key(&(user.to_string(), vhost.to_string()))
-            {
-                return Err(CoreError::VHostAccessRefused(format!(
-                    "access to vhost '{vhost}' refused for user '{user}'"
-                )));
-            }
+                .contains_key(&(user.to_string(), vhost.to_string()));
             let tags = id
                 .users
                 .get(user)
@@ -255,13 +272,30 @@ impl Broker {
                 id.vhost_limits.get(vhost).copied().unwrap_or_default(),
                 id.user_limits(user),
                 tags,
+                permitted,
             )
         };
+        // Limits are checked before access, as RabbitMQ orders them.
         let id = self.next_connection_id();
         let info = self
             .connections
             .lock()
             .register(id, user, vhost, meta, vlim, ulim)?;
+        // Checked again now that the connection is registered: a user or vhost deleted
+        // in between has already sent its close requests, which this one would miss.
+        let still = permitted
+            && !v.is_deleted()
+            && self
+                .identity
+                .read()
+                .permissions
+                .contains_key(&(user.to_string(), vhost.to_string()));
+        if !still {
+            self.connections.lock().unregister(id);
+            return Err(CoreError::VHostAccessRefused(format!(
+                "access to vhost '{vhost}' refused for user '{user}'"
+            )));
+        }
         Ok(Session::new(self.clone(), v, info, tags))
     }
 

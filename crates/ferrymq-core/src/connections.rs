@@ -93,7 +93,7 @@ impl Registry {
         if let Some(max) = ulim.max_connections {
             if self.per_user.get(user).copied().unwrap_or(0) >= max {
                 return Err(CoreError::LimitReached(format!(
-                    "Connection refused for user '{user}'. User connection limit ({max}) is reached"
+                    "connection refused for user '{user}': user connection limit ({max}) is reached"
                 )));
             }
         }
@@ -182,7 +182,7 @@ mod tests {
         };
         let a = r.register(1, "u", "/", meta(), vlim, ulim).unwrap();
         let e = r.register(2, "u", "/", meta(), vlim, ulim).unwrap_err();
-        assert!(e.to_string().contains("User connection limit (1)"), "{e}");
+        assert!(e.to_string().contains("user connection limit (1)"), "{e}");
         r.register(3, "v", "/", meta(), vlim, UserLimits::default())
             .unwrap();
         let e = r

@@ -201,7 +201,6 @@ impl Session {
         let c = self.access();
         match c.topics.iter().find(|t| t.exchange == exchange) {
             Some(t) if !t.allows(perm, routing_key) => Err(access::topic_refused(
-                perm,
                 routing_key,
                 exchange,
                 &self.vhost.name,
@@ -223,7 +222,20 @@ impl Session {
         options: ExchangeOptions,
         passive: bool,
     ) -> CoreResult<()> {
-        if !passive && !name.is_empty() {
+        // The type is checked first (a connection error), then the default exchange (also
+        // for passive declares), then permissions, as in RabbitMQ.
+        if !passive && ExchangeKind::parse(kind).is_none() && kind != crate::exchange::DELAYED_TYPE
+        {
+            return Err(CoreError::CommandInvalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
+        }
+        if name.is_empty() {
+            return Err(CoreError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if !passive {
             self.check(Perm::Configure, Resource::Exchange, name)?;
             if let Some(ae) = options
                 .arguments
@@ -271,7 +283,14 @@ impl Session {
             name.to_string()
         };
         self.check(Perm::Configure, Resource::Queue, &name)?;
+        let max_queues = self.broker.vhost_limits(&self.vhost.name).max_queues;
         if self.vhost.find_queue(&name).is_err() {
+            // The limit comes before the dead-letter checks, as in RabbitMQ.
+            if let Some(max) = max_queues {
+                if self.vhost.queue_count() as u64 >= max {
+                    return Err(queue_limit_reached(&name, &self.vhost.name, max));
+                }
+            }
             if let Some(dlx) = options
                 .arguments
                 .get("x-dead-letter-exchange")
@@ -281,7 +300,6 @@ impl Session {
                 self.check(Perm::Write, Resource::Exchange, dlx)?;
             }
         }
-        let max_queues = self.broker.vhost_limits(&self.vhost.name).max_queues;
         let (q, counts) = self
             .vhost
             .declare_queue(&name, options, false, self.id(), max_queues)?;
@@ -381,7 +399,8 @@ impl Session {
     pub fn publish(&self, exchange: &str, message: Arc<Message>) -> CoreResult<PublishOutcome> {
         self.check(Perm::Write, Resource::Exchange, exchange)?;
         let x = self.vhost.exchange(exchange)?;
-        if x.kind == ExchangeKind::Topic && self.has_topic_permissions() {
+        // An internal exchange is refused (by the vhost) before topic permissions matter.
+        if x.kind == ExchangeKind::Topic && !x.options.internal && self.has_topic_permissions() {
             self.check_topic(Perm::Write, exchange, message.routing_key())?;
         }
         self.vhost.publish(&x, message)
@@ -458,6 +477,13 @@ impl Session {
             }
         }
     }
+}
+
+/// RabbitMQ's text for a queue refused by the vhost's `max-queues`.
+pub(crate) fn queue_limit_reached(queue: &str, vhost: &str, max: u64) -> CoreError {
+    CoreError::LimitReached(format!(
+        "cannot declare queue '{queue}': queue limit in vhost '{vhost}' ({max}) is reached"
+    ))
 }
 
 impl Drop for Session {

@@ -54,6 +54,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let broker = Broker::open(
         BrokerConfig {
             max_message_size: cfg.max_message_size,
+            seed_defaults: cfg.load_definitions.is_none(),
             consumer_timeout: (cfg.consumer_timeout > 0)
                 .then(|| std::time::Duration::from_millis(cfg.consumer_timeout)),
             ..BrokerConfig::default()

@@ -159,7 +159,10 @@ fn deleting_a_vhost_deletes_its_queues_and_their_files_and_closes_its_sessions()
     let b = reopen(b, d.path());
     assert!(b.vhost("gone").is_none());
     assert!(b.permissions().iter().all(|e| e.vhost != "gone"));
-    assert!(b.add_vhost("gone").unwrap().queues().is_empty());
+    // Nothing of the vhost is left in the saved definitions.
+    let saved = std::fs::read_to_string(d.path().join("definitions.json")).unwrap();
+    assert!(!saved.contains("\"gone\""), "{saved}");
+    assert!(b.add_vhost("gone").unwrap().find_queue("dq").is_err());
 }
 
 #[test]

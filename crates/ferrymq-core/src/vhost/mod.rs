@@ -155,6 +155,13 @@ impl VHost {
         Ok(apply())
     }
 
+    /// Refuses every later declaration, binding and policy (the vhost is being deleted).
+    pub(crate) fn mark_deleted(&self) {
+        let _t = self.topology.lock();
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Whether the vhost has been deleted.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(std::sync::atomic::Ordering::Acquire)

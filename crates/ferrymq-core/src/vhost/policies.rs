@@ -11,6 +11,7 @@ impl VHost {
     /// Adds or replaces a policy and applies it to the matching queues and exchanges.
     pub(crate) fn set_policy(&self, p: Policy) -> CoreResult<()> {
         let _t = self.topology.lock();
+        self.check_not_deleted()?;
         let def = p.to_def(&self.name);
         self.persist_then(
             |persist| {

@@ -31,7 +31,6 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
     "x-delivery-limit",
-    "x-consumer-timeout",
 ];
 
 fn default_exchange_refused() -> CoreError {
@@ -57,7 +56,7 @@ pub(super) fn routing_kind(type_name: &str, args: &FieldTable) -> CoreResult<Exc
 }
 
 impl VHost {
-    fn check_not_deleted(&self) -> CoreResult<()> {
+    pub(super) fn check_not_deleted(&self) -> CoreResult<()> {
         if self.is_deleted() {
             return Err(CoreError::NotFound(format!(
                 "vhost '{}' is being deleted",
@@ -245,10 +244,7 @@ impl VHost {
         }
         if let Some(max) = max_queues {
             if self.queue_count() as u64 >= max {
-                return Err(CoreError::LimitReached(format!(
-                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
-                    self.name
-                )));
+                return Err(crate::session::queue_limit_reached(&name, &self.name, max));
             }
         }
         let owner = options.exclusive.then_some(conn);
@@ -378,6 +374,7 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let _t = self.topology.lock();
+        self.check_not_deleted()?;
         let q = self.queue(queue, conn)?;
         let x = self.exchange(exchange)?;
         let dest = Destination::Queue(q);
@@ -401,6 +398,7 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let _t = self.topology.lock();
+        self.check_not_deleted()?;
         let q = self.queue(queue, conn)?;
         let x = self.exchange(exchange)?;
         let dest = Destination::Queue(q);
@@ -427,6 +425,7 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let _t = self.topology.lock();
+        self.check_not_deleted()?;
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
         let dest = Destination::Exchange(d);
@@ -449,6 +448,7 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let _t = self.topology.lock();
+        self.check_not_deleted()?;
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
         let dest = Destination::Exchange(d);

@@ -1,0 +1,316 @@
+//! Publishing: content assembly (basic.publish, then a header and body frames), routing
+//! through the session, basic.return for unroutable mandatory messages, and publisher
+//! confirms.
+
+use super::{chan_err, Channel, ConnCtx, REPLY_TO};
+use crate::codec::methods::*;
+use crate::codec::Method;
+use crate::error::{code, AmqpError};
+use bytes::{Bytes, BytesMut};
+use ferrymq_core::vhost::REPLY_TO_PREFIX;
+use ferrymq_core::wire::PropertySummary;
+use ferrymq_core::Message;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A publish whose header or body frames are still arriving.
+pub(super) struct PendingContent {
+    publish: BasicPublish,
+    body_size: u64,
+    properties: Option<(Bytes, PropertySummary)>,
+    body: BytesMut,
+    /// A body that arrived in one frame, kept without copying.
+    single: Option<Bytes>,
+}
+
+/// Publisher confirms of a channel in confirm mode. Every publish up to `ackable` may be
+/// acked; publishes that wait for their data to reach the disk (or that follow one that
+/// does, since confirms go out in order) queue in `waiting` with their group-commit ticket.
+#[derive(Default)]
+pub(super) struct Confirms {
+    next_seq: u64,
+    acked_upto: u64,
+    ackable: u64,
+    waiting: VecDeque<Waiting>,
+}
+
+/// A confirm held back until group commit catches up (or behind one that is).
+struct Waiting {
+    seq: u64,
+    /// Ackable once group commit reached this ticket (0: at once).
+    ticket: u64,
+    /// Refused by a queue: gets basic.nack instead of basic.ack.
+    nack: bool,
+}
+
+impl Channel {
+    /// `basic.publish`: only opens the content; the message is routed once its body is in.
+    pub(super) fn publish(&mut self, ctx: &mut ConnCtx, p: BasicPublish) -> Result<(), AmqpError> {
+        if p.immediate {
+            return Err(AmqpError::conn(code::NOT_IMPLEMENTED, "immediate=true"));
+        }
+        ctx.has_published = true;
+        self.content = Some(PendingContent {
+            publish: p,
+            body_size: 0,
+            properties: None,
+            body: BytesMut::new(),
+            single: None,
+        });
+        Ok(())
+    }
+
+    /// `confirm.select`; RabbitMQ forbids mixing confirms with transactions.
+    pub(super) fn confirm_select(
+        &mut self,
+        ctx: &mut ConnCtx,
+        c: ConfirmSelect,
+    ) -> Result<(), AmqpError> {
+        let ch = self.id;
+        if self.tx.is_some() {
+            return Err(AmqpError::chan(
+                ch,
+                code::PRECONDITION_FAILED,
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        if self.confirm.is_none() {
+            self.confirm = Some(Confirms::default());
+        }
+        if !c.nowait {
+            ctx.send(ch, ConfirmSelectOk {});
+        }
+        Ok(())
+    }
+
+    /// Handles a content header frame.
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut ConnCtx,
+        class_id: u16,
+        body_size: u64,
+        props: Bytes,
+        summary: PropertySummary,
+    ) -> Result<(), AmqpError> {
+        let ch = self.id;
+        let Some(pc) = self.content.as_mut() else {
+            return Err(AmqpError::conn(
+                code::UNEXPECTED_FRAME,
+                format!("expected method frame, got content header on channel {ch}"),
+            ));
+        };
+        if pc.properties.is_some() {
+            return Err(AmqpError::conn(
+                code::UNEXPECTED_FRAME,
+                format!("expected content body, got content header on channel {ch}"),
+            ));
+        }
+        if class_id != 60 {
+            return Err(AmqpError::conn(
+                code::FRAME_ERROR,
+                format!("content header for class {class_id}, expected class 60 (basic)"),
+            ));
+        }
+        let max = ctx.session.broker().config.max_message_size as u64;
+        if body_size > max {
+            self.content = None;
+            return Err(AmqpError::chan(
+                ch,
+                code::PRECONDITION_FAILED,
+                format!("message size {body_size} is larger than configured max size {max}"),
+            )
+            .caused_by((60, 40)));
+        }
+        if let Some((a, b)) = summary.user_id {
+            let claimed = String::from_utf8_lossy(&props[a..b]);
+            if let Err(e) = ctx.session.check_user_id(&claimed) {
+                self.content = None;
+                return Err(chan_err(ch, e).caused_by((60, 40)));
+            }
+        }
+        pc.body_size = body_size;
+        pc.properties = Some((props, summary));
+        if body_size == 0 {
+            return self.finish_content(ctx);
+        }
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    pub fn handle_body(&mut self, ctx: &mut ConnCtx, payload: Bytes) -> Result<(), AmqpError> {
+        let ch = self.id;
+        let Some(pc) = self.content.as_mut().filter(|p| p.properties.is_some()) else {
+            return Err(AmqpError::conn(
+                code::UNEXPECTED_FRAME,
+                format!("expected method frame, got content body on channel {ch}"),
+            ));
+        };
+        let have = pc.body.len() as u64 + pc.single.as_ref().map_or(0, |b| b.len() as u64);
+        if have + payload.len() as u64 > pc.body_size {
+            return Err(AmqpError::conn(
+                code::FRAME_ERROR,
+                format!(
+                    "content body exceeds the size {} announced in its header on channel {ch}",
+                    pc.body_size
+                ),
+            ));
+        }
+        // A body that fits one frame is kept as a slice of the receive buffer: no copy.
+        if have == 0 && payload.len() as u64 == pc.body_size {
+            pc.single = Some(payload);
+        } else {
+            if let Some(s) = pc.single.take() {
+                pc.body.extend_from_slice(&s);
+            }
+            if pc.body.capacity() == 0 {
+                pc.body.reserve(pc.body_size.min(1 << 20) as usize);
+            }
+            pc.body.extend_from_slice(&payload);
+        }
+        let have = pc.body.len() as u64 + pc.single.as_ref().map_or(0, |b| b.len() as u64);
+        if have == pc.body_size {
+            return self.finish_content(ctx);
+        }
+        Ok(())
+    }
+
+    /// Builds the message once its body is complete; in a transaction it is only buffered.
+    fn finish_content(&mut self, ctx: &mut ConnCtx) -> Result<(), AmqpError> {
+        let ch = self.id;
+        let Some(pc) = self.content.take() else {
+            return Ok(());
+        };
+        let Some((raw, summary)) = pc.properties else {
+            return Ok(());
+        };
+        let body = pc.single.unwrap_or_else(|| pc.body.freeze());
+        let (exchange, key) = (&pc.publish.exchange, &pc.publish.routing_key);
+        let is_reply = summary
+            .reply_to
+            .is_some_and(|(a, b)| &raw[a..b] == REPLY_TO.as_bytes());
+        let msg = if is_reply {
+            let Some(token) = &self.reply_token else {
+                return Err(AmqpError::chan(
+                    ch,
+                    code::PRECONDITION_FAILED,
+                    "fast reply consumer does not exist",
+                )
+                .caused_by((60, 40)));
+            };
+            // Only reply-to publishes pay for decoding and re-encoding their properties.
+            let mut props = ferrymq_core::wire::decode_properties(&raw)
+                .map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?;
+            props.reply_to = Some(format!("{REPLY_TO_PREFIX}{token}"));
+            Message::from_properties(exchange, key, &props, body)
+        } else {
+            Message::new(exchange, key, &raw, body)
+        };
+        let msg = Arc::new(msg.map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?);
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push((pc.publish, msg));
+            return Ok(());
+        }
+        self.route(ctx, &pc.publish, msg).map(|_| ())
+    }
+
+    /// Routes a message and records its confirm; returns the group-commit ticket to wait
+    /// for, if the message was written to disk.
+    pub(super) fn route(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: &BasicPublish,
+        msg: Arc<Message>,
+    ) -> Result<Option<u64>, AmqpError> {
+        let ch = self.id;
+        let outcome = ctx
+            .session
+            .publish(&p.exchange, msg.clone())
+            .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
+        if outcome.routed == 0 && p.mandatory {
+            let m: Method = BasicReturn {
+                reply_code: code::NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: p.exchange.clone(),
+                routing_key: p.routing_key.clone(),
+            }
+            .into();
+            let fm = ctx.frame_max;
+            ctx.out.with(|o| o.content(ch, &m, &msg, fm));
+        }
+        if let Some(c) = &mut self.confirm {
+            c.next_seq += 1;
+            let seq = c.next_seq;
+            let ticket = outcome.ticket.unwrap_or(0);
+            let durable_now = ticket <= ctx.synced();
+            if outcome.refused == 0 && durable_now && c.waiting.is_empty() {
+                c.ackable = seq;
+            } else {
+                c.waiting.push_back(Waiting {
+                    seq,
+                    ticket: if durable_now { 0 } else { ticket },
+                    nack: outcome.refused > 0,
+                });
+                if outcome.refused > 0 {
+                    self.flush_confirms(ctx);
+                }
+            }
+        }
+        Ok(outcome.ticket)
+    }
+
+    /// Whether confirms or a tx.commit-ok wait for group commit.
+    pub fn awaits_sync(&self) -> bool {
+        self.commit_waiting.is_some()
+            || self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
+    }
+
+    /// Sends the publisher confirms that are due: everything processed in the last batch of
+    /// frames whose data is durable, as one `basic.ack` with `multiple` when several are due,
+    /// and a `basic.nack` for each refused publish, in publish order.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
+        let synced = ctx.synced();
+        if self.commit_waiting.is_some_and(|t| t <= synced) {
+            self.commit_waiting = None;
+            ctx.send(self.id, TxCommitOk {});
+        }
+        let Some(c) = &mut self.confirm else {
+            return;
+        };
+        let ch = self.id;
+        let send_acks = |c: &mut Confirms| {
+            if c.ackable > c.acked_upto {
+                let multiple = c.ackable - c.acked_upto > 1;
+                ctx.send(
+                    ch,
+                    BasicAck {
+                        delivery_tag: c.ackable,
+                        multiple,
+                    },
+                );
+                c.acked_upto = c.ackable;
+            }
+        };
+        while let Some(w) = c.waiting.front() {
+            if w.ticket > synced {
+                break;
+            }
+            let (seq, nack) = (w.seq, w.nack);
+            c.waiting.pop_front();
+            if nack {
+                c.ackable = seq - 1;
+                send_acks(c);
+                ctx.send(
+                    ch,
+                    BasicNack {
+                        delivery_tag: seq,
+                        multiple: false,
+                        requeue: false,
+                    },
+                );
+                c.acked_upto = seq;
+            }
+            c.ackable = seq;
+        }
+        send_acks(c);
+    }
+}
