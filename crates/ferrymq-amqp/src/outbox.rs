@@ -2,7 +2,7 @@
 //!
 //! Every producer (the connection task, and publishing tasks delivering to this connection's
 //! consumers) appends encoded frames to one buffer; the writer task takes everything pending
-//! and writes it with one vectored syscall. Many frames, one syscall (DESIGN.md).
+//! and writes it with one vectored syscall. Many frames, one syscall (docs/architecture.md).
 
 use crate::codec::frame::{body_frames, encode_deliver, encode_header, encode_method, FRAME_END};
 use crate::codec::Method;
