@@ -229,7 +229,8 @@ impl Connection {
             .broker
             .authenticate(&user, &pass, self.peer.ip().is_loopback())
         {
-            tracing::warn!(peer = %self.peer, user = %user, "login refused: {e}");
+            // Debug formatting escapes control characters a peer may put in its user name.
+            tracing::warn!(peer = %self.peer, user = ?user, "login refused: {e}");
             return Err(AmqpError::conn(code::ACCESS_REFUSED, e));
         }
         self.user = user;
