@@ -231,9 +231,7 @@ impl Session {
             )));
         }
         if name.is_empty() {
-            return Err(CoreError::AccessRefused(
-                "operation not permitted on the default exchange".into(),
-            ));
+            return Err(crate::vhost::default_exchange_refused());
         }
         if !passive {
             self.check(Perm::Configure, Resource::Exchange, name)?;

@@ -33,7 +33,8 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
     "x-delivery-limit",
 ];
 
-fn default_exchange_refused() -> CoreError {
+/// RabbitMQ's refusal of any operation on the default exchange.
+pub(crate) fn default_exchange_refused() -> CoreError {
     CoreError::AccessRefused("operation not permitted on the default exchange".into())
 }
 
