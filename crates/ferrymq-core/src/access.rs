@@ -6,7 +6,7 @@ use regex::Regex;
 
 /// Largest compiled size of one permission pattern: patterns come from operators, but a
 /// definitions file is input too, and an enormous automaton must not be built from it.
-const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+pub(crate) const PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
 /// Which permission an operation needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

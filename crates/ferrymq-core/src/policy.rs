@@ -1,10 +1,11 @@
 //! Policies: named rules that set queue and exchange features (TTL, limits, dead-lettering,
 //! alternate exchange) on every entity whose name matches a pattern, changeable at runtime.
 
+use crate::access::PATTERN_SIZE_LIMIT;
 use crate::error::{CoreError, CoreResult};
 use crate::queue_config::validate_policy_definition;
 use ferrymq_store::definitions::Policy as PolicyDef;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
 /// What kind of entity a policy applies to.
@@ -63,11 +64,14 @@ impl Policy {
         priority: i64,
         definition: Map<String, Value>,
     ) -> CoreResult<Policy> {
-        let pattern = Regex::new(pattern).map_err(|e| {
-            CoreError::InvalidArgument(format!(
-                "invalid pattern '{pattern}' for policy '{name}': {e}"
-            ))
-        })?;
+        let pattern = RegexBuilder::new(pattern)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| {
+                CoreError::InvalidArgument(format!(
+                    "invalid pattern '{pattern}' for policy '{name}': {e}"
+                ))
+            })?;
         let apply_to = ApplyTo::parse(apply_to).ok_or_else(|| {
             CoreError::InvalidArgument(format!(
                 "invalid apply-to '{apply_to}' for policy '{name}': expected queues, exchanges or all"

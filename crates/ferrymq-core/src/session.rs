@@ -152,18 +152,19 @@ impl Session {
         let generation = self.broker.access_generation();
         let mut c = self.cache.lock();
         if c.generation != generation {
-            let id = self.broker.identity.read();
+            // Copied out first: compiling under the identity lock would stall logins and
+            // admin changes behind every session recompiling at once.
             let key = (self.info.user.clone(), self.vhost.name.clone());
-            c.perm = id.permissions.get(&key).map(CompiledPermission::new);
-            c.topics = id
-                .topic_permissions
-                .get(&key)
-                .map(|l| {
-                    l.iter()
-                        .map(|t| CompiledTopicPermission::new(t, &self.info.user, &self.vhost.name))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let (perm, topics) = {
+                let id = self.broker.identity.read();
+                let topics = id.topic_permissions.get(&key).cloned().unwrap_or_default();
+                (id.permissions.get(&key).cloned(), topics)
+            };
+            c.perm = perm.as_ref().map(CompiledPermission::new);
+            c.topics = topics
+                .iter()
+                .map(|t| CompiledTopicPermission::new(t, &self.info.user, &self.vhost.name))
+                .collect();
             c.write_ok.clear();
             c.generation = generation;
         }

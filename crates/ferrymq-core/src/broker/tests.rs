@@ -188,3 +188,86 @@ fn invalid_patterns_and_unknown_names_are_refused() {
     assert!(b.delete_user("nobody").is_err());
     assert!(b.delete_vhost("/nope").is_err());
 }
+
+fn defs(v: serde_json::Value) -> ferrymq_store::definitions::Definitions {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A document whose entries are all fine except `bad`, merged in last.
+fn import_doc(bad: serde_json::Value) -> ferrymq_store::definitions::Definitions {
+    let mut doc = serde_json::json!({
+        "users": [{"name": "imp", "password": "pw", "tags": ""}],
+        "vhosts": [{"name": "iv"}],
+        "permissions": [{"user": "imp", "vhost": "iv",
+                         "configure": ".*", "write": ".*", "read": ".*"}],
+        "exchanges": [{"name": "ix", "vhost": "iv", "type": "topic", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "iq", "vhost": "iv", "durable": true,
+                    "auto_delete": false, "arguments": {}}],
+        "bindings": [{"source": "ix", "vhost": "iv", "destination": "iq",
+                      "destination_type": "queue", "routing_key": "#", "arguments": {}}],
+    });
+    for (k, v) in bad.as_object().unwrap() {
+        doc[k]
+            .as_array_mut()
+            .map(|a| a.push(v.clone()))
+            .unwrap_or_else(|| {
+                doc[k] = serde_json::json!([v]);
+            });
+    }
+    defs(doc)
+}
+
+#[test]
+fn a_definitions_import_is_checked_whole_before_anything_is_applied() {
+    let b = Broker::new(BrokerConfig::default());
+    let bad_entries = [
+        serde_json::json!({"bindings": {"source": "nope", "vhost": "iv", "destination": "iq",
+            "destination_type": "queue", "routing_key": "", "arguments": {}}}),
+        serde_json::json!({"bindings": {"source": "ix", "vhost": "iv", "destination": "nope",
+            "destination_type": "queue", "routing_key": "", "arguments": {}}}),
+        serde_json::json!({"policies": {"vhost": "iv", "name": "p", "pattern": "(",
+            "apply-to": "queues", "definition": {"message-ttl": 1}, "priority": 0}}),
+        serde_json::json!({"permissions": {"user": "imp", "vhost": "iv",
+            "configure": "(", "write": "", "read": ""}}),
+        serde_json::json!({"permissions": {"user": "ghost", "vhost": "iv",
+            "configure": "", "write": "", "read": ""}}),
+        serde_json::json!({"topic_permissions": {"user": "imp", "vhost": "elsewhere",
+            "exchange": "ix", "write": ".*", "read": ".*"}}),
+        serde_json::json!({"exchanges": {"name": "bad", "vhost": "iv", "type": "nonsense",
+            "durable": true, "auto_delete": false, "internal": false, "arguments": {}}}),
+        serde_json::json!({"queues": {"name": "badq", "vhost": "iv", "durable": true,
+            "auto_delete": false, "arguments": {"x-max-priority": 1000}}}),
+        // Conflicts with what the broker already has.
+        serde_json::json!({"queues": {"name": "live", "vhost": "/", "durable": false,
+            "auto_delete": false, "arguments": {}}}),
+    ];
+    let s = b.open_session("guest", "/", meta()).unwrap();
+    s.declare_queue(
+        "live",
+        QueueOptions {
+            durable: true,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+    for bad in bad_entries {
+        let e = b.import_definitions(&import_doc(bad.clone()));
+        assert!(e.is_err(), "accepted {bad}");
+        assert!(b.vhost("iv").is_none(), "half-applied {bad}");
+        assert!(
+            b.users().iter().all(|u| u.name != "imp"),
+            "half-applied {bad}"
+        );
+    }
+    b.import_definitions(&import_doc(serde_json::json!({})))
+        .unwrap();
+    let v = b.vhost("iv").unwrap();
+    assert!(v.find_queue("iq").is_ok());
+    assert!(b.authenticate("imp", "pw", true).is_ok());
+    let s = b.open_session("imp", "iv", meta()).unwrap();
+    let m = crate::Message::new("ix", "a.b", &[0, 0], bytes::Bytes::from_static(b"x"));
+    s.publish("ix", Arc::new(m.unwrap())).unwrap();
+    assert_eq!(v.find_queue("iq").unwrap().counts().messages, 1);
+}

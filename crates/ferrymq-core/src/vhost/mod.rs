@@ -14,7 +14,7 @@ mod topology;
 
 pub use reply_to::REPLY_TO_PREFIX;
 pub use routing::PublishOutcome;
-pub(crate) use topology::default_exchange_refused;
+pub(crate) use topology::{default_exchange_refused, routing_kind};
 
 use crate::error::{CoreError, CoreResult};
 use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};

@@ -40,7 +40,7 @@ pub(crate) fn default_exchange_refused() -> CoreError {
 
 /// The routing algorithm of a declared exchange type; a delayed-message exchange routes as
 /// its `x-delayed-type` argument says.
-pub(super) fn routing_kind(type_name: &str, args: &FieldTable) -> CoreResult<ExchangeKind> {
+pub(crate) fn routing_kind(type_name: &str, args: &FieldTable) -> CoreResult<ExchangeKind> {
     if type_name == DELAYED_TYPE {
         return args
             .get("x-delayed-type")
@@ -78,21 +78,12 @@ impl VHost {
         if passive {
             return self.exchange(name).map(|_| ());
         }
-        if name.is_empty() {
-            return Err(default_exchange_refused());
-        }
         let type_name = kind;
-        let kind = routing_kind(kind, &options.arguments)?;
         let _t = self.topology.lock();
         self.check_not_deleted()?;
-        if let Some(existing) = self.exchanges.read().get(name) {
-            return existing.check_equivalent(&self.name, type_name, &options);
-        }
-        if name.starts_with("amq.") {
-            return Err(CoreError::AccessRefused(format!(
-                "exchange name '{name}' contains reserved prefix 'amq.*'"
-            )));
-        }
+        let Some(kind) = self.exchange_to_create(name, type_name, &options)? else {
+            return Ok(());
+        };
         let x = self.new_exchange(name, type_name, kind, options, false)?;
         self.persist_then(
             |p| match x.options.durable {
@@ -102,6 +93,32 @@ impl VHost {
             || self.exchanges.write().insert(name.to_string(), x.clone()),
         )?;
         Ok(())
+    }
+
+    /// Checks a declaration of exchange `name` without changing anything: `None` when an
+    /// equivalent one exists, else the routing kind of the exchange to create. Definitions
+    /// import runs it over a whole document before applying any of it.
+    pub(crate) fn exchange_to_create(
+        &self,
+        name: &str,
+        type_name: &str,
+        options: &ExchangeOptions,
+    ) -> CoreResult<Option<ExchangeKind>> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let kind = routing_kind(type_name, &options.arguments)?;
+        if let Some(existing) = self.exchanges.read().get(name) {
+            return existing
+                .check_equivalent(&self.name, type_name, options)
+                .map(|_| None);
+        }
+        if name.starts_with("amq.") {
+            return Err(CoreError::AccessRefused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        Ok(Some(kind))
     }
 
     /// Builds an exchange; a delayed-message exchange gets its message store (recovering
@@ -233,15 +250,10 @@ impl VHost {
         let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
         let _t = self.topology.lock();
         self.check_not_deleted()?;
-        if let Some(q) = self.queues.read().get(&name) {
-            q.check_access(conn)?;
-            if options.exclusive && q.owner.is_none() {
-                return Err(Queue::locked_error(q));
-            }
-            self.check_queue_equivalent(q, &options)?;
+        if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
             q.touch();
             let c = q.counts();
-            return Ok((q.clone(), c));
+            return Ok((q, c));
         }
         if let Some(max) = max_queues {
             if self.queue_count() as u64 >= max {
@@ -265,6 +277,25 @@ impl VHost {
             consumers: 0,
         };
         Ok((q, counts))
+    }
+
+    /// The queue a declaration of `name` finds, after checking the declaration against it
+    /// (ownership, exclusivity, equivalence); `None` when there is none yet.
+    pub(crate) fn existing_queue_for_declare(
+        &self,
+        name: &str,
+        options: &QueueOptions,
+        conn: ConnectionId,
+    ) -> CoreResult<Option<Arc<Queue>>> {
+        let Some(q) = self.queues.read().get(name).cloned() else {
+            return Ok(None);
+        };
+        q.check_access(conn)?;
+        if options.exclusive && q.owner.is_none() {
+            return Err(Queue::locked_error(&q));
+        }
+        self.check_queue_equivalent(&q, options)?;
+        Ok(Some(q))
     }
 
     fn check_queue_equivalent(&self, q: &Queue, o: &QueueOptions) -> CoreResult<()> {

@@ -10,14 +10,13 @@ use crate::access::{compile_pattern, Permission, TopicPermission};
 use crate::auth::User;
 use crate::broker::{Broker, Identity};
 use crate::error::{CoreError, CoreResult};
-use crate::exchange::ExchangeOptions;
 use crate::limits::{UserLimits, VHostLimits};
 use crate::policy::Policy;
-use crate::queue::QueueOptions;
-use crate::value::table_from_json;
 use crate::vhost::VHost;
 use ferrymq_store::definitions::{self as defs, Definitions};
 use std::sync::Arc;
+
+mod import;
 
 /// How a user's password is given.
 #[derive(Debug, Clone)]
@@ -56,6 +55,12 @@ fn check_patterns(patterns: &[&str]) -> CoreResult<()> {
     Ok(())
 }
 
+/// Variables are expanded per session; checks that the rest of each pattern compiles.
+fn check_topic_patterns(p: &TopicPermission) -> CoreResult<()> {
+    let plain = |s: &str| s.replace("{username}", "u").replace("{vhost}", "v");
+    check_patterns(&[&plain(&p.write), &plain(&p.read)])
+}
+
 impl Broker {
     /// Changes users, permissions or limits: `f` edits a copy, which is saved and then put
     /// in place. Serialised by the identity write lock being taken last, after the save.
@@ -67,8 +72,16 @@ impl Broker {
             let vhosts = self.vhost_names();
             p.update(|d| write_identity_parts(&next, &vhosts, d))?;
         }
-        *self.identity.write() = next;
-        self.bump_access();
+        let mut cur = self.identity.write();
+        // Sessions recompile only when what they compiled changed (not for a password, tag
+        // or limit change).
+        let grants_changed =
+            cur.permissions != next.permissions || cur.topic_permissions != next.topic_permissions;
+        *cur = next;
+        drop(cur);
+        if grants_changed {
+            self.bump_access();
+        }
         Ok(out)
     }
 
@@ -173,9 +186,7 @@ impl Broker {
         vhost: &str,
         p: TopicPermission,
     ) -> CoreResult<()> {
-        // Variables are expanded per session; check that the rest compiles.
-        let plain = |s: &str| s.replace("{username}", "u").replace("{vhost}", "v");
-        check_patterns(&[&plain(&p.write), &plain(&p.read)])?;
+        check_topic_patterns(&p)?;
         self.vhost(vhost).ok_or_else(|| unknown_vhost(vhost))?;
         self.change_identity(|id| {
             if !id.users.contains_key(user) {
@@ -278,9 +289,7 @@ impl Broker {
             let id = self.identity.read().clone();
             p.update(|d| write_identity_parts(&id, &names, d))?;
         }
-        let v = self.insert_vhost(name);
-        self.bump_access();
-        Ok(v)
+        Ok(self.insert_vhost(name))
     }
 
     /// Deletes a vhost and everything in it: its connections are closed, its queues with
@@ -345,64 +354,6 @@ impl Broker {
                 c.close(reason);
             }
         }
-    }
-
-    /// Imports a definitions document (RabbitMQ's format) into the running broker, as
-    /// RabbitMQ's `load_definitions` does at boot: users, vhosts, permissions, topic
-    /// permissions, limits, policies, then exchanges, queues and bindings are added or
-    /// replaced; nothing else is removed.
-    pub fn import_definitions(&self, d: &Definitions) -> CoreResult<()> {
-        for v in &d.vhosts {
-            self.add_vhost(&v.name)?;
-        }
-        let mut staged = Identity::default();
-        load_identity_into(&mut staged, d)?;
-        self.change_identity(|id| {
-            for (k, u) in staged.users {
-                id.users.insert(k, u);
-            }
-            id.permissions.extend(staged.permissions);
-            for (k, list) in staged.topic_permissions {
-                let cur = id.topic_permissions.entry(k).or_default();
-                for t in list {
-                    cur.retain(|x| x.exchange != t.exchange);
-                    cur.push(t);
-                }
-            }
-            id.vhost_limits.extend(staged.vhost_limits);
-            Ok(())
-        })?;
-        let vhost = |name: &str| self.vhost(name).ok_or_else(|| unknown_vhost(name));
-        for p in &d.policies {
-            vhost(&p.vhost)?.set_policy(Policy::from_def(p)?)?;
-        }
-        for x in &d.exchanges {
-            let opts = ExchangeOptions {
-                durable: x.durable,
-                auto_delete: x.auto_delete,
-                internal: x.internal,
-                arguments: table_from_json(&x.arguments),
-            };
-            vhost(&x.vhost)?.declare_exchange(&x.name, &x.kind, opts, false)?;
-        }
-        for q in &d.queues {
-            let opts = QueueOptions {
-                durable: q.durable,
-                exclusive: false,
-                auto_delete: q.auto_delete,
-                arguments: table_from_json(&q.arguments),
-            };
-            vhost(&q.vhost)?.declare_queue(&q.name, opts, false, 0, None)?;
-        }
-        for b in &d.bindings {
-            let v = vhost(&b.vhost)?;
-            let args = table_from_json(&b.arguments);
-            match b.destination_type.as_str() {
-                "exchange" => v.bind_exchange(&b.destination, &b.source, &b.routing_key, args)?,
-                _ => v.bind_queue(&b.destination, &b.source, &b.routing_key, args, 0)?,
-            }
-        }
-        Ok(())
     }
 }
 
