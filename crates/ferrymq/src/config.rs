@@ -29,8 +29,8 @@ pub struct Config {
     pub fsync: FsyncSetting,
     /// Size at which a queue's segment file rolls over, in bytes.
     pub segment_size: u64,
-    /// Fraction of RAM the broker may use before publishers are blocked (RabbitMQ's
-    /// `vm_memory_high_watermark.relative`).
+    /// Fraction of RAM (or of the cgroup memory limit, when lower) the broker may use before
+    /// publishers are blocked (RabbitMQ's `vm_memory_high_watermark.relative`).
     pub memory_high_watermark: f64,
     /// Free disk bytes below which publishers are blocked (RabbitMQ's
     /// `disk_free_limit.absolute`).
