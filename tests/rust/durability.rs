@@ -585,3 +585,142 @@ async fn priority_queues_and_delayed_messages_survive_kill_9() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Publishes a persistent message in confirm mode and returns whether it was acked (true)
+/// or nacked (false).
+async fn publish_acked(ch: &Channel, key: &str, body: &[u8]) -> bool {
+    ch.basic_publish("", key, BasicPublishOptions::default(), body, persistent())
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm")
+        .is_ack()
+}
+
+/// The only directory under `<data>/queues`.
+fn only_queue_dir(data: &Path) -> String {
+    let dirs: Vec<String> = std::fs::read_dir(data.join("queues"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one queue directory: {dirs:?}");
+    dirs[0].clone()
+}
+
+#[tokio::test]
+async fn after_a_failed_fsync_a_queue_nacks_what_it_holds_unsynced_and_refuses_publishes() {
+    let syncer = Arc::new(ferrymq_store::FailingSync::default());
+    let b = common::start_with(|c| c.syncer = ferrymq_core::SyncerRef(syncer.clone())).await;
+    let (_c, ch) = common::channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_durable(&ch, "doomed", FieldTable::default()).await;
+    assert!(publish_acked(&ch, "doomed", b"before").await);
+    let doomed_dir = only_queue_dir(b.data_dir());
+    declare_durable(&ch, "healthy", FieldTable::default()).await;
+    assert!(publish_acked(&ch, "healthy", b"h1").await);
+
+    // One failed fsync of the doomed queue's segment. A retry would succeed, but the kernel
+    // may have dropped the dirty pages meanwhile ("fsyncgate"): the data must never be
+    // confirmed.
+    syncer.fail(&doomed_dir, 1);
+    assert!(
+        !publish_acked(&ch, "doomed", b"unsynced").await,
+        "a write whose fsync failed is nacked"
+    );
+    assert!(
+        publish_acked(&ch, "healthy", b"h2").await,
+        "other queues keep confirming"
+    );
+    assert!(
+        !publish_acked(&ch, "doomed", b"after").await,
+        "the failed queue refuses publishes"
+    );
+    assert!(publish_acked(&ch, "healthy", b"h3").await);
+    // The failed queue still answers, and so does the channel.
+    let q = passive_queue(&ch, "doomed")
+        .await
+        .expect("the queue is still there");
+    assert!(q.message_count() >= 1);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_whose_messages_a_failed_fsync_lost_is_not_committed() {
+    let syncer = Arc::new(ferrymq_store::FailingSync::default());
+    let b = common::start_with(|c| c.syncer = ferrymq_core::SyncerRef(syncer.clone())).await;
+    let (c, ch) = common::channel(&b).await;
+    declare_durable(&ch, "txq", FieldTable::default()).await;
+    ch.tx_select().await.unwrap();
+    ch.basic_publish(
+        "",
+        "txq",
+        BasicPublishOptions::default(),
+        b"a",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    ch.tx_commit().await.expect("a healthy commit");
+    syncer.fail(&only_queue_dir(b.data_dir()), 1);
+    ch.basic_publish(
+        "",
+        "txq",
+        BasicPublishOptions::default(),
+        b"b",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .tx_commit()
+        .await
+        .expect_err("no commit-ok for lost messages");
+    assert_eq!(common::code(&e), Some(541), "{e}");
+    assert!(common::text(&e).contains("fsync"), "{e}");
+    assert!(!c.status().connected());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_delayed_exchange_whose_fsync_failed_nacks_and_refuses() {
+    use common::{int, s as lstr, table};
+    let syncer = Arc::new(ferrymq_store::FailingSync::default());
+    let b = common::start_with(|c| c.syncer = ferrymq_core::SyncerRef(syncer.clone())).await;
+    let (_c, ch) = common::channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "later",
+        ExchangeKind::Custom("x-delayed-message".into()),
+        durable,
+        table(&[("x-delayed-type", lstr("fanout"))]),
+    )
+    .await
+    .unwrap();
+    let delayed = || persistent().with_headers(table(&[("x-delay", int(60_000))]));
+    let publish = |body: &'static [u8]| {
+        let ch = ch.clone();
+        let props = delayed();
+        async move {
+            ch.basic_publish("later", "", BasicPublishOptions::default(), body, props)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .is_ack()
+        }
+    };
+    assert!(publish(b"first").await);
+    syncer.fail("delayed", 1);
+    assert!(!publish(b"second").await, "nacked: its fsync failed");
+    assert!(!publish(b"third").await, "the failed log takes no more");
+    b.stop().await;
+}

@@ -427,8 +427,8 @@ impl Connection {
                     Err(e) => return End::Close(codec_error(e)),
                 }
             }
-            for ch in channels.values_mut() {
-                ch.flush_confirms(ctx);
+            if let Some(end) = self.flush_confirms(ctx, channels) {
+                return end;
             }
             // As RabbitMQ: only connections that publish are held (and told so); consumers
             // keep draining during an alarm.
@@ -450,8 +450,8 @@ impl Connection {
             tokio::select! {
                 changed = wait_sync(&mut sync_rx), if awaiting_sync => {
                     if changed {
-                        for ch in channels.values_mut() {
-                            ch.flush_confirms(ctx);
+                        if let Some(end) = self.flush_confirms(ctx, channels) {
+                            return end;
                         }
                     } else {
                         sync_rx = None;
@@ -521,6 +521,27 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Sends every channel's confirms (and held replies) that group commit has made due; a
+    /// failure that ends the connection is returned.
+    fn flush_confirms(
+        &mut self,
+        ctx: &mut ConnCtx,
+        channels: &mut HashMap<u16, Channel>,
+    ) -> Option<End> {
+        let failed: Vec<AmqpError> = channels
+            .values_mut()
+            .filter_map(|ch| ch.flush_confirms(ctx).err())
+            .collect();
+        for e in failed {
+            match e {
+                e @ AmqpError::Channel { .. } => self.close_channel(ctx, channels, e),
+                AmqpError::Io(_) => return Some(End::Done),
+                e => return Some(End::Close(e)),
+            }
+        }
+        None
     }
 
     /// Closes one channel after a channel error: releases what it holds (its unacked
@@ -650,7 +671,8 @@ impl Connection {
                         format!("second 'channel.open' seen on channel {channel}"),
                     )),
                     Method::ChannelClose(_) => {
-                        ch.flush_confirms(ctx);
+                        // The client leaves: nothing it could still be told matters.
+                        let _ = ch.flush_confirms(ctx);
                         ch.cleanup(ctx);
                         channels.remove(&channel);
                         self.send(channel, ChannelCloseOk {});

@@ -40,7 +40,7 @@ pub use broker::{Broker, BrokerConfig, ConnectionId};
 pub use consumer::{ConsumerSink, SinkRefusal};
 pub use error::CoreError;
 pub use exchange::{Exchange, ExchangeKind};
-pub use ferrymq_store::FsyncPolicy;
+pub use ferrymq_store::{FsyncPolicy, Pending, SyncerRef};
 pub use message::{LazyHeaders, Message, Properties, QueuedMessage};
 pub use persist::{PersistConfig, Persistence};
 pub use queue::{Queue, QueueOptions};

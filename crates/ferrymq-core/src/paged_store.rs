@@ -12,7 +12,7 @@
 use crate::message::{Message, QueuedMessage};
 use crate::persist::Persistence;
 use crate::store::MessageStore;
-use ferrymq_store::{Position, QueueLog, StoreError};
+use ferrymq_store::{LogHealth, Position, QueueLog, StoreError};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub struct PagedStore {
     persist: Arc<Persistence>,
     /// Whether persistent messages are written (the queue is durable).
     durable: bool,
+    /// The durable queue's log health (shared by its priority levels).
+    health: Option<Arc<LogHealth>>,
     dir: PathBuf,
     log: Option<QueueLog>,
     ram: VecDeque<QueuedMessage>,
@@ -56,11 +58,13 @@ pub struct PagedStore {
 }
 
 impl PagedStore {
-    /// A store for a new queue whose log (if it ever needs one) lives in `dir`.
-    pub fn new(persist: Arc<Persistence>, durable: bool, dir: PathBuf) -> Self {
+    /// A store for a new queue whose log (if it ever needs one) lives in `dir`. A durable
+    /// queue's store has the `health` of its log: its writes go through group commit.
+    pub fn new(persist: Arc<Persistence>, health: Option<Arc<LogHealth>>, dir: PathBuf) -> Self {
         PagedStore {
             persist,
-            durable,
+            durable: health.is_some(),
+            health,
             dir,
             log: None,
             ram: VecDeque::new(),
@@ -85,11 +89,17 @@ impl PagedStore {
     /// broker cannot know whether they were delivered before the restart.
     pub fn recover(
         persist: Arc<Persistence>,
+        health: Arc<LogHealth>,
         dir: PathBuf,
         first_seq: u64,
     ) -> Result<(Self, u64), StoreError> {
-        let (log, n) = QueueLog::open(&dir, persist.segment_size(), persist.sync().clone())?;
-        let mut s = PagedStore::new(persist, true, dir);
+        let (log, n) = QueueLog::open(
+            &dir,
+            persist.segment_size(),
+            persist.sync().clone(),
+            Some(health.clone()),
+        )?;
+        let mut s = PagedStore::new(persist, Some(health), dir);
         s.recovered_seq = first_seq;
         s.cursor = log.first();
         s.paged = n;
@@ -105,6 +115,7 @@ impl PagedStore {
                     &self.dir,
                     self.persist.segment_size(),
                     self.persist.sync().clone(),
+                    self.health.clone(),
                 )?
                 .0
             }
@@ -369,7 +380,7 @@ mod tests {
     fn a_tail_beyond_the_budget_is_read_back_in_order_with_requeues_in_place() {
         let d = tempfile::tempdir().unwrap();
         let p = persistence(d.path());
-        let mut s = PagedStore::new(p, true, d.path().join("q"));
+        let mut s = PagedStore::new(p, Some(LogHealth::new("q")), d.path().join("q"));
         for seq in 1..=500 {
             // Every third message is transient: it is paged with the rest once the tail is
             // on disk, and must come back in its place.
@@ -401,7 +412,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("q");
         {
-            let mut s = PagedStore::new(persistence(d.path()), true, dir.clone());
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            );
             for seq in 1..=300 {
                 s.push(msg(seq, seq % 2 == 0)).unwrap();
             }
@@ -411,7 +426,8 @@ mod tests {
             let m = s.shift().unwrap();
             s.ack(m.seq());
         }
-        let (mut s, n) = PagedStore::recover(persistence(d.path()), dir, 1).unwrap();
+        let (mut s, n) =
+            PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1).unwrap();
         let mut got = Vec::new();
         while let Some(m) = s.shift() {
             assert!(m.redelivered());

@@ -8,7 +8,7 @@
 use crate::error::{CoreError, CoreResult};
 use crate::value::{table_to_json, FieldTable};
 use ferrymq_store::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
-use ferrymq_store::{FsyncPolicy, StoreError, SyncGroup};
+use ferrymq_store::{FsyncPolicy, StoreError, SyncGroup, SyncerRef};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,8 @@ pub struct PersistConfig {
     /// Body bytes (plus overhead) of persistent messages a durable queue keeps in RAM besides
     /// the copy on disk; beyond it they are read back from disk when their turn comes.
     pub queue_ram_budget: usize,
+    /// What makes writes durable: the OS's fsync, or in tests one that fails on demand.
+    pub syncer: SyncerRef,
 }
 
 impl PersistConfig {
@@ -37,6 +39,7 @@ impl PersistConfig {
             fsync: FsyncPolicy::Always,
             segment_size: 64 * 1024 * 1024,
             queue_ram_budget: 16 * 1024 * 1024,
+            syncer: SyncerRef::default(),
         }
     }
 }
@@ -71,7 +74,7 @@ impl Persistence {
         }
         let loaded = Definitions::load(&dir.join("definitions.json"))?;
         Ok(Arc::new(Persistence {
-            sync: SyncGroup::start(config.fsync),
+            sync: SyncGroup::start_with(config.fsync, config.syncer.0.clone()),
             paging: AtomicBool::new(false),
             defs: Mutex::new(loaded.clone().unwrap_or_default()),
             loaded,

@@ -15,6 +15,7 @@ use crate::store::{MemoryStore, MessageStore};
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
 use crate::ConnectionId;
+use ferrymq_store::{LogHealth, StoreError};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -208,6 +209,8 @@ pub struct Queue {
     pub owner: Option<ConnectionId>,
     /// The vhost it dead-letters into and is deleted from when it expires.
     home: OnceLock<Weak<dyn QueueEvents>>,
+    /// Whether its log's writes reached the disk (durable queues with a data directory).
+    health: Option<Arc<LogHealth>>,
     state: Mutex<QueueState>,
 }
 
@@ -275,6 +278,7 @@ impl Queue {
             options,
             owner,
             home: OnceLock::new(),
+            health: None,
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -291,6 +295,18 @@ impl Queue {
                 dead: Vec::new(),
             }),
         }
+    }
+
+    /// The same queue, writing to a durable log whose state `health` tracks.
+    pub fn with_health(mut self, health: Option<Arc<LogHealth>>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Its durable log's health, if it has one: a publish accepted with a ticket is kept once
+    /// group commit reaches it, unless this log failed.
+    pub fn health(&self) -> Option<&Arc<LogHealth>> {
+        self.health.as_ref()
     }
 
     /// Attaches the queue to its vhost and applies its feature settings.
@@ -437,6 +453,11 @@ impl Queue {
         };
         let ticket = match st.store.push(QueuedMessage::new(seq, message)) {
             Ok(t) => t,
+            Err(e @ StoreError::Failed(_)) => {
+                // Said once, loudly, by the sync thread when the log failed.
+                tracing::debug!(queue = %self.name, vhost = %self.vhost, "message refused: {e}");
+                return Enqueued::Refused;
+            }
             Err(e) => {
                 tracing::error!(queue = %self.name, vhost = %self.vhost, "message refused: {e}");
                 return Enqueued::Refused;

@@ -12,6 +12,7 @@ use crate::queue_config::QueueConfig;
 use crate::store::{MemoryStore, MessageStore};
 use crate::value::FieldValue;
 use crate::ConnectionId;
+use ferrymq_store::LogHealth;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,18 +90,22 @@ fn classic(
     } else {
         p.transient_dir()
     };
+    let health = durable.then(|| LogHealth::new(dir.display().to_string()));
     let store: Box<dyn MessageStore> = match levels {
         Some(max) => Box::new(PriorityStore::new(
             (0..=max)
                 .map(|l| {
-                    Box::new(PagedStore::new(p.clone(), durable, level_dir(&dir, l)))
-                        as Box<dyn MessageStore>
+                    Box::new(PagedStore::new(
+                        p.clone(),
+                        health.clone(),
+                        level_dir(&dir, l),
+                    )) as Box<dyn MessageStore>
                 })
                 .collect(),
         )),
-        None => Box::new(PagedStore::new(p.clone(), durable, dir)),
+        None => Box::new(PagedStore::new(p.clone(), health.clone(), dir)),
     };
-    Ok(Queue::with_store(name, vhost, options, owner, store, 1))
+    Ok(Queue::with_store(name, vhost, options, owner, store, 1).with_health(health))
 }
 
 /// A durable queue re-created at start with the messages its log holds. Returns the queue,
@@ -113,8 +118,10 @@ pub fn recover(
     cfg: &QueueConfig,
 ) -> CoreResult<(Queue, PathBuf, u64)> {
     let dir = p.queue_dir(vhost, name);
+    let health = LogHealth::new(dir.display().to_string());
     let recover = |dir: PathBuf, first: u64| {
-        PagedStore::recover(p.clone(), dir, first).map_err(|e| CoreError::Internal(e.to_string()))
+        PagedStore::recover(p.clone(), health.clone(), dir, first)
+            .map_err(|e| CoreError::Internal(e.to_string()))
     };
     let (store, n): (Box<dyn MessageStore>, u64) = match cfg.max_priority {
         Some(max) => {
@@ -132,7 +139,7 @@ pub fn recover(
             (Box::new(s), n)
         }
     };
-    let q = Queue::with_store(name, vhost, options, None, store, n + 1);
+    let q = Queue::with_store(name, vhost, options, None, store, n + 1).with_health(Some(health));
     Ok((q, dir, n))
 }
 

@@ -13,7 +13,9 @@ pub mod record;
 pub mod sync;
 
 pub use queue_log::{Position, QueueLog};
-pub use sync::{FsyncPolicy, SyncGroup};
+pub use sync::{
+    FailingSync, FsyncPolicy, LogHealth, Pending, SyncFile, SyncGroup, Syncer, SyncerRef,
+};
 
 use thiserror::Error;
 
@@ -29,6 +31,9 @@ pub enum StoreError {
     /// A record too large for a segment.
     #[error("record of {0} bytes is too large for a segment")]
     TooLarge(usize),
+    /// A sync of the log failed earlier: it takes no more writes (see [`LogHealth`]).
+    #[error("{0}: an earlier fsync failed; the log takes no more writes until restart")]
+    Failed(String),
     /// The definitions document is not valid.
     #[error("definitions file {0}: {1}")]
     Definitions(String, String),

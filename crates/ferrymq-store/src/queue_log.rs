@@ -11,7 +11,7 @@
 //! Acks are not fsynced: an ack lost in a crash means a redelivery, never a loss.
 
 use crate::record::{self, Scan, HEADER_LEN};
-use crate::sync::SyncGroup;
+use crate::sync::{LogHealth, SyncFile, SyncGroup};
 use crate::StoreError;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -57,7 +57,7 @@ impl Segment {
 /// The segment being appended to.
 struct Head {
     id: u32,
-    file: Arc<File>,
+    file: Arc<SyncFile>,
     len: u64,
 }
 
@@ -70,6 +70,9 @@ pub struct QueueLog {
     segments: BTreeMap<u32, Segment>,
     readers: BTreeMap<u32, File>,
     sync: Arc<SyncGroup>,
+    /// Whether writes go through group commit (durable logs) or just to the OS.
+    durable: bool,
+    health: Arc<LogHealth>,
     scratch: Vec<u8>,
 }
 
@@ -90,11 +93,18 @@ impl QueueLog {
     /// many valid, unacked records it holds; read them with [`QueueLog::read_batch`] from
     /// [`QueueLog::first`]. A torn or corrupt record ends its segment: the segment is cut
     /// there, with a warning, and everything before it is kept.
+    ///
+    /// With `health`, appends go through group commit and the log fails for good when a sync
+    /// fails; without, the log is not durable (paged-out transient messages) and its writes
+    /// are never synced.
     pub fn open(
         dir: &Path,
         segment_size: u64,
         sync: Arc<SyncGroup>,
+        health: Option<Arc<LogHealth>>,
     ) -> Result<(QueueLog, u64), StoreError> {
+        let durable = health.is_some();
+        let health = health.unwrap_or_else(|| LogHealth::new(dir.display().to_string()));
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut ids: Vec<u32> = std::fs::read_dir(dir)
             .map_err(io(dir))?
@@ -118,7 +128,7 @@ impl QueueLog {
         }
         // Always append to a fresh segment: a recovered one may end where a record was cut.
         let next = ids.last().map_or(1, |l| l + 1);
-        let head = new_head(dir, next)?;
+        let head = new_head(dir, next, &health)?;
         segments.insert(next, Segment::new());
         let log = QueueLog {
             dir: dir.to_path_buf(),
@@ -131,6 +141,8 @@ impl QueueLog {
             segments,
             readers: BTreeMap::new(),
             sync,
+            durable,
+            health,
             scratch: Vec::new(),
         };
         Ok((log, ready))
@@ -248,7 +260,7 @@ impl QueueLog {
 
     fn file(&mut self, id: u32) -> Result<&File, StoreError> {
         if id == self.head.id {
-            return Ok(&self.head.file);
+            return Ok(self.head.file.file());
         }
         let path = seg_path(&self.dir, id);
         Ok(match self.readers.entry(id) {
@@ -260,8 +272,12 @@ impl QueueLog {
     }
 
     /// Appends a record. Returns where it went and the group-commit ticket after which it is
-    /// on disk. On a failed write (disk full) the segment is cut back so no torn record stays.
+    /// on disk (0 for a log that is not durable). On a failed write (disk full) the segment
+    /// is cut back so no torn record stays. A log whose sync failed takes no more records.
     pub fn append(&mut self, payload: &[u8]) -> Result<(Position, u64), StoreError> {
+        if self.durable && self.health.is_failed() {
+            return Err(StoreError::Failed(self.dir.display().to_string()));
+        }
         let need = (HEADER_LEN + payload.len()) as u64;
         if need > u32::MAX as u64 {
             return Err(StoreError::TooLarge(payload.len()));
@@ -278,15 +294,24 @@ impl QueueLog {
         let path = seg_path(&self.dir, self.head.id);
         // Positional write: after a failed (possibly partial) write the next one still lands
         // right after the last whole record.
-        if let Err(e) = self.head.file.write_all_at(&self.scratch, self.head.len) {
-            let _ = self.head.file.set_len(self.head.len);
+        if let Err(e) = self
+            .head
+            .file
+            .file()
+            .write_all_at(&self.scratch, self.head.len)
+        {
+            let _ = self.head.file.file().set_len(self.head.len);
             return Err(io(&path)(e));
         }
         self.head.len += need;
         if let Some(s) = self.segments.get_mut(&self.head.id) {
             s.records += 1;
         }
-        Ok((pos, self.sync.written(&self.head.file)))
+        let ticket = match self.durable {
+            true => self.sync.written(&self.head.file),
+            false => 0,
+        };
+        Ok((pos, ticket))
     }
 
     /// Reads the payload of the record at `pos`.
@@ -349,7 +374,7 @@ impl QueueLog {
         if let Some(s) = self.segments.get_mut(&self.head.id) {
             s.len = self.head.len;
         }
-        self.head = new_head(&self.dir, id)?;
+        self.head = new_head(&self.dir, id, &self.health)?;
         self.segments.insert(id, Segment::new());
         // The previous head may already be fully acked.
         let prev = id - 1;
@@ -364,7 +389,7 @@ impl QueueLog {
     }
 }
 
-fn new_head(dir: &Path, id: u32) -> Result<Head, StoreError> {
+fn new_head(dir: &Path, id: u32, health: &Arc<LogHealth>) -> Result<Head, StoreError> {
     let path = seg_path(dir, id);
     let file = OpenOptions::new()
         .create(true)
@@ -375,7 +400,7 @@ fn new_head(dir: &Path, id: u32) -> Result<Head, StoreError> {
         .map_err(io(&path))?;
     Ok(Head {
         id,
-        file: Arc::new(file),
+        file: SyncFile::new(file, path, health.clone()),
         len: 0,
     })
 }
@@ -449,7 +474,8 @@ mod tests {
 
     /// Opens the log and reads back everything it recovered.
     fn open(dir: &Path, seg: u64) -> (QueueLog, Vec<Vec<u8>>) {
-        let (mut log, n) = QueueLog::open(dir, seg, SyncGroup::start(FsyncPolicy::Never)).unwrap();
+        let sync = SyncGroup::start(FsyncPolicy::Never);
+        let (mut log, n) = QueueLog::open(dir, seg, sync, Some(LogHealth::new("q"))).unwrap();
         let (mut all, mut at) = (Vec::new(), log.first());
         loop {
             // Small batches exercise continuing across chunk and segment ends.
@@ -572,10 +598,9 @@ mod tests {
         let (mut log, _) = open(d.path(), 1 << 20);
         let (p1, _) = log.append(b"before").unwrap();
         // Writes to /dev/full fail with ENOSPC, as a full file system does.
-        let real = std::mem::replace(
-            &mut log.head.file,
-            Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap()),
-        );
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let full = SyncFile::new(full, "/dev/full".into(), log.health.clone());
+        let real = std::mem::replace(&mut log.head.file, full);
         let e = log.append(b"lost").unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
         log.head.file = real;

@@ -44,6 +44,10 @@ pub struct Config {
     /// A definitions file (RabbitMQ's JSON format) imported at start: users, vhosts,
     /// permissions, topic permissions, limits, policies, exchanges, queues, bindings.
     pub load_definitions: Option<PathBuf>,
+    /// Test hook: what makes writes durable (the OS's fsync unless a test injects failures).
+    /// Not settable from the file or the command line.
+    #[serde(skip)]
+    pub syncer: ferrymq_core::SyncerRef,
 }
 
 /// The `fsync` setting.
@@ -74,6 +78,7 @@ impl Default for Config {
             consumer_timeout: 30 * 60 * 1000,
             handshake_timeout: 10,
             load_definitions: None,
+            syncer: Default::default(),
         }
     }
 }

@@ -49,6 +49,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             config::FsyncSetting::Never => FsyncPolicy::Never,
         },
         segment_size: cfg.segment_size,
+        syncer: cfg.syncer.clone(),
         ..PersistConfig::new(&cfg.data_dir)
     })
     .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;

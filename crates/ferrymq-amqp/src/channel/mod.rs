@@ -109,8 +109,8 @@ pub(crate) struct Channel {
     content: Option<PendingContent>,
     confirm: Option<Confirms>,
     tx: Option<TxState>,
-    /// A tx.commit-ok held until group commit reaches this ticket.
-    commit_waiting: Option<u64>,
+    /// A tx.commit-ok held until group commit made the transaction's messages durable.
+    commit_waiting: Option<ferrymq_core::Pending>,
     consumers: HashMap<String, ConsumerRec>,
     consumer_prefetch: u32,
     reply_token: Option<String>,

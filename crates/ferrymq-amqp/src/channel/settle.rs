@@ -164,24 +164,19 @@ impl Channel {
 
     /// `tx.commit`: routes the buffered publishes, then applies the buffered settlements.
     pub(super) fn tx_commit(&mut self, ctx: &mut ConnCtx) -> Result<(), AmqpError> {
-        let ch = self.id;
         let tx = self.tx_state()?;
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
-        let mut ticket = 0;
+        let mut pending = ferrymq_core::Pending::default();
         for (p, msg) in publishes {
-            ticket = ticket.max(self.route(ctx, &p, msg)?.unwrap_or(0));
+            pending.merge(self.route(ctx, &p, msg)?);
         }
         for (taken, how) in settles {
             self.apply_settle(taken, how);
         }
         // As with confirms, commit-ok promises that persistent messages are on disk.
-        if ticket > ctx.synced() {
-            self.commit_waiting = Some(ticket);
-        } else {
-            ctx.send(ch, TxCommitOk {});
-        }
-        Ok(())
+        self.commit_waiting = Some(pending);
+        self.flush_confirms(ctx)
     }
 
     /// `tx.rollback`: drops the buffered publishes and un-settles the buffered settlements.

@@ -8,7 +8,7 @@
 use crate::expiry::now_ms;
 use crate::message::Message;
 use crate::persist::Persistence;
-use ferrymq_store::{Position, QueueLog, StoreError};
+use ferrymq_store::{LogHealth, Pending, Position, QueueLog, StoreError};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
@@ -52,7 +52,8 @@ pub struct DelayedMessages {
     heap: BinaryHeap<Entry>,
     next_id: u64,
     log: Option<QueueLog>,
-    persist: Option<(Arc<Persistence>, PathBuf, bool)>,
+    /// Where the log lives, and for a durable exchange its health.
+    persist: Option<(Arc<Persistence>, PathBuf, Option<Arc<LogHealth>>)>,
     scratch: Vec<u8>,
 }
 
@@ -84,15 +85,15 @@ impl DelayedMessages {
         recover: bool,
     ) -> Result<Self, StoreError> {
         let mut d = DelayedMessages::in_memory();
+        let health = durable.then(|| LogHealth::new(dir.display().to_string()));
         if dir.exists() {
-            if durable && recover {
-                d.recover(&persist, &dir)?;
-            } else {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
+            match &health {
+                Some(h) if recover => d.recover(&persist, &dir, h.clone())?,
+                _ => std::fs::remove_dir_all(&dir)
+                    .map_err(|e| StoreError::Io(dir.display().to_string(), e))?,
             }
         }
-        d.persist = Some((persist, dir, durable));
+        d.persist = Some((persist, dir, health));
         Ok(d)
     }
 
@@ -100,8 +101,14 @@ impl DelayedMessages {
         &mut self,
         persist: &Arc<Persistence>,
         dir: &std::path::Path,
+        health: Arc<LogHealth>,
     ) -> Result<(), StoreError> {
-        let (mut log, n) = QueueLog::open(dir, persist.segment_size(), persist.sync().clone())?;
+        let (mut log, n) = QueueLog::open(
+            dir,
+            persist.segment_size(),
+            persist.sync().clone(),
+            Some(health),
+        )?;
         let (wall, mono) = (wall_ms(), now_ms());
         let mut cursor = log.first();
         let mut left = n;
@@ -139,22 +146,28 @@ impl DelayedMessages {
         Ok(())
     }
 
-    /// Holds `msg` until `at` (ms on [`now_ms`]'s clock). Returns the group-commit ticket
-    /// after which it is on disk, when it had to be made durable.
-    pub fn hold(&mut self, msg: Arc<Message>, at: u64) -> Result<Option<u64>, StoreError> {
+    /// Holds `msg` until `at` (ms on [`now_ms`]'s clock). Returns what group commit must
+    /// make durable first (nothing unless the message had to be), or
+    /// [`StoreError::Failed`] once a sync of the exchange's log failed.
+    pub fn hold(&mut self, msg: Arc<Message>, at: u64) -> Result<Pending, StoreError> {
         self.next_id += 1;
         let id = self.next_id;
-        let Some((persist, dir, durable)) = &self.persist else {
+        let Some((persist, dir, health)) = &self.persist else {
             self.heap.push(Entry {
                 at,
                 id,
                 held: Held::Memory(msg),
             });
-            return Ok(None);
+            return Ok(Pending::default());
         };
-        let persistent = *durable && msg.is_persistent();
+        let persistent = health.is_some() && msg.is_persistent();
         if self.log.is_none() {
-            let (log, _) = QueueLog::open(dir, persist.segment_size(), persist.sync().clone())?;
+            let (log, _) = QueueLog::open(
+                dir,
+                persist.segment_size(),
+                persist.sync().clone(),
+                health.clone(),
+            )?;
             self.log = Some(log);
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -165,7 +178,7 @@ impl DelayedMessages {
         msg.encode_record(&mut rec);
         let appended = match self.log.as_mut() {
             Some(log) => log.append(&rec),
-            None => return Ok(None),
+            None => return Ok(Pending::default()),
         };
         self.scratch = rec;
         let (pos, ticket) = appended?;
@@ -174,7 +187,10 @@ impl DelayedMessages {
             id,
             held: Held::Disk(pos),
         });
-        Ok(persistent.then_some(ticket))
+        Ok(match (persistent, health) {
+            (true, Some(h)) => Pending::one(ticket, h.clone()),
+            _ => Pending::default(),
+        })
     }
 
     /// Takes the messages whose time has come, earliest first, each with its record (to be

@@ -223,9 +223,14 @@ impl Exchange {
         self.delay.as_ref().map_or(0, |d| d.lock().msgs.len())
     }
 
-    /// Holds a message on a delayed-message exchange for `delay_ms`. Returns the
-    /// group-commit ticket after which it is on disk, when it had to be made durable.
-    pub fn hold(self: &Arc<Self>, msg: Arc<Message>, delay_ms: u64) -> CoreResult<Option<u64>> {
+    /// Holds a message on a delayed-message exchange for `delay_ms`. Returns what group
+    /// commit must make durable before it is confirmed, or `None` when the exchange's log
+    /// failed and the message was refused.
+    pub fn hold(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        delay_ms: u64,
+    ) -> CoreResult<Option<ferrymq_store::Pending>> {
         let Some(d) = &self.delay else {
             return Err(CoreError::Internal(format!(
                 "exchange '{}' does not delay",
@@ -234,13 +239,18 @@ impl Exchange {
         };
         // Rounded up to the next whole millisecond: never released before its delay.
         let at = now_ms().saturating_add(delay_ms) + 1;
-        let ticket = d
-            .lock()
-            .msgs
-            .hold(msg, at)
-            .map_err(|e| CoreError::Internal(format!("cannot hold a delayed message: {e}")))?;
+        let held = d.lock().msgs.hold(msg, at);
+        let pending = match held {
+            Ok(p) => p,
+            Err(ferrymq_store::StoreError::Failed(_)) => return Ok(None),
+            Err(e) => {
+                return Err(CoreError::Internal(format!(
+                    "cannot hold a delayed message: {e}"
+                )))
+            }
+        };
         self.arm_delay();
-        Ok(ticket)
+        Ok(Some(pending))
     }
 
     fn arm_delay(self: &Arc<Self>) {
