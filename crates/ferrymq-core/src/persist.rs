@@ -68,6 +68,10 @@ impl Persistence {
     pub fn open(config: PersistConfig) -> Result<Arc<Persistence>, StoreError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir.join("queues")).map_err(io_err(dir))?;
+        // The directories a first start created must survive a crash like their contents.
+        for d in [dir.as_path(), &dir.join("queues")] {
+            ferrymq_store::sync::sync_dir(d).map_err(io_err(d))?;
+        }
         let transient = dir.join("transient");
         if transient.exists() {
             std::fs::remove_dir_all(&transient).map_err(io_err(&transient))?;
@@ -143,6 +147,7 @@ impl Persistence {
         let Ok(entries) = std::fs::read_dir(&root) else {
             return;
         };
+        let mut removed = false;
         for e in entries.flatten() {
             let p = e.path();
             if !keep.contains(&p) {
@@ -150,9 +155,15 @@ impl Persistence {
                     "removing the files of a queue that no longer exists: {}",
                     p.display()
                 );
-                if let Err(err) = std::fs::remove_dir_all(&p) {
-                    tracing::warn!("{}: {err}", p.display());
+                match std::fs::remove_dir_all(&p) {
+                    Ok(()) => removed = true,
+                    Err(err) => tracing::warn!("{}: {err}", p.display()),
                 }
+            }
+        }
+        if removed {
+            if let Err(err) = ferrymq_store::sync::sync_dir(&root) {
+                tracing::warn!("{}: {err}", root.display());
             }
         }
     }

@@ -105,7 +105,7 @@ impl QueueLog {
     ) -> Result<(QueueLog, u64), StoreError> {
         let durable = health.is_some();
         let health = health.unwrap_or_else(|| LogHealth::new(dir.display().to_string()));
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let created = create_dirs(dir)?;
         let mut ids: Vec<u32> = std::fs::read_dir(dir)
             .map_err(io(dir))?
             .filter_map(|e| e.ok())
@@ -130,6 +130,14 @@ impl QueueLog {
         let next = ids.last().map_or(1, |l| l + 1);
         let head = new_head(dir, next, &health)?;
         segments.insert(next, Segment::new());
+        if durable {
+            // The new head segment's name, and any directory just created, must be durable
+            // before a record in them counts as durable (removals just before too).
+            for d in created.iter().filter_map(|c| c.parent()) {
+                sync.dir_changed(d, &health);
+            }
+            sync.dir_changed(dir, &health);
+        }
         let log = QueueLog {
             dir: dir.to_path_buf(),
             segment_size: segment_size.max(4096),
@@ -355,8 +363,17 @@ impl QueueLog {
             self.segments.remove(&pos.segment);
             self.readers.remove(&pos.segment);
             remove_segment(&self.dir, pos.segment)?;
+            self.dir_changed(&self.dir);
         }
         Ok(())
+    }
+
+    /// Has group commit sync `dir`'s entries (durable logs only); returns the ticket.
+    fn dir_changed(&self, dir: &Path) -> u64 {
+        match self.durable {
+            true => self.sync.dir_changed(dir, &self.health),
+            false => 0,
+        }
     }
 
     /// Number of segment files currently kept.
@@ -364,9 +381,11 @@ impl QueueLog {
         self.segments.len()
     }
 
-    /// Deletes the whole log (the queue was deleted).
-    pub fn destroy(self) -> Result<(), StoreError> {
-        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+    /// Deletes the whole log (the queue was deleted). Returns the group-commit ticket after
+    /// which the removal is durable.
+    pub fn destroy(self) -> Result<u64, StoreError> {
+        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))?;
+        Ok(self.dir.parent().map_or(0, |p| self.dir_changed(p)))
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
@@ -376,6 +395,7 @@ impl QueueLog {
         }
         self.head = new_head(&self.dir, id, &self.health)?;
         self.segments.insert(id, Segment::new());
+        self.dir_changed(&self.dir);
         // The previous head may already be fully acked.
         let prev = id - 1;
         if let Some(s) = self.segments.get(&prev) {
@@ -387,6 +407,23 @@ impl QueueLog {
         }
         Ok(())
     }
+}
+
+/// Creates `dir` and its missing ancestors; returns the directories it created, outermost
+/// first, so their parents can be synced.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    missing.reverse();
+    Ok(missing)
 }
 
 fn new_head(dir: &Path, id: u32, health: &Arc<LogHealth>) -> Result<Head, StoreError> {
@@ -610,5 +647,77 @@ mod tests {
         drop(log);
         let (_log, r) = open(d.path(), 1 << 20);
         assert_eq!(r, vec![b"before".to_vec(), b"after".to_vec()]);
+    }
+
+    /// Records every sync it is asked for, then does it.
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<PathBuf>>);
+
+    impl crate::sync::Syncer for Recorder {
+        fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()> {
+            self.0.lock().push(path.to_path_buf());
+            file.sync_data()
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            self.0.lock().push(path.to_path_buf());
+            File::open(path)?.sync_all()
+        }
+    }
+
+    fn wait_synced(g: &SyncGroup, ticket: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while g.synced() < ticket {
+            assert!(std::time::Instant::now() < deadline, "sync never came");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn new_directories_and_segments_and_removals_are_synced_at_the_directory_level() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let g = SyncGroup::start_with(FsyncPolicy::Always, rec.clone());
+        let dir = d.path().join("queues").join("q1");
+        let (mut log, _) =
+            QueueLog::open(&dir, 4096, g.clone(), Some(LogHealth::new("q1"))).unwrap();
+        let (p1, t1) = log.append(&[1u8; 100]).unwrap();
+        wait_synced(&g, t1);
+        {
+            let seen = rec.0.lock();
+            for want in [d.path().to_path_buf(), d.path().join("queues"), dir.clone()] {
+                assert!(
+                    seen.contains(&want),
+                    "{want:?} synced before the record counts: {seen:?}"
+                );
+            }
+        }
+        // Rolling over creates a segment: the directory is synced again with it.
+        rec.0.lock().clear();
+        let mut last = 0;
+        let mut positions = vec![p1];
+        while log.segment_count() < 2 {
+            let (p, t) = log.append(&[2u8; 100]).unwrap();
+            positions.push(p);
+            last = t;
+        }
+        wait_synced(&g, last);
+        assert!(
+            rec.0.lock().contains(&dir),
+            "the new segment's entry is synced"
+        );
+        // Deleting a fully acked segment changes the directory too.
+        rec.0.lock().clear();
+        for p in positions.iter().filter(|p| p.segment == 1) {
+            log.ack(*p).unwrap();
+        }
+        let (_, t) = log.append(&[3u8; 10]).unwrap();
+        wait_synced(&g, t);
+        assert!(rec.0.lock().contains(&dir), "the removal is synced");
+        // Destroying the log syncs its parent.
+        rec.0.lock().clear();
+        let t = log.destroy().unwrap();
+        wait_synced(&g, t);
+        assert!(rec.0.lock().contains(&d.path().join("queues")));
+        g.stop();
     }
 }

@@ -24,6 +24,9 @@ pub enum FsyncPolicy {
 pub trait Syncer: Send + Sync {
     /// Makes the data written to `file` (found at `path`) durable.
     fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()>;
+    /// Makes the entries of directory `path` durable: files created, renamed or removed in
+    /// it (a new segment's data is not found after a crash unless its name is).
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()>;
 }
 
 /// A shared [`Syncer`] that configuration structs can hold (and print).
@@ -49,6 +52,15 @@ impl Syncer for OsSync {
     fn sync_file(&self, file: &File, _path: &Path) -> std::io::Result<()> {
         file.sync_data()
     }
+
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        sync_dir(path)
+    }
+}
+
+/// Fsyncs a directory, so the names created, renamed or removed in it are durable.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
 }
 
 /// A [`Syncer`] for tests: fails the syncs of files whose path contains a given text, as
@@ -59,14 +71,13 @@ pub struct FailingSync {
 }
 
 impl FailingSync {
-    /// Makes the next `times` syncs of files whose path contains `text` fail with EIO.
+    /// Makes the next `times` syncs of files or directories whose path contains `text` fail
+    /// with EIO.
     pub fn fail(&self, text: &str, times: u32) {
         *self.rule.lock() = Some((text.to_string(), times));
     }
-}
 
-impl Syncer for FailingSync {
-    fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()> {
+    fn check(&self, path: &Path) -> std::io::Result<()> {
         let mut rule = self.rule.lock();
         if let Some((text, left)) = rule.as_mut() {
             if *left > 0 && path.to_string_lossy().contains(text.as_str()) {
@@ -74,8 +85,19 @@ impl Syncer for FailingSync {
                 return Err(std::io::Error::from_raw_os_error(EIO));
             }
         }
-        drop(rule);
+        Ok(())
+    }
+}
+
+impl Syncer for FailingSync {
+    fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()> {
+        self.check(path)?;
         file.sync_data()
+    }
+
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.check(path)?;
+        sync_dir(path)
     }
 }
 
@@ -240,6 +262,8 @@ struct SyncState {
     /// Tickets handed out now are covered by the next sync to start.
     epoch: u64,
     dirty: Vec<Arc<SyncFile>>,
+    /// Directories whose entries changed, with the log each change belongs to.
+    dirs: Vec<(PathBuf, Arc<LogHealth>)>,
     stop: bool,
 }
 
@@ -266,6 +290,7 @@ impl SyncGroup {
             state: Mutex::new(SyncState {
                 epoch: 1,
                 dirty: Vec::new(),
+                dirs: Vec::new(),
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -303,6 +328,23 @@ impl SyncGroup {
         ticket
     }
 
+    /// Records that entries of directory `dir` changed (a file of `log` was created, renamed
+    /// or removed); the change is durable once [`SyncGroup::synced`] reaches the returned
+    /// ticket, and a failure to sync it fails `log` like a failed file sync.
+    pub fn dir_changed(&self, dir: &Path, log: &Arc<LogHealth>) -> u64 {
+        let mut st = self.state.lock();
+        let ticket = st.epoch;
+        if self.policy == FsyncPolicy::Never {
+            return ticket.saturating_sub(1);
+        }
+        if !st.dirs.iter().any(|(d, l)| d == dir && Arc::ptr_eq(l, log)) {
+            st.dirs.push((dir.to_path_buf(), log.clone()));
+        }
+        drop(st);
+        self.wake.notify_one();
+        ticket
+    }
+
     /// The highest ticket known durable.
     pub fn synced(&self) -> u64 {
         *self.synced.borrow()
@@ -321,12 +363,12 @@ impl SyncGroup {
 
     fn run(&self) {
         loop {
-            let (files, covered) = {
+            let (files, dirs, covered) = {
                 let mut st = self.state.lock();
-                while st.dirty.is_empty() && !st.stop {
+                while st.dirty.is_empty() && st.dirs.is_empty() && !st.stop {
                     self.wake.wait(&mut st);
                 }
-                if st.dirty.is_empty() {
+                if st.dirty.is_empty() && st.dirs.is_empty() {
                     return;
                 }
                 let covered = st.epoch;
@@ -336,30 +378,49 @@ impl SyncGroup {
                 for f in &files {
                     f.queued.store(false, Ordering::Relaxed);
                 }
-                (files, covered)
+                (files, std::mem::take(&mut st.dirs), covered)
             };
             let mut failed: Vec<&Arc<LogHealth>> = Vec::new();
-            for f in &files {
-                if let Err(e) = self.syncer.sync_file(&f.file, &f.path) {
-                    if !f.health.is_failed() {
-                        tracing::error!(
-                            "fsync of {} failed: {e}. Its log {} is marked failed: nothing \
-                             written to it since its last good sync is confirmed (publishers \
-                             get basic.nack) and it takes no more writes until the broker \
-                             restarts",
-                            f.path.display(),
-                            f.health.name()
-                        );
-                    }
-                    // Never retried: a second fsync can succeed after the kernel dropped
-                    // the pages the first one failed to write.
-                    f.health.lose_since_last_good();
-                    failed.push(&f.health);
+            let synced = files
+                .iter()
+                .map(|f| {
+                    (
+                        f.path.as_path(),
+                        &f.health,
+                        self.syncer.sync_file(&f.file, &f.path),
+                    )
+                })
+                .chain(dirs.iter().map(|(d, h)| {
+                    // A directory removed meanwhile (its log was deleted) keeps nothing.
+                    let r = match self.syncer.sync_dir(d) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        r => r,
+                    };
+                    (d.as_path(), h, r)
+                }));
+            for (path, health, result) in synced {
+                let Err(e) = result else { continue };
+                if !health.is_failed() {
+                    tracing::error!(
+                        "fsync of {} failed: {e}. Its log {} is marked failed: nothing \
+                         written to it since its last good sync is confirmed (publishers get \
+                         basic.nack) and it takes no more writes until the broker restarts",
+                        path.display(),
+                        health.name()
+                    );
                 }
+                // Never retried: a second fsync can succeed after the kernel dropped the
+                // pages the first one failed to write.
+                health.lose_since_last_good();
+                failed.push(health);
             }
-            for f in &files {
-                if !failed.iter().any(|h| Arc::ptr_eq(h, &f.health)) {
-                    f.health.last_good.store(covered, Ordering::Relaxed);
+            let logs = files
+                .iter()
+                .map(|f| &f.health)
+                .chain(dirs.iter().map(|(_, h)| h));
+            for h in logs {
+                if !failed.iter().any(|x| Arc::ptr_eq(x, h)) {
+                    h.last_good.store(covered, Ordering::Relaxed);
                 }
             }
             // Failures are recorded before the ticket moves, so whoever sees the ticket
