@@ -724,3 +724,32 @@ async fn a_delayed_exchange_whose_fsync_failed_nacks_and_refuses() {
     assert!(!publish(b"third").await, "the failed log takes no more");
     b.stop().await;
 }
+
+/// (offset, total size) of every record of a segment, walking the length prefixes.
+fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize + 8;
+        out.push((off, len));
+        off += len;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_corrupt_record_mid_segment_loses_only_that_message() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_persistent_then_stop(dir.path()).await;
+    let seg = last_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let spans = record_spans(&bytes);
+    assert_eq!(spans.len(), 10);
+    // A flipped bit in the last byte of message m4's record (its body).
+    let (at, len) = spans[4];
+    bytes[at + len - 1] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    let mut want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    want.remove(4);
+    assert_eq!(bodies_after_restart(dir.path()).await, want);
+}

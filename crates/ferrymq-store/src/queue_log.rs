@@ -13,7 +13,7 @@
 use crate::record::{self, Scan, HEADER_LEN};
 use crate::sync::{LogHealth, SyncFile, SyncGroup};
 use crate::StoreError;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -40,6 +40,8 @@ struct Segment {
     len: u64,
     /// Offsets found acked when the log was opened: reading skips them.
     skip: HashSet<u32>,
+    /// Damaged records recovery stepped over (offset → size): reading skips them too.
+    corrupt: HashMap<u32, u32>,
 }
 
 impl Segment {
@@ -50,6 +52,7 @@ impl Segment {
             ack_log: None,
             len: 0,
             skip: HashSet::new(),
+            corrupt: HashMap::new(),
         }
     }
 }
@@ -237,6 +240,16 @@ impl QueueLog {
                         off = next;
                     }
                     Scan::End => break,
+                    Scan::Torn | Scan::Corrupt
+                        if self.corrupt_len(id, from.offset + off as u32).is_some() =>
+                    {
+                        // Stepped over at recovery; its size may reach past this chunk.
+                        let len = self.corrupt_len(id, from.offset + off as u32);
+                        off += len.unwrap_or_default() as usize;
+                        if off >= buf.len() {
+                            break;
+                        }
+                    }
                     Scan::Torn if off > 0 => break,
                     Scan::Torn => {
                         // One record larger than the chunk: read exactly it.
@@ -264,6 +277,11 @@ impl QueueLog {
             from.offset += off as u32;
         }
         Ok((out, from))
+    }
+
+    /// The size of the damaged record recovery stepped over at `at`, if there is one.
+    fn corrupt_len(&self, id: u32, at: u32) -> Option<u32> {
+        self.segments.get(&id)?.corrupt.get(&at).copied()
     }
 
     fn file(&mut self, id: u32) -> Result<&File, StoreError> {
@@ -453,6 +471,35 @@ fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// From a corrupt record at `off`, follows length prefixes over consecutive damaged records
+/// to the next intact one. Returns the damaged records (offset, size) and where the intact
+/// one starts, or `None` when the prefixes lead nowhere trustworthy (past the end, or to the
+/// very end, which makes the damage a corrupt tail).
+fn step_over(bytes: &[u8], mut off: usize) -> Option<(Vec<(usize, usize)>, usize)> {
+    let mut damaged = Vec::new();
+    loop {
+        let len = record::claimed_len(bytes, off)?;
+        damaged.push((off, len));
+        off = off.checked_add(len)?;
+        match record::scan(bytes, off) {
+            Scan::Record(..) => return Some((damaged, off)),
+            Scan::Corrupt => continue,
+            Scan::End | Scan::Torn => return None,
+        }
+    }
+}
+
+/// Appends a damaged record's offset to its segment's ack log.
+fn settle_damaged(dir: &Path, id: u32, at: u32) -> Result<(), StoreError> {
+    let path = ack_path(dir, id);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&at.to_le_bytes()))
+        .map_err(io(&path))
+}
+
 fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
@@ -478,15 +525,48 @@ fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
             }
             Scan::End => break,
             damage @ (Scan::Torn | Scan::Corrupt) => {
-                let what = if damage == Scan::Torn {
-                    "torn"
-                } else {
-                    "corrupt (CRC mismatch)"
+                if let Some((damaged, next)) = match damage {
+                    Scan::Corrupt => step_over(&bytes, off),
+                    _ => None,
+                } {
+                    // The length prefixes lead past the damage to an intact record: only the
+                    // damaged records are lost. Each is settled in the ack log, so it counts
+                    // as done (its segment can go) and is reported once.
+                    for (at, len) in damaged {
+                        let at32 = at as u32;
+                        seg.records += 1;
+                        seg.acked += 1;
+                        seg.skip.insert(at32);
+                        seg.corrupt.insert(at32, len as u32);
+                        if acked.contains(&at32) {
+                            continue;
+                        }
+                        tracing::error!(
+                            "{}: corrupt record (CRC mismatch) at offset {at}, {len} bytes: it \
+                             is lost and skipped; the records after it are kept",
+                            path.display()
+                        );
+                        settle_damaged(dir, id, at32)?;
+                    }
+                    off = next;
+                    continue;
+                }
+                let why = match damage {
+                    Scan::Torn => {
+                        "runs past the end of the file (a write cut short, or a \
+                                   damaged length prefix)"
+                    }
+                    _ => {
+                        "fails its CRC and no intact record follows where its length \
+                          prefix points"
+                    }
                 };
                 tracing::warn!(
-                    "{}: {what} record at offset {off}; cutting the segment there ({} bytes \
-                     dropped, {} records before it kept)",
+                    "{}: the record at offset {off} {why}; cutting the segment there: bytes \
+                     {off}..{} ({} bytes: that record and anything after it) are dropped, \
+                     the {} records before it are kept",
                     path.display(),
+                    bytes.len(),
                     bytes.len() - off,
                     seg.records
                 );
@@ -610,6 +690,105 @@ mod tests {
         // The log keeps working after recovery.
         let (p, _) = log.append(b"after").unwrap();
         assert_eq!(log.read(p).unwrap(), b"after");
+    }
+
+    /// Ten 50-byte records 0..10 in segment 1, then closed; returns the segment's path.
+    fn ten_records(dir: &Path) -> PathBuf {
+        let (mut log, _) = open(dir, 1 << 20);
+        for i in 0..10u8 {
+            log.append(&[i; 50]).unwrap();
+        }
+        drop(log);
+        seg_path(dir, 1)
+    }
+
+    fn flip(path: &Path, at: usize, mask: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= mask;
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_record_mid_segment_is_skipped_and_the_records_after_it_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = ten_records(d.path());
+        // A flipped bit in the payload of record 4 (each record is 58 bytes).
+        flip(&seg, 4 * 58 + HEADER_LEN + 20, 0x08);
+        let want: Vec<Vec<u8>> = (0..10u8).filter(|&i| i != 4).map(|i| vec![i; 50]).collect();
+        let (mut log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, want, "only the damaged record is lost");
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            10 * 58,
+            "nothing is cut"
+        );
+        let (p, _) = log.append(b"after").unwrap();
+        assert_eq!(log.read(p).unwrap(), b"after");
+        drop(log);
+        // Opened again: the same records (the damaged one was settled, not reported again).
+        let (mut log, r) = open(d.path(), 1 << 20);
+        let mut again = want.clone();
+        again.push(b"after".to_vec());
+        assert_eq!(r, again);
+        // Once every kept record is acked the segment goes, damaged record and all.
+        let (batch, _) = log.read_batch(log.first(), 100).unwrap();
+        for (pos, _) in batch {
+            log.ack(pos).unwrap();
+        }
+        assert!(!seg.exists(), "the fully settled segment is deleted");
+    }
+
+    #[test]
+    fn a_damaged_length_mid_segment_cuts_the_segment_there() {
+        // The length prefix is what finds the next record: damaged, nothing after it can be
+        // trusted, so the segment ends there (the log line says how many bytes went).
+        for mask in [0x40u8, 0x01] {
+            let d = tempfile::tempdir().unwrap();
+            let seg = ten_records(d.path());
+            flip(&seg, 4 * 58 + 1, mask);
+            let (_log, r) = open(d.path(), 1 << 20);
+            assert_eq!(r, (0..4u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), 4 * 58);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_last_record_is_a_corrupt_tail_and_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = ten_records(d.path());
+        flip(&seg, 9 * 58 + 4, 0x02);
+        let (_log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r.len(), 9);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), 9 * 58);
+    }
+
+    #[test]
+    fn several_corrupt_records_in_a_row_are_each_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = ten_records(d.path());
+        for i in [2usize, 3, 7] {
+            flip(&seg, i * 58 + HEADER_LEN + 1, 0x10);
+        }
+        let (_log, r) = open(d.path(), 1 << 20);
+        let want: Vec<Vec<u8>> = (0..10u8)
+            .filter(|i| ![2, 3, 7].contains(i))
+            .map(|i| vec![i; 50])
+            .collect();
+        assert_eq!(r, want);
+    }
+
+    #[test]
+    fn a_corrupt_record_larger_than_a_read_chunk_is_stepped_over_too() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let big = vec![9u8; READ_CHUNK + 1000];
+        log.append(b"small").unwrap();
+        log.append(&big).unwrap();
+        log.append(b"tail").unwrap();
+        drop(log);
+        flip(&seg_path(d.path(), 1), HEADER_LEN + 5 + HEADER_LEN + 100, 0x01);
+        let (_log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, vec![b"small".to_vec(), b"tail".to_vec()]);
     }
 
     #[test]

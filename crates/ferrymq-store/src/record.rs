@@ -27,6 +27,13 @@ pub enum Scan<'a> {
     Corrupt,
 }
 
+/// The total size (header and payload) its length prefix gives the record at `offset`, if a
+/// whole header is there. Unchecked: the prefix itself may be damaged.
+pub fn claimed_len(bytes: &[u8], offset: usize) -> Option<usize> {
+    let h = bytes.get(offset..offset.checked_add(4)?)?;
+    Some(HEADER_LEN + u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize)
+}
+
 /// Reads the record starting at `offset` of `bytes`.
 pub fn scan(bytes: &[u8], offset: usize) -> Scan<'_> {
     let rest = bytes.get(offset..).unwrap_or_default();
