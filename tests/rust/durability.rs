@@ -753,3 +753,114 @@ async fn a_corrupt_record_mid_segment_loses_only_that_message() {
     want.remove(4);
     assert_eq!(bodies_after_restart(dir.path()).await, want);
 }
+
+/// Polls a queue's ready count until `want`, through passive declares.
+async fn wait_count(ch: &Channel, queue: &str, want: u32, what: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let n = passive_queue(ch, queue).await.unwrap().message_count();
+        if n == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {queue} holds {n}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn recovered_messages_keep_their_ttl_and_expire_after_a_restart_without_a_consumer() {
+    use common::{int, s as lstr, table};
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_durable(&ch, "dead", FieldTable::default()).await;
+    let dlx = [
+        ("x-dead-letter-exchange", lstr("")),
+        ("x-dead-letter-routing-key", lstr("dead")),
+    ];
+    // Queue TTL: every message of "ttl" expires 2 s after it was published.
+    let mut args = dlx.to_vec();
+    args.push(("x-message-ttl", int(2000)));
+    declare_durable(&ch, "ttl", table(&args)).await;
+    // Per-message TTL: one short, one an hour.
+    declare_durable(&ch, "per-msg", table(&dlx)).await;
+    for i in 0..3 {
+        publish_confirmed(&ch, "", "ttl", format!("q{i}").as_bytes(), persistent()).await;
+    }
+    let short = persistent().with_expiration("2000".into());
+    let long = persistent().with_expiration("3600000".into());
+    publish_confirmed(&ch, "", "per-msg", b"long", long).await;
+    publish_confirmed(&ch, "", "per-msg", b"short", short).await;
+    s.kill9();
+
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    // Nobody consumes: the deadlines alone take the messages out, into the DLX target.
+    wait_count(&ch, "dead", 4, "expired messages dead-lettered").await;
+    wait_count(&ch, "ttl", 0, "queue TTL honoured after restart").await;
+    wait_count(&ch, "per-msg", 1, "the short one expired, not the long one").await;
+    let m = get(&ch, "per-msg").await.expect("the long-lived message");
+    assert_eq!(m.delivery.data, b"long");
+    let mut dead = Vec::new();
+    while let Some(m) = get(&ch, "dead").await {
+        dead.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    dead.sort();
+    assert_eq!(dead, ["q0", "q1", "q2", "short"]);
+}
+
+#[tokio::test]
+async fn messages_paged_to_disk_expire_on_time_not_when_they_reach_the_head() {
+    use common::{s as lstr, table};
+    let b = common::start().await;
+    let (_c, ch) = common::channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    common::queue(&ch, "dead").await;
+    let dlx = [
+        ("x-dead-letter-exchange", lstr("")),
+        ("x-dead-letter-routing-key", lstr("dead")),
+    ];
+    declare_durable(&ch, "deep", table(&dlx)).await;
+    // The head has no TTL and nobody consumes, so expired messages behind it never reach
+    // the head: only their deadline can take them out.
+    publish_confirmed(&ch, "", "deep", b"head", persistent()).await;
+    // 25 MB of persistent messages: past a durable queue's 16 MiB RAM budget the rest of
+    // them live only on disk.
+    let body = vec![b'x'; 100_000];
+    let mut pending = Vec::new();
+    for _ in 0..250 {
+        let props = persistent().with_expiration("300".into());
+        let p = ch
+            .basic_publish("", "deep", BasicPublishOptions::default(), &body, props)
+            .await
+            .unwrap();
+        pending.push(p);
+    }
+    for p in pending {
+        assert!(p.await.unwrap().is_ack());
+    }
+    publish_confirmed(&ch, "", "deep", b"tail", persistent()).await;
+    wait_count(
+        &ch,
+        "dead",
+        250,
+        "every message dead-lettered on time, paged ones too",
+    )
+    .await;
+    wait_count(&ch, "deep", 2, "only head and tail are left").await;
+    let mut c = common::consume(&ch, "deep", "c").await;
+    for want in ["head", "tail"] {
+        let d = common::next(&mut c).await;
+        assert_eq!(String::from_utf8_lossy(&d.data), want);
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    b.stop().await;
+}

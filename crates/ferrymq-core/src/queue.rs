@@ -303,6 +303,18 @@ impl Queue {
         self
     }
 
+    /// The same queue with the deadlines of messages its store recovered (sequence number,
+    /// deadline on `now_ms`'s clock); the timer is armed when it is attached.
+    pub fn with_deadlines(self, deadlines: Vec<(u64, u64)>) -> Self {
+        {
+            let mut st = self.state.lock();
+            for (seq, at) in deadlines {
+                st.deadlines.add(seq, at);
+            }
+        }
+        self
+    }
+
     /// Its durable log's health, if it has one: a publish accepted with a ticket is kept once
     /// group commit reaches it, unless this log failed.
     pub fn health(&self) -> Option<&Arc<LogHealth>> {
@@ -342,6 +354,10 @@ impl Queue {
         st.drop_head_over_limits();
         if let Some(e) = st.cfg.expires {
             let at = st.last_used.saturating_add(e);
+            self.arm(&mut st, at);
+        }
+        if let Some(at) = st.deadlines.next().filter(|_| initial) {
+            // Messages recovered with deadlines expire on time without a publish to wake us.
             self.arm(&mut st, at);
         }
         self.unlock_and_flush(st);
@@ -451,7 +467,10 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let ticket = match st.store.push(QueuedMessage::new(seq, message)) {
+        // The clock counts whole milliseconds; rounding up means a message never expires
+        // before its TTL (TTL 0 stays "now": deliverable only at once).
+        let deadline = ttl.map(|ttl| now_ms().saturating_add(ttl) + u64::from(ttl > 0));
+        let ticket = match st.store.push(QueuedMessage::new(seq, message), deadline) {
             Ok(t) => t,
             Err(e @ StoreError::Failed(_)) => {
                 // Said once, loudly, by the sync thread when the log failed.
@@ -463,11 +482,7 @@ impl Queue {
                 return Enqueued::Refused;
             }
         };
-        if let Some(ttl) = ttl {
-            let now = now_ms();
-            // The clock counts whole milliseconds; rounding up means a message never
-            // expires before its TTL (TTL 0 stays "now": deliverable only at once).
-            let at = now.saturating_add(ttl) + u64::from(ttl > 0);
+        if let Some(at) = deadline {
             st.deadlines.add(seq, at);
             self.arm(&mut st, at);
         }

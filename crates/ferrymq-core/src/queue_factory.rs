@@ -120,26 +120,31 @@ pub fn recover(
     let dir = p.queue_dir(vhost, name);
     let health = LogHealth::new(dir.display().to_string());
     let recover = |dir: PathBuf, first: u64| {
-        PagedStore::recover(p.clone(), health.clone(), dir, first)
+        PagedStore::recover(p.clone(), health.clone(), dir, first, cfg.message_ttl)
             .map_err(|e| CoreError::Internal(e.to_string()))
     };
+    let mut deadlines = Vec::new();
     let (store, n): (Box<dyn MessageStore>, u64) = match cfg.max_priority {
         Some(max) => {
             let mut levels: Vec<Box<dyn MessageStore>> = Vec::new();
             let mut total = 0;
             for l in 0..=max {
-                let (s, n) = recover(level_dir(&dir, l), total + 1)?;
-                total += n;
-                levels.push(Box::new(s));
+                let r = recover(level_dir(&dir, l), total + 1)?;
+                total += r.count;
+                deadlines.extend(r.deadlines);
+                levels.push(Box::new(r.store));
             }
             (Box::new(PriorityStore::new(levels)), total)
         }
         None => {
-            let (s, n) = recover(dir.clone(), 1)?;
-            (Box::new(s), n)
+            let r = recover(dir.clone(), 1)?;
+            deadlines = r.deadlines;
+            (Box::new(r.store), r.count)
         }
     };
-    let q = Queue::with_store(name, vhost, options, None, store, n + 1).with_health(Some(health));
+    let q = Queue::with_store(name, vhost, options, None, store, n + 1)
+        .with_health(Some(health))
+        .with_deadlines(deadlines);
     Ok((q, dir, n))
 }
 

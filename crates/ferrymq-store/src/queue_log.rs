@@ -106,6 +106,19 @@ impl QueueLog {
         sync: Arc<SyncGroup>,
         health: Option<Arc<LogHealth>>,
     ) -> Result<(QueueLog, u64), StoreError> {
+        QueueLog::open_with(dir, segment_size, sync, health, &mut |_, _| {})
+    }
+
+    /// [`QueueLog::open`], showing `visit` every valid, unacked record recovered, in log
+    /// order, while recovery has it in memory anyway (so what a queue needs from every record
+    /// at start, such as deadlines, costs no second read).
+    pub fn open_with(
+        dir: &Path,
+        segment_size: u64,
+        sync: Arc<SyncGroup>,
+        health: Option<Arc<LogHealth>>,
+        visit: &mut dyn FnMut(Position, &[u8]),
+    ) -> Result<(QueueLog, u64), StoreError> {
         let durable = health.is_some();
         let health = health.unwrap_or_else(|| LogHealth::new(dir.display().to_string()));
         let created = create_dirs(dir)?;
@@ -121,7 +134,7 @@ impl QueueLog {
         let mut segments = BTreeMap::new();
         let mut ready = 0u64;
         for &id in &ids {
-            let seg = recover_segment(dir, id)?;
+            let seg = recover_segment(dir, id, visit)?;
             if seg.records == seg.acked {
                 remove_segment(dir, id)?;
                 continue;
@@ -500,7 +513,11 @@ fn settle_damaged(dir: &Path, id: u32, at: u32) -> Result<(), StoreError> {
         .map_err(io(&path))
 }
 
-fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
+fn recover_segment(
+    dir: &Path,
+    id: u32,
+    visit: &mut dyn FnMut(Position, &[u8]),
+) -> Result<Segment, StoreError> {
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let acked: HashSet<u32> = match std::fs::read(ack_path(dir, id)) {
@@ -515,11 +532,17 @@ fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
     let mut off = 0usize;
     loop {
         match record::scan(&bytes, off) {
-            Scan::Record(_, next) => {
+            Scan::Record(payload, next) => {
                 seg.records += 1;
                 if acked.contains(&(off as u32)) {
                     seg.acked += 1;
                     seg.skip.insert(off as u32);
+                } else {
+                    let at = Position {
+                        segment: id,
+                        offset: off as u32,
+                    };
+                    visit(at, payload);
                 }
                 off = next;
             }
@@ -786,7 +809,11 @@ mod tests {
         log.append(&big).unwrap();
         log.append(b"tail").unwrap();
         drop(log);
-        flip(&seg_path(d.path(), 1), HEADER_LEN + 5 + HEADER_LEN + 100, 0x01);
+        flip(
+            &seg_path(d.path(), 1),
+            HEADER_LEN + 5 + HEADER_LEN + 100,
+            0x01,
+        );
         let (_log, r) = open(d.path(), 1 << 20);
         assert_eq!(r, vec![b"small".to_vec(), b"tail".to_vec()]);
     }

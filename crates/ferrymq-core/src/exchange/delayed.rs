@@ -5,7 +5,7 @@
 //! traffic cost little memory. Persistent messages held by a durable exchange survive a
 //! restart: the record carries the wall-clock deadline.
 
-use crate::expiry::now_ms;
+use crate::expiry::{now_ms, wall_ms};
 use crate::message::Message;
 use crate::persist::Persistence;
 use ferrymq_store::{LogHealth, Pending, Position, QueueLog, StoreError};
@@ -13,7 +13,6 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Record flag: survives a restart.
 const FLAG_PERSISTENT: u8 = 1;
@@ -55,12 +54,6 @@ pub struct DelayedMessages {
     /// Where the log lives, and for a durable exchange its health.
     persist: Option<(Arc<Persistence>, PathBuf, Option<Arc<LogHealth>>)>,
     scratch: Vec<u8>,
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl DelayedMessages {
