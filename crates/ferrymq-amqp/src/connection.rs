@@ -404,6 +404,7 @@ impl Connection {
         let mut blocked_rx = self.broker.blocked();
         let mut blocked = blocked_rx.borrow_and_update().clone();
         let mut blocked_sent = false;
+        let mut held = false;
         let mut sync_rx = ctx.sync.clone();
         let mut closed_rx = ctx.session.closed();
         // Consumer timeouts are checked on this tick (see `Channel::check_consumer_timeout`).
@@ -412,7 +413,10 @@ impl Connection {
         loop {
             // Process every complete frame already buffered.
             loop {
-                if blocked.is_some() && ctx.has_published {
+                // A client that pipelines requests (basic.get, mandatory publishes that come
+                // back, declares) faster than it reads the answers is paused here, not
+                // buffered for: its frames wait in the socket until the writer drains.
+                if blocked.is_some() && ctx.has_published || self.out.congested() {
                     break;
                 }
                 match decode_frame(&mut self.rbuf, self.frame_max) {
@@ -432,9 +436,17 @@ impl Connection {
             }
             // As RabbitMQ: only connections that publish are held (and told so); consumers
             // keep draining during an alarm.
-            let hold_reads = blocked.is_some() && ctx.has_published;
-            if ctx.caps.connection_blocked && hold_reads != blocked_sent {
-                if hold_reads {
+            let alarm_hold = blocked.is_some() && ctx.has_published;
+            let hold_reads = alarm_hold || self.out.congested();
+            if hold_reads && !held {
+                held = true;
+            } else if !hold_reads && held {
+                // The peer's silence while held was our doing: restart the clock.
+                held = false;
+                last_recv = Instant::now();
+            }
+            if ctx.caps.connection_blocked && alarm_hold != blocked_sent {
+                if alarm_hold {
                     self.send(
                         0,
                         ConnectionBlocked {
@@ -444,7 +456,7 @@ impl Connection {
                 } else {
                     self.send(0, ConnectionUnblocked {});
                 }
-                blocked_sent = hold_reads;
+                blocked_sent = alarm_hold;
             }
             let awaiting_sync = channels.values().any(Channel::awaits_sync);
             tokio::select! {

@@ -170,16 +170,15 @@ impl Message {
         self.priority
     }
 
-    /// The `expiration` property as RabbitMQ reads it: `Some(Ok(ms))` for a non-negative
-    /// integer, `Some(Err(text))` for anything else, `None` when absent.
+    /// The `expiration` property as RabbitMQ reads it: `Some(Ok(ms))` for a valid value,
+    /// `Some(Err(reason))` otherwise (see [`parse_expiration`]), `None` when absent.
     pub fn expiration(&self) -> Option<Result<u64, String>> {
         if !self.has_expiration {
             return None;
         }
         let raw = self.raw_properties();
         let (a, b) = scan_properties(raw).ok()?.expiration?;
-        let t = String::from_utf8_lossy(&raw[a..b]).into_owned();
-        Some(t.parse::<u64>().map_err(|_| t))
+        Some(parse_expiration(&String::from_utf8_lossy(&raw[a..b])))
     }
 
     /// A copy published under another exchange and routing key with changed properties (used
@@ -363,9 +362,67 @@ impl QueuedMessage {
     }
 }
 
+/// Largest per-message TTL RabbitMQ accepts, in milliseconds.
+pub const MAX_EXPIRATION_MS: u64 = u32::MAX as u64;
+
+/// Reads an `expiration` property as RabbitMQ does (an optionally signed decimal integer of
+/// milliseconds, at most [`MAX_EXPIRATION_MS`]). The error is RabbitMQ's reason, as it
+/// appears in its `PRECONDITION_FAILED - invalid expiration` text.
+pub fn parse_expiration(text: &str) -> Result<u64, String> {
+    let digits_at = usize::from(text.starts_with(['+', '-']));
+    let digits_end = text[digits_at..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(text.len(), |i| i + digits_at);
+    if digits_end == digits_at {
+        return Err("no_integer".into());
+    }
+    if digits_end < text.len() {
+        return Err(format!("{{leftover_string,\"{}\"}}", &text[digits_end..]));
+    }
+    // Erlang prints the integer without a `+` and with any leading zeros dropped.
+    let magnitude = text[digits_at..].trim_start_matches('0');
+    let magnitude = if magnitude.is_empty() { "0" } else { magnitude };
+    let negative = text.starts_with('-') && magnitude != "0";
+    if negative {
+        return Err(format!("{{value_negative,-{magnitude}}}"));
+    }
+    match magnitude.parse::<u64>() {
+        Ok(n) if n <= MAX_EXPIRATION_MS => Ok(n),
+        _ => Err(format!("{{value_too_large,{magnitude}}}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expirations_are_read_as_rabbitmq_reads_them() {
+        for (text, want) in [
+            ("0", Ok(0)),
+            ("+10", Ok(10)),
+            ("007", Ok(7)),
+            ("-0", Ok(0)),
+            ("4294967295", Ok(4294967295)),
+            ("", Err("no_integer")),
+            ("abc", Err("no_integer")),
+            (" 5", Err("no_integer")),
+            ("10x", Err("{leftover_string,\"x\"}")),
+            ("1.5", Err("{leftover_string,\".5\"}")),
+            ("-5", Err("{value_negative,-5}")),
+            ("4294967296", Err("{value_too_large,4294967296}")),
+            (
+                "99999999999999999999999",
+                Err("{value_too_large,99999999999999999999999}"),
+            ),
+        ] {
+            assert_eq!(
+                parse_expiration(text),
+                want.map_err(str::to_string),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn parts_come_back_for_small_and_large_bodies() {

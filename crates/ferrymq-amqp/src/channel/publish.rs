@@ -206,6 +206,17 @@ impl Channel {
             Message::new(exchange, key, &raw, body)
         };
         let msg = Arc::new(msg.map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?);
+        // Refused as RabbitMQ refuses it: a message that can never expire is not accepted.
+        if let Some(Err(reason)) = msg.expiration() {
+            let (a, b) = summary.expiration.unwrap_or_default();
+            let text = String::from_utf8_lossy(&raw[a..b]);
+            return Err(AmqpError::chan(
+                ch,
+                code::PRECONDITION_FAILED,
+                format!("invalid expiration '{text}': {reason}"),
+            )
+            .caused_by((60, 40)));
+        }
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((pc.publish, msg));
             return Ok(());
