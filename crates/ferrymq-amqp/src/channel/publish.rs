@@ -237,6 +237,11 @@ impl Channel {
             .session
             .publish(&p.exchange, msg.clone())
             .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
+        if let Some(t) = outcome.ticket {
+            // Every copy written counts against the connection's flow credit.
+            let bytes = msg.body_size() as u64 * outcome.routed as u64;
+            ctx.flow.written(t, bytes);
+        }
         if outcome.routed == 0 && p.mandatory {
             let m: Method = BasicReturn {
                 reply_code: code::NO_ROUTE,
