@@ -207,13 +207,12 @@ impl Channel {
         };
         let msg = Arc::new(msg.map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?);
         // Refused as RabbitMQ refuses it: a message that can never expire is not accepted.
-        if let Some(Err(reason)) = msg.expiration() {
+        if let Some(Err(e)) = msg.expiration() {
             let (a, b) = summary.expiration.unwrap_or_default();
-            let text = String::from_utf8_lossy(&raw[a..b]);
             return Err(AmqpError::chan(
                 ch,
                 code::PRECONDITION_FAILED,
-                format!("invalid expiration '{text}': {reason}"),
+                crate::erlang_text::invalid_expiration(&raw[a..b], &e),
             )
             .caused_by((60, 40)));
         }
