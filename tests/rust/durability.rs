@@ -818,7 +818,8 @@ async fn recovered_messages_keep_their_ttl_and_expire_after_a_restart_without_a_
 #[tokio::test]
 async fn messages_paged_to_disk_expire_on_time_not_when_they_reach_the_head() {
     use common::{s as lstr, table};
-    let b = common::start().await;
+    // A small RAM budget: past it, every queue's messages live only on disk.
+    let b = common::start_with(|c| c.queue_ram_budget = 10_000).await;
     let (_c, ch) = common::channel(&b).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -828,16 +829,16 @@ async fn messages_paged_to_disk_expire_on_time_not_when_they_reach_the_head() {
         ("x-dead-letter-exchange", lstr("")),
         ("x-dead-letter-routing-key", lstr("dead")),
     ];
-    declare_durable(&ch, "deep", table(&dlx)).await;
+    ch.queue_declare("deep", QueueDeclareOptions::default(), table(&dlx))
+        .await
+        .unwrap();
     // The head has no TTL and nobody consumes, so expired messages behind it never reach
     // the head: only their deadline can take them out.
-    publish_confirmed(&ch, "", "deep", b"head", persistent()).await;
-    // 25 MB of persistent messages: past a durable queue's 16 MiB RAM budget the rest of
-    // them live only on disk.
-    let body = vec![b'x'; 100_000];
+    publish_confirmed(&ch, "", "deep", b"head", BasicProperties::default()).await;
+    let body = vec![b'x'; 1000];
     let mut pending = Vec::new();
     for _ in 0..250 {
-        let props = persistent().with_expiration("300".into());
+        let props = BasicProperties::default().with_expiration("300".into());
         let p = ch
             .basic_publish("", "deep", BasicPublishOptions::default(), &body, props)
             .await
@@ -847,7 +848,9 @@ async fn messages_paged_to_disk_expire_on_time_not_when_they_reach_the_head() {
     for p in pending {
         assert!(p.await.unwrap().is_ack());
     }
-    publish_confirmed(&ch, "", "deep", b"tail", persistent()).await;
+    publish_confirmed(&ch, "", "deep", b"tail", BasicProperties::default()).await;
+    let paged = dir_size(&b.data_dir().join("transient"));
+    assert!(paged > 200_000, "most of them went to disk ({paged} bytes)");
     wait_count(
         &ch,
         "dead",

@@ -24,8 +24,8 @@ pub struct PersistConfig {
     pub fsync: FsyncPolicy,
     /// Size at which a queue's segment file rolls over.
     pub segment_size: u64,
-    /// Body bytes (plus overhead) of persistent messages a durable queue keeps in RAM besides
-    /// the copy on disk; beyond it they are read back from disk when their turn comes.
+    /// Body bytes (plus overhead) of ready messages a queue keeps in RAM; beyond it new
+    /// messages are written to the queue's log and read back when their turn comes.
     pub queue_ram_budget: usize,
     /// What makes writes durable: the OS's fsync, or in tests one that fails on demand.
     pub syncer: SyncerRef,
@@ -97,7 +97,7 @@ impl Persistence {
         self.config.segment_size
     }
 
-    /// In-RAM budget per durable queue.
+    /// In-RAM budget per queue.
     pub fn queue_ram_budget(&self) -> usize {
         self.config.queue_ram_budget
     }

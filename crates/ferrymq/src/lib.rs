@@ -50,6 +50,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         },
         segment_size: cfg.segment_size,
         syncer: cfg.syncer.clone(),
+        queue_ram_budget: cfg.queue_ram_budget,
         ..PersistConfig::new(&cfg.data_dir)
     })
     .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;

@@ -208,6 +208,16 @@ impl Channel {
             Message::new(exchange, key, &raw, body)
         };
         let msg = Arc::new(msg.map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?);
+        // Refused as RabbitMQ refuses it: a message that can never expire is not accepted.
+        if let Some(Err(e)) = msg.expiration() {
+            let (a, b) = summary.expiration.unwrap_or_default();
+            return Err(AmqpError::chan(
+                ch,
+                code::PRECONDITION_FAILED,
+                crate::erlang_text::invalid_expiration(&raw[a..b], &e),
+            )
+            .caused_by((60, 40)));
+        }
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((pc.publish, msg));
             return Ok(());
@@ -228,6 +238,11 @@ impl Channel {
             .session
             .publish(&p.exchange, msg.clone())
             .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
+        if !outcome.pending.is_empty() {
+            // Every copy written counts against the connection's flow credit.
+            let bytes = msg.body_size() as u64 * outcome.routed as u64;
+            ctx.flow.written(outcome.pending.ticket(), bytes);
+        }
         if outcome.routed == 0 && p.mandatory {
             let m: Method = BasicReturn {
                 reply_code: code::NO_ROUTE,

@@ -54,6 +54,16 @@ fn not_found_exchange(name: &str, vhost: &str) -> CoreError {
     CoreError::NotFound(format!("no exchange '{name}' in vhost '{vhost}'"))
 }
 
+/// The exchanges every vhost has from its creation, with their types.
+pub(crate) const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
 impl VHost {
     /// A vhost with the standard exchanges (default, amq.direct, amq.fanout, amq.topic,
     /// amq.headers, amq.match), keeping everything in memory.
@@ -84,14 +94,7 @@ impl VHost {
         };
         {
             let mut ex = v.exchanges.write();
-            for (n, k) in [
-                ("", ExchangeKind::Direct),
-                ("amq.direct", ExchangeKind::Direct),
-                ("amq.fanout", ExchangeKind::Fanout),
-                ("amq.topic", ExchangeKind::Topic),
-                ("amq.headers", ExchangeKind::Headers),
-                ("amq.match", ExchangeKind::Headers),
-            ] {
+            for (n, k) in STANDARD_EXCHANGES {
                 ex.insert(
                     n.to_string(),
                     Arc::new(Exchange::new(n, k, durable.clone())),

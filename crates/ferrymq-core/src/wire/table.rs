@@ -5,8 +5,13 @@ use super::WireError;
 use crate::value::{FieldTable, FieldValue};
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Nesting deeper than this is refused, so a hostile table cannot exhaust the stack.
+/// Nesting of tables and arrays (together) deeper than this is refused, so a hostile
+/// value cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
+
+fn too_deep() -> WireError {
+    WireError::Syntax("field table or array nested too deeply".into())
+}
 
 /// Decodes the body of a field table (without its length prefix).
 pub fn read_table(b: &[u8]) -> Result<FieldTable, WireError> {
@@ -15,7 +20,7 @@ pub fn read_table(b: &[u8]) -> Result<FieldTable, WireError> {
 
 fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, WireError> {
     if depth > MAX_DEPTH {
-        return Err(WireError::Syntax("field table nested too deeply".into()));
+        return Err(too_deep());
     }
     let mut r = Reader::new(b);
     let mut t = Vec::new();
@@ -53,6 +58,9 @@ fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError>
             FieldValue::Bytes(Bytes::copy_from_slice(r.take(n)?))
         }
         b'A' => {
+            if depth + 1 > MAX_DEPTH {
+                return Err(too_deep());
+            }
             let n = r.u32()? as usize;
             let body = r.take(n)?;
             let mut ar = Reader::new(body);
@@ -85,7 +93,7 @@ pub fn validate_table(b: &[u8]) -> Result<(), WireError> {
 
 fn validate_table_depth(b: &[u8], depth: usize) -> Result<(), WireError> {
     if depth > MAX_DEPTH {
-        return Err(WireError::Syntax("field table nested too deeply".into()));
+        return Err(too_deep());
     }
     let mut r = Reader::new(b);
     while r.remaining() > 0 {
@@ -113,7 +121,7 @@ fn skip_value(r: &mut Reader<'_>, depth: usize) -> Result<(), WireError> {
             let n = r.u32()? as usize;
             let mut ar = Reader::new(r.take(n)?);
             if depth + 1 > MAX_DEPTH {
-                return Err(WireError::Syntax("field table nested too deeply".into()));
+                return Err(too_deep());
             }
             while ar.remaining() > 0 {
                 skip_value(&mut ar, depth + 1)?;
@@ -288,6 +296,34 @@ mod tests {
         }
         let mut buf = BytesMut::new();
         write_table(&mut buf, &t);
+        assert!(read_table(&buf[4..]).is_err());
+        assert!(validate_table(&buf[4..]).is_err());
+    }
+
+    #[test]
+    fn deep_array_nesting_is_refused_without_recursing_per_level() {
+        // 100,000 nested arrays fit in one frame: decoding them level by level would
+        // overflow the stack long before the buffer ends.
+        let levels = 100_000usize;
+        let mut body = Vec::with_capacity(levels * 5 + 8);
+        body.extend_from_slice(b"\x01a");
+        for i in 0..levels {
+            body.push(b'A');
+            let inner = ((levels - i - 1) * 5) as u32;
+            body.extend_from_slice(&inner.to_be_bytes());
+        }
+        assert!(read_table(&body).is_err());
+        assert!(validate_table(&body).is_err());
+        // Mixed tables and arrays count together.
+        let mut v = FieldValue::Void;
+        for i in 0..80 {
+            v = match i % 2 {
+                0 => FieldValue::Array(vec![v]),
+                _ => FieldValue::Table(FieldTable(vec![("t".into(), v)])),
+            };
+        }
+        let mut buf = BytesMut::new();
+        write_table(&mut buf, &FieldTable(vec![("m".into(), v)]));
         assert!(read_table(&buf[4..]).is_err());
         assert!(validate_table(&buf[4..]).is_err());
     }
