@@ -867,3 +867,154 @@ async fn messages_paged_to_disk_expire_on_time_not_when_they_reach_the_head() {
     }
     b.stop().await;
 }
+
+/// One client of the churn test: declares, uses and deletes the same durable queue and
+/// delayed exchange `rounds` times while another client does the same. Channel errors (the
+/// other client deleted something in between) just mean a new channel.
+async fn churn(uri: String, rounds: usize) {
+    use common::{int, s as lstr, table};
+    let c = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let mut ch = c.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for i in 0..rounds {
+        if !ch.status().connected() {
+            ch = c.create_channel().await.unwrap();
+        }
+        let _ = ch.confirm_select(ConfirmSelectOptions::default()).await;
+        let _ = ch.queue_declare("churn", dq, FieldTable::default()).await;
+        let _ = ch
+            .exchange_declare(
+                "churn-x",
+                ExchangeKind::Custom("x-delayed-message".into()),
+                durable,
+                table(&[("x-delayed-type", lstr("fanout"))]),
+            )
+            .await;
+        let body = format!("stale-{i}");
+        if let Ok(p) = ch
+            .basic_publish(
+                "",
+                "churn",
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                persistent(),
+            )
+            .await
+        {
+            let _ = p.await;
+        }
+        let delayed = persistent().with_headers(table(&[("x-delay", int(1500))]));
+        if let Ok(p) = ch
+            .basic_publish(
+                "churn-x",
+                "",
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                delayed,
+            )
+            .await
+        {
+            let _ = p.await;
+        }
+        let _ = ch
+            .queue_delete("churn", QueueDeleteOptions::default())
+            .await;
+        let _ = ch
+            .exchange_delete("churn-x", ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_and_redeclaring_concurrently_never_touches_the_surviving_incarnation() {
+    use common::{int, s as lstr, table};
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let a = tokio::spawn(churn(s.uri(), 150));
+    let b = tokio::spawn(churn(s.uri(), 150));
+    a.await.unwrap();
+    b.await.unwrap();
+
+    // What survives: one last incarnation of each, with confirmed messages.
+    let (_c, ch) = open(&s).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_durable(&ch, "churn", FieldTable::default()).await;
+    declare_durable(&ch, "churn-out", FieldTable::default()).await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "churn-x",
+        ExchangeKind::Custom("x-delayed-message".into()),
+        durable,
+        table(&[("x-delayed-type", lstr("fanout"))]),
+    )
+    .await
+    .unwrap();
+    bind(&ch, "churn-out", "churn-x", "").await.unwrap();
+    // Whatever the churn left queued in "churn" is the last incarnation's; drain it.
+    while let Some(m) = get(&ch, "churn").await {
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    for i in 0..20 {
+        publish_confirmed(
+            &ch,
+            "",
+            "churn",
+            format!("final-{i}").as_bytes(),
+            persistent(),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        let delayed = persistent().with_headers(table(&[("x-delay", int(1000))]));
+        publish_confirmed(&ch, "churn-x", "", format!("late-{i}").as_bytes(), delayed).await;
+    }
+    s.kill9();
+
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    let mut got = Vec::new();
+    while let Some(m) = get(&ch, "churn").await {
+        got.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("final-{i}")).collect();
+    assert_eq!(got, want, "the surviving queue has exactly its messages");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut late = Vec::new();
+    while late.len() < 5 {
+        match get(&ch, "churn-out").await {
+            Some(m) => late.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
+            None => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "delayed: got {late:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    late.sort();
+    assert_eq!(
+        late,
+        (0..5).map(|i| format!("late-{i}")).collect::<Vec<_>>()
+    );
+    // Nothing from a deleted incarnation of the delayed exchange shows up later either.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        get(&ch, "churn-out").await.is_none(),
+        "no stale delayed message"
+    );
+}

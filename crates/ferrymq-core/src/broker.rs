@@ -156,9 +156,10 @@ impl Broker {
             }
             v
         };
+        let mut delayed = Vec::new();
         for x in &d.exchanges {
             if let Some(v) = vhost(&x.vhost, "an exchange") {
-                v.restore_exchange(x)?;
+                delayed.extend(v.restore_exchange(x)?);
             }
         }
         let mut dirs = Vec::new();
@@ -186,7 +187,8 @@ impl Broker {
                 }
             }
         }
-        persist.remove_orphan_queue_dirs(&dirs);
+        persist.remove_orphan_dirs("queues", &dirs);
+        persist.remove_orphan_dirs("delayed", &delayed);
         Ok(())
     }
 

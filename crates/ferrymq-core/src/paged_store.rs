@@ -67,6 +67,8 @@ pub struct PagedStore {
     /// The queue's message TTL at recovery: records written before deadlines were stored got
     /// their deadline from it (and their own `expiration`).
     legacy_ttl: Option<u64>,
+    /// The queue was deleted: its log must never be opened (created) again.
+    destroyed: bool,
     bytes: usize,
     scratch: Vec<u8>,
 }
@@ -149,6 +151,7 @@ impl PagedStore {
             inflight: VecDeque::new(),
             paged_deadlines: HashMap::new(),
             legacy_ttl: None,
+            destroyed: false,
             bytes: 0,
             scratch: Vec::new(),
         }
@@ -223,6 +226,9 @@ impl PagedStore {
     }
 
     fn log(&mut self) -> Result<&mut QueueLog, StoreError> {
+        if self.destroyed {
+            return Err(StoreError::Deleted(self.dir.display().to_string()));
+        }
         let log = match self.log.take() {
             Some(l) => l,
             None => {
@@ -525,6 +531,7 @@ impl MessageStore for PagedStore {
     }
 
     fn destroy(&mut self) {
+        self.destroyed = true;
         self.ram.clear();
         self.ram_pos.clear();
         self.dead = 0;

@@ -117,20 +117,28 @@ impl Persistence {
         self.paging.store(on, Ordering::Relaxed);
     }
 
-    /// The log directory of durable queue `name` in `vhost`.
-    pub fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {
+    /// The log directory of incarnation `incarnation` of durable queue `name` in `vhost`
+    /// (without one: the name older versions used, still recovered).
+    pub fn queue_dir(&self, vhost: &str, name: &str, incarnation: Option<&str>) -> PathBuf {
         self.config
             .data_dir
             .join("queues")
-            .join(hashed(vhost, name))
+            .join(dir_name(vhost, name, incarnation))
     }
 
-    /// The log directory of the messages waiting in delayed-message exchange `name`.
-    pub fn delayed_dir(&self, vhost: &str, name: &str) -> PathBuf {
+    /// The log directory of the messages waiting in incarnation `incarnation` of
+    /// delayed-message exchange `name`.
+    pub fn delayed_dir(&self, vhost: &str, name: &str, incarnation: Option<&str>) -> PathBuf {
         self.config
             .data_dir
             .join("delayed")
-            .join(hashed(vhost, name))
+            .join(dir_name(vhost, name, incarnation))
+    }
+
+    /// A fresh incarnation id: each declaration of a durable queue or delayed exchange gets
+    /// its own, and with it its own directory.
+    pub fn new_incarnation() -> String {
+        format!("{:016x}", rand::random::<u64>())
     }
 
     /// A fresh directory for the paged-out tail of a non-durable queue.
@@ -139,11 +147,11 @@ impl Persistence {
         self.config.data_dir.join("transient").join(n.to_string())
     }
 
-    /// Removes queue directories that no durable queue of the definitions owns (left by a
-    /// queue deleted while the broker was down, or by a crash between deleting a queue and
-    /// saving the definitions).
-    pub fn remove_orphan_queue_dirs(&self, keep: &[PathBuf]) {
-        let root = self.config.data_dir.join("queues");
+    /// Removes directories under `<data-dir>/<kind>` (`queues` or `delayed`) that nothing in
+    /// the definitions owns: left by an entity deleted while the broker was down, by a crash
+    /// between deleting one and removing its files, or by a non-durable delayed exchange.
+    pub fn remove_orphan_dirs(&self, kind: &str, keep: &[PathBuf]) {
+        let root = self.config.data_dir.join(kind);
         let Ok(entries) = std::fs::read_dir(&root) else {
             return;
         };
@@ -152,7 +160,7 @@ impl Persistence {
             let p = e.path();
             if !keep.contains(&p) {
                 tracing::info!(
-                    "removing the files of a queue that no longer exists: {}",
+                    "removing the files of something that no longer exists: {}",
                     p.display()
                 );
                 match std::fs::remove_dir_all(&p) {
@@ -179,13 +187,14 @@ impl Persistence {
             .map_err(internal)
     }
 
-    /// Records a durable queue.
+    /// Records incarnation `incarnation` of a durable queue.
     pub fn queue_declared(
         &self,
         vhost: &str,
         name: &str,
         auto_delete: bool,
         args: &FieldTable,
+        incarnation: Option<&str>,
     ) -> CoreResult<()> {
         self.update(|d| {
             d.queues.retain(|q| !(q.vhost == vhost && q.name == name));
@@ -195,14 +204,27 @@ impl Persistence {
                 durable: true,
                 auto_delete,
                 arguments: table_to_json(args),
+                incarnation: incarnation.map(str::to_string),
             });
         })
     }
 
-    /// Forgets a durable queue and the bindings to it.
-    pub fn queue_deleted(&self, vhost: &str, name: &str) -> CoreResult<()> {
+    /// Forgets incarnation `incarnation` of a durable queue and the bindings to it; a later
+    /// declaration of the name is left alone.
+    pub fn queue_deleted(
+        &self,
+        vhost: &str,
+        name: &str,
+        incarnation: Option<&str>,
+    ) -> CoreResult<()> {
         self.update(|d| {
-            d.queues.retain(|q| !(q.vhost == vhost && q.name == name));
+            let before = d.queues.len();
+            d.queues.retain(|q| {
+                !(q.vhost == vhost && q.name == name && q.incarnation.as_deref() == incarnation)
+            });
+            if d.queues.len() == before {
+                return;
+            }
             d.bindings.retain(|b| {
                 !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
             });
@@ -218,11 +240,22 @@ impl Persistence {
         })
     }
 
-    /// Forgets a durable exchange and every binding from or to it.
-    pub fn exchange_deleted(&self, vhost: &str, name: &str) -> CoreResult<()> {
+    /// Forgets incarnation `incarnation` of a durable exchange and every binding from or to
+    /// it; a later declaration of the name is left alone.
+    pub fn exchange_deleted(
+        &self,
+        vhost: &str,
+        name: &str,
+        incarnation: Option<&str>,
+    ) -> CoreResult<()> {
         self.update(|d| {
-            d.exchanges
-                .retain(|x| !(x.vhost == vhost && x.name == name));
+            let before = d.exchanges.len();
+            d.exchanges.retain(|x| {
+                !(x.vhost == vhost && x.name == name && x.incarnation.as_deref() == incarnation)
+            });
+            if d.exchanges.len() == before {
+                return;
+            }
             d.bindings.retain(|b| {
                 !(b.vhost == vhost
                     && (b.source == name
@@ -251,14 +284,20 @@ impl Persistence {
     }
 }
 
-/// A file-system-safe name for an entity: names may hold any character.
-fn hashed(vhost: &str, name: &str) -> String {
+/// A file-system-safe directory name for an entity (names may hold any character):
+/// a hash of vhost and name, then `.` and the incarnation id when there is one.
+fn dir_name(vhost: &str, name: &str, incarnation: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(vhost.as_bytes());
     h.update([0]);
     h.update(name.as_bytes());
-    h.finalize()[..16]
+    let mut s: String = h.finalize()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect();
+    if let Some(i) = incarnation {
+        s.push('.');
+        s.extend(i.chars().filter(char::is_ascii_alphanumeric));
+    }
+    s
 }

@@ -211,6 +211,8 @@ pub struct Queue {
     home: OnceLock<Weak<dyn QueueEvents>>,
     /// Whether its log's writes reached the disk (durable queues with a data directory).
     health: Option<Arc<LogHealth>>,
+    /// A durable queue's directory and the incarnation id it is named after.
+    files: Option<(std::path::PathBuf, Option<String>)>,
     state: Mutex<QueueState>,
 }
 
@@ -279,6 +281,7 @@ impl Queue {
             owner,
             home: OnceLock::new(),
             health: None,
+            files: None,
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -301,6 +304,24 @@ impl Queue {
     pub fn with_health(mut self, health: Option<Arc<LogHealth>>) -> Self {
         self.health = health;
         self
+    }
+
+    /// The same queue, keeping its messages in `dir`, named after `incarnation` (none for a
+    /// queue recovered from a directory named the way older versions did).
+    pub fn with_files(mut self, dir: std::path::PathBuf, incarnation: Option<String>) -> Self {
+        self.files = Some((dir, incarnation));
+        self
+    }
+
+    /// A durable queue's directory.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.files.as_ref().map(|(d, _)| d.as_path())
+    }
+
+    /// Which declaration of its name this queue is (durable queues): its definitions entry
+    /// and directory carry the id.
+    pub fn incarnation(&self) -> Option<&str> {
+        self.files.as_ref().and_then(|(_, i)| i.as_deref())
     }
 
     /// The same queue with the deadlines of messages its store recovered (sequence number,

@@ -78,14 +78,25 @@ fn classic(
         return Ok(Queue::with_store(name, vhost, options, owner, store, 1));
     };
     let durable = options.durable && !options.exclusive;
+    let mut incarnation = None;
     let dir = if durable {
-        let dir = p.queue_dir(vhost, name);
-        // Leftovers of an earlier queue of that name must not come back in the new one.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| CoreError::Internal(format!("{}: {e}", dir.display())))?;
-        }
-        p.queue_declared(vhost, name, options.auto_delete, &options.arguments)?;
+        // A directory of its own: nothing an earlier queue of that name left (or a late
+        // cleanup of it still removes) can touch it.
+        let (inc, dir) = loop {
+            let inc = Persistence::new_incarnation();
+            let dir = p.queue_dir(vhost, name, Some(&inc));
+            if !dir.exists() {
+                break (inc, dir);
+            }
+        };
+        p.queue_declared(
+            vhost,
+            name,
+            options.auto_delete,
+            &options.arguments,
+            Some(&inc),
+        )?;
+        incarnation = Some(inc);
         dir
     } else {
         p.transient_dir()
@@ -103,21 +114,26 @@ fn classic(
                 })
                 .collect(),
         )),
-        None => Box::new(PagedStore::new(p.clone(), health.clone(), dir)),
+        None => Box::new(PagedStore::new(p.clone(), health.clone(), dir.clone())),
     };
-    Ok(Queue::with_store(name, vhost, options, owner, store, 1).with_health(health))
+    let q = Queue::with_store(name, vhost, options, owner, store, 1).with_health(health);
+    Ok(match incarnation {
+        Some(inc) => q.with_files(dir, Some(inc)),
+        None => q,
+    })
 }
 
-/// A durable queue re-created at start with the messages its log holds. Returns the queue,
-/// its directory and how many messages came back.
+/// Incarnation `incarnation` of a durable queue re-created at start with the messages its
+/// log holds. Returns the queue, its directory and how many messages came back.
 pub fn recover(
     p: &Arc<Persistence>,
     vhost: &str,
     name: &str,
+    incarnation: Option<&str>,
     options: QueueOptions,
     cfg: &QueueConfig,
 ) -> CoreResult<(Queue, PathBuf, u64)> {
-    let dir = p.queue_dir(vhost, name);
+    let dir = p.queue_dir(vhost, name, incarnation);
     let health = LogHealth::new(dir.display().to_string());
     let recover = |dir: PathBuf, first: u64| {
         PagedStore::recover(p.clone(), health.clone(), dir, first, cfg.message_ttl)
@@ -144,6 +160,7 @@ pub fn recover(
     };
     let q = Queue::with_store(name, vhost, options, None, store, n + 1)
         .with_health(Some(health))
+        .with_files(dir.clone(), incarnation.map(str::to_string))
         .with_deadlines(deadlines);
     Ok((q, dir, n))
 }

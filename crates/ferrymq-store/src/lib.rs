@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A sync of the log failed earlier: it takes no more writes (see [`LogHealth`]).
     #[error("{0}: an earlier fsync failed; the log takes no more writes until restart")]
     Failed(String),
+    /// The log's owner was deleted: it takes no more writes.
+    #[error("{0}: deleted")]
+    Deleted(String),
     /// The definitions document is not valid.
     #[error("definitions file {0}: {1}")]
     Definitions(String, String),

@@ -53,6 +53,9 @@ pub struct DelayedMessages {
     log: Option<QueueLog>,
     /// Where the log lives, and for a durable exchange its health.
     persist: Option<(Arc<Persistence>, PathBuf, Option<Arc<LogHealth>>)>,
+    /// The exchange was deleted: a publisher that looked it up before still holding it must
+    /// not open its log again.
+    destroyed: bool,
     scratch: Vec<u8>,
 }
 
@@ -64,6 +67,7 @@ impl DelayedMessages {
             next_id: 0,
             log: None,
             persist: None,
+            destroyed: false,
             scratch: Vec::new(),
         }
     }
@@ -143,6 +147,9 @@ impl DelayedMessages {
     /// make durable first (nothing unless the message had to be), or
     /// [`StoreError::Failed`] once a sync of the exchange's log failed.
     pub fn hold(&mut self, msg: Arc<Message>, at: u64) -> Result<Pending, StoreError> {
+        if self.destroyed {
+            return Err(StoreError::Deleted("delayed-message exchange".into()));
+        }
         self.next_id += 1;
         let id = self.next_id;
         let Some((persist, dir, health)) = &self.persist else {
@@ -242,6 +249,7 @@ impl DelayedMessages {
 
     /// The exchange was deleted: drop everything, files included.
     pub fn destroy(&mut self) {
+        self.destroyed = true;
         self.heap.clear();
         if let Some(log) = self.log.take() {
             if let Err(e) = log.destroy() {

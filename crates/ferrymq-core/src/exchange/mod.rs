@@ -150,6 +150,9 @@ pub struct Exchange {
     policy_ae: RwLock<Option<String>>,
     /// The vhost delayed messages are routed in when their time comes.
     home: OnceLock<Weak<dyn DelayedRelease>>,
+    /// For a delayed-message exchange with a data directory: which declaration of its name
+    /// it is (its directory and definitions entry carry the id).
+    incarnation: Option<String>,
 }
 
 impl Exchange {
@@ -163,18 +166,22 @@ impl Exchange {
             delay: None,
             policy_ae: RwLock::new(None),
             home: OnceLock::new(),
+            incarnation: None,
         }
     }
 
-    /// A delayed-message exchange that routes as `kind` once a message's delay has passed.
+    /// A delayed-message exchange that routes as `kind` once a message's delay has passed;
+    /// `incarnation` names its directory when it has one.
     pub fn delayed(
         name: &str,
         kind: ExchangeKind,
         options: ExchangeOptions,
         msgs: DelayedMessages,
         home: Weak<dyn DelayedRelease>,
+        incarnation: Option<String>,
     ) -> Arc<Self> {
         let mut x = Exchange::new(name, kind, options);
+        x.incarnation = incarnation;
         x.delay = Some(Mutex::new(Delay {
             msgs,
             timer_at: None,
@@ -183,6 +190,11 @@ impl Exchange {
         let x = Arc::new(x);
         x.arm_delay();
         x
+    }
+
+    /// Which declaration of its name this (delayed-message) exchange is.
+    pub fn incarnation(&self) -> Option<&str> {
+        self.incarnation.as_deref()
     }
 
     /// The exchange type as declared (`direct`, ..., `x-delayed-message`).
@@ -242,7 +254,9 @@ impl Exchange {
         let held = d.lock().msgs.hold(msg, at);
         let pending = match held {
             Ok(p) => p,
-            Err(ferrymq_store::StoreError::Failed(_)) => return Ok(None),
+            Err(ferrymq_store::StoreError::Failed(_) | ferrymq_store::StoreError::Deleted(_)) => {
+                return Ok(None)
+            }
             Err(e) => {
                 return Err(CoreError::Internal(format!(
                     "cannot hold a delayed message: {e}"

@@ -84,7 +84,9 @@ impl VHost {
         let Some(kind) = self.exchange_to_create(name, type_name, &options)? else {
             return Ok(());
         };
-        let x = self.new_exchange(name, type_name, kind, options, false)?;
+        let incarnation = (type_name == DELAYED_TYPE && self.persist.is_some())
+            .then(crate::persist::Persistence::new_incarnation);
+        let x = self.new_exchange(name, type_name, kind, options, incarnation, false)?;
         self.persist_then(
             |p| match x.options.durable {
                 true => p.exchange_declared(self.exchange_def(&x)),
@@ -121,14 +123,16 @@ impl VHost {
         Ok(Some(kind))
     }
 
-    /// Builds an exchange; a delayed-message exchange gets its message store (recovering
-    /// what a previous run left when `recover` is set).
+    /// Builds an exchange; a delayed-message exchange gets its message store in the
+    /// directory of its `incarnation` (recovering what a previous run left when `recover` is
+    /// set).
     pub(super) fn new_exchange(
         &self,
         name: &str,
         type_name: &str,
         kind: ExchangeKind,
         options: ExchangeOptions,
+        incarnation: Option<String>,
         recover: bool,
     ) -> CoreResult<Arc<Exchange>> {
         let x = if type_name == DELAYED_TYPE {
@@ -136,13 +140,13 @@ impl VHost {
                 None => DelayedMessages::in_memory(),
                 Some(p) => DelayedMessages::on_disk(
                     p.clone(),
-                    p.delayed_dir(&self.name, name),
+                    p.delayed_dir(&self.name, name, incarnation.as_deref()),
                     options.durable,
                     recover,
                 )
                 .map_err(|e| CoreError::Internal(format!("delayed exchange '{name}': {e}")))?,
             };
-            Exchange::delayed(name, kind, options, msgs, self.me.clone())
+            Exchange::delayed(name, kind, options, msgs, self.me.clone(), incarnation)
         } else {
             Arc::new(Exchange::new(name, kind, options))
         };
@@ -159,6 +163,7 @@ impl VHost {
             auto_delete: x.options.auto_delete,
             internal: x.options.internal,
             arguments: table_to_json(&x.options.arguments),
+            incarnation: x.incarnation().map(str::to_string),
         }
     }
 
@@ -185,7 +190,7 @@ impl VHost {
         }
         self.persist_then(
             |p| match x.options.durable {
-                true => p.exchange_deleted(&self.name, name),
+                true => p.exchange_deleted(&self.name, name, x.incarnation()),
                 false => Ok(()),
             },
             || self.exchanges.write().remove(name),
@@ -365,7 +370,7 @@ impl VHost {
         }
         self.persist_then(
             |p| match q.is_persisted() {
-                true => p.queue_deleted(&self.name, &q.name),
+                true => p.queue_deleted(&self.name, &q.name, q.incarnation()),
                 false => Ok(()),
             },
             || self.queues.write().remove(&q.name),
