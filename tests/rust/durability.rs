@@ -1018,3 +1018,91 @@ async fn deleting_and_redeclaring_concurrently_never_touches_the_surviving_incar
         "no stale delayed message"
     );
 }
+
+#[tokio::test]
+async fn pipelined_durable_declares_are_answered_in_order_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    // Many declarations in flight on one channel: each answer waits for the group commit
+    // that makes its definitions record durable, and they come back in order.
+    let mut pending = Vec::new();
+    for i in 0..500 {
+        let ch = ch.clone();
+        pending.push(tokio::spawn(async move {
+            ch.queue_declare(&format!("many-{i:03}"), dq, FieldTable::default())
+                .await
+        }));
+    }
+    for (i, p) in pending.into_iter().enumerate() {
+        let q = p.await.unwrap().expect("declare-ok");
+        assert_eq!(q.name().as_str(), format!("many-{i:03}"));
+    }
+    // A consume sent right behind a durable declare: its consume-ok and deliveries must not
+    // overtake the declare-ok.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let declare = ch.queue_declare("fresh", dq, FieldTable::default());
+    let consume = ch.basic_consume(
+        "fresh",
+        "c",
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let (q, consumer) = futures_lite::future::zip(declare, consume).await;
+    q.expect("declare-ok");
+    let mut consumer = consumer.expect("consume-ok");
+    publish_confirmed(&ch, "", "fresh", b"hello", persistent()).await;
+    let d = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.data, b"hello");
+    s.kill9();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let (_c, ch) = open(&s).await;
+    for i in [0, 250, 499] {
+        passive_queue(&ch, &format!("many-{i:03}"))
+            .await
+            .expect("a confirmed declaration survives kill -9");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_fsync_of_the_definitions_journal_fails_the_declaration_not_the_broker() {
+    let syncer = Arc::new(ferrymq_store::FailingSync::default());
+    let b = common::start_with(|c| c.syncer = ferrymq_core::SyncerRef(syncer.clone())).await;
+    let (_c, ch) = common::channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_durable(&ch, "before", FieldTable::default()).await;
+    syncer.fail("definitions", 1);
+    let dq = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let (c2, ch2) = common::channel(&b).await;
+    let e = ch2
+        .queue_declare("lost", dq, FieldTable::default())
+        .await
+        .expect_err("no declare-ok for a declaration that is not on disk");
+    assert_eq!(common::code(&e), Some(541), "{e}");
+    assert!(!c2.status().connected());
+    // Later durable changes are refused (the journal failed); publishes to queues whose
+    // definitions were saved go on.
+    let (_c3, ch3) = common::channel(&b).await;
+    let e = ch3
+        .queue_declare("later", dq, FieldTable::default())
+        .await
+        .expect_err("the failed journal takes no more changes");
+    assert_eq!(common::code(&e), Some(541), "{e}");
+    publish_confirmed(&ch, "", "before", b"still fine", persistent()).await;
+    b.stop().await;
+}

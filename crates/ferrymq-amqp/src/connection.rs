@@ -39,6 +39,18 @@ async fn wait_sync(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
     }
 }
 
+/// Whether frame `f` must wait: its channel holds replies until group commit and the method
+/// could not queue its own behind them.
+fn must_wait(f: &Frame, channels: &HashMap<u16, Channel>) -> bool {
+    let Frame::Method { channel, method } = f else {
+        return false;
+    };
+    channels
+        .get(channel)
+        .is_some_and(|c| c.holds_replies() && !c.awaiting_content())
+        && !crate::channel::can_queue_behind_held(method)
+}
+
 /// Why the main loop ended.
 enum End {
     /// The peer went away, or our close handshake completed.
@@ -413,6 +425,8 @@ impl Connection {
         // Consumer timeouts are checked on this tick (see `Channel::check_consumer_timeout`).
         let mut ack_tick = tokio::time::interval(CONSUMER_TIMEOUT_TICK);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A frame that must wait until its channel's held replies are out.
+        let mut waiting: Option<Frame> = None;
         loop {
             // Process every complete frame already buffered.
             loop {
@@ -425,16 +439,24 @@ impl Connection {
                 {
                     break;
                 }
-                match decode_frame(&mut self.rbuf, self.frame_max) {
-                    Ok(Some(f)) => match self.handle_frame(ctx, channels, f) {
-                        Ok(true) => {}
-                        Ok(false) => return End::ClientClosed,
-                        Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
-                        Err(e @ AmqpError::Channel { .. }) => self.close_channel(ctx, channels, e),
-                        Err(AmqpError::Io(_)) => return End::Done,
+                let f = match waiting.take() {
+                    Some(f) => f,
+                    None => match decode_frame(&mut self.rbuf, self.frame_max) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => return End::Close(codec_error(e)),
                     },
-                    Ok(None) => break,
-                    Err(e) => return End::Close(codec_error(e)),
+                };
+                if must_wait(&f, channels) {
+                    waiting = Some(f);
+                    break;
+                }
+                match self.handle_frame(ctx, channels, f) {
+                    Ok(true) => {}
+                    Ok(false) => return End::ClientClosed,
+                    Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
+                    Err(e @ AmqpError::Channel { .. }) => self.close_channel(ctx, channels, e),
+                    Err(AmqpError::Io(_)) => return End::Done,
                 }
             }
             if let Some(end) = self.flush_confirms(ctx, channels) {
@@ -444,7 +466,7 @@ impl Connection {
             // keep draining during an alarm.
             let alarm_hold = blocked.is_some() && ctx.has_published;
             let flow_hold = ctx.flow.throttled(ctx.synced());
-            let hold_reads = alarm_hold || flow_hold || self.out.congested();
+            let hold_reads = alarm_hold || flow_hold || self.out.congested() || waiting.is_some();
             let state = match (alarm_hold, flow_hold) {
                 (true, _) => ConnectionState::Blocked,
                 (false, true) => ConnectionState::Flow,

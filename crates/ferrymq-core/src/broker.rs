@@ -97,7 +97,7 @@ impl Broker {
                     false => Broker::empty(config, Some(persist.clone())),
                 };
                 let d = b.identity_definitions();
-                persist.update(|cur| *cur = d)?;
+                persist.reset(d)?;
                 b
             }
             Some(d) => {

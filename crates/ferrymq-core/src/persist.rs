@@ -1,15 +1,21 @@
 //! Durability wiring: the data directory, group commit, memory pressure, and the definitions
-//! document kept in step with durable vhosts, users, exchanges, queues and bindings.
+//! kept in step with durable vhosts, users, exchanges, queues and bindings.
 //!
-//! Layout under the data directory (byte formats in `docs/storage.md`):
-//! `definitions.json`, `queues/<id>/` (one log per durable queue, `<id>` a hash of vhost and
-//! name), `transient/<n>/` (paged-out tails of non-durable queues, wiped at start).
+//! Layout under the data directory (byte formats in `docs/storage.md`): `definitions.json`
+//! and `definitions.<n>.journal` (snapshot and journal of changes), `queues/<id>/` (one log
+//! per durable queue, `<id>` a hash of vhost and name and the declaration's incarnation id),
+//! `delayed/<id>/` (delayed-message exchanges), `transient/<n>/` (paged-out messages of
+//! non-durable queues, wiped at start).
+//!
+//! A definitions change is appended to the journal and applied at once; whoever must tell a
+//! client waits for the returned [`Pending`] (group commit) first.
 
 use crate::error::{CoreError, CoreResult};
 use crate::value::{table_to_json, FieldTable};
-use ferrymq_store::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
-use ferrymq_store::{FsyncPolicy, StoreError, SyncGroup, SyncerRef};
-use parking_lot::Mutex;
+use ferrymq_store::def_journal::DefinitionsStore;
+use ferrymq_store::def_state::Change;
+use ferrymq_store::definitions::{BindingDef, Definitions, ExchangeDef, Policy, QueueDef};
+use ferrymq_store::{FsyncPolicy, LogHealth, Pending, StoreError, SyncGroup, SyncerRef};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,7 +55,7 @@ pub struct Persistence {
     config: PersistConfig,
     sync: Arc<SyncGroup>,
     paging: AtomicBool,
-    defs: Mutex<Definitions>,
+    defs: Arc<DefinitionsStore>,
     loaded: Option<Definitions>,
     next_transient: AtomicU64,
 }
@@ -76,11 +82,12 @@ impl Persistence {
         if transient.exists() {
             std::fs::remove_dir_all(&transient).map_err(io_err(&transient))?;
         }
-        let loaded = Definitions::load(&dir.join("definitions.json"))?;
+        let sync = SyncGroup::start_with(config.fsync, config.syncer.0.clone());
+        let (defs, loaded) = DefinitionsStore::open(dir, sync.clone())?;
         Ok(Arc::new(Persistence {
-            sync: SyncGroup::start_with(config.fsync, config.syncer.0.clone()),
+            sync,
             paging: AtomicBool::new(false),
-            defs: Mutex::new(loaded.clone().unwrap_or_default()),
+            defs,
             loaded,
             next_transient: AtomicU64::new(1),
             config,
@@ -176,15 +183,58 @@ impl Persistence {
         }
     }
 
-    /// Changes the definitions and saves them before returning, so a declare-ok means the
-    /// declaration is on disk.
-    pub fn update(&self, f: impl FnOnce(&mut Definitions)) -> CoreResult<()> {
-        let mut d = self.defs.lock();
-        f(&mut d);
-        d.product_name = "FerryMQ".into();
-        d.product_version = env!("CARGO_PKG_VERSION").into();
-        d.save(&self.config.data_dir.join("definitions.json"))
-            .map_err(internal)
+    /// Records definitions changes (one atomic journal record) and applies them to the
+    /// definitions. They are durable once group commit covers the returned write; nothing
+    /// changes if the write fails.
+    pub fn commit(&self, changes: &[Change]) -> CoreResult<Pending> {
+        self.defs.commit(changes).map_err(|e| match e {
+            StoreError::Failed(_) => CoreError::Internal(
+                "definitions cannot be saved: an fsync of the definitions journal failed \
+                 earlier; restart the broker"
+                    .into(),
+            ),
+            e => internal(e),
+        })
+    }
+
+    /// Blocks until `pending` is durable (group commit); an error if a sync it needed failed.
+    /// For callers outside a connection (administration, imports); connections wait
+    /// asynchronously instead.
+    pub fn wait(&self, pending: &Pending) -> CoreResult<()> {
+        self.sync.wait_for(pending.ticket());
+        if self.sync.synced() < pending.ticket() {
+            return Err(CoreError::Internal(
+                "the broker is stopping; the change may not be durable".into(),
+            ));
+        }
+        if pending.lost() {
+            return Err(CoreError::Internal(
+                "the change could not be made durable: an fsync failed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Persistence::commit`], then [`Persistence::wait`].
+    pub fn commit_and_wait(&self, changes: &[Change]) -> CoreResult<()> {
+        let p = self.commit(changes)?;
+        self.wait(&p)
+    }
+
+    /// Replaces all definitions with `d` (a fresh data directory), written before returning.
+    pub fn reset(&self, d: Definitions) -> CoreResult<()> {
+        self.defs.reset(d).map_err(internal)
+    }
+
+    /// The definitions as they are now, in RabbitMQ's format (with FerryMQ's incarnation
+    /// ids; see [`Definitions::exported`]).
+    pub fn definitions(&self) -> Definitions {
+        self.defs.definitions()
+    }
+
+    /// The definitions journal's health.
+    pub fn journal_health(&self) -> &Arc<LogHealth> {
+        self.defs.health()
     }
 
     /// Records incarnation `incarnation` of a durable queue.
@@ -195,18 +245,15 @@ impl Persistence {
         auto_delete: bool,
         args: &FieldTable,
         incarnation: Option<&str>,
-    ) -> CoreResult<()> {
-        self.update(|d| {
-            d.queues.retain(|q| !(q.vhost == vhost && q.name == name));
-            d.queues.push(QueueDef {
-                name: name.into(),
-                vhost: vhost.into(),
-                durable: true,
-                auto_delete,
-                arguments: table_to_json(args),
-                incarnation: incarnation.map(str::to_string),
-            });
-        })
+    ) -> CoreResult<Pending> {
+        self.commit(&[Change::QueueDeclared(QueueDef {
+            name: name.into(),
+            vhost: vhost.into(),
+            durable: true,
+            auto_delete,
+            arguments: table_to_json(args),
+            incarnation: incarnation.map(str::to_string),
+        })])
     }
 
     /// Forgets incarnation `incarnation` of a durable queue and the bindings to it; a later
@@ -216,28 +263,17 @@ impl Persistence {
         vhost: &str,
         name: &str,
         incarnation: Option<&str>,
-    ) -> CoreResult<()> {
-        self.update(|d| {
-            let before = d.queues.len();
-            d.queues.retain(|q| {
-                !(q.vhost == vhost && q.name == name && q.incarnation.as_deref() == incarnation)
-            });
-            if d.queues.len() == before {
-                return;
-            }
-            d.bindings.retain(|b| {
-                !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
-            });
-        })
+    ) -> CoreResult<Pending> {
+        self.commit(&[Change::QueueDeleted {
+            vhost: vhost.into(),
+            name: name.into(),
+            incarnation: incarnation.map(str::to_string),
+        }])
     }
 
     /// Records a durable exchange.
-    pub fn exchange_declared(&self, def: ExchangeDef) -> CoreResult<()> {
-        self.update(|d| {
-            d.exchanges
-                .retain(|x| !(x.vhost == def.vhost && x.name == def.name));
-            d.exchanges.push(def);
-        })
+    pub fn exchange_declared(&self, def: ExchangeDef) -> CoreResult<Pending> {
+        self.commit(&[Change::ExchangeDeclared(def)])
     }
 
     /// Forgets incarnation `incarnation` of a durable exchange and every binding from or to
@@ -247,39 +283,43 @@ impl Persistence {
         vhost: &str,
         name: &str,
         incarnation: Option<&str>,
-    ) -> CoreResult<()> {
-        self.update(|d| {
-            let before = d.exchanges.len();
-            d.exchanges.retain(|x| {
-                !(x.vhost == vhost && x.name == name && x.incarnation.as_deref() == incarnation)
-            });
-            if d.exchanges.len() == before {
-                return;
-            }
-            d.bindings.retain(|b| {
-                !(b.vhost == vhost
-                    && (b.source == name
-                        || (b.destination_type == "exchange" && b.destination == name)))
-            });
-        })
+    ) -> CoreResult<Pending> {
+        self.commit(&[Change::ExchangeDeleted {
+            vhost: vhost.into(),
+            name: name.into(),
+            incarnation: incarnation.map(str::to_string),
+        }])
     }
 
     /// Records a binding between durable entities.
-    pub fn binding_added(&self, def: BindingDef) -> CoreResult<()> {
-        self.update(|d| {
-            if !d.bindings.contains(&def) {
-                d.bindings.push(def);
-            }
-        })
+    pub fn binding_added(&self, def: BindingDef) -> CoreResult<Pending> {
+        self.commit(&[Change::BindingAdded(def)])
     }
 
     /// Forgets a binding.
-    pub fn binding_removed(&self, def: &BindingDef) -> CoreResult<()> {
-        self.update(|d| d.bindings.retain(|b| b != def))
+    pub fn binding_removed(&self, def: &BindingDef) -> CoreResult<Pending> {
+        self.commit(&[Change::BindingRemoved(def.clone())])
     }
 
-    /// Stops the fsync thread after it finished what is pending.
+    /// Records a policy.
+    pub fn policy_set(&self, def: Policy) -> CoreResult<Pending> {
+        self.commit(&[Change::PolicySet(def)])
+    }
+
+    /// Forgets a policy.
+    pub fn policy_cleared(&self, vhost: &str, name: &str) -> CoreResult<Pending> {
+        self.commit(&[Change::PolicyCleared {
+            vhost: vhost.into(),
+            name: name.into(),
+        }])
+    }
+
+    /// Writes the definitions as one snapshot (so the next start has no journal to
+    /// replay), then stops the fsync thread after it finished what is pending.
     pub fn stop(&self) {
+        if let Err(e) = self.defs.compact() {
+            tracing::warn!("cannot write the definitions snapshot at stop: {e}");
+        }
         self.sync.stop();
     }
 }

@@ -490,7 +490,10 @@ impl Queue {
         };
         // The clock counts whole milliseconds; rounding up means a message never expires
         // before its TTL (TTL 0 stays "now": deliverable only at once).
-        let deadline = ttl.map(|ttl| now_ms().saturating_add(ttl) + u64::from(ttl > 0));
+        let now = ttl.map(|_| now_ms());
+        let deadline = now
+            .zip(ttl)
+            .map(|(n, ttl)| n.saturating_add(ttl) + u64::from(ttl > 0));
         let ticket = match st.store.push(QueuedMessage::new(seq, message), deadline) {
             Ok(t) => t,
             Err(e @ StoreError::Failed(_)) => {
@@ -508,7 +511,9 @@ impl Queue {
             self.arm(&mut st, at);
         }
         if !st.consumers.is_empty() {
-            self.dispatch_locked(&mut st);
+            // Judged at the publish's own millisecond: a TTL 0 message reaches a consumer
+            // waiting for it even if the clock ticks meanwhile.
+            self.dispatch_locked_at(&mut st, now);
         }
         if ttl == Some(0) {
             // TTL 0: delivered at once to a consumer that could take it, or expired now.
@@ -528,7 +533,11 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        let mut now = None;
+        self.dispatch_locked_at(st, None);
+    }
+
+    /// Dispatches, judging deadlines at `now` (ms) if given, else at the current time.
+    fn dispatch_locked_at(self: &Arc<Self>, st: &mut QueueState, mut now: Option<u64>) {
         let mut busy = 0usize;
         while !st.store.is_empty() && busy <= st.consumers.len() {
             let Some(i) = st.pick() else { break };

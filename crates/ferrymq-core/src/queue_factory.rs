@@ -12,7 +12,7 @@ use crate::queue_config::QueueConfig;
 use crate::store::{MemoryStore, MessageStore};
 use crate::value::FieldValue;
 use crate::ConnectionId;
-use ferrymq_store::LogHealth;
+use ferrymq_store::{LogHealth, Pending};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,9 +41,9 @@ impl QueueType {
     }
 }
 
-/// A new, empty queue `name` in `vhost`. A durable queue's definition is saved and any
-/// leftovers of an earlier queue of that name are removed first. Exclusive queues never
-/// outlive their connection, so they never persist.
+/// A new, empty queue `name` in `vhost`. A durable queue's definition is saved (the returned
+/// write to wait for before the declare-ok) in a directory of its own incarnation.
+/// Exclusive queues never outlive their connection, so they never persist.
 pub fn create(
     persist: Option<&Arc<Persistence>>,
     vhost: &str,
@@ -51,7 +51,7 @@ pub fn create(
     options: QueueOptions,
     owner: Option<ConnectionId>,
     cfg: &QueueConfig,
-) -> CoreResult<Queue> {
+) -> CoreResult<(Queue, Pending)> {
     match QueueType::of(&options) {
         QueueType::Classic => classic(persist, vhost, name, options, owner, cfg),
     }
@@ -64,7 +64,7 @@ fn classic(
     options: QueueOptions,
     owner: Option<ConnectionId>,
     cfg: &QueueConfig,
-) -> CoreResult<Queue> {
+) -> CoreResult<(Queue, Pending)> {
     let levels = cfg.max_priority;
     let Some(p) = persist else {
         let store: Box<dyn MessageStore> = match levels {
@@ -75,10 +75,14 @@ fn classic(
             )),
             None => Box::new(MemoryStore::default()),
         };
-        return Ok(Queue::with_store(name, vhost, options, owner, store, 1));
+        return Ok((
+            Queue::with_store(name, vhost, options, owner, store, 1),
+            Pending::default(),
+        ));
     };
     let durable = options.durable && !options.exclusive;
     let mut incarnation = None;
+    let mut saved = Pending::default();
     let dir = if durable {
         // A directory of its own: nothing an earlier queue of that name left (or a late
         // cleanup of it still removes) can touch it.
@@ -89,7 +93,7 @@ fn classic(
                 break (inc, dir);
             }
         };
-        p.queue_declared(
+        saved = p.queue_declared(
             vhost,
             name,
             options.auto_delete,
@@ -101,7 +105,11 @@ fn classic(
     } else {
         p.transient_dir()
     };
-    let health = durable.then(|| LogHealth::new(dir.display().to_string()));
+    // Its messages are only kept if the definitions record that declares it is.
+    let health = durable.then(|| {
+        let name = dir.display().to_string();
+        LogHealth::depending_on(name, p.journal_health().clone(), saved.ticket())
+    });
     let store: Box<dyn MessageStore> = match levels {
         Some(max) => Box::new(PriorityStore::new(
             (0..=max)
@@ -117,10 +125,11 @@ fn classic(
         None => Box::new(PagedStore::new(p.clone(), health.clone(), dir.clone())),
     };
     let q = Queue::with_store(name, vhost, options, owner, store, 1).with_health(health);
-    Ok(match incarnation {
+    let q = match incarnation {
         Some(inc) => q.with_files(dir, Some(inc)),
         None => q,
-    })
+    };
+    Ok((q, saved))
 }
 
 /// Incarnation `incarnation` of a durable queue re-created at start with the messages its

@@ -4,9 +4,13 @@
 //!   records plus per-segment ack logs; recovery is records minus acks.
 //! - [`sync`]: group commit, one fsync for every write that arrived meanwhile.
 //! - [`definitions`]: the definitions document (RabbitMQ's JSON format), written atomically.
+//! - [`def_state`] and [`def_journal`]: the definitions kept as a snapshot plus a journal of
+//!   changes, one small record per declaration, fsynced by group commit.
 //!
 //! The byte-level format is described in `docs/storage.md`.
 
+pub mod def_journal;
+pub mod def_state;
 pub mod definitions;
 pub mod queue_log;
 pub mod record;

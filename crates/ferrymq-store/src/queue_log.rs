@@ -484,24 +484,6 @@ fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// From a corrupt record at `off`, follows length prefixes over consecutive damaged records
-/// to the next intact one. Returns the damaged records (offset, size) and where the intact
-/// one starts, or `None` when the prefixes lead nowhere trustworthy (past the end, or to the
-/// very end, which makes the damage a corrupt tail).
-fn step_over(bytes: &[u8], mut off: usize) -> Option<(Vec<(usize, usize)>, usize)> {
-    let mut damaged = Vec::new();
-    loop {
-        let len = record::claimed_len(bytes, off)?;
-        damaged.push((off, len));
-        off = off.checked_add(len)?;
-        match record::scan(bytes, off) {
-            Scan::Record(..) => return Some((damaged, off)),
-            Scan::Corrupt => continue,
-            Scan::End | Scan::Torn => return None,
-        }
-    }
-}
-
 /// Appends a damaged record's offset to its segment's ack log.
 fn settle_damaged(dir: &Path, id: u32, at: u32) -> Result<(), StoreError> {
     let path = ack_path(dir, id);
@@ -549,7 +531,7 @@ fn recover_segment(
             Scan::End => break,
             damage @ (Scan::Torn | Scan::Corrupt) => {
                 if let Some((damaged, next)) = match damage {
-                    Scan::Corrupt => step_over(&bytes, off),
+                    Scan::Corrupt => record::step_over(&bytes, off),
                     _ => None,
                 } {
                     // The length prefixes lead past the damage to an intact record: only the

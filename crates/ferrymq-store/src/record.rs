@@ -54,6 +54,24 @@ pub fn scan(bytes: &[u8], offset: usize) -> Scan<'_> {
     Scan::Record(payload, offset + HEADER_LEN + len)
 }
 
+/// From a corrupt record at `off`, follows length prefixes over consecutive damaged records
+/// to the next intact one. Returns the damaged records (offset, size) and where the intact
+/// one starts, or `None` when the prefixes lead nowhere trustworthy (past the end, or to the
+/// very end, which makes the damage a corrupt tail).
+pub fn step_over(bytes: &[u8], mut off: usize) -> Option<(Vec<(usize, usize)>, usize)> {
+    let mut damaged = Vec::new();
+    loop {
+        let len = claimed_len(bytes, off)?;
+        damaged.push((off, len));
+        off = off.checked_add(len)?;
+        match scan(bytes, off) {
+            Scan::Record(..) => return Some((damaged, off)),
+            Scan::Corrupt => continue,
+            Scan::End | Scan::Torn => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,6 +179,18 @@ pub struct Pending {
     more: Vec<(u64, Arc<LogHealth>)>,
 }
 
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("ticket", &self.ticket())
+            .field(
+                "logs",
+                &(usize::from(self.first.is_some()) + self.more.len()),
+            )
+            .finish()
+    }
+}
+
 impl Pending {
     /// One write with `ticket` to `log`.
     pub fn one(ticket: u64, log: Arc<LogHealth>) -> Pending {
@@ -274,6 +286,9 @@ pub struct SyncGroup {
     state: Mutex<SyncState>,
     wake: Condvar,
     synced: watch::Sender<u64>,
+    /// Wakes threads blocked in [`SyncGroup::wait_for`] after each round.
+    round: (Mutex<()>, Condvar),
+    stopped: AtomicBool,
 }
 
 impl SyncGroup {
@@ -295,6 +310,8 @@ impl SyncGroup {
             }),
             wake: Condvar::new(),
             synced: watch::channel(0).0,
+            round: (Mutex::new(()), Condvar::new()),
+            stopped: AtomicBool::new(false),
         });
         if policy == FsyncPolicy::Always {
             let t = g.clone();
@@ -355,6 +372,18 @@ impl SyncGroup {
         self.synced.subscribe()
     }
 
+    /// Blocks the calling thread until `ticket` is synced (or the sync thread stopped);
+    /// for callers outside the async runtime, such as administration and imports.
+    pub fn wait_for(&self, ticket: u64) {
+        let mut g = self.round.0.lock();
+        while self.synced() < ticket && !self.stopped.load(Ordering::Acquire) {
+            // Bounded, so a wake-up that came just before the wait is never waited out.
+            self.round
+                .1
+                .wait_for(&mut g, std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Asks the sync thread to finish what is pending and exit.
     pub fn stop(&self) {
         self.state.lock().stop = true;
@@ -369,6 +398,8 @@ impl SyncGroup {
                     self.wake.wait(&mut st);
                 }
                 if st.dirty.is_empty() && st.dirs.is_empty() {
+                    self.stopped.store(true, Ordering::Release);
+                    self.round.1.notify_all();
                     return;
                 }
                 let covered = st.epoch;
@@ -426,6 +457,8 @@ impl SyncGroup {
             // Failures are recorded before the ticket moves, so whoever sees the ticket
             // covered also sees the loss.
             self.synced.send_replace(covered);
+            let _g = self.round.0.lock();
+            self.round.1.notify_all();
         }
     }
 }

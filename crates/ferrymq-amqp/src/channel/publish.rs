@@ -280,9 +280,10 @@ impl Channel {
         Ok(Pending::default())
     }
 
-    /// Whether confirms or a tx.commit-ok wait for group commit.
+    /// Whether confirms, held replies or a tx.commit-ok wait for group commit.
     pub fn awaits_sync(&self) -> bool {
         self.commit_waiting.is_some()
+            || self.holds_replies()
             || self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
     }
 
@@ -294,6 +295,7 @@ impl Channel {
     /// committed: that is returned as a connection error (541), which is what the broker
     /// would raise for any internal failure.
     pub fn flush_confirms(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
+        self.flush_held(ctx)?;
         let synced = ctx.synced();
         if let Some(p) = self.commit_waiting.take_if(|p| p.ticket() <= synced) {
             if p.lost() {

@@ -141,7 +141,7 @@ fn deleting_a_vhost_deletes_its_queues_and_their_files_and_closes_its_sessions()
         durable: true,
         ..Default::default()
     };
-    let (q, _) = s.declare_queue("dq", durable, false).unwrap();
+    let (q, _, _) = s.declare_queue("dq", durable, false).unwrap();
     let props = crate::message::Properties {
         delivery_mode: Some(2),
         ..Default::default()
@@ -346,7 +346,7 @@ fn queues_in_directories_named_without_an_incarnation_are_still_recovered() {
         durable: true,
         ..Default::default()
     };
-    let (q, _) = s.declare_queue("old", durable, false).unwrap();
+    let (q, _, _) = s.declare_queue("old", durable, false).unwrap();
     let props = crate::message::Properties {
         delivery_mode: Some(2),
         ..Default::default()

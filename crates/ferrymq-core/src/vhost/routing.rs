@@ -16,7 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 /// What a publish did.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishOutcome {
     /// Number of queues the message was put in.
     pub routed: usize,
@@ -26,16 +26,6 @@ pub struct PublishOutcome {
     /// The copies that had to be written: on disk once group commit reaches their ticket,
     /// unless a sync of their log failed (then the publisher gets `basic.nack`).
     pub pending: Pending,
-}
-
-impl std::fmt::Debug for PublishOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublishOutcome")
-            .field("routed", &self.routed)
-            .field("refused", &self.refused)
-            .field("ticket", &self.pending.ticket())
-            .finish()
-    }
 }
 
 /// Objects (by address) already met while routing one message: a few are searched in

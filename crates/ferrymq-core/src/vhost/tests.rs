@@ -19,10 +19,10 @@ fn msg(key: &str) -> Arc<Message> {
 #[test]
 fn a_queue_that_went_away_refuses_and_is_reported() {
     let v = VHost::new("/");
-    let (a, _) = v
+    let (a, _, _) = v
         .declare_queue("a", QueueOptions::default(), false, 1, None)
         .unwrap();
-    let (b, _) = v
+    let (b, _, _) = v
         .declare_queue("b", QueueOptions::default(), false, 1, None)
         .unwrap();
     v.bind_queue("a", "amq.fanout", "", FieldTable::new(), 1)
@@ -53,7 +53,7 @@ fn exchange_to_exchange_cycles_terminate_and_queues_get_one_copy() {
         .unwrap();
     v.bind_exchange("x2", "x1", "", FieldTable::new()).unwrap();
     v.bind_exchange("x1", "x2", "", FieldTable::new()).unwrap();
-    let (q, _) = v
+    let (q, _, _) = v
         .declare_queue("q", QueueOptions::default(), false, 1, None)
         .unwrap();
     v.bind_queue("q", "x1", "", FieldTable::new(), 1).unwrap();
