@@ -171,6 +171,18 @@ impl PagedStore {
         first_seq: u64,
         default_ttl: Option<u64>,
     ) -> Result<Recovered, StoreError> {
+        if !dir.exists() {
+            // Never written to: nothing to recover, and nothing to create until a message
+            // comes (a broker with 100,000 idle durable queues starts without 100,000
+            // directories).
+            let mut store = PagedStore::new(persist, Some(health), dir);
+            store.recovered_seq = first_seq;
+            return Ok(Recovered {
+                store,
+                count: 0,
+                deadlines: Vec::new(),
+            });
+        }
         let mut dropped = Vec::new();
         let mut deadlines = Vec::new();
         let mut index = HashMap::new();

@@ -159,6 +159,7 @@ impl Persistence {
     /// between deleting one and removing its files, or by a non-durable delayed exchange.
     pub fn remove_orphan_dirs(&self, kind: &str, keep: &[PathBuf]) {
         let root = self.config.data_dir.join(kind);
+        let keep: std::collections::HashSet<&PathBuf> = keep.iter().collect();
         let Ok(entries) = std::fs::read_dir(&root) else {
             return;
         };
