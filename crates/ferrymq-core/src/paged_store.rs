@@ -550,15 +550,10 @@ impl MessageStore for PagedStore {
         self.paged = 0;
         self.inflight.clear();
         self.paged_deadlines.clear();
-        if let Some(log) = self.log.take() {
-            if let Err(e) = log.destroy() {
-                tracing::warn!(
-                    "{}: cannot remove a deleted queue's files: {e}",
-                    self.dir.display()
-                );
-            }
-        } else if self.dir.exists() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        // Removed in the background, not under the queue's lock (see `ferrymq_store::reaper`).
+        match self.log.take() {
+            Some(log) => log.destroy(),
+            None => self.persist.sync().reaper().remove(self.dir.clone()),
         }
     }
 }

@@ -393,10 +393,17 @@ impl QueueLog {
         if seg.acked >= seg.records && pos.segment != self.head.id {
             self.segments.remove(&pos.segment);
             self.readers.remove(&pos.segment);
-            remove_segment(&self.dir, pos.segment)?;
-            self.dir_changed(&self.dir);
+            self.remove_later(pos.segment);
         }
         Ok(())
+    }
+
+    /// Hands a fully acked segment and its ack log to the background remover: unlinking a
+    /// 64 MiB file is not done under the queue's lock.
+    fn remove_later(&self, id: u32) {
+        let reaper = self.sync.reaper();
+        reaper.remove(seg_path(&self.dir, id));
+        reaper.remove(ack_path(&self.dir, id));
     }
 
     /// Has group commit sync `dir`'s entries (durable logs only); returns the ticket.
@@ -412,11 +419,10 @@ impl QueueLog {
         self.segments.len()
     }
 
-    /// Deletes the whole log (the queue was deleted). Returns the group-commit ticket after
-    /// which the removal is durable.
-    pub fn destroy(self) -> Result<u64, StoreError> {
-        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))?;
-        Ok(self.dir.parent().map_or(0, |p| self.dir_changed(p)))
+    /// Deletes the whole log (the queue was deleted): its directory is removed in the
+    /// background (see [`crate::reaper`]).
+    pub fn destroy(self) {
+        self.sync.reaper().remove(self.dir.clone());
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
@@ -433,7 +439,7 @@ impl QueueLog {
             if s.acked >= s.records {
                 self.segments.remove(&prev);
                 self.readers.remove(&prev);
-                remove_segment(&self.dir, prev)?;
+                self.remove_later(prev);
             }
         }
         Ok(())
@@ -652,6 +658,7 @@ mod tests {
         }
         assert!(before > 5);
         assert_eq!(log.segment_count(), 1, "only the head segment remains");
+        log.sync.reaper().wait_idle();
         drop(log);
         let (log, r) = open(d.path(), 4096);
         assert!(r.is_empty());
@@ -740,6 +747,7 @@ mod tests {
         for (pos, _) in batch {
             log.ack(pos).unwrap();
         }
+        log.sync.reaper().wait_idle();
         assert!(!seg.exists(), "the fully settled segment is deleted");
     }
 
@@ -898,13 +906,14 @@ mod tests {
         for p in positions.iter().filter(|p| p.segment == 1) {
             log.ack(*p).unwrap();
         }
-        let (_, t) = log.append(&[3u8; 10]).unwrap();
-        wait_synced(&g, t);
+        g.reaper().wait_idle();
         assert!(rec.0.lock().contains(&dir), "the removal is synced");
-        // Destroying the log syncs its parent.
+        assert!(!seg_path(&dir, 1).exists());
+        // Destroying the log removes its directory and syncs its parent.
         rec.0.lock().clear();
-        let t = log.destroy().unwrap();
-        wait_synced(&g, t);
+        log.destroy();
+        g.reaper().wait_idle();
+        assert!(!dir.exists());
         assert!(rec.0.lock().contains(&d.path().join("queues")));
         g.stop();
     }

@@ -283,6 +283,7 @@ struct SyncState {
 pub struct SyncGroup {
     policy: FsyncPolicy,
     syncer: Arc<dyn Syncer>,
+    reaper: Arc<crate::reaper::Reaper>,
     state: Mutex<SyncState>,
     wake: Condvar,
     synced: watch::Sender<u64>,
@@ -301,6 +302,7 @@ impl SyncGroup {
     pub fn start_with(policy: FsyncPolicy, syncer: Arc<dyn Syncer>) -> Arc<SyncGroup> {
         let g = Arc::new(SyncGroup {
             policy,
+            reaper: crate::reaper::Reaper::start(syncer.clone()),
             syncer,
             state: Mutex::new(SyncState {
                 epoch: 1,
@@ -362,6 +364,11 @@ impl SyncGroup {
         ticket
     }
 
+    /// The background remover of deleted files and directories.
+    pub fn reaper(&self) -> &Arc<crate::reaper::Reaper> {
+        &self.reaper
+    }
+
     /// The highest ticket known durable.
     pub fn synced(&self) -> u64 {
         *self.synced.borrow()
@@ -384,8 +391,9 @@ impl SyncGroup {
         }
     }
 
-    /// Asks the sync thread to finish what is pending and exit.
+    /// Asks the sync and removal threads to finish what is pending and exit.
     pub fn stop(&self) {
+        self.reaper.stop();
         self.state.lock().stop = true;
         self.wake.notify_one();
     }

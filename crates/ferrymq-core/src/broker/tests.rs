@@ -156,6 +156,7 @@ fn deleting_a_vhost_deletes_its_queues_and_their_files_and_closes_its_sessions()
     b.delete_vhost("gone").unwrap();
     assert!(closed.borrow_and_update().is_some());
     assert!(q.is_deleted());
+    b.persistence().unwrap().sync().reaper().wait_idle();
     assert!(!dir.exists());
     assert!(b.vhost("gone").is_none());
     drop(s);

@@ -252,9 +252,7 @@ impl DelayedMessages {
         self.destroyed = true;
         self.heap.clear();
         if let Some(log) = self.log.take() {
-            if let Err(e) = log.destroy() {
-                tracing::warn!("cannot remove a delayed exchange's files: {e}");
-            }
+            log.destroy();
         }
     }
 }
