@@ -266,7 +266,7 @@ impl PagedStore {
         };
         let recovered_end = log.recovered_end();
         // Every record from the cursor on is a paged one (live, or expired meanwhile).
-        let (batch, next) = match log.read_batch(cursor, LOAD_BATCH) {
+        let (batch, next) = match crate::blocking::run(|| log.read_batch(cursor, LOAD_BATCH)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(
