@@ -7,6 +7,7 @@ mod connection;
 pub mod error;
 mod outbox;
 pub mod server;
+pub mod tls;
 
 pub use error::AmqpError;
 pub use server::{AmqpConfig, AmqpServer};
