@@ -667,3 +667,43 @@ async fn peers_that_do_not_speak_tls_are_closed_without_harming_other_clients() 
     round_trip(&later, "later", b"ok").await;
     b.stop().await;
 }
+
+#[derive(clap::Parser)]
+struct PerfCli {
+    #[command(flatten)]
+    args: ferrymq::perf::ThroughputArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_perf_tool_loads_a_broker_over_amqps() {
+    use clap::Parser;
+    let pki = Pki::new("a");
+    let b = tls_broker(&pki, |_| {}).await;
+    let uri = format!("amqps://guest:guest@127.0.0.1:{}/%2f", tls_addr(&b).port());
+    let ca = pki.ca_file();
+    let args = |extra: &[&str]| {
+        let mut v = vec!["perf", "--uri", uri.as_str(), "--quiet", "--time", "60"];
+        v.extend_from_slice(extra);
+        PerfCli::try_parse_from(v).expect("valid arguments").args
+    };
+    let counted = [
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--pmessages",
+        "3000",
+        "--confirm",
+        "100",
+        "--ack-every",
+        "10",
+    ];
+    let r = ferrymq::perf::run_throughput(&args(&counted), false)
+        .await
+        .expect("a run over TLS");
+    assert_eq!((r.published, r.confirmed, r.consumed), (3000, 3000, 3000));
+    // amqps:// without the CA to trust is refused up front.
+    let e = ferrymq::perf::run_throughput(&args(&["--pmessages", "1"]), false)
+        .await
+        .expect_err("no --cacert");
+    assert!(e.to_string().contains("--cacert"), "{e}");
+    b.stop().await;
+}
