@@ -155,14 +155,18 @@ impl Persistence {
     }
 
     /// Changes the definitions and saves them before returning, so a declare-ok means the
-    /// declaration is on disk.
+    /// declaration is on disk. The change is made to a copy, kept only once it is saved: a
+    /// failed save must not be written later by someone else's successful one.
     pub fn update(&self, f: impl FnOnce(&mut Definitions)) -> CoreResult<()> {
-        let mut d = self.defs.lock();
+        let mut cur = self.defs.lock();
+        let mut d = cur.clone();
         f(&mut d);
         d.product_name = "FerryMQ".into();
         d.product_version = env!("CARGO_PKG_VERSION").into();
         d.save(&self.config.data_dir.join("definitions.json"))
-            .map_err(internal)
+            .map_err(internal)?;
+        *cur = d;
+        Ok(())
     }
 
     /// Records a durable queue.
