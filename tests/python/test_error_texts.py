@@ -176,3 +176,49 @@ def test_user_id_must_match_the_login(broker):
         assert (props.user_id, body) == ("guest", b"x")
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("expiration,reason", [
+    ("abc", "no_integer"),
+    ("", "no_integer"),
+    ("-5", "{value_negative,-5}"),
+    ("10x", '{leftover_string,"x"}'),
+    ("1.5", '{leftover_string,".5"}'),
+    ("315360000001", "{value_too_large,315360000001}"),
+    ("5\x01a", "{leftover_string,[1,97]}"),
+    ('5"\\', '{leftover_string,"\\"\\\\"}'),
+    # Erlang's ~p breaks a term that would pass column 78.
+    ("1000000000000000000", "{value_too_large,\n" + " " * 43 + "1000000000000000000}"),
+])
+def test_invalid_expiration_is_refused(broker, expiration, reason):
+    q = n("exp")
+
+    def publish(c, ch):
+        ch.queue_declare(q, exclusive=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=expiration))
+    expect(broker, publish, 406, f"PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}")
+
+
+def test_a_long_reply_text_is_cut_as_rabbitmq_cuts_it(broker):
+    bad = "5" + "x" * 200
+    q = n("exp")
+
+    def publish(c, ch):
+        ch.queue_declare(q, exclusive=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=bad))
+    full = f"PRECONDITION_FAILED - invalid expiration '{bad}': {{leftover_string,"
+    expect(broker, publish, 406, full[:252] + "...")
+
+
+def test_valid_expirations_are_accepted(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    q = n("exp")
+    ch.queue_declare(q, exclusive=True)
+    ch.confirm_delivery()
+    for e in ["0", "+10", "007", "4294967296", "315360000000"]:
+        ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=e))
+    assert ch.queue_declare(q, passive=True).method.message_count >= 1
+    conn.close()

@@ -92,3 +92,74 @@ fn bad_configuration_fails_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid bind address"), "{err}");
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_backlog_with_no_consumer_is_paged_to_disk_not_held_in_ram() {
+    use lapin::options::*;
+    use lapin::BasicProperties;
+    const N: usize = 400;
+    const SIZE: usize = 256 * 1024;
+    let s = spawn(&["--queue-ram-budget", "1048576"]);
+    let c = Connection::connect(&s.uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // 100 MB into a transient queue and 100 MB of persistent messages into a durable one.
+    for (queue, durable, mode) in [("backlog", false, 1), ("durable-backlog", true, 2)] {
+        let opts = QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        };
+        ch.queue_declare(queue, opts, Default::default())
+            .await
+            .unwrap();
+        for i in 0..N {
+            let mut body = vec![(i % 251) as u8; SIZE];
+            body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            ch.basic_publish(
+                "",
+                queue,
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(mode),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    }
+    let resident = rss(s.pid());
+    assert!(
+        resident < 64 << 20,
+        "broker holds {} MiB for a 200 MiB backlog",
+        resident >> 20
+    );
+    // Everything comes back, in order.
+    for queue in ["backlog", "durable-backlog"] {
+        for i in 0..N {
+            let m = ch
+                .basic_get(queue, BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .expect("message");
+            assert_eq!(m.delivery.data.len(), SIZE);
+            assert_eq!(m.delivery.data[..8], (i as u64).to_be_bytes());
+        }
+    }
+    c.close(200, "done").await.unwrap();
+}

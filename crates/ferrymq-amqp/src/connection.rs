@@ -11,6 +11,7 @@ use crate::server::AmqpConfig;
 use crate::tls::ClientCert;
 use bytes::BytesMut;
 use ferrymq_core::connections::ConnectionMeta;
+use ferrymq_core::flow::ConnectionState;
 use ferrymq_core::{Broker, CoreError, FieldTable, FieldValue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -339,6 +340,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             frame_max: self.frame_max,
             has_published: false,
             sync: self.broker.persistence().map(|p| p.sync().subscribe()),
+            flow: Default::default(),
         };
         Ok(Some((ctx, ev_rx)))
     }
@@ -480,6 +482,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut blocked_rx = self.broker.blocked();
         let mut blocked = blocked_rx.borrow_and_update().clone();
         let mut blocked_sent = false;
+        let mut held = false;
+        let mut shown_state = ConnectionState::Running;
         let mut sync_rx = ctx.sync.clone();
         let mut closed_rx = ctx.session.closed();
         // Consumer timeouts are checked on this tick (see `Channel::check_consumer_timeout`).
@@ -488,7 +492,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         loop {
             // Process every complete frame already buffered.
             loop {
-                if blocked.is_some() && ctx.has_published {
+                // A client that pipelines requests (basic.get, mandatory publishes that come
+                // back, declares) faster than it reads the answers is paused here, not
+                // buffered for: its frames wait in the socket until the writer drains.
+                if blocked.is_some() && ctx.has_published
+                    || self.out.congested()
+                    || ctx.flow.throttled(ctx.synced())
+                {
                     break;
                 }
                 match decode_frame(&mut self.rbuf, self.frame_max) {
@@ -508,9 +518,27 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             // As RabbitMQ: only connections that publish are held (and told so); consumers
             // keep draining during an alarm.
-            let hold_reads = blocked.is_some() && ctx.has_published;
-            if ctx.caps.connection_blocked && hold_reads != blocked_sent {
-                if hold_reads {
+            let alarm_hold = blocked.is_some() && ctx.has_published;
+            let flow_hold = ctx.flow.throttled(ctx.synced());
+            let hold_reads = alarm_hold || flow_hold || self.out.congested();
+            let state = match (alarm_hold, flow_hold) {
+                (true, _) => ConnectionState::Blocked,
+                (false, true) => ConnectionState::Flow,
+                _ => ConnectionState::Running,
+            };
+            if state != shown_state {
+                ctx.session.info().set_state(state);
+                shown_state = state;
+            }
+            if hold_reads && !held {
+                held = true;
+            } else if !hold_reads && held {
+                // The peer's silence while held was our doing: restart the clock.
+                held = false;
+                last_recv = Instant::now();
+            }
+            if ctx.caps.connection_blocked && alarm_hold != blocked_sent {
+                if alarm_hold {
                     self.send(
                         0,
                         ConnectionBlocked {
@@ -520,9 +548,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 } else {
                     self.send(0, ConnectionUnblocked {});
                 }
-                blocked_sent = hold_reads;
+                blocked_sent = alarm_hold;
             }
-            let awaiting_sync = channels.values().any(Channel::awaits_sync);
+            let awaiting_sync = flow_hold || channels.values().any(Channel::awaits_sync);
             tokio::select! {
                 changed = wait_sync(&mut sync_rx), if awaiting_sync => {
                     if changed {

@@ -92,12 +92,26 @@ pub fn code_name(code: u16) -> &'static str {
     }
 }
 
+/// `CODE_NAME - text`, cut as RabbitMQ cuts it to fit a short string: 252 bytes and `...`.
+fn reply_text(code: u16, text: impl std::fmt::Display) -> String {
+    let mut t = format!("{} - {text}", code_name(code));
+    if t.len() > 255 {
+        let mut end = 252;
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        t.truncate(end);
+        t.push_str("...");
+    }
+    t
+}
+
 impl AmqpError {
     /// A connection error; `text` is prefixed with the code name.
     pub fn conn(code: u16, text: impl std::fmt::Display) -> Self {
         AmqpError::Connection {
             code,
-            text: format!("{} - {text}", code_name(code)),
+            text: reply_text(code, text),
             class_id: 0,
             method_id: 0,
         }
@@ -108,7 +122,7 @@ impl AmqpError {
         AmqpError::Channel {
             channel,
             code,
-            text: format!("{} - {text}", code_name(code)),
+            text: reply_text(code, text),
             class_id: 0,
             method_id: 0,
         }

@@ -4,6 +4,7 @@
 mod channel;
 pub mod codec;
 mod connection;
+mod erlang_text;
 pub mod error;
 mod outbox;
 pub mod server;

@@ -158,12 +158,14 @@ impl Outbox {
     /// Whether enough output is pending that deliveries should pause. Records the hit so the
     /// writer reports when it has drained.
     pub fn congested(&self) -> bool {
-        if self.pending.load(Ordering::Relaxed) > HIGH_WATER {
-            self.congested_hit.store(true, Ordering::Relaxed);
-            true
-        } else {
-            false
+        if self.pending.load(Ordering::Relaxed) <= HIGH_WATER {
+            return false;
         }
+        // Flag, then look again (both SeqCst, as the writer's store-then-swap): either this
+        // sees the writer's drained count, or the writer sees the flag and reports
+        // `Drained`. Otherwise a reader holding until `Drained` could wait for ever.
+        self.congested_hit.store(true, Ordering::SeqCst);
+        self.pending.load(Ordering::SeqCst) > HIGH_WATER
     }
 
     /// Number of write syscalls so far (used to decide whether a heartbeat is due).
@@ -204,8 +206,8 @@ impl Outbox {
             }
             self.writes.fetch_add(1, Ordering::Relaxed);
             let left = self.inner.lock().len();
-            self.pending.store(left, Ordering::Relaxed);
-            if left < HIGH_WATER / 2 && self.congested_hit.swap(false, Ordering::Relaxed) {
+            self.pending.store(left, Ordering::SeqCst);
+            if left < HIGH_WATER / 2 && self.congested_hit.swap(false, Ordering::SeqCst) {
                 let _ = events.send(WriterEvent::Drained);
             }
         }

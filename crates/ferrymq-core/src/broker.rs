@@ -92,13 +92,18 @@ impl Broker {
     pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
         let b = match persist.loaded_definitions() {
             None => {
-                let b = match config.seed_defaults {
-                    true => Broker::fresh(config, Some(persist.clone())),
+                // Without the defaults (a definitions file is about to be imported) nothing
+                // is saved yet: if that import fails, the next start is a fresh one again
+                // instead of a data directory with no users at all.
+                match config.seed_defaults {
+                    true => {
+                        let b = Broker::fresh(config, Some(persist.clone()));
+                        let d = b.identity_definitions();
+                        persist.update(|cur| *cur = d)?;
+                        b
+                    }
                     false => Broker::empty(config, Some(persist.clone())),
-                };
-                let d = b.identity_definitions();
-                persist.update(|cur| *cur = d)?;
-                b
+                }
             }
             Some(d) => {
                 let b = Broker::empty(config, Some(persist.clone()));

@@ -3,11 +3,12 @@
 //! the broker side (user or vhost deleted, an operator's request).
 
 use crate::error::{CoreError, CoreResult};
+use crate::flow::ConnectionState;
 use crate::limits::{UserLimits, VHostLimits};
 use crate::ConnectionId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -32,6 +33,7 @@ pub struct ConnectionInfo {
     /// Where it comes from and how.
     pub meta: ConnectionMeta,
     channels: AtomicU64,
+    state: AtomicU8,
     kill: watch::Sender<Option<String>>,
 }
 
@@ -39,6 +41,16 @@ impl ConnectionInfo {
     /// Open channels of this connection.
     pub fn channels(&self) -> u64 {
         self.channels.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection is being read, held by flow control or by an alarm.
+    pub fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Set by the protocol's connection loop when it holds or resumes reading.
+    pub fn set_state(&self, s: ConnectionState) {
+        self.state.store(s as u8, Ordering::Relaxed);
     }
 
     /// Asks the connection to close with `reason` (it sees it through
@@ -103,6 +115,7 @@ impl Registry {
             vhost: vhost.to_string(),
             meta,
             channels: AtomicU64::new(0),
+            state: AtomicU8::new(0),
             kill: watch::channel(None).0,
         });
         *self.per_vhost.entry(vhost.to_string()).or_default() += 1;

@@ -7,6 +7,11 @@ use crate::value::{FieldTable, FieldValue};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Most distinct `x-death` entries (queue and reason) a message may gather: each hop copies
+/// the whole history, so a chain of dead-lettering queues would otherwise cost time and
+/// memory quadratic in its length. A message about to exceed it is dropped and logged.
+pub const MAX_DEATHS: usize = 256;
+
 /// Why a message left its queue for the dead-letter exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeathReason {
@@ -48,7 +53,8 @@ fn text(t: &FieldTable, k: &str) -> Option<String> {
 /// (or counts up) the entry for this queue and reason and moves it to the front,
 /// `x-first-death-*` are set once, and a per-message `expiration` moves into the entry as
 /// `original-expiration` so the copy does not expire again. Returns `None` if the message
-/// cannot be rebuilt (its property block was validated on arrival, so this does not happen).
+/// has been through [`MAX_DEATHS`] queues already, or cannot be rebuilt (its property block
+/// was validated on arrival, so that does not happen).
 pub fn dead_letter_copy(
     msg: &Message,
     queue: &str,
@@ -69,7 +75,15 @@ pub fn dead_letter_copy(
         }
         _ => false,
     };
-    let entry = match deaths.iter().position(same) {
+    let found = deaths.iter().position(same);
+    if found.is_none() && deaths.len() >= MAX_DEATHS {
+        tracing::warn!(
+            queue,
+            "message dropped: dead-lettered through {MAX_DEATHS} different queues already"
+        );
+        return None;
+    }
+    let entry = match found {
         Some(i) => {
             let mut e = deaths.remove(i);
             if let FieldValue::Table(t) = &mut e {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod exchange;
 pub mod expiry;
+pub mod flow;
 pub mod limits;
 pub mod message;
 pub mod paged_store;

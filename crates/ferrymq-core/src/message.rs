@@ -170,16 +170,15 @@ impl Message {
         self.priority
     }
 
-    /// The `expiration` property as RabbitMQ reads it: `Some(Ok(ms))` for a non-negative
-    /// integer, `Some(Err(text))` for anything else, `None` when absent.
-    pub fn expiration(&self) -> Option<Result<u64, String>> {
+    /// The `expiration` property as RabbitMQ reads it: `Some(Ok(ms))` for a valid value,
+    /// `Some(Err(reason))` otherwise (see [`parse_expiration`]), `None` when absent.
+    pub fn expiration(&self) -> Option<Result<u64, ExpirationError>> {
         if !self.has_expiration {
             return None;
         }
         let raw = self.raw_properties();
         let (a, b) = scan_properties(raw).ok()?.expiration?;
-        let t = String::from_utf8_lossy(&raw[a..b]).into_owned();
-        Some(t.parse::<u64>().map_err(|_| t))
+        Some(parse_expiration(&raw[a..b]))
     }
 
     /// A copy published under another exchange and routing key with changed properties (used
@@ -363,9 +362,80 @@ impl QueuedMessage {
     }
 }
 
+/// Largest per-message TTL RabbitMQ accepts, in milliseconds (ten years).
+pub const MAX_EXPIRATION_MS: u64 = 315_360_000_000;
+
+/// Why an `expiration` property is refused, as RabbitMQ names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpirationError {
+    /// It does not start with an optionally signed digit.
+    NoInteger,
+    /// Bytes after the digits.
+    Leftover(Vec<u8>),
+    /// A negative value (its digits, leading zeros dropped).
+    Negative(String),
+    /// Above [`MAX_EXPIRATION_MS`] (its digits, leading zeros dropped).
+    TooLarge(String),
+}
+
+/// Reads an `expiration` property as RabbitMQ does: an optionally signed decimal integer
+/// of milliseconds, at most [`MAX_EXPIRATION_MS`].
+pub fn parse_expiration(text: &[u8]) -> Result<u64, ExpirationError> {
+    let digits_at = usize::from(matches!(text.first(), Some(b'+' | b'-')));
+    let digits_end = text[digits_at..]
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .map_or(text.len(), |i| i + digits_at);
+    if digits_end == digits_at {
+        return Err(ExpirationError::NoInteger);
+    }
+    if digits_end < text.len() {
+        return Err(ExpirationError::Leftover(text[digits_end..].to_vec()));
+    }
+    // All ASCII digits from here.
+    let digits = String::from_utf8_lossy(&text[digits_at..digits_end]);
+    let magnitude = match digits.trim_start_matches('0') {
+        "" => "0",
+        m => m,
+    };
+    if text[0] == b'-' && magnitude != "0" {
+        return Err(ExpirationError::Negative(magnitude.to_string()));
+    }
+    match magnitude.parse::<u64>() {
+        Ok(n) if n <= MAX_EXPIRATION_MS => Ok(n),
+        _ => Err(ExpirationError::TooLarge(magnitude.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expirations_are_read_as_rabbitmq_reads_them() {
+        use ExpirationError::*;
+        for (text, want) in [
+            ("0", Ok(0)),
+            ("+10", Ok(10)),
+            ("007", Ok(7)),
+            ("-0", Ok(0)),
+            ("315360000000", Ok(MAX_EXPIRATION_MS)),
+            ("", Err(NoInteger)),
+            ("+", Err(NoInteger)),
+            ("abc", Err(NoInteger)),
+            (" 5", Err(NoInteger)),
+            ("10x", Err(Leftover(b"x".to_vec()))),
+            ("1.5", Err(Leftover(b".5".to_vec()))),
+            ("-05", Err(Negative("5".into()))),
+            ("315360000001", Err(TooLarge("315360000001".into()))),
+            (
+                "0099999999999999999999999",
+                Err(TooLarge("99999999999999999999999".into())),
+            ),
+        ] {
+            assert_eq!(parse_expiration(text.as_bytes()), want, "{text:?}");
+        }
+    }
 
     #[test]
     fn parts_come_back_for_small_and_large_bodies() {

@@ -193,9 +193,11 @@ fn parse(payload: &[u8]) -> Option<(u8, u64, Message)> {
 impl MessageStore for PagedStore {
     fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError> {
         let persistent = self.durable && msg.message.is_persistent();
+        // Beyond the queue's RAM budget every message goes to disk, transient ones too: a
+        // publisher faster than the consumers then costs disk, not memory.
         let page = self.paged > 0
             || self.persist.paging()
-            || (persistent && self.ram_bytes >= self.persist.queue_ram_budget());
+            || self.ram_bytes >= self.persist.queue_ram_budget();
         if !persistent && !page {
             self.bytes += msg.message.body_size();
             self.ram_bytes += cost(&msg);

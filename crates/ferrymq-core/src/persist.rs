@@ -24,8 +24,8 @@ pub struct PersistConfig {
     pub fsync: FsyncPolicy,
     /// Size at which a queue's segment file rolls over.
     pub segment_size: u64,
-    /// Body bytes (plus overhead) of persistent messages a durable queue keeps in RAM besides
-    /// the copy on disk; beyond it they are read back from disk when their turn comes.
+    /// Body bytes (plus overhead) of ready messages a queue keeps in RAM; beyond it new
+    /// messages are written to the queue's log and read back when their turn comes.
     pub queue_ram_budget: usize,
 }
 
@@ -90,7 +90,7 @@ impl Persistence {
         self.config.segment_size
     }
 
-    /// In-RAM budget per durable queue.
+    /// In-RAM budget per queue.
     pub fn queue_ram_budget(&self) -> usize {
         self.config.queue_ram_budget
     }
@@ -155,14 +155,18 @@ impl Persistence {
     }
 
     /// Changes the definitions and saves them before returning, so a declare-ok means the
-    /// declaration is on disk.
+    /// declaration is on disk. The change is made to a copy, kept only once it is saved: a
+    /// failed save must not be written later by someone else's successful one.
     pub fn update(&self, f: impl FnOnce(&mut Definitions)) -> CoreResult<()> {
-        let mut d = self.defs.lock();
+        let mut cur = self.defs.lock();
+        let mut d = cur.clone();
         f(&mut d);
         d.product_name = "FerryMQ".into();
         d.product_version = env!("CARGO_PKG_VERSION").into();
         d.save(&self.config.data_dir.join("definitions.json"))
-            .map_err(internal)
+            .map_err(internal)?;
+        *cur = d;
+        Ok(())
     }
 
     /// Records a durable queue.

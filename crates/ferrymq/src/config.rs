@@ -34,6 +34,9 @@ pub struct Config {
     pub fsync: FsyncSetting,
     /// Size at which a queue's segment file rolls over, in bytes.
     pub segment_size: u64,
+    /// Bytes of ready messages (bodies plus overhead) each queue keeps in RAM; beyond it
+    /// new messages are paged to the queue's log on disk, so a backlog costs disk, not RAM.
+    pub queue_ram_budget: usize,
     /// Fraction of RAM the broker may use before publishers are blocked (RabbitMQ's
     /// `vm_memory_high_watermark.relative`).
     pub memory_high_watermark: f64,
@@ -137,6 +140,7 @@ impl Default for Config {
             max_message_size: 128 * 1024 * 1024,
             fsync: FsyncSetting::Always,
             segment_size: 64 * 1024 * 1024,
+            queue_ram_budget: 16 * 1024 * 1024,
             memory_high_watermark: 0.4,
             disk_free_limit: 50_000_000,
             consumer_timeout: 30 * 60 * 1000,

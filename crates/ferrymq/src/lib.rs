@@ -60,6 +60,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             config::FsyncSetting::Never => FsyncPolicy::Never,
         },
         segment_size: cfg.segment_size,
+        queue_ram_budget: cfg.queue_ram_budget,
         ..PersistConfig::new(&cfg.data_dir)
     })
     .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;

@@ -75,6 +75,9 @@ struct ServerArgs {
     /// Size at which a queue's segment file rolls over, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     segment_size: Option<u64>,
+    /// Bytes of ready messages each queue keeps in RAM before paging to disk [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    queue_ram_budget: Option<usize>,
     /// Fraction of RAM the broker may use before publishers are blocked [default: 0.4].
     #[arg(long, value_name = "FRACTION")]
     memory_high_watermark: Option<f64>,
@@ -148,6 +151,9 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.segment_size {
         cfg.segment_size = v;
+    }
+    if let Some(v) = a.queue_ram_budget {
+        cfg.queue_ram_budget = v;
     }
     if let Some(v) = a.memory_high_watermark {
         cfg.memory_high_watermark = v;

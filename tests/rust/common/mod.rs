@@ -2,6 +2,8 @@
 //! wrappers around lapin.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use ferrymq::config::Config;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;

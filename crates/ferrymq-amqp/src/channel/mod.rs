@@ -19,6 +19,7 @@ mod topology;
 use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use crate::outbox::Outbox;
+use ferrymq_core::flow::FlowCredit;
 use ferrymq_core::{ChannelPermit, CoreError, Queue, QueuedMessage, Session};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -58,6 +59,8 @@ pub(crate) struct ConnCtx {
     pub has_published: bool,
     /// Group-commit progress, when the broker has a data directory.
     pub sync: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Persistent bytes written and not yet synced, against the connection's credit.
+    pub flow: FlowCredit,
 }
 
 impl ConnCtx {

@@ -206,7 +206,22 @@ impl Channel {
             Message::new(exchange, key, &raw, body)
         };
         let msg = Arc::new(msg.map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?);
+        // Refused as RabbitMQ refuses it: a message that can never expire is not accepted.
+        if let Some(Err(e)) = msg.expiration() {
+            let (a, b) = summary.expiration.unwrap_or_default();
+            return Err(AmqpError::chan(
+                ch,
+                code::PRECONDITION_FAILED,
+                crate::erlang_text::invalid_expiration(&raw[a..b], &e),
+            )
+            .caused_by((60, 40)));
+        }
         if let Some(tx) = &mut self.tx {
+            // Checked now, as RabbitMQ checks a transactional publish when it arrives: a
+            // commit must not fail half-way.
+            ctx.session
+                .check_publish(exchange, key)
+                .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
             tx.publishes.push((pc.publish, msg));
             return Ok(());
         }
@@ -226,6 +241,11 @@ impl Channel {
             .session
             .publish(&p.exchange, msg.clone())
             .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
+        if let Some(t) = outcome.ticket {
+            // Every copy written counts against the connection's flow credit.
+            let bytes = msg.body_size() as u64 * outcome.routed as u64;
+            ctx.flow.written(t, bytes);
+        }
         if outcome.routed == 0 && p.mandatory {
             let m: Method = BasicReturn {
                 reply_code: code::NO_ROUTE,

@@ -170,7 +170,13 @@ impl Channel {
         let settles = std::mem::take(&mut tx.settles);
         let mut ticket = 0;
         for (p, msg) in publishes {
-            ticket = ticket.max(self.route(ctx, &p, msg)?.unwrap_or(0));
+            // Each publish was checked when it arrived. What changed since (its exchange
+            // deleted, a permission revoked) makes it unroutable, never a half-done commit
+            // that loses the settlements below.
+            match self.route(ctx, &p, msg) {
+                Ok(t) => ticket = ticket.max(t.unwrap_or(0)),
+                Err(e) => tracing::debug!("transactional publish dropped at commit: {e:?}"),
+            }
         }
         for (taken, how) in settles {
             self.apply_settle(taken, how);

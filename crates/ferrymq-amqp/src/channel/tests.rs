@@ -44,6 +44,7 @@ fn open_as(broker: &Arc<Broker>, user: &str) -> Conn {
         frame_max: FRAME_MAX,
         has_published: false,
         sync: None,
+        flow: Default::default(),
     };
     let permit = ctx.session.open_channel().unwrap();
     let ch = Channel::new(1, &ctx, permit);
@@ -121,12 +122,22 @@ impl Conn {
 
     /// basic.publish to the default exchange, then a header and the body in `parts` frames.
     fn publish(&mut self, key: &str, parts: &[&[u8]]) -> Result<(), AmqpError> {
+        self.publish_with(key, &Properties::default(), parts)
+    }
+
+    /// [`Conn::publish`] with message properties.
+    fn publish_with(
+        &mut self,
+        key: &str,
+        properties: &Properties,
+        parts: &[&[u8]],
+    ) -> Result<(), AmqpError> {
         self.call(BasicPublish {
             routing_key: key.into(),
             ..Default::default()
         })?;
         let mut props = BytesMut::new();
-        encode_properties(&Properties::default(), &mut Writer::new(&mut props));
+        encode_properties(properties, &mut Writer::new(&mut props));
         let props = props.freeze();
         let summary = scan_properties(&props).unwrap();
         let size = parts.iter().map(|p| p.len() as u64).sum();
@@ -552,4 +563,51 @@ fn cleanup_returns_unacked_deliveries_to_their_queue() {
     assert_eq!(c.ready("q"), 0);
     c.ch.cleanup(&c.ctx);
     assert_eq!(c.ready("q"), 1);
+}
+
+#[test]
+fn unsynced_persistent_writes_spend_the_flow_credit_until_the_sync_catches_up() {
+    use ferrymq_core::flow::FLOW_CREDIT_BYTES;
+    use ferrymq_core::persist::{PersistConfig, Persistence};
+    let dir = tempfile::tempdir().unwrap();
+    let p = Persistence::open(PersistConfig::new(dir.path())).unwrap();
+    let broker = Broker::open(BrokerConfig::default(), p).unwrap();
+    let mut c = open_as(&broker, "guest");
+    // The connection sees group-commit progress only through this watch: hold it at 0, as
+    // a disk that has not synced anything yet.
+    let (synced, rx) = tokio::sync::watch::channel(0u64);
+    c.ctx.sync = Some(rx);
+    c.call(QueueDeclare {
+        queue: "d".into(),
+        durable: true,
+        ..Default::default()
+    })
+    .unwrap();
+    c.methods();
+    let persistent = Properties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    let body = vec![0u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent <= FLOW_CREDIT_BYTES {
+        assert!(
+            !c.ctx.flow.throttled(c.ctx.synced()),
+            "held after {sent} bytes"
+        );
+        c.publish_with("d", &persistent, &[&body]).unwrap();
+        sent += body.len() as u64;
+    }
+    assert!(c.ctx.flow.throttled(c.ctx.synced()), "credit spent");
+    // Transient messages are not written, so they spend nothing.
+    let mut t = open_as(&broker, "guest");
+    t.ctx.sync = Some(synced.subscribe());
+    t.declare("transient", FieldTable::new());
+    for _ in 0..32 {
+        t.publish("transient", &[&body]).unwrap();
+    }
+    assert!(!t.ctx.flow.throttled(t.ctx.synced()));
+    // The sync catching up gives the credit back.
+    synced.send_replace(u64::MAX - 1);
+    assert!(!c.ctx.flow.throttled(c.ctx.synced()));
 }

@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::queue::QueueOptions;
 use crate::queue_config::QueueConfig;
 use crate::value::table_from_json;
-use crate::vhost::{default_exchange_refused, routing_kind};
+use crate::vhost::{default_exchange_refused, routing_kind, STANDARD_EXCHANGES};
 use ferrymq_store::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
 
 fn exchange_options(x: &ExchangeDef) -> ExchangeOptions {
@@ -157,9 +157,10 @@ impl Broker {
         }
         let live = self.vhost(&b.vhost);
         let exchange_exists = |name: &str| {
-            d.exchanges
-                .iter()
-                .any(|x| x.vhost == b.vhost && x.name == name)
+            STANDARD_EXCHANGES.iter().any(|(n, _)| *n == name)
+                || d.exchanges
+                    .iter()
+                    .any(|x| x.vhost == b.vhost && x.name == name)
                 || live.as_ref().is_some_and(|v| v.exchange(name).is_ok())
         };
         let missing = |kind: &str, name: &str| {

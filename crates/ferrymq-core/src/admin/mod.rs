@@ -311,13 +311,17 @@ impl Broker {
                     .into_iter()
                     .filter(|n| n != name)
                     .collect();
-                p.update(|d| {
+                let saved = p.update(|d| {
                     write_identity_parts(&next, &names, d);
                     d.queues.retain(|x| x.vhost != name);
                     d.exchanges.retain(|x| x.vhost != name);
                     d.bindings.retain(|x| x.vhost != name);
                     d.policies.retain(|x| x.vhost != name);
-                })?;
+                });
+                if let Err(e) = saved {
+                    v.unmark_deleted();
+                    return Err(e);
+                }
             }
             self.vhosts.write().remove(name);
             *self.identity.write() = next;

@@ -133,12 +133,14 @@ mod tests {
 /// number of bindings.
 pub struct TopicTrie<T> {
     root: Node<T>,
+    has_hash: bool,
 }
 
 impl<T> Default for TopicTrie<T> {
     fn default() -> Self {
         TopicTrie {
             root: Node::default(),
+            has_hash: false,
         }
     }
 }
@@ -161,6 +163,10 @@ impl<T> Default for Node<T> {
     }
 }
 
+/// A step of the match: a trie node and how many words of the key are consumed. A node
+/// reached through a `#` edge may also swallow the next word and stay where it is.
+type State<'a, T> = (&'a Node<T>, usize, bool);
+
 impl<T: Clone> TopicTrie<T> {
     /// Adds `value` under binding key `pattern`.
     pub fn insert(&mut self, pattern: &str, value: T) {
@@ -169,7 +175,10 @@ impl<T: Clone> TopicTrie<T> {
             node = match w {
                 Word::Lit(l) => node.words.entry(l).or_default(),
                 Word::Star => node.star.get_or_insert_with(Default::default),
-                Word::Hash => node.hash.get_or_insert_with(Default::default),
+                Word::Hash => {
+                    self.has_hash = true;
+                    node.hash.get_or_insert_with(Default::default)
+                }
             };
         }
         node.values.push(value);
@@ -177,26 +186,40 @@ impl<T: Clone> TopicTrie<T> {
 
     /// Appends the values of every pattern matching `words` to `out` (a value bound by two
     /// matching patterns appears twice; callers deduplicate destinations).
+    ///
+    /// Runs as an automaton over (node, words consumed) states, each expanded at most once:
+    /// with several `#` in the bindings one state is reachable along many paths, and a walk
+    /// per path would take time exponential in the key's length. The cost is bounded by trie
+    /// size × (words + 1), whatever the bindings.
     pub fn matches(&self, words: &[&str], out: &mut Vec<T>) {
-        walk(&self.root, words, out);
-    }
-}
-
-fn walk<T: Clone>(node: &Node<T>, words: &[&str], out: &mut Vec<T>) {
-    if let Some(h) = &node.hash {
-        // `#` swallows zero or more words.
-        for skip in 0..=words.len() {
-            walk(h, &words[skip..], out);
-        }
-    }
-    match words.split_first() {
-        None => out.extend(node.values.iter().cloned()),
-        Some((first, rest)) => {
-            if let Some(n) = node.words.get(*first) {
-                walk(n, rest, out);
+        let mut stack: Vec<State<'_, T>> = vec![(&self.root, 0, false)];
+        // Without `#` every node sits at one depth, so no state can be reached twice.
+        let mut seen = self
+            .has_hash
+            .then(std::collections::HashSet::<(*const Node<T>, usize)>::new);
+        while let Some((node, i, in_hash)) = stack.pop() {
+            if let Some(seen) = &mut seen {
+                if !seen.insert((node as *const Node<T>, i)) {
+                    continue;
+                }
             }
-            if let Some(n) = &node.star {
-                walk(n, rest, out);
+            if let Some(h) = &node.hash {
+                // `#` matches zero words here, or more as its state swallows them.
+                stack.push((h, i, true));
+            }
+            match words.get(i) {
+                None => out.extend(node.values.iter().cloned()),
+                Some(w) => {
+                    if in_hash {
+                        stack.push((node, i + 1, true));
+                    }
+                    if let Some(n) = node.words.get(*w) {
+                        stack.push((n, i + 1, false));
+                    }
+                    if let Some(n) = &node.star {
+                        stack.push((n, i + 1, false));
+                    }
+                }
             }
         }
     }
@@ -245,5 +268,36 @@ mod trie_tests {
                 .collect();
             assert_eq!(got, want, "key {k:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    #[test]
+    fn many_hashes_against_a_long_key_stay_polynomial() {
+        // `#.a.#.a.#...` against `a.a.a...` has exponentially many ways to match; the
+        // automaton visits each (node, position) once, so this returns at once.
+        let pattern = vec!["#"; 60].join(".a.");
+        let key = vec!["a"; 120].join(".");
+        let mut trie = TopicTrie::default();
+        trie.insert(&pattern, 1u8);
+        trie.insert(&format!("{pattern}.b"), 2u8);
+        let mut out = Vec::new();
+        trie.matches(&split_key(&key), &mut out);
+        assert_eq!(out, vec![1]);
+        assert!(topic_match(&pattern, &key));
+    }
+
+    #[test]
+    fn a_node_matched_along_two_paths_yields_its_values_once() {
+        let mut trie = TopicTrie::default();
+        trie.insert("#.#.x.#", 7u8);
+        trie.insert("a.#.#", 8u8);
+        let mut out = Vec::new();
+        trie.matches(&split_key("a.x.x.x"), &mut out);
+        out.sort_unstable();
+        assert_eq!(out, vec![7, 8]);
     }
 }

@@ -13,6 +13,7 @@ mod routing;
 mod topology;
 
 pub use reply_to::REPLY_TO_PREFIX;
+pub(crate) use routing::internal_refused;
 pub use routing::PublishOutcome;
 pub(crate) use topology::{default_exchange_refused, routing_kind};
 
@@ -54,6 +55,16 @@ fn not_found_exchange(name: &str, vhost: &str) -> CoreError {
     CoreError::NotFound(format!("no exchange '{name}' in vhost '{vhost}'"))
 }
 
+/// The exchanges every vhost has from its creation, with their types.
+pub(crate) const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
 impl VHost {
     /// A vhost with the standard exchanges (default, amq.direct, amq.fanout, amq.topic,
     /// amq.headers, amq.match), keeping everything in memory.
@@ -84,14 +95,7 @@ impl VHost {
         };
         {
             let mut ex = v.exchanges.write();
-            for (n, k) in [
-                ("", ExchangeKind::Direct),
-                ("amq.direct", ExchangeKind::Direct),
-                ("amq.fanout", ExchangeKind::Fanout),
-                ("amq.topic", ExchangeKind::Topic),
-                ("amq.headers", ExchangeKind::Headers),
-                ("amq.match", ExchangeKind::Headers),
-            ] {
+            for (n, k) in STANDARD_EXCHANGES {
                 ex.insert(
                     n.to_string(),
                     Arc::new(Exchange::new(n, k, durable.clone())),
@@ -161,6 +165,13 @@ impl VHost {
         let _t = self.topology.lock();
         self.deleted
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Lifts [`VHost::mark_deleted`] when the deletion could not be saved: the vhost stays.
+    pub(crate) fn unmark_deleted(&self) {
+        let _t = self.topology.lock();
+        self.deleted
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether the vhost has been deleted.

@@ -10,6 +10,8 @@ use crate::exchange::{Destination, Exchange, DELAY_HEADER};
 use crate::message::{LazyHeaders, Message};
 use crate::queue::{Enqueued, Queue};
 use crate::value::FieldValue;
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 /// What a publish did.
@@ -22,6 +24,42 @@ pub struct PublishOutcome {
     pub refused: usize,
     /// Group-commit ticket after which every copy that had to be written is on disk.
     pub ticket: Option<u64>,
+}
+
+/// RabbitMQ's refusal of a publish to an internal exchange.
+pub(crate) fn internal_refused(x: &Exchange, vhost: &str) -> CoreError {
+    CoreError::AccessRefused(format!(
+        "cannot publish to internal exchange '{}' in vhost '{vhost}'",
+        x.name
+    ))
+}
+
+/// Objects (by address) already met while routing one message: a few are searched in
+/// place without allocating (almost every publish meets one exchange and a few queues), more
+/// go into a set so a fanout to 100,000 queues stays linear.
+#[derive(Default)]
+struct Seen {
+    few: [usize; 8],
+    len: usize,
+    many: HashSet<usize>,
+}
+
+impl Seen {
+    /// Records `p`; false if it was already there.
+    fn insert(&mut self, p: usize) -> bool {
+        if self.many.is_empty() {
+            if self.few[..self.len].contains(&p) {
+                return false;
+            }
+            if self.len < self.few.len() {
+                self.few[self.len] = p;
+                self.len += 1;
+                return true;
+            }
+            self.many.extend(self.few.iter().copied());
+        }
+        self.many.insert(p)
+    }
 }
 
 impl VHost {
@@ -45,44 +83,40 @@ impl VHost {
             }
             return queues;
         }
-        let mut visited: Vec<*const Exchange> = Vec::new();
-        self.route_exchange(exchange, routing_key, headers, &mut queues, &mut visited);
-        queues
-    }
-
-    fn route_exchange(
-        &self,
-        x: &Arc<Exchange>,
-        key: &str,
-        headers: &LazyHeaders<'_>,
-        queues: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<*const Exchange>,
-    ) {
-        if visited.contains(&Arc::as_ptr(x)) {
-            return;
-        }
-        visited.push(Arc::as_ptr(x));
-        let before = queues.len();
+        // A worklist, not recursion: exchange-to-exchange and alternate-exchange chains are
+        // as long as clients make them, and each exchange is visited once per publish.
+        let mut visited = Seen::default();
+        let mut seen_queues = Seen::default();
+        let mut work = vec![exchange.clone()];
         let mut dests = Vec::new();
-        x.route_into(key, headers, &mut dests);
-        for d in dests {
-            match d {
-                Destination::Queue(q) => {
-                    if !queues.iter().any(|e| Arc::ptr_eq(e, &q)) {
-                        queues.push(q);
-                    }
+        while let Some(x) = work.pop() {
+            if !visited.insert(Arc::as_ptr(&x) as usize) {
+                continue;
+            }
+            dests.clear();
+            x.route_into(routing_key, headers, &mut dests);
+            // As RabbitMQ: the alternate exchange takes what the exchange itself could not
+            // route anywhere (not what its downstream exchanges dropped).
+            if dests.is_empty() {
+                if let Some(ae) = x
+                    .alternate_exchange()
+                    .and_then(|n| self.exchanges.read().get(&n).cloned())
+                {
+                    work.push(ae);
                 }
-                Destination::Exchange(e) => self.route_exchange(&e, key, headers, queues, visited),
+            }
+            for d in dests.drain(..) {
+                match d {
+                    Destination::Queue(q) => {
+                        if seen_queues.insert(Arc::as_ptr(&q) as usize) {
+                            queues.push(q);
+                        }
+                    }
+                    Destination::Exchange(e) => work.push(e),
+                }
             }
         }
-        if queues.len() == before {
-            if let Some(ae) = x
-                .alternate_exchange()
-                .and_then(|n| self.exchanges.read().get(&n).cloned())
-            {
-                self.route_exchange(&ae, key, headers, queues, visited);
-            }
-        }
+        queues
     }
 
     /// Routes `message` through `x` and appends it to every target queue `accept` lets
@@ -122,10 +156,7 @@ impl VHost {
         message: Arc<Message>,
     ) -> CoreResult<PublishOutcome> {
         if exchange.options.internal {
-            return Err(CoreError::AccessRefused(format!(
-                "cannot publish to internal exchange '{}' in vhost '{}'",
-                exchange.name, self.name
-            )));
+            return Err(internal_refused(exchange, &self.name));
         }
         let headers = LazyHeaders::of(&message);
         if exchange.is_delayed() {
@@ -141,6 +172,62 @@ impl VHost {
             }
         }
         Ok(self.enqueue(exchange, &message, &headers, |_| true))
+    }
+}
+
+/// Dead letters waiting to be republished on this thread, with the vhost whose outermost
+/// `dead_letter` call drains them.
+type Deferred = Option<(usize, VecDeque<DeadLetterJob>)>;
+
+thread_local! {
+    static DEFERRED: RefCell<Deferred> = const { RefCell::new(None) };
+}
+
+/// Clears this thread's deferred dead letters when the draining call ends, even by a panic,
+/// so later calls on the thread do not think they are nested.
+struct ResetDeferred;
+
+impl Drop for ResetDeferred {
+    fn drop(&mut self) {
+        DEFERRED.with(|d| *d.borrow_mut() = None);
+    }
+}
+
+/// Messages that left `queue`, to republish to its dead-letter exchange.
+struct DeadLetterJob {
+    queue: String,
+    dlx: String,
+    routing_key: Option<String>,
+    letters: Vec<DeadLetter>,
+}
+
+impl VHost {
+    fn republish_dead(&self, job: DeadLetterJob) {
+        let DeadLetterJob {
+            queue,
+            dlx,
+            routing_key,
+            letters,
+        } = job;
+        let Ok(x) = self.exchange(&dlx) else {
+            tracing::debug!(
+                queue,
+                dlx,
+                "dead-letter exchange missing; {} messages dropped",
+                letters.len()
+            );
+            return;
+        };
+        for l in letters {
+            let Some(copy) =
+                dead_letter_copy(&l.message, &queue, l.reason, &dlx, routing_key.as_deref())
+            else {
+                continue;
+            };
+            let copy = Arc::new(copy);
+            let headers = LazyHeaders::of(&copy);
+            self.enqueue(&x, &copy, &headers, |q| !is_cycle(&copy, &q.name));
+        }
     }
 }
 
@@ -163,22 +250,43 @@ impl QueueEvents for VHost {
         routing_key: Option<&str>,
         letters: Vec<DeadLetter>,
     ) {
-        let Ok(x) = self.exchange(dlx) else {
-            tracing::debug!(
-                queue,
-                dlx,
-                "dead-letter exchange missing; {} messages dropped",
-                letters.len()
-            );
+        let job = DeadLetterJob {
+            queue: queue.to_string(),
+            dlx: dlx.to_string(),
+            routing_key: routing_key.map(str::to_string),
+            letters,
+        };
+        // A dead letter can make the next queue dead-letter in turn (it is full, or its TTL
+        // is 0): those are queued here and republished by the outermost call in a loop, so a
+        // chain of any length runs in constant stack.
+        let me = self as *const VHost as usize;
+        // `Some(job)`: run it here and drain what it causes; `None`: an outer call will.
+        let mine = DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            match d.as_mut() {
+                Some((owner, list)) if *owner == me => {
+                    list.push_back(job);
+                    None
+                }
+                // Dead letters never leave their vhost; another vhost's drain on this thread
+                // would be a bug, and running the job directly is still correct.
+                Some(_) => {
+                    self.republish_dead(job);
+                    None
+                }
+                None => {
+                    *d = Some((me, VecDeque::new()));
+                    Some(job)
+                }
+            }
+        });
+        let Some(job) = mine else {
             return;
         };
-        for l in letters {
-            let Some(copy) = dead_letter_copy(&l.message, queue, l.reason, dlx, routing_key) else {
-                continue;
-            };
-            let copy = Arc::new(copy);
-            let headers = LazyHeaders::of(&copy);
-            self.enqueue(&x, &copy, &headers, |q| !is_cycle(&copy, &q.name));
+        let _reset = ResetDeferred;
+        self.republish_dead(job);
+        while let Some(job) = DEFERRED.with(|d| d.borrow_mut().as_mut()?.1.pop_front()) {
+            self.republish_dead(job);
         }
     }
 

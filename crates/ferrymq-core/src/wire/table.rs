@@ -5,8 +5,13 @@ use super::WireError;
 use crate::value::{FieldTable, FieldValue};
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Nesting deeper than this is refused, so a hostile table cannot exhaust the stack.
+/// Nesting of tables and arrays (together) deeper than this is refused, so a hostile
+/// value cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
+
+fn too_deep() -> WireError {
+    WireError::Syntax("field table or array nested too deeply".into())
+}
 
 /// Decodes the body of a field table (without its length prefix).
 pub fn read_table(b: &[u8]) -> Result<FieldTable, WireError> {
@@ -15,7 +20,7 @@ pub fn read_table(b: &[u8]) -> Result<FieldTable, WireError> {
 
 fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, WireError> {
     if depth > MAX_DEPTH {
-        return Err(WireError::Syntax("field table nested too deeply".into()));
+        return Err(too_deep());
     }
     let mut r = Reader::new(b);
     let mut t = Vec::new();
@@ -24,7 +29,33 @@ fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, WireError> {
         let v = read_value(&mut r, depth)?;
         t.push((key, v));
     }
+    keep_first(&mut t);
     Ok(FieldTable(t))
+}
+
+/// Drops every repeat of a key, keeping its first value, as RabbitMQ reads tables: every
+/// reader of the table (permission checks, queue arguments, the saved definitions) must see
+/// the same value, or a repeated `x-dead-letter-exchange` could pass the check with one value
+/// and be used with another.
+fn keep_first(t: &mut Vec<(String, FieldValue)>) {
+    if t.len() <= 16 {
+        let mut i = 1;
+        while i < t.len() {
+            if t[..i].iter().any(|(k, _)| *k == t[i].0) {
+                t.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return;
+    }
+    // Large tables: a set, so a table of 20,000 keys costs 20,000 steps, not 200 million.
+    let keep: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(t.len());
+        t.iter().map(|(k, _)| seen.insert(k.as_str())).collect()
+    };
+    let mut keep = keep.into_iter();
+    t.retain(|_| keep.next().unwrap_or(true));
 }
 
 fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError> {
@@ -53,6 +84,9 @@ fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError>
             FieldValue::Bytes(Bytes::copy_from_slice(r.take(n)?))
         }
         b'A' => {
+            if depth + 1 > MAX_DEPTH {
+                return Err(too_deep());
+            }
             let n = r.u32()? as usize;
             let body = r.take(n)?;
             let mut ar = Reader::new(body);
@@ -85,7 +119,7 @@ pub fn validate_table(b: &[u8]) -> Result<(), WireError> {
 
 fn validate_table_depth(b: &[u8], depth: usize) -> Result<(), WireError> {
     if depth > MAX_DEPTH {
-        return Err(WireError::Syntax("field table nested too deeply".into()));
+        return Err(too_deep());
     }
     let mut r = Reader::new(b);
     while r.remaining() > 0 {
@@ -113,7 +147,7 @@ fn skip_value(r: &mut Reader<'_>, depth: usize) -> Result<(), WireError> {
             let n = r.u32()? as usize;
             let mut ar = Reader::new(r.take(n)?);
             if depth + 1 > MAX_DEPTH {
-                return Err(WireError::Syntax("field table nested too deeply".into()));
+                return Err(too_deep());
             }
             while ar.remaining() > 0 {
                 skip_value(&mut ar, depth + 1)?;
@@ -281,6 +315,31 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_key_keeps_its_first_value() {
+        for n in [3usize, 40] {
+            let mut t = FieldTable::new();
+            for i in 0..n {
+                t.0.push((format!("k{i}"), FieldValue::I32(i as i32)));
+            }
+            t.0.push(("k1".into(), FieldValue::string("second")));
+            t.0.push(("x-dead-letter-exchange".into(), FieldValue::string("pub")));
+            t.0.push((
+                "x-dead-letter-exchange".into(),
+                FieldValue::string("secret"),
+            ));
+            let mut buf = BytesMut::new();
+            write_table(&mut buf, &t);
+            let back = read_table(&buf[4..]).unwrap();
+            assert_eq!(back.0.len(), n + 1);
+            assert_eq!(back.get("k1"), Some(&FieldValue::I32(1)));
+            assert_eq!(
+                back.get("x-dead-letter-exchange"),
+                Some(&FieldValue::string("pub"))
+            );
+        }
+    }
+
+    #[test]
     fn deep_nesting_is_refused() {
         let mut t = FieldTable::new();
         for _ in 0..100 {
@@ -288,6 +347,34 @@ mod tests {
         }
         let mut buf = BytesMut::new();
         write_table(&mut buf, &t);
+        assert!(read_table(&buf[4..]).is_err());
+        assert!(validate_table(&buf[4..]).is_err());
+    }
+
+    #[test]
+    fn deep_array_nesting_is_refused_without_recursing_per_level() {
+        // 100,000 nested arrays fit in one frame: decoding them level by level would
+        // overflow the stack long before the buffer ends.
+        let levels = 100_000usize;
+        let mut body = Vec::with_capacity(levels * 5 + 8);
+        body.extend_from_slice(b"\x01a");
+        for i in 0..levels {
+            body.push(b'A');
+            let inner = ((levels - i - 1) * 5) as u32;
+            body.extend_from_slice(&inner.to_be_bytes());
+        }
+        assert!(read_table(&body).is_err());
+        assert!(validate_table(&body).is_err());
+        // Mixed tables and arrays count together.
+        let mut v = FieldValue::Void;
+        for i in 0..80 {
+            v = match i % 2 {
+                0 => FieldValue::Array(vec![v]),
+                _ => FieldValue::Table(FieldTable(vec![("t".into(), v)])),
+            };
+        }
+        let mut buf = BytesMut::new();
+        write_table(&mut buf, &FieldTable(vec![("m".into(), v)]));
         assert!(read_table(&buf[4..]).is_err());
         assert!(validate_table(&buf[4..]).is_err());
     }

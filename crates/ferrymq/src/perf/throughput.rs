@@ -64,6 +64,9 @@ pub struct ThroughputArgs {
     /// Messages per second per publisher; 0 = as fast as possible.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Messages per second per consumer (it reads no faster); 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub consume_rate: u64,
     /// Only publish (no consumers).
     #[arg(long)]
     pub publish_only: bool,
@@ -694,7 +697,18 @@ async fn consume(
     let mut local = histogram();
     let (mut count, mut last_tag) = (0u64, 0u64);
     let mut acks = BytesMut::new();
+    let started = Instant::now();
     loop {
+        if a.consume_rate > 0 {
+            // A slow consumer: it does not read before its rate allows more messages.
+            let due = Duration::from_secs_f64(count as f64 / a.consume_rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
         tokio::select! {
             r = rd.read_buf(&mut rbuf) => match r {
                 Ok(0) | Err(_) => {

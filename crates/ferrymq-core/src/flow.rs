@@ -1,0 +1,88 @@
+//! Publisher flow control. A publish is done by the publishing connection itself (routing,
+//! enqueueing, writing to the queue's log), so no queue mailbox can grow behind a fast
+//! publisher and memory is bounded by each queue's RAM budget (the rest is paged to disk).
+//! What can still fall behind is the disk: a publisher without confirms can write
+//! persistent messages far faster than fsync makes them durable. Each connection therefore
+//! gets a credit of bytes written but not yet synced; once it is spent the connection stops
+//! being read until the group commit catches up, as RabbitMQ's credit flow holds a
+//! publisher whose queues fall behind. Protocols report the state through
+//! [`ConnectionInfo::set_state`](crate::connections::ConnectionInfo::set_state).
+
+/// Bytes of persistent messages a connection may have written and not yet synced before it
+/// is held. Large enough that a confirm window of ordinary size never reaches it.
+pub const FLOW_CREDIT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Unsynced writes of one connection, against its credit.
+#[derive(Debug, Default, Clone)]
+pub struct FlowCredit {
+    unsynced: u64,
+    last_ticket: u64,
+}
+
+impl FlowCredit {
+    /// Records a publish whose copies were written under group-commit `ticket`.
+    pub fn written(&mut self, ticket: u64, bytes: u64) {
+        self.unsynced = self.unsynced.saturating_add(bytes);
+        self.last_ticket = self.last_ticket.max(ticket);
+    }
+
+    /// Whether the connection must stop being read, given the last durable ticket; gives
+    /// the credit back once everything written is durable.
+    pub fn throttled(&mut self, synced: u64) -> bool {
+        if synced >= self.last_ticket {
+            self.unsynced = 0;
+            return false;
+        }
+        self.unsynced > FLOW_CREDIT_BYTES
+    }
+}
+
+/// What a connection is doing, as RabbitMQ's management API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum ConnectionState {
+    /// Being read normally.
+    #[default]
+    Running = 0,
+    /// Held by flow control until the disk catches up.
+    Flow = 1,
+    /// Held by a resource alarm.
+    Blocked = 2,
+}
+
+impl ConnectionState {
+    /// The name RabbitMQ uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConnectionState::Running => "running",
+            ConnectionState::Flow => "flow",
+            ConnectionState::Blocked => "blocked",
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ConnectionState::Flow,
+            2 => ConnectionState::Blocked,
+            _ => ConnectionState::Running,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_spent_by_unsynced_writes_and_given_back_by_the_sync() {
+        let mut f = FlowCredit::default();
+        assert!(!f.throttled(0));
+        f.written(3, FLOW_CREDIT_BYTES);
+        assert!(!f.throttled(2), "exactly the credit is allowed");
+        f.written(3, 1);
+        assert!(f.throttled(2));
+        assert!(!f.throttled(3), "durable up to the last write: credit back");
+        f.written(4, 10);
+        assert!(!f.throttled(3));
+    }
+}
