@@ -66,12 +66,17 @@ class Broker:
     external = False
 
     def __init__(self, tmp_path: Path, extra_args=(), data_dir: Path = None):
+        args = list(extra_args)
+        # Which listen lines to wait for: plain unless turned off, AMQPS when configured.
+        want_plain = not any(a == "--plain-listener" and b == "false" for a, b in zip(args, args[1:]))
+        want_tls = "--tls-certfile" in args
         self.proc = subprocess.Popen(
             [_binary(), "server", "--bind", "127.0.0.1", "--amqp-port", "0",
-             "--data-dir", str(data_dir or tmp_path / "data"), *extra_args],
+             "--data-dir", str(data_dir or tmp_path / "data"), *args],
             stderr=subprocess.PIPE, text=True,
         )
         self.port = None
+        self.tls_port = None
         self.log = []
         ready = threading.Event()
 
@@ -82,6 +87,10 @@ class Broker:
                 m = re.search(r"AMQP listening on [\d.]+:(\d+)", line)
                 if m and self.port is None:
                     self.port = int(m.group(1))
+                m = re.search(r"AMQPS listening on [\d.]+:(\d+)", line)
+                if m and self.tls_port is None:
+                    self.tls_port = int(m.group(1))
+                if (self.port or not want_plain) and (self.tls_port or not want_tls):
                     ready.set()
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + 30
@@ -357,3 +366,134 @@ def refusal(exc) -> tuple:
     m = re.fullmatch(r"ConnectionClosedByBroker: \((\d+)\) (.*)", str(exc.args[0]), re.S)
     assert m, f"not a broker close: {exc!r}"
     return int(m.group(1)), ast.literal_eval(m.group(2))
+
+
+# ---------------------------------------------------------------------------------------
+# TLS (AMQPS): certificates made with the `cryptography` package, and FerryMQ with a TLS
+# listener
+
+
+class Pki:
+    """A test CA in `directory` that signs server and client certificates (EC P-256)."""
+
+    def __init__(self, directory: Path, name="test"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"FerryMQ test CA {name}")])
+        self.ca_cert = (self._builder(self.ca_name, self.ca_name, self.ca_key.public_key())
+                        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                        .sign(self.ca_key, hashes.SHA256()))
+        self.ca_file = self.dir / "ca.pem"
+        self.ca_file.write_bytes(self._pem(self.ca_cert))
+
+    def _builder(self, subject, issuer, public_key):
+        import datetime
+        x509 = self._x509
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                .public_key(public_key).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30)))
+
+    @staticmethod
+    def _pem(cert) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding
+        return cert.public_bytes(Encoding.PEM)
+
+    @staticmethod
+    def _key_pem(key) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    def issue(self, stem: str, cn: str, server: bool):
+        """Writes `stem`.pem and `stem`.key (a server certificate for 127.0.0.1/localhost, or a
+        client certificate with subject CN `cn`); returns (cert path, key path)."""
+        import ipaddress
+        x509, oid = self._x509, self._oid
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        b = self._builder(x509.Name([x509.NameAttribute(oid.COMMON_NAME, cn)]), self.ca_name,
+                          key.public_key())
+        b = b.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        if server:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            b = b.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        else:
+            b = b.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        cert = b.sign(self.ca_key, self._hashes.SHA256())
+        cert_file, key_file = self.dir / f"{stem}.pem", self.dir / f"{stem}.key"
+        cert_file.write_bytes(self._pem(cert))
+        key_file.write_bytes(self._key_pem(key))
+        return cert_file, key_file
+
+    def client(self, cn: str):
+        return self.issue(f"client-{cn}", cn, server=False)
+
+
+class TlsBroker(Broker):
+    """FerryMQ with an AMQPS listener whose certificate `pki` signed."""
+
+    def __init__(self, workdir: Path, pki: Pki, verify_peer=False, fail_if_no_peer_cert=False,
+                 plain=True, extra_args=()):
+        self.pki = pki
+        cert, key = pki.issue("server", "ferrymq", server=True)
+        args = ["--tls-port", "0", "--tls-certfile", str(cert), "--tls-keyfile", str(key)]
+        if verify_peer:
+            args += ["--tls-cacertfile", str(pki.ca_file), "--tls-verify", "verify_peer",
+                     "--tls-fail-if-no-peer-cert", "true" if fail_if_no_peer_cert else "false"]
+        if not plain:
+            args += ["--plain-listener", "false"]
+        super().__init__(workdir, extra_args=[*args, *extra_args])
+
+    def ssl_options(self, client_cert=None, trust: Pki = None) -> pika.SSLOptions:
+        """pika's TLS options: trust `trust` (default: this broker's CA), present `client_cert`
+        ((cert path, key path)) if given."""
+        import ssl
+        context = ssl.create_default_context(cafile=str((trust or self.pki).ca_file))
+        if client_cert:
+            context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+        return pika.SSLOptions(context, server_hostname="localhost")
+
+    def tls_params(self, credentials=None, client_cert=None, vhost="/", **kwargs) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(
+            host="127.0.0.1", port=self.tls_port, virtual_host=vhost,
+            credentials=credentials or pika.PlainCredentials("guest", "guest"),
+            ssl_options=self.ssl_options(client_cert), **kwargs)
+
+    def connect_tls(self, credentials=None, client_cert=None, **kwargs) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.tls_params(credentials, client_cert, **kwargs))
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """tls_broker(verify_peer=False, fail_if_no_peer_cert=False, plain=True, definitions=None)
+    starts FerryMQ with AMQPS (`.tls_port`, `.pki`, `.connect_tls(...)`); with `definitions`
+    they are loaded at boot as `broker_with_definitions` does. FerryMQ only: the TLS tests
+    start their own broker even when AMQP_TEST_PORT points at another one."""
+    started = []
+    counter = iter(range(1000))
+
+    def start(definitions=None, **kwargs):
+        workdir = tmp_path / f"tls{next(counter)}"
+        workdir.mkdir()
+        extra = []
+        if definitions is not None:
+            path = workdir / "definitions.json"
+            path.write_text(json.dumps(with_defaults(definitions), indent=1))
+            extra = ["--load-definitions", str(path)]
+        b = TlsBroker(workdir, Pki(workdir / "pki"), extra_args=extra, **kwargs)
+        started.append(b)
+        return b
+    try:
+        yield start
+    finally:
+        for b in started:
+            b.stop()

@@ -8,6 +8,7 @@ use crate::codec::{CodecError, Frame, Method, PROTOCOL_HEADER};
 use crate::error::{code, AmqpError};
 use crate::outbox::{Outbox, WriterEvent};
 use crate::server::AmqpConfig;
+use crate::tls::ClientCert;
 use bytes::BytesMut;
 use ferrymq_core::connections::ConnectionMeta;
 use ferrymq_core::flow::ConnectionState;
@@ -17,8 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -61,16 +61,49 @@ enum End {
     Close(AmqpError),
 }
 
-/// Serves one client connection until it ends.
+/// Serves one client connection until it ends; with `tls`, after a TLS handshake that
+/// counts towards the handshake timeout.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     cfg: Arc<AmqpConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let deadline = Instant::now() + cfg.handshake_timeout;
+    match tls {
+        // Plain TCP keeps tokio's lock-free owned halves.
+        None => {
+            let (rd, wr) = stream.into_split();
+            serve_stream(rd, wr, None, deadline, peer, broker, cfg, shutdown).await;
+        }
+        Some(tls) => {
+            let Some((stream, cert)) = crate::tls::accept(stream, tls, deadline, peer).await else {
+                return;
+            };
+            let (rd, wr) = tokio::io::split(stream);
+            serve_stream(rd, wr, cert, deadline, peer, broker, cfg, shutdown).await;
+        }
+    }
+}
+
+/// Serves the AMQP connection on a stream's read and write halves.
+#[allow(clippy::too_many_arguments)]
+async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    client_cert: Option<ClientCert>,
+    deadline: Instant,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    cfg: Arc<AmqpConfig>,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let out = Arc::new(Outbox::new(cfg.frame_max));
     let (wev_tx, wev_rx) = mpsc::unbounded_channel();
     let writer = {
@@ -91,12 +124,13 @@ pub(crate) async fn serve(
         heartbeat: 0,
         user: String::new(),
         caps: ClientCaps::default(),
+        client_cert,
         wev_rx,
         shutdown,
     };
     // Until connection.tune-ok only the AMQP minimum frame size is accepted (as RabbitMQ):
     // a peer that has not authenticated cannot make the broker buffer large frames.
-    match conn.handshake().await {
+    match conn.handshake(deadline).await {
         Ok(Some((ctx, ev_rx))) => conn.run(ctx, ev_rx).await,
         Ok(None) => {}
         Err(e) => conn.close_with(e, &mut HashMap::new(), None).await,
@@ -105,8 +139,8 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-struct Connection {
-    rd: OwnedReadHalf,
+struct Connection<R> {
+    rd: R,
     rbuf: BytesMut,
     out: Arc<Outbox>,
     broker: Arc<Broker>,
@@ -117,6 +151,8 @@ struct Connection {
     heartbeat: u16,
     user: String,
     caps: ClientCaps,
+    /// The verified TLS client certificate, if any: what EXTERNAL logs in with.
+    client_cert: Option<ClientCert>,
     wev_rx: mpsc::UnboundedReceiver<WriterEvent>,
     shutdown: watch::Receiver<bool>,
 }
@@ -137,7 +173,7 @@ fn codec_error(e: FrameError) -> AmqpError {
     }
 }
 
-impl Connection {
+impl<R: AsyncRead + Unpin> Connection<R> {
     /// Starts a fresh receive buffer when the current one is nearly full, carrying over the
     /// partial frame at its end. Deliberately not `BytesMut::reserve`: once every frame has been
     /// consumed, reserve grows the old buffer in place (doubling, and faulting in fresh pages)
@@ -192,11 +228,11 @@ impl Connection {
         }
     }
 
-    /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
+    /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok, all before `deadline`.
     async fn handshake(
         &mut self,
+        deadline: Instant,
     ) -> Result<Option<(ConnCtx, mpsc::UnboundedReceiver<ConnEvent>)>, AmqpError> {
-        let deadline = Instant::now() + self.cfg.handshake_timeout;
         while self.rbuf.len() < 8 {
             match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.rbuf)).await {
                 Ok(Ok(n)) if n > 0 => {}
@@ -222,31 +258,11 @@ impl Connection {
             ));
         };
         self.caps = read_caps(&so.client_properties);
-        let (user, pass) = match so.mechanism.as_str() {
-            "PLAIN" => parse_plain(&so.response.0),
-            "AMQPLAIN" => parse_amqplain(&so.response.0),
-            other => {
-                return Err(AmqpError::conn(
-                    code::COMMAND_INVALID,
-                    format!("unknown authentication mechanism '{other}'"),
-                ))
-            }
+        if so.mechanism == "EXTERNAL" {
+            self.user = self.login_external()?;
+        } else {
+            self.login_password(&so.mechanism, &so.response.0)?;
         }
-        .ok_or_else(|| {
-            AmqpError::conn(
-                code::ACCESS_REFUSED,
-                format!("malformed {} response", so.mechanism),
-            )
-        })?;
-        if let Err(e) = self
-            .broker
-            .authenticate(&user, &pass, self.peer.ip().is_loopback())
-        {
-            // Debug formatting escapes control characters a peer may put in its user name.
-            tracing::warn!(peer = %self.peer, user = ?user, "login refused: {e}");
-            return Err(AmqpError::conn(code::ACCESS_REFUSED, e));
-        }
-        self.user = user;
 
         self.send(
             0,
@@ -341,6 +357,63 @@ impl Connection {
         Ok(Some((ctx, ev_rx)))
     }
 
+    /// PLAIN or AMQPLAIN: a user name and password in the start-ok response.
+    fn login_password(&mut self, mechanism: &str, response: &[u8]) -> Result<(), AmqpError> {
+        let (user, pass) = match mechanism {
+            "PLAIN" => parse_plain(response),
+            "AMQPLAIN" => parse_amqplain(response),
+            other => {
+                return Err(AmqpError::conn(
+                    code::COMMAND_INVALID,
+                    format!("unknown authentication mechanism '{other}'"),
+                ))
+            }
+        }
+        .ok_or_else(|| {
+            AmqpError::conn(
+                code::ACCESS_REFUSED,
+                format!("malformed {mechanism} response"),
+            )
+        })?;
+        if let Err(e) = self
+            .broker
+            .authenticate(&user, &pass, self.peer.ip().is_loopback())
+        {
+            // Debug formatting escapes control characters a peer may put in its user name.
+            tracing::warn!(peer = %self.peer, user = ?user, "login refused: {e}");
+            return Err(AmqpError::conn(code::ACCESS_REFUSED, e));
+        }
+        self.user = user;
+        Ok(())
+    }
+
+    /// EXTERNAL (RabbitMQ's rabbitmq_auth_mechanism_ssl): the user is the subject CN of the
+    /// verified client certificate; the user must exist, no password is checked. The
+    /// response (an optional authorisation identity) is ignored, as RabbitMQ does.
+    fn login_external(&self) -> Result<String, AmqpError> {
+        let Some(cert) = &self.client_cert else {
+            // Only offered with a verified client certificate (RabbitMQ's wording for a
+            // mechanism it knows but did not offer).
+            return Err(AmqpError::conn(
+                code::COMMAND_INVALID,
+                "invalid authentication mechanism 'EXTERNAL'",
+            ));
+        };
+        let loopback = self.peer.ip().is_loopback();
+        let result = match &cert.common_name {
+            Some(user) => self
+                .broker
+                .authenticate_trusted(user, "EXTERNAL", loopback)
+                .map(|()| user.clone()),
+            None => Err(ferrymq_core::broker::login_refused("EXTERNAL")),
+        };
+        result.map_err(|e| {
+            // Debug formatting escapes control characters a certificate may carry.
+            tracing::warn!(peer = %self.peer, user = ?cert.common_name, "EXTERNAL login refused: {e}");
+            AmqpError::conn(code::ACCESS_REFUSED, e)
+        })
+    }
+
     fn start_method(&self) -> ConnectionStart {
         let b = |v: bool| FieldValue::Bool(v);
         let caps = FieldTable(vec![
@@ -370,7 +443,10 @@ impl Connection {
                 ("product".into(), s("FerryMQ")),
                 ("version".into(), s(env!("CARGO_PKG_VERSION"))),
             ]),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: match self.client_cert {
+                Some(_) => "PLAIN AMQPLAIN EXTERNAL".into(),
+                None => "PLAIN AMQPLAIN".into(),
+            },
             locales: "en_US".into(),
         }
     }

@@ -8,6 +8,7 @@ mod erlang_text;
 pub mod error;
 mod outbox;
 pub mod server;
+pub mod tls;
 
 pub use error::AmqpError;
 pub use server::{AmqpConfig, AmqpServer};

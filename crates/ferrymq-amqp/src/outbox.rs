@@ -11,8 +11,7 @@ use ferrymq_core::Message;
 use parking_lot::Mutex;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
 /// Above this many pending bytes, consumers on the connection stop receiving deliveries until
@@ -181,9 +180,9 @@ impl Outbox {
     }
 
     /// Writes pending output until [`Outbox::finish`] or a socket error.
-    pub async fn run_writer(
+    pub async fn run_writer<W: AsyncWrite + Unpin>(
         &self,
-        mut sock: OwnedWriteHalf,
+        mut sock: W,
         events: mpsc::UnboundedSender<WriterEvent>,
     ) {
         loop {
@@ -230,8 +229,10 @@ impl Outbox {
     }
 }
 
-async fn write_all_vectored(
-    sock: &mut OwnedWriteHalf,
+/// Writes every chunk, then flushes: a TLS stream may keep encrypted bytes back when the
+/// socket is full and send them only on flush (a TCP stream's flush does nothing).
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    sock: &mut W,
     mut chunks: Vec<Bytes>,
 ) -> std::io::Result<()> {
     let mut first = 0;
@@ -259,5 +260,5 @@ async fn write_all_vectored(
             }
         }
     }
-    Ok(())
+    sock.flush().await
 }

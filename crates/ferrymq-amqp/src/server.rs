@@ -1,6 +1,7 @@
-//! The AMQP listener: accepts connections, and on shutdown closes them with 320.
+//! The AMQP listeners (plain and TLS): accept connections, and on shutdown close them with 320.
 
 use crate::connection;
+use crate::tls::ServerTls;
 use ferrymq_core::Broker;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,15 +34,16 @@ impl Default for AmqpConfig {
     }
 }
 
-/// A bound AMQP listener.
+/// A bound AMQP listener, plain or TLS (AMQPS).
 pub struct AmqpServer {
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<AmqpConfig>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl AmqpServer {
-    /// Binds the listener.
+    /// Binds a plain AMQP listener.
     pub async fn bind(
         addr: SocketAddr,
         broker: Arc<Broker>,
@@ -51,6 +53,21 @@ impl AmqpServer {
             listener: TcpListener::bind(addr).await?,
             broker,
             config: Arc::new(config),
+            tls: None,
+        })
+    }
+
+    /// Binds an AMQPS listener: each connection starts with a TLS handshake using the
+    /// configuration `tls` holds when it is accepted.
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        broker: Arc<Broker>,
+        config: AmqpConfig,
+        tls: Arc<ServerTls>,
+    ) -> std::io::Result<Self> {
+        Ok(AmqpServer {
+            tls: Some(tls),
+            ..AmqpServer::bind(addr, broker, config).await?
         })
     }
 
@@ -68,7 +85,8 @@ impl AmqpServer {
                 r = self.listener.accept() => match r {
                     Ok((stream, peer)) => {
                         let (b, c, s) = (self.broker.clone(), self.config.clone(), shutdown.clone());
-                        conns.spawn(connection::serve(stream, peer, b, c, s));
+                        let tls = self.tls.as_ref().map(|t| t.current());
+                        conns.spawn(connection::serve(stream, peer, b, c, tls, s));
                     }
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning.

@@ -92,13 +92,18 @@ impl Broker {
     pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
         let b = match persist.loaded_definitions() {
             None => {
-                let b = match config.seed_defaults {
-                    true => Broker::fresh(config, Some(persist.clone())),
+                // Without the defaults (a definitions file is about to be imported) nothing
+                // is saved yet: if that import fails, the next start is a fresh one again
+                // instead of a data directory with no users at all.
+                match config.seed_defaults {
+                    true => {
+                        let b = Broker::fresh(config, Some(persist.clone()));
+                        let d = b.identity_definitions();
+                        persist.reset(d)?;
+                        b
+                    }
                     false => Broker::empty(config, Some(persist.clone())),
-                };
-                let d = b.identity_definitions();
-                persist.reset(d)?;
-                b
+                }
             }
             Some(d) => {
                 let b = Broker::empty(config, Some(persist.clone()));
@@ -235,11 +240,28 @@ impl Broker {
             .get(username)
             .is_some_and(|u| u.check_password(password));
         if !ok {
-            return Err(CoreError::AccessRefused(
-                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
-                    .into(),
-            ));
+            return Err(login_refused("PLAIN"));
         }
+        self.check_loopback(username, loopback)
+    }
+
+    /// Admits a user without a password, for mechanisms where the protocol has already
+    /// established who the peer is (SASL EXTERNAL over a verified TLS client certificate, as
+    /// RabbitMQ's rabbitmq_auth_mechanism_ssl): the user must exist, and loopback-only users
+    /// must still connect from loopback. `mechanism` names the mechanism in the refusal.
+    pub fn authenticate_trusted(
+        &self,
+        username: &str,
+        mechanism: &str,
+        loopback: bool,
+    ) -> CoreResult<()> {
+        if !self.identity.read().users.contains_key(username) {
+            return Err(login_refused(mechanism));
+        }
+        self.check_loopback(username, loopback)
+    }
+
+    fn check_loopback(&self, username: &str, loopback: bool) -> CoreResult<()> {
         if !loopback && self.config.loopback_users.iter().any(|u| u == username) {
             return Err(CoreError::AccessRefused(format!(
                 "User '{username}' can only connect via localhost"
@@ -321,6 +343,14 @@ impl Broker {
     pub fn blocked(&self) -> watch::Receiver<Option<String>> {
         self.blocked.subscribe()
     }
+}
+
+/// RabbitMQ's refusal of a login: the same text whatever went wrong (unknown user, wrong
+/// password, no usable identity), so a client cannot probe which users exist.
+pub fn login_refused(mechanism: &str) -> CoreError {
+    CoreError::AccessRefused(format!(
+        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+    ))
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! Policies: named rules that set queue and exchange features (TTL, limits, dead-lettering,
 //! alternate exchange) on every entity whose name matches a pattern, changeable at runtime.
 
-use crate::access::PATTERN_SIZE_LIMIT;
+use crate::access::{compile_pattern, Pattern};
 use crate::error::{CoreError, CoreResult};
 use crate::queue_config::validate_policy_definition;
 use ferrymq_store::definitions::Policy as PolicyDef;
-use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
 /// What kind of entity a policy applies to.
@@ -46,7 +45,7 @@ pub struct Policy {
     /// Its name, unique in the vhost.
     pub name: String,
     /// Regular expression matched against entity names (unanchored, as in RabbitMQ).
-    pub pattern: Regex,
+    pub pattern: Pattern,
     /// Which entities it applies to.
     pub apply_to: ApplyTo,
     /// Among matching policies, the highest priority is the one applied.
@@ -64,13 +63,16 @@ impl Policy {
         priority: i64,
         definition: Map<String, Value>,
     ) -> CoreResult<Policy> {
-        let pattern = RegexBuilder::new(pattern)
-            .size_limit(PATTERN_SIZE_LIMIT)
-            .build()
+        // RabbitMQ's policy patterns are PCRE like permission patterns, compiled the same
+        // way; an empty one matches every name.
+        let pattern = compile_pattern(if pattern.is_empty() { ".*" } else { pattern })
             .map_err(|e| {
                 CoreError::InvalidArgument(format!(
                     "invalid pattern '{pattern}' for policy '{name}': {e}"
                 ))
+            })?
+            .ok_or_else(|| {
+                CoreError::InvalidArgument(format!("empty pattern for policy '{name}'"))
             })?;
         let apply_to = ApplyTo::parse(apply_to).ok_or_else(|| {
             CoreError::InvalidArgument(format!(
@@ -121,7 +123,7 @@ impl Policy {
             ApplyTo::Queues => queue,
             ApplyTo::Exchanges => !queue,
         };
-        kind && self.pattern.is_match(name)
+        kind && self.pattern.is_match(name).unwrap_or(false)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::access::{self, CompiledPermission, CompiledTopicPermission, Perm, Res
 use crate::broker::Broker;
 use crate::connections::ConnectionInfo;
 use crate::error::{CoreError, CoreResult};
-use crate::exchange::{ExchangeKind, ExchangeOptions};
+use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{ConsumerEntry, Queue, QueueCounts, QueueOptions};
 use crate::value::{FieldTable, FieldValue};
@@ -409,13 +409,23 @@ impl Session {
 
     /// Publishes a message to an exchange (`""` is the default exchange).
     pub fn publish(&self, exchange: &str, message: Arc<Message>) -> CoreResult<PublishOutcome> {
+        let x = self.check_publish(exchange, message.routing_key())?;
+        self.vhost.publish(&x, message)
+    }
+
+    /// Everything [`Session::publish`] checks before routing, in RabbitMQ's order (write
+    /// permission, the exchange exists, not internal, topic permission), without publishing:
+    /// a transaction checks its publishes when they arrive, not at commit.
+    pub fn check_publish(&self, exchange: &str, routing_key: &str) -> CoreResult<Arc<Exchange>> {
         self.check(Perm::Write, Resource::Exchange, exchange)?;
         let x = self.vhost.exchange(exchange)?;
-        // An internal exchange is refused (by the vhost) before topic permissions matter.
-        if x.kind == ExchangeKind::Topic && !x.options.internal && self.has_topic_permissions() {
-            self.check_topic(Perm::Write, exchange, message.routing_key())?;
+        if x.options.internal {
+            return Err(crate::vhost::internal_refused(&x, &self.vhost.name));
         }
-        self.vhost.publish(&x, message)
+        if x.kind == ExchangeKind::Topic && self.has_topic_permissions() {
+            self.check_topic(Perm::Write, exchange, routing_key)?;
+        }
+        Ok(x)
     }
 
     /// Checks the `user_id` a publisher put in a message against the login, as RabbitMQ

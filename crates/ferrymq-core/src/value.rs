@@ -168,11 +168,29 @@ impl FieldTable {
 
     /// Whether both tables hold equivalent values under the same keys, in any order.
     pub fn equivalent(&self, other: &FieldTable) -> bool {
-        self.0.len() == other.0.len()
-            && self
+        if self.0.len() != other.0.len() {
+            return false;
+        }
+        if self.0.len() <= 16 {
+            return self
                 .0
                 .iter()
-                .all(|(k, v)| other.get(k).is_some_and(|o| v.equivalent(o)))
+                .all(|(k, v)| other.get(k).is_some_and(|o| v.equivalent(o)));
+        }
+        // Peer-sized tables: one index instead of a scan per key.
+        let index = other.index();
+        self.0
+            .iter()
+            .all(|(k, v)| index.get(k.as_str()).is_some_and(|o| v.equivalent(o)))
+    }
+
+    /// The entries by key (the first value of a repeated key), for lookups in a large table.
+    pub fn index(&self) -> std::collections::HashMap<&str, &FieldValue> {
+        let mut m = std::collections::HashMap::with_capacity(self.0.len());
+        for (k, v) in &self.0 {
+            m.entry(k.as_str()).or_insert(v);
+        }
+        m
     }
 }
 

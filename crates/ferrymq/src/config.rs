@@ -12,6 +12,11 @@ pub struct Config {
     pub bind: String,
     /// AMQP port (0 picks a free one).
     pub amqp_port: u16,
+    /// Whether the plain (non-TLS) AMQP listener on `amqp_port` runs; `false` leaves only
+    /// AMQPS (RabbitMQ's `listeners.tcp = none`).
+    pub plain_listener: bool,
+    /// The AMQPS listener: on when `tls.certfile` and `tls.keyfile` are set.
+    pub tls: TlsConfig,
     /// Where data is kept.
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `ferrymq=debug`.
@@ -53,6 +58,67 @@ pub struct Config {
     pub syncer: ferrymq_core::SyncerRef,
 }
 
+/// The `[tls]` table: the AMQPS listener and its certificates (RabbitMQ's `listeners.ssl`
+/// and `ssl_options`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// AMQPS port (0 picks a free one).
+    pub port: u16,
+    /// PEM certificate chain, the server's certificate first.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    pub keyfile: Option<PathBuf>,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub cacertfile: Option<PathBuf>,
+    /// `verify_peer`: ask clients for a certificate and verify it; `verify_none`: don't ask.
+    pub verify: VerifySetting,
+    /// With `verify_peer`, refuse clients that send no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// Seconds between checks of the certificate, key and CA files for changes (0: only on
+    /// SIGHUP).
+    pub reload_interval: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            port: 5671,
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify: VerifySetting::VerifyNone,
+            fail_if_no_peer_cert: false,
+            reload_interval: 5,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The TLS listener's settings, or `None` when TLS is off (no certificate configured).
+    pub fn settings(&self) -> Option<ferrymq_amqp::tls::TlsSettings> {
+        Some(ferrymq_amqp::tls::TlsSettings {
+            certfile: self.certfile.clone()?,
+            keyfile: self.keyfile.clone()?,
+            cacertfile: self.cacertfile.clone(),
+            verify_peer: self.verify == VerifySetting::VerifyPeer,
+            fail_if_no_peer_cert: self.fail_if_no_peer_cert,
+        })
+    }
+}
+
+/// The `tls.verify` setting (RabbitMQ's `ssl_options.verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifySetting {
+    /// Do not ask clients for a certificate.
+    #[value(name = "verify_none")]
+    VerifyNone,
+    /// Ask clients for a certificate and verify it against `cacertfile`.
+    #[value(name = "verify_peer")]
+    VerifyPeer,
+}
+
 /// The `fsync` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +134,8 @@ impl Default for Config {
         Config {
             bind: "0.0.0.0".into(),
             amqp_port: 5672,
+            plain_listener: true,
+            tls: TlsConfig::default(),
             data_dir: PathBuf::from("./ferrymq-data"),
             log_level: "info".into(),
             frame_max: 131_072,
@@ -115,10 +183,52 @@ impl Config {
         if self.handshake_timeout == 0 {
             anyhow::bail!("handshake_timeout must be at least 1 second");
         }
+        self.validate_listeners()?;
         if self.segment_size < 4096 {
             anyhow::bail!(
                 "segment_size must be at least 4096 bytes, got {}",
                 self.segment_size
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_listeners(&self) -> anyhow::Result<()> {
+        let t = &self.tls;
+        match (&t.certfile, &t.keyfile) {
+            (Some(_), None) => anyhow::bail!("tls.certfile is set but tls.keyfile is not"),
+            (None, Some(_)) => anyhow::bail!("tls.keyfile is set but tls.certfile is not"),
+            (None, None)
+                if t.cacertfile.is_some()
+                    || t.verify == VerifySetting::VerifyPeer
+                    || t.fail_if_no_peer_cert =>
+            {
+                anyhow::bail!(
+                    "TLS client certificate options need tls.certfile and tls.keyfile (the AMQPS listener is off without them)"
+                )
+            }
+            _ => {}
+        }
+        if t.verify == VerifySetting::VerifyPeer && t.cacertfile.is_none() {
+            anyhow::bail!(
+                "tls.verify = \"verify_peer\" needs tls.cacertfile, the CAs client certificates are checked against"
+            );
+        }
+        if t.fail_if_no_peer_cert && t.verify != VerifySetting::VerifyPeer {
+            anyhow::bail!("tls.fail_if_no_peer_cert needs tls.verify = \"verify_peer\"");
+        }
+        let tls_on = t.certfile.is_some();
+        if !self.plain_listener && !tls_on {
+            anyhow::bail!(
+                "no listener: plain_listener = false needs TLS (tls.certfile and tls.keyfile)"
+            );
+        }
+        if self.plain_listener && tls_on && self.amqp_port == t.port && t.port != 0 {
+            anyhow::bail!(
+                "amqp_port and tls.port are both {}; the plain and TLS listeners need different ports",
+                t.port
             );
         }
         Ok(())
@@ -138,5 +248,37 @@ mod tests {
         let c: Config = toml::from_str("fsync = \"never\"\nsegment_size = 1048576").unwrap();
         assert_eq!((c.fsync, c.segment_size), (FsyncSetting::Never, 1 << 20));
         assert!(toml::from_str::<Config>("fsync = \"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn tls_table_and_listener_checks() {
+        let c: Config = toml::from_str(
+            "plain_listener = false\n[tls]\ncertfile = \"s.pem\"\nkeyfile = \"s.key\"\n\
+             cacertfile = \"ca.pem\"\nverify = \"verify_peer\"\nfail_if_no_peer_cert = true",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.tls.settings().unwrap();
+        assert_eq!(c.tls.port, 5671);
+        assert!(s.verify_peer && s.fail_if_no_peer_cert);
+        assert!(toml::from_str::<Config>("[tls]\ncertfle = \"x\"").is_err());
+        assert!(toml::from_str::<Config>("[tls]\nverify = \"verify_maybe\"").is_err());
+        let bad = |toml: &str| {
+            let c: Config = toml::from_str(toml).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad("plain_listener = false").contains("no listener"));
+        assert!(bad("[tls]\ncertfile = \"s.pem\"").contains("tls.keyfile"));
+        assert!(
+            bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nverify = \"verify_peer\"")
+                .contains("cacertfile")
+        );
+        assert!(bad("[tls]\ncacertfile = \"ca.pem\"").contains("need tls.certfile"));
+        assert!(
+            bad("amqp_port = 5671\n[tls]\ncertfile = \"a\"\nkeyfile = \"b\"")
+                .contains("different ports")
+        );
+        let c = Config::default();
+        assert!(c.tls.settings().is_none() && c.plain_listener);
     }
 }

@@ -9,6 +9,7 @@ pub mod perf;
 
 use anyhow::Context;
 use config::Config;
+use ferrymq_amqp::tls::{ServerTls, TlsError};
 use ferrymq_amqp::{AmqpConfig, AmqpServer};
 use ferrymq_core::{Broker, BrokerConfig, FsyncPolicy, PersistConfig, Persistence};
 use std::net::SocketAddr;
@@ -20,19 +21,30 @@ use tokio::task::JoinHandle;
 pub struct Running {
     /// The shared broker state.
     pub broker: Arc<Broker>,
-    /// Where the AMQP listener is bound.
-    pub amqp_addr: SocketAddr,
+    /// Where the plain AMQP listener is bound (`None` with `plain_listener = false`).
+    pub amqp_addr: Option<SocketAddr>,
+    /// Where the AMQPS listener is bound (`None` without a TLS certificate).
+    pub amqps_addr: Option<SocketAddr>,
     /// The resource alarm monitor (thresholds can be changed at runtime).
     pub alarms: alarms::AlarmMonitor,
+    tls: Option<Arc<ServerTls>>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    /// Reads the TLS certificate, key and CA files again for new connections (what SIGHUP
+    /// does); on failure the previous certificate stays. `None` when TLS is off.
+    pub fn reload_tls(&self, why: &str) -> Option<Result<(), TlsError>> {
+        self.tls.as_ref().map(|t| t.reload(why))
+    }
+
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED and waits.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
         if let Some(p) = self.broker.persistence() {
             p.stop();
         }
@@ -74,23 +86,42 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot import definitions file {}", path.display()))?;
         tracing::info!("imported definitions from {}", path.display());
     }
-    let addr: SocketAddr = format!("{}:{}", cfg.bind, cfg.amqp_port)
-        .parse()
-        .with_context(|| format!("invalid bind address {}:{}", cfg.bind, cfg.amqp_port))?;
-    let amqp = AmqpServer::bind(
-        addr,
-        broker.clone(),
-        AmqpConfig {
-            frame_max: cfg.frame_max,
-            channel_max: cfg.channel_max,
-            heartbeat: cfg.heartbeat,
-            handshake_timeout: std::time::Duration::from_secs(cfg.handshake_timeout),
-        },
-    )
-    .await
-    .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
-    let amqp_addr = amqp.local_addr()?;
-    tracing::info!("AMQP listening on {amqp_addr}");
+    let amqp_config = AmqpConfig {
+        frame_max: cfg.frame_max,
+        channel_max: cfg.channel_max,
+        heartbeat: cfg.heartbeat,
+        handshake_timeout: std::time::Duration::from_secs(cfg.handshake_timeout),
+    };
+    let tls = match cfg.tls.settings() {
+        Some(s) => Some(ServerTls::load(s).context("cannot set up TLS")?),
+        None => None,
+    };
+    let mut servers = Vec::new();
+    let mut amqp_addr = None;
+    if cfg.plain_listener {
+        let addr = listen_addr(cfg, cfg.amqp_port)?;
+        let server = AmqpServer::bind(addr, broker.clone(), amqp_config.clone())
+            .await
+            .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
+        let bound = server.local_addr()?;
+        tracing::info!("AMQP listening on {bound}");
+        amqp_addr = Some(bound);
+        servers.push(server);
+    }
+    let mut amqps_addr = None;
+    if let Some(tls) = &tls {
+        let addr = listen_addr(cfg, cfg.tls.port)?;
+        let server = AmqpServer::bind_tls(addr, broker.clone(), amqp_config, tls.clone())
+            .await
+            .with_context(|| format!("cannot listen for AMQPS on {addr}"))?;
+        let bound = server.local_addr()?;
+        tracing::info!(
+            "AMQPS listening on {bound} (certificate {})",
+            tls.settings().certfile.display()
+        );
+        amqps_addr = Some(bound);
+        servers.push(server);
+    }
     let alarms = alarms::AlarmMonitor::spawn(
         broker.clone(),
         cfg.data_dir.clone(),
@@ -100,12 +131,29 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         },
     );
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(amqp.run(rx));
+    let tasks = servers
+        .into_iter()
+        .map(|s| tokio::spawn(s.run(rx.clone())))
+        .collect();
+    if let Some(tls) = &tls {
+        if cfg.tls.reload_interval > 0 {
+            let every = std::time::Duration::from_secs(cfg.tls.reload_interval);
+            tokio::spawn(tls.clone().watch_files(every, rx));
+        }
+    }
     Ok(Running {
         broker,
         amqp_addr,
+        amqps_addr,
         alarms,
+        tls,
         shutdown: tx,
-        task,
+        tasks,
     })
+}
+
+fn listen_addr(cfg: &Config, port: u16) -> anyhow::Result<SocketAddr> {
+    format!("{}:{}", cfg.bind, port)
+        .parse()
+        .with_context(|| format!("invalid bind address {}:{}", cfg.bind, port))
 }

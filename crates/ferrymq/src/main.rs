@@ -39,6 +39,29 @@ struct ServerArgs {
     /// AMQP port; 0 picks a free port [default: 5672].
     #[arg(long, value_name = "PORT")]
     amqp_port: Option<u16>,
+    /// Run the plain (non-TLS) AMQP listener; false leaves only AMQPS [default: true].
+    #[arg(long, value_name = "BOOL")]
+    plain_listener: Option<bool>,
+    /// AMQPS port; 0 picks a free port [default: 5671]. AMQPS is on when --tls-certfile and
+    /// --tls-keyfile are given.
+    #[arg(long, value_name = "PORT")]
+    tls_port: Option<u16>,
+    /// PEM certificate chain for AMQPS, the server's certificate first.
+    #[arg(long, value_name = "FILE")]
+    tls_certfile: Option<PathBuf>,
+    /// PEM private key of the AMQPS certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_keyfile: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    tls_cacertfile: Option<PathBuf>,
+    /// Ask AMQPS clients for a certificate and verify it (verify_peer) or not (verify_none)
+    /// [default: verify_none].
+    #[arg(long, value_name = "MODE")]
+    tls_verify: Option<ferrymq::config::VerifySetting>,
+    /// With verify_peer, refuse AMQPS clients that send no certificate [default: false].
+    #[arg(long, value_name = "BOOL")]
+    tls_fail_if_no_peer_cert: Option<bool>,
     /// Data directory [default: ./ferrymq-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -96,6 +119,27 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     if let Some(v) = a.amqp_port {
         cfg.amqp_port = v;
     }
+    if let Some(v) = a.plain_listener {
+        cfg.plain_listener = v;
+    }
+    if let Some(v) = a.tls_port {
+        cfg.tls.port = v;
+    }
+    if let Some(v) = a.tls_certfile {
+        cfg.tls.certfile = Some(v);
+    }
+    if let Some(v) = a.tls_keyfile {
+        cfg.tls.keyfile = Some(v);
+    }
+    if let Some(v) = a.tls_cacertfile {
+        cfg.tls.cacertfile = Some(v);
+    }
+    if let Some(v) = a.tls_verify {
+        cfg.tls.verify = v;
+    }
+    if let Some(v) = a.tls_fail_if_no_peer_cert {
+        cfg.tls.fail_if_no_peer_cert = v;
+    }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;
     }
@@ -144,7 +188,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
             cfg.data_dir.display()
         );
-        wait_for_signal().await?;
+        wait_for_signal(&running).await?;
         tracing::info!("shutting down: closing client connections");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -152,12 +196,23 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the TLS certificate.
+async fn wait_for_signal(running: &ferrymq::Running) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot install SIGINT handler")?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            r = &mut ctrl_c => return r.context("cannot install SIGINT handler"),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => {
+                // The outcome is logged by the reload itself.
+                if running.reload_tls("SIGHUP").is_none() {
+                    tracing::info!("SIGHUP: TLS is off, nothing to reload");
+                }
+            }
+        }
     }
-    Ok(())
 }

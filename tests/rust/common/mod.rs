@@ -18,7 +18,10 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// A broker running inside the test process.
 pub struct TestBroker {
     pub running: Option<ferrymq::Running>,
+    /// The plain AMQP listener (the AMQPS one when the plain listener is off).
     pub addr: std::net::SocketAddr,
+    /// The AMQPS listener, when TLS is configured.
+    pub tls_addr: Option<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,14 +53,16 @@ impl TestBroker {
 /// and start it again on the same data directory.
 pub struct ServerProcess {
     child: std::process::Child,
-    /// `host:port` of its AMQP listener.
+    /// `host:port` of its plain AMQP listener (of its AMQPS listener if it has no plain one).
     pub addr: String,
+    /// `host:port` of its AMQPS listener, when started with `--tls-certfile`.
+    pub tls_addr: Option<String>,
     _keep: Option<tempfile::TempDir>,
 }
 
 impl ServerProcess {
     /// Starts `ferrymq server` on a free loopback port with `data_dir` and extra flags, and
-    /// waits until it listens.
+    /// waits until it listens (on the AMQPS port too with `--tls-certfile`).
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrymq"))
@@ -79,17 +84,34 @@ impl ServerProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(a) = line.split("AMQP listening on ").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
+                    let _ = tx.send((false, a.trim().to_string()));
+                }
+                if let Some(a) = line.split("AMQPS listening on ").nth(1) {
+                    let a = a.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send((true, a.to_string()));
                 }
                 if std::env::var_os("FERRYMQ_TEST_LOG").is_some() {
                     eprintln!("[server] {line}");
                 }
             }
         });
-        let addr = rx.recv_timeout(WAIT).expect("server logs its AMQP address");
+        let want_tls = extra.contains(&"--tls-certfile");
+        let want_plain = !extra.windows(2).any(|w| w == ["--plain-listener", "false"]);
+        let (mut plain, mut tls) = (None, None);
+        while (want_plain && plain.is_none()) || (want_tls && tls.is_none()) {
+            let (is_tls, a) = rx
+                .recv_timeout(WAIT)
+                .expect("server logs its listen addresses");
+            if is_tls {
+                tls = Some(a);
+            } else {
+                plain = Some(a);
+            }
+        }
         ServerProcess {
             child,
-            addr,
+            addr: plain.or_else(|| tls.clone()).expect("a listener"),
+            tls_addr: tls,
             _keep: None,
         }
     }
@@ -160,7 +182,11 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestBroker {
     f(&mut cfg);
     let running = ferrymq::start(&cfg).await.expect("broker starts");
     TestBroker {
-        addr: running.amqp_addr,
+        addr: running
+            .amqp_addr
+            .or(running.amqps_addr)
+            .expect("a listener"),
+        tls_addr: running.amqps_addr,
         running: Some(running),
         _dir: dir,
     }

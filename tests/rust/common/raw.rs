@@ -64,6 +64,16 @@ impl Raw {
 
     /// Runs the handshake as guest with the given heartbeat; returns connection.start.
     pub async fn open(addr: SocketAddr, heartbeat: u16) -> (Raw, ConnectionStart) {
+        Raw::open_as(addr, "guest", "guest", heartbeat).await
+    }
+
+    /// Runs the handshake as `user` on vhost `/`; returns connection.start.
+    pub async fn open_as(
+        addr: SocketAddr,
+        user: &str,
+        pass: &str,
+        heartbeat: u16,
+    ) -> (Raw, ConnectionStart) {
         let mut r = Raw::connect(addr).await;
         r.send(PROTOCOL_HEADER).await;
         let Some((0, Method::ConnectionStart(start))) = r.next_method().await else {
@@ -81,7 +91,7 @@ impl Raw {
                     FieldValue::Table(caps),
                 )]),
                 mechanism: "PLAIN".into(),
-                response: LongStrBytes::plain("guest", "guest"),
+                response: LongStrBytes::plain(user, pass),
                 locale: "en_US".into(),
             },
         )

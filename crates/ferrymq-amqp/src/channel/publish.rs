@@ -219,6 +219,11 @@ impl Channel {
             .caused_by((60, 40)));
         }
         if let Some(tx) = &mut self.tx {
+            // Checked now, as RabbitMQ checks a transactional publish when it arrives: a
+            // commit must not fail half-way.
+            ctx.session
+                .check_publish(exchange, key)
+                .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
             tx.publishes.push((pc.publish, msg));
             return Ok(());
         }

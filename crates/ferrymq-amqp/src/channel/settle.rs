@@ -169,7 +169,13 @@ impl Channel {
         let settles = std::mem::take(&mut tx.settles);
         let mut pending = ferrymq_core::Pending::default();
         for (p, msg) in publishes {
-            pending.merge(self.route(ctx, &p, msg)?);
+            // Each publish was checked when it arrived. What changed since (its exchange
+            // deleted, a permission revoked) makes it unroutable, never a half-done commit
+            // that loses the settlements below.
+            match self.route(ctx, &p, msg) {
+                Ok(done) => pending.merge(done),
+                Err(e) => tracing::debug!("transactional publish dropped at commit: {e:?}"),
+            }
         }
         for (taken, how) in settles {
             self.apply_settle(taken, how);

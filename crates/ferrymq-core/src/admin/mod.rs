@@ -313,10 +313,14 @@ impl Broker {
                     .into_iter()
                     .filter(|n| n != name)
                     .collect();
-                p.commit_and_wait(&[
+                let saved = p.commit_and_wait(&[
                     identity_change(&next, &names),
                     Change::VHostDeleted { name: name.into() },
-                ])?;
+                ]);
+                if let Err(e) = saved {
+                    v.unmark_deleted();
+                    return Err(e);
+                }
             }
             self.vhosts.write().remove(name);
             *self.identity.write() = next;

@@ -27,6 +27,29 @@ fn guest_may_only_log_in_from_loopback() {
 }
 
 #[test]
+fn trusted_logins_need_an_existing_user_and_keep_the_loopback_rule() {
+    let b = Broker::new(BrokerConfig::default());
+    b.put_user("cert-only", Credential::None, &[]).unwrap();
+    // No password to check, but the user must exist.
+    assert!(b
+        .authenticate_trusted("cert-only", "EXTERNAL", false)
+        .is_ok());
+    assert!(b.authenticate("cert-only", "", true).is_err());
+    let e = b
+        .authenticate_trusted("nobody", "EXTERNAL", true)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile."
+    );
+    assert!(b.authenticate_trusted("guest", "EXTERNAL", true).is_ok());
+    let e = b
+        .authenticate_trusted("guest", "EXTERNAL", false)
+        .unwrap_err();
+    assert!(e.to_string().contains("can only connect via localhost"));
+}
+
+#[test]
 fn vhost_access_needs_permissions() {
     let b = Broker::new(BrokerConfig::default());
     assert!(b.open_session("guest", "/", meta()).is_ok());

@@ -15,12 +15,19 @@ pub fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
         _ => (false, false),
     };
 
+    // Both sides are peer-sized: with many arguments and many headers, index the headers
+    // once instead of scanning them per argument.
+    let index = (args.0.len() > 16 && headers.0.len() > 16).then(|| headers.index());
+    let lookup = |k: &str| match &index {
+        Some(i) => i.get(k).copied(),
+        None => headers.get(k),
+    };
     for (k, want) in args.iter() {
         if k == "x-match" || (!with_x && k.starts_with("x-")) {
             continue;
         }
 
-        let ok = match headers.get(k) {
+        let ok = match lookup(k) {
             None => false,
             // A void binding value matches the header's presence, whatever its value.
             Some(_) if *want == FieldValue::Void => true,

@@ -13,6 +13,7 @@ mod routing;
 mod topology;
 
 pub use reply_to::REPLY_TO_PREFIX;
+pub(crate) use routing::internal_refused;
 pub use routing::PublishOutcome;
 pub(crate) use topology::{default_exchange_refused, routing_kind};
 
@@ -169,6 +170,13 @@ impl VHost {
         let _t = self.topology.lock();
         self.deleted
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Lifts [`VHost::mark_deleted`] when the deletion could not be saved: the vhost stays.
+    pub(crate) fn unmark_deleted(&self) {
+        let _t = self.topology.lock();
+        self.deleted
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether the vhost has been deleted.

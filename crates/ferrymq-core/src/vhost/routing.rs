@@ -28,6 +28,14 @@ pub struct PublishOutcome {
     pub pending: Pending,
 }
 
+/// RabbitMQ's refusal of a publish to an internal exchange.
+pub(crate) fn internal_refused(x: &Exchange, vhost: &str) -> CoreError {
+    CoreError::AccessRefused(format!(
+        "cannot publish to internal exchange '{}' in vhost '{vhost}'",
+        x.name
+    ))
+}
+
 /// Objects (by address) already met while routing one message: a few are searched in
 /// place without allocating (almost every publish meets one exchange and a few queues), more
 /// go into a set so a fanout to 100,000 queues stays linear.
@@ -148,10 +156,7 @@ impl VHost {
         message: Arc<Message>,
     ) -> CoreResult<PublishOutcome> {
         if exchange.options.internal {
-            return Err(CoreError::AccessRefused(format!(
-                "cannot publish to internal exchange '{}' in vhost '{}'",
-                exchange.name, self.name
-            )));
+            return Err(internal_refused(exchange, &self.name));
         }
         let headers = LazyHeaders::of(&message);
         if exchange.is_delayed() {

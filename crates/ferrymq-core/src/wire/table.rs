@@ -29,7 +29,33 @@ fn read_table_depth(b: &[u8], depth: usize) -> Result<FieldTable, WireError> {
         let v = read_value(&mut r, depth)?;
         t.push((key, v));
     }
+    keep_first(&mut t);
     Ok(FieldTable(t))
+}
+
+/// Drops every repeat of a key, keeping its first value, as RabbitMQ reads tables: every
+/// reader of the table (permission checks, queue arguments, the saved definitions) must see
+/// the same value, or a repeated `x-dead-letter-exchange` could pass the check with one value
+/// and be used with another.
+fn keep_first(t: &mut Vec<(String, FieldValue)>) {
+    if t.len() <= 16 {
+        let mut i = 1;
+        while i < t.len() {
+            if t[..i].iter().any(|(k, _)| *k == t[i].0) {
+                t.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return;
+    }
+    // Large tables: a set, so a table of 20,000 keys costs 20,000 steps, not 200 million.
+    let keep: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(t.len());
+        t.iter().map(|(k, _)| seen.insert(k.as_str())).collect()
+    };
+    let mut keep = keep.into_iter();
+    t.retain(|_| keep.next().unwrap_or(true));
 }
 
 fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError> {
@@ -285,6 +311,31 @@ mod tests {
         ] {
             assert!(read_table(bad).is_err());
             assert!(validate_table(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_first_value() {
+        for n in [3usize, 40] {
+            let mut t = FieldTable::new();
+            for i in 0..n {
+                t.0.push((format!("k{i}"), FieldValue::I32(i as i32)));
+            }
+            t.0.push(("k1".into(), FieldValue::string("second")));
+            t.0.push(("x-dead-letter-exchange".into(), FieldValue::string("pub")));
+            t.0.push((
+                "x-dead-letter-exchange".into(),
+                FieldValue::string("secret"),
+            ));
+            let mut buf = BytesMut::new();
+            write_table(&mut buf, &t);
+            let back = read_table(&buf[4..]).unwrap();
+            assert_eq!(back.0.len(), n + 1);
+            assert_eq!(back.get("k1"), Some(&FieldValue::I32(1)));
+            assert_eq!(
+                back.get("x-dead-letter-exchange"),
+                Some(&FieldValue::string("pub"))
+            );
         }
     }
 

@@ -1,6 +1,6 @@
 //! A minimal AMQP client for load generation, built on FerryMQ's codec.
 
-use super::uri::AmqpUri;
+use super::stream::{ReadHalf, Target, WriteHalf};
 use anyhow::{anyhow, bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferrymq_amqp::codec::frame::{
@@ -9,33 +9,28 @@ use ferrymq_amqp::codec::frame::{
 use ferrymq_amqp::codec::methods::*;
 use ferrymq_amqp::codec::{Frame, LongStr, Method, PROTOCOL_HEADER};
 use ferrymq_core::{FieldTable, Properties};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 /// An open connection with channel 1 open.
 pub struct Conn {
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
     pub rbuf: BytesMut,
     pub frame_max: u32,
 }
 
 impl Conn {
     /// Connects, logs in with PLAIN, opens the vhost and channel 1.
-    pub async fn open(uri: &AmqpUri) -> anyhow::Result<Conn> {
-        let s = TcpStream::connect(&uri.addr)
-            .await
-            .with_context(|| format!("cannot connect to {}", uri.addr))?;
-        s.set_nodelay(true)?;
-        let (rd, wr) = s.into_split();
+    pub async fn open(target: &Target) -> anyhow::Result<Conn> {
+        let uri = &target.uri;
+        let (rd, wr) = target.connect().await?;
         let mut c = Conn {
             rd,
             wr,
             rbuf: BytesMut::with_capacity(1 << 16),
             frame_max: 131_072,
         };
-        c.wr.write_all(PROTOCOL_HEADER).await?;
+        c.wr.send_all(PROTOCOL_HEADER).await?;
         c.expect(0, |m| matches!(m, Method::ConnectionStart(_)))
             .await?;
         c.send(
@@ -89,7 +84,7 @@ impl Conn {
     pub async fn send(&mut self, ch: u16, m: impl Into<Method>) -> anyhow::Result<()> {
         let mut b = BytesMut::new();
         encode_method(&mut b, ch, &m.into());
-        self.wr.write_all(&b).await?;
+        self.wr.send_all(&b).await?;
         Ok(())
     }
 

@@ -2,15 +2,18 @@
 
 use super::client::Conn;
 use super::procstat::{raise_fd_limit, rss_mib};
-use super::uri::AmqpUri;
+use super::stream::Target;
 use anyhow::Context;
 
 /// Arguments of `ferrymq perf connections`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionsArgs {
-    /// Broker to connect to.
+    /// Broker to connect to (`amqp://` or `amqps://`).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
+    /// PEM file of the CA that signed the broker's certificate, for `amqps://` URIs.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Connections to open (each with one channel).
     #[arg(long, default_value_t = 1000)]
     pub count: usize,
@@ -22,13 +25,13 @@ pub struct ConnectionsArgs {
 /// Opens the connections, reports memory, closes them.
 pub async fn run(a: &ConnectionsArgs) -> anyhow::Result<()> {
     raise_fd_limit();
-    let uri: AmqpUri = a.uri.parse()?;
+    let target = Target::new(&a.uri, a.cacert.as_deref())?;
     let rss0 = rss_mib(a.broker_pid);
     let start = std::time::Instant::now();
     let mut conns = Vec::with_capacity(a.count);
     for i in 0..a.count {
         // A broker out of file descriptors stops accepting instead of refusing: bound the wait.
-        let c = tokio::time::timeout(std::time::Duration::from_secs(30), Conn::open(&uri))
+        let c = tokio::time::timeout(std::time::Duration::from_secs(30), Conn::open(&target))
             .await
             .map_err(|_| {
                 anyhow::anyhow!(

@@ -7,10 +7,12 @@ mod client;
 mod connections;
 pub mod procstat;
 mod queues;
+mod stream;
 mod throughput;
 mod uri;
 
 pub use procstat::raise_fd_limit;
+pub use stream::Target;
 pub use throughput::{run as run_throughput, ThroughputArgs, ThroughputReport};
 pub use uri::AmqpUri;
 

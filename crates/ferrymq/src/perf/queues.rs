@@ -2,19 +2,22 @@
 
 use super::client::{scan, Conn, Event};
 use super::procstat::rss_mib;
-use super::uri::AmqpUri;
+use super::stream::Target;
 use anyhow::bail;
 use bytes::BytesMut;
 use ferrymq_amqp::codec::frame::encode_method;
 use ferrymq_amqp::codec::methods::{QueueDeclare, QueueDelete};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Arguments of `ferrymq perf queues`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueuesArgs {
-    /// Broker to connect to.
+    /// Broker to connect to (`amqp://` or `amqps://`).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
+    /// PEM file of the CA that signed the broker's certificate, for `amqps://` URIs.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Queues to declare.
     #[arg(long, default_value_t = 10_000)]
     pub count: usize,
@@ -35,8 +38,8 @@ pub struct QueuesArgs {
 
 /// Declares the queues (pipelined, 1000 in flight) and reports.
 pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
-    let uri: AmqpUri = a.uri.parse()?;
-    let mut c = Conn::open(&uri).await?;
+    let target = Target::new(&a.uri, a.cacert.as_deref())?;
+    let mut c = Conn::open(&target).await?;
     let rss0 = rss_mib(a.broker_pid);
     let start = std::time::Instant::now();
     pipelined(&mut c, a.count, |i, out| {
@@ -98,7 +101,7 @@ async fn pipelined(
             sent += 1;
         }
         if !out.is_empty() {
-            c.wr.write_all(&out).await?;
+            c.wr.send_all(&out).await?;
             out.clear();
         }
         if c.rd.read_buf(&mut c.rbuf).await? == 0 {

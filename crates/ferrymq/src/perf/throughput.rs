@@ -2,7 +2,7 @@
 
 use super::client::{now_nanos, scan, Conn, Event, PublishTemplate};
 use super::procstat::{cpu_micros, rss_mib};
-use super::uri::AmqpUri;
+use super::stream::Target;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use ferrymq_amqp::codec::frame::encode_method;
@@ -13,15 +13,18 @@ use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 
 /// Arguments of `ferrymq perf throughput`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ThroughputArgs {
-    /// Broker to load.
+    /// Broker to load (`amqp://` or `amqps://`).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
+    /// PEM file of the CA that signed the broker's certificate, for `amqps://` URIs.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Publishing connections.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
@@ -242,7 +245,7 @@ fn histogram() -> Histogram<u64> {
 /// Runs the scenario. `live` prints a line per second.
 pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputReport> {
     a.validate()?;
-    let uri: AmqpUri = a.uri.parse()?;
+    let uri = Target::new(&a.uri, a.cacert.as_deref())?;
     setup_topology(a, &uri).await?;
     if a.prefill > 0 {
         prefill(a, &uri).await?;
@@ -394,7 +397,7 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
     })
 }
 
-async fn delete_queues(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()> {
+async fn delete_queues(a: &ThroughputArgs, uri: &Target) -> anyhow::Result<()> {
     let mut c = Conn::open(uri).await.context("cleanup connection")?;
     for i in 0..a.queues {
         delete_queue(&mut c, a.queue(i)).await?;
@@ -414,7 +417,7 @@ async fn delete_queue(c: &mut Conn, queue: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn setup_topology(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()> {
+async fn setup_topology(a: &ThroughputArgs, uri: &Target) -> anyhow::Result<()> {
     let mut c = Conn::open(uri).await.context("setup connection")?;
     for i in 0..a.queues {
         let q = a.queue(i);
@@ -458,7 +461,7 @@ async fn setup_topology(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()>
 }
 
 /// Fills the queues before the measured run, with confirms so nothing is still in flight.
-async fn prefill(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()> {
+async fn prefill(a: &ThroughputArgs, uri: &Target) -> anyhow::Result<()> {
     let mut c = Conn::open(uri).await.context("prefill connection")?;
     c.call(ConfirmSelect { nowait: false }, |m| {
         matches!(m, Method::ConfirmSelectOk(_))
@@ -473,7 +476,7 @@ async fn prefill(a: &ThroughputArgs, uri: &AmqpUri) -> anyhow::Result<()> {
             sent += 1;
         }
         if !out.is_empty() {
-            c.wr.write_all(&out).await?;
+            c.wr.send_all(&out).await?;
             out.clear();
         }
         if c.rd.read_buf(&mut c.rbuf).await? == 0 {
@@ -632,7 +635,7 @@ async fn publish(
         for k in 0..n {
             tpl.write(&mut out, ts, sent + k);
         }
-        wr.write_all(&out).await.context("publish write")?;
+        wr.send_all(&out).await.context("publish write")?;
         out.clear();
         sent += n;
         s.published.fetch_add(n, Ordering::Relaxed);
@@ -742,7 +745,7 @@ async fn consume(
             }
         }
         if !acks.is_empty() {
-            wr.write_all(&acks).await?;
+            wr.send_all(&acks).await?;
             acks.clear();
         }
         if count != before {

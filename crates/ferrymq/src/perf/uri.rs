@@ -1,4 +1,4 @@
-//! `amqp://user:pass@host:port/vhost` parsing.
+//! `amqp://user:pass@host:port/vhost` and `amqps://...` parsing.
 
 use anyhow::{bail, Context};
 
@@ -11,6 +11,10 @@ pub struct AmqpUri {
     pub password: String,
     /// host:port.
     pub addr: String,
+    /// The host alone (the TLS server name).
+    pub host: String,
+    /// `amqps://`: TLS, default port 5671.
+    pub tls: bool,
     /// Virtual host, percent-decoded (`%2f` → `/`).
     pub vhost: String,
 }
@@ -19,9 +23,11 @@ impl std::str::FromStr for AmqpUri {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        let rest = s
-            .strip_prefix("amqp://")
-            .with_context(|| format!("URI must start with amqp://, got '{s}'"))?;
+        let (rest, tls) = match (s.strip_prefix("amqp://"), s.strip_prefix("amqps://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => bail!("URI must start with amqp:// or amqps://, got '{s}'"),
+        };
         let (auth, hostpath) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
             None => (None, rest),
@@ -41,15 +47,24 @@ impl std::str::FromStr for AmqpUri {
         if hostport.is_empty() {
             bail!("URI '{s}' has no host");
         }
-        let addr = if hostport.contains(':') {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:5672")
+        let default_port = if tls { 5671 } else { 5672 };
+        // host, host:port, [v6], [v6]:port
+        let (host, addr) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !p.contains(']') => {
+                (h.to_string(), hostport.to_string())
+            }
+            _ => (hostport.to_string(), format!("{hostport}:{default_port}")),
         };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         Ok(AmqpUri {
             user,
             password,
             addr,
+            host,
+            tls,
             vhost,
         })
     }
@@ -87,9 +102,23 @@ mod tests {
                 user: "guest".into(),
                 password: "guest".into(),
                 addr: "localhost:5672".into(),
+                host: "localhost".into(),
+                tls: false,
                 vhost: "/".into()
             }
         );
+        let u: AmqpUri = "amqps://broker.example:5999/prod".parse().unwrap();
+        assert_eq!(
+            (u.addr.as_str(), u.host.as_str(), u.tls),
+            ("broker.example:5999", "broker.example", true)
+        );
+        let u: AmqpUri = "amqps://127.0.0.1".parse().unwrap();
+        assert_eq!(
+            (u.addr.as_str(), u.host.as_str()),
+            ("127.0.0.1:5671", "127.0.0.1")
+        );
+        let u: AmqpUri = "amqp://[::1]:5673".parse().unwrap();
+        assert_eq!((u.addr.as_str(), u.host.as_str()), ("[::1]:5673", "::1"));
         let u: AmqpUri = "amqp://127.0.0.1".parse().unwrap();
         assert_eq!(
             (u.addr.as_str(), u.vhost.as_str(), u.user.as_str()),
