@@ -39,6 +39,18 @@ async fn wait_sync(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
     }
 }
 
+/// Whether frame `f` must wait: its channel holds replies until group commit and the method
+/// could not queue its own behind them.
+fn must_wait(f: &Frame, channels: &HashMap<u16, Channel>) -> bool {
+    let Frame::Method { channel, method } = f else {
+        return false;
+    };
+    channels
+        .get(channel)
+        .is_some_and(|c| c.holds_replies() && !c.awaiting_content())
+        && !crate::channel::can_queue_behind_held(method)
+}
+
 /// Why the main loop ended.
 enum End {
     /// The peer went away, or our close handshake completed.
@@ -490,6 +502,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         // Consumer timeouts are checked on this tick (see `Channel::check_consumer_timeout`).
         let mut ack_tick = tokio::time::interval(CONSUMER_TIMEOUT_TICK);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A frame that must wait until its channel's held replies are out.
+        let mut waiting: Option<Frame> = None;
         loop {
             // Process every complete frame already buffered.
             loop {
@@ -502,26 +516,34 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 {
                     break;
                 }
-                match decode_frame(&mut self.rbuf, self.frame_max) {
-                    Ok(Some(f)) => match self.handle_frame(ctx, channels, f) {
-                        Ok(true) => {}
-                        Ok(false) => return End::ClientClosed,
-                        Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
-                        Err(e @ AmqpError::Channel { .. }) => self.close_channel(ctx, channels, e),
-                        Err(AmqpError::Io(_)) => return End::Done,
+                let f = match waiting.take() {
+                    Some(f) => f,
+                    None => match decode_frame(&mut self.rbuf, self.frame_max) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => return End::Close(codec_error(e)),
                     },
-                    Ok(None) => break,
-                    Err(e) => return End::Close(codec_error(e)),
+                };
+                if must_wait(&f, channels) {
+                    waiting = Some(f);
+                    break;
+                }
+                match self.handle_frame(ctx, channels, f) {
+                    Ok(true) => {}
+                    Ok(false) => return End::ClientClosed,
+                    Err(e @ AmqpError::Connection { .. }) => return End::Close(e),
+                    Err(e @ AmqpError::Channel { .. }) => self.close_channel(ctx, channels, e),
+                    Err(AmqpError::Io(_)) => return End::Done,
                 }
             }
-            for ch in channels.values_mut() {
-                ch.flush_confirms(ctx);
+            if let Some(end) = self.flush_confirms(ctx, channels) {
+                return end;
             }
             // As RabbitMQ: only connections that publish are held (and told so); consumers
             // keep draining during an alarm.
             let alarm_hold = blocked.is_some() && ctx.has_published;
             let flow_hold = ctx.flow.throttled(ctx.synced());
-            let hold_reads = alarm_hold || flow_hold || self.out.congested();
+            let hold_reads = alarm_hold || flow_hold || self.out.congested() || waiting.is_some();
             let state = match (alarm_hold, flow_hold) {
                 (true, _) => ConnectionState::Blocked,
                 (false, true) => ConnectionState::Flow,
@@ -555,8 +577,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             tokio::select! {
                 changed = wait_sync(&mut sync_rx), if awaiting_sync => {
                     if changed {
-                        for ch in channels.values_mut() {
-                            ch.flush_confirms(ctx);
+                        if let Some(end) = self.flush_confirms(ctx, channels) {
+                            return end;
                         }
                     } else {
                         sync_rx = None;
@@ -638,6 +660,27 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
         }
+    }
+
+    /// Sends every channel's confirms (and held replies) that group commit has made due; a
+    /// failure that ends the connection is returned.
+    fn flush_confirms(
+        &mut self,
+        ctx: &mut ConnCtx,
+        channels: &mut HashMap<u16, Channel>,
+    ) -> Option<End> {
+        let failed: Vec<AmqpError> = channels
+            .values_mut()
+            .filter_map(|ch| ch.flush_confirms(ctx).err())
+            .collect();
+        for e in failed {
+            match e {
+                e @ AmqpError::Channel { .. } => self.close_channel(ctx, channels, e),
+                AmqpError::Io(_) => return Some(End::Done),
+                e => return Some(End::Close(e)),
+            }
+        }
+        None
     }
 
     /// Closes one channel after a channel error: releases what it holds (its unacked
@@ -767,7 +810,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         format!("second 'channel.open' seen on channel {channel}"),
                     )),
                     Method::ChannelClose(_) => {
-                        ch.flush_confirms(ctx);
+                        // The client leaves: nothing it could still be told matters.
+                        let _ = ch.flush_confirms(ctx);
                         ch.cleanup(ctx);
                         channels.remove(&channel);
                         self.send(channel, ChannelCloseOk {});

@@ -90,7 +90,12 @@ impl Broker {
     /// users, vhosts, permissions, limits, policies); an empty data directory starts as
     /// [`Broker::new`] does.
     pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
-        let b = match persist.loaded_definitions() {
+        // A data directory whose definitions name no user and no vhost (a first start whose
+        // definitions import failed) starts fresh again rather than with nobody able to log in.
+        let loaded = persist
+            .loaded_definitions()
+            .filter(|d| !(d.users.is_empty() && d.vhosts.is_empty()));
+        let b = match loaded {
             None => {
                 // Without the defaults (a definitions file is about to be imported) nothing
                 // is saved yet: if that import fails, the next start is a fresh one again
@@ -99,7 +104,7 @@ impl Broker {
                     true => {
                         let b = Broker::fresh(config, Some(persist.clone()));
                         let d = b.identity_definitions();
-                        persist.update(|cur| *cur = d)?;
+                        persist.reset(d)?;
                         b
                     }
                     false => Broker::empty(config, Some(persist.clone())),
@@ -161,9 +166,10 @@ impl Broker {
             }
             v
         };
+        let mut delayed = Vec::new();
         for x in &d.exchanges {
             if let Some(v) = vhost(&x.vhost, "an exchange") {
-                v.restore_exchange(x)?;
+                delayed.extend(v.restore_exchange(x)?);
             }
         }
         let mut dirs = Vec::new();
@@ -191,7 +197,8 @@ impl Broker {
                 }
             }
         }
-        persist.remove_orphan_queue_dirs(&dirs);
+        persist.remove_orphan_dirs("queues", &dirs);
+        persist.remove_orphan_dirs("delayed", &delayed);
         Ok(())
     }
 

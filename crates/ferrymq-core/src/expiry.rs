@@ -20,6 +20,34 @@ fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
+/// Wall-clock milliseconds since the Unix epoch: deadlines kept on disk use this clock, since
+/// [`now_ms`]'s starts again with every process.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A deadline on [`now_ms`]'s clock as wall-clock ms (to be written to disk).
+pub fn to_wall(at: u64) -> u64 {
+    let (wall, now) = (wall_ms(), now_ms());
+    if at >= now {
+        wall.saturating_add(at - now)
+    } else {
+        wall.saturating_sub(now - at)
+    }
+}
+
+/// A wall-clock deadline read from disk on [`now_ms`]'s clock (0 if it passed long ago).
+pub fn from_wall(wall_at: u64) -> u64 {
+    let (wall, now) = (wall_ms(), now_ms());
+    if wall_at >= wall {
+        now.saturating_add(wall_at - wall)
+    } else {
+        now.saturating_sub(wall - wall_at)
+    }
+}
+
 /// The instant of a deadline given by [`now_ms`]'s clock.
 pub fn instant_of(ms: u64) -> Instant {
     base() + Duration::from_millis(ms)

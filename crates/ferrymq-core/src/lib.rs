@@ -11,6 +11,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod blocking;
 pub mod broker;
 pub mod connections;
 pub mod consumer;
@@ -41,7 +42,7 @@ pub use broker::{Broker, BrokerConfig, ConnectionId};
 pub use consumer::{ConsumerSink, SinkRefusal};
 pub use error::CoreError;
 pub use exchange::{Exchange, ExchangeKind};
-pub use ferrymq_store::FsyncPolicy;
+pub use ferrymq_store::{FsyncPolicy, Pending, SyncerRef};
 pub use message::{LazyHeaders, Message, Properties, QueuedMessage};
 pub use persist::{PersistConfig, Persistence};
 pub use queue::{Queue, QueueOptions};

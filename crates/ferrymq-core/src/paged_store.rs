@@ -7,18 +7,25 @@
 //! budget is used up, or the broker signals memory pressure. Paged messages cost no RAM at
 //! all, so a backlog of ten million messages costs little more than its loaded head.
 //!
-//! Record payload: `[flags u8][seq u64 LE][message record]` (see `docs/storage.md`).
+//! A message with a deadline (TTL) that is paged out keeps a small index entry (its record's
+//! position), so it can leave the queue at its deadline without waiting to reach the head.
+//!
+//! Record payload: `[flags u8][seq u64 LE]([deadline u64 LE])[message record]`, the
+//! deadline in wall-clock ms when flag bit 1 is set (see `docs/storage.md`).
 
+use crate::expiry::{from_wall, now_ms, to_wall};
 use crate::message::{Message, QueuedMessage};
 use crate::persist::Persistence;
 use crate::store::MessageStore;
-use ferrymq_store::{Position, QueueLog, StoreError};
-use std::collections::VecDeque;
+use ferrymq_store::{LogHealth, Position, QueueLog, StoreError};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Record flag: the message must survive a restart.
 const FLAG_PERSISTENT: u8 = 1;
+/// Record flag: a wall-clock deadline follows the sequence number.
+const FLAG_DEADLINE: u8 = 2;
 /// Position marking a ready message that has no record (it lives only in memory).
 const NO_RECORD: Position = Position {
     segment: u32::MAX,
@@ -34,6 +41,8 @@ pub struct PagedStore {
     persist: Arc<Persistence>,
     /// Whether persistent messages are written (the queue is durable).
     durable: bool,
+    /// The durable queue's log health (shared by its priority levels).
+    health: Option<Arc<LogHealth>>,
     dir: PathBuf,
     log: Option<QueueLog>,
     ram: VecDeque<QueuedMessage>,
@@ -51,16 +60,82 @@ pub struct PagedStore {
     /// Records of delivered, unacked messages, sorted by sequence number: acks mostly come
     /// in order (and right after the delivery with autoack), so this stays cheap.
     inflight: VecDeque<(u64, Position)>,
+    /// Paged messages that have a deadline, by sequence number, so they can be taken out
+    /// when it passes. Loading a record with a deadline that is not here skips it: it
+    /// expired while on disk.
+    paged_deadlines: HashMap<u64, PagedDeadline>,
+    /// The queue's message TTL at recovery: records written before deadlines were stored got
+    /// their deadline from it (and their own `expiration`).
+    legacy_ttl: Option<u64>,
+    /// The queue was deleted: its log must never be opened (created) again.
+    destroyed: bool,
     bytes: usize,
     scratch: Vec<u8>,
 }
 
+/// Where a paged message with a deadline is.
+#[derive(Clone, Copy)]
+struct PagedDeadline {
+    pos: Position,
+    /// Whether its body bytes are in `bytes` (not yet for messages recovered at start).
+    counted: bool,
+}
+
+/// The fixed part of a record: flags, sequence number, deadline, and where the message
+/// starts.
+struct RecordHead {
+    flags: u8,
+    seq: u64,
+    /// Wall-clock ms.
+    deadline: Option<u64>,
+    body: usize,
+}
+
+fn parse_head(payload: &[u8]) -> Option<RecordHead> {
+    let flags = *payload.first()?;
+    let seq = u64::from_le_bytes(payload.get(1..9)?.try_into().ok()?);
+    if flags & FLAG_DEADLINE == 0 {
+        return Some(RecordHead {
+            flags,
+            seq,
+            deadline: None,
+            body: 9,
+        });
+    }
+    let deadline = u64::from_le_bytes(payload.get(9..17)?.try_into().ok()?);
+    Some(RecordHead {
+        flags,
+        seq,
+        deadline: Some(deadline),
+        body: 17,
+    })
+}
+
+fn parse(payload: &[u8]) -> Option<(RecordHead, Message)> {
+    let head = parse_head(payload)?;
+    let msg = Message::decode_record(payload.get(head.body..)?).ok()?;
+    Some((head, msg))
+}
+
+/// What recovery found besides the messages: deadlines to register with the queue.
+pub struct Recovered {
+    /// The store, positioned at the first recovered message.
+    pub store: PagedStore,
+    /// How many messages came back.
+    pub count: u64,
+    /// (sequence number, deadline on [`now_ms`]'s clock) of every recovered message that
+    /// has one.
+    pub deadlines: Vec<(u64, u64)>,
+}
+
 impl PagedStore {
-    /// A store for a new queue whose log (if it ever needs one) lives in `dir`.
-    pub fn new(persist: Arc<Persistence>, durable: bool, dir: PathBuf) -> Self {
+    /// A store for a new queue whose log (if it ever needs one) lives in `dir`. A durable
+    /// queue's store has the `health` of its log: its writes go through group commit.
+    pub fn new(persist: Arc<Persistence>, health: Option<Arc<LogHealth>>, dir: PathBuf) -> Self {
         PagedStore {
             persist,
-            durable,
+            durable: health.is_some(),
+            health,
             dir,
             log: None,
             ram: VecDeque::new(),
@@ -74,30 +149,98 @@ impl PagedStore {
             },
             recovered_seq: 1,
             inflight: VecDeque::new(),
+            paged_deadlines: HashMap::new(),
+            legacy_ttl: None,
+            destroyed: false,
             bytes: 0,
             scratch: Vec::new(),
         }
     }
 
-    /// Reopens a durable queue's log. Returns the store and how many messages it recovered;
-    /// they take sequence numbers `first_seq..first_seq + n` in their original order, so the
-    /// queue continues after them. Recovered messages come back marked redelivered: the
+    /// Reopens a durable queue's log. The recovered messages take sequence numbers
+    /// `first_seq..first_seq + count` in their original order, so the queue continues after
+    /// them, and keep the deadlines they were written with. Records written before deadlines
+    /// were stored get one from `default_ttl` (the queue's message TTL) or their
+    /// `expiration`, counted from now. Transient messages paged out before the restart are
+    /// dropped, as RabbitMQ drops them. Recovered messages come back marked redelivered: the
     /// broker cannot know whether they were delivered before the restart.
     pub fn recover(
         persist: Arc<Persistence>,
+        health: Arc<LogHealth>,
         dir: PathBuf,
         first_seq: u64,
-    ) -> Result<(Self, u64), StoreError> {
-        let (log, n) = QueueLog::open(&dir, persist.segment_size(), persist.sync().clone())?;
-        let mut s = PagedStore::new(persist, true, dir);
-        s.recovered_seq = first_seq;
-        s.cursor = log.first();
-        s.paged = n;
-        s.log = Some(log);
-        Ok((s, n))
+        default_ttl: Option<u64>,
+    ) -> Result<Recovered, StoreError> {
+        if !dir.exists() {
+            // Never written to: nothing to recover, and nothing to create until a message
+            // comes (a broker with 100,000 idle durable queues starts without 100,000
+            // directories).
+            let mut store = PagedStore::new(persist, Some(health), dir);
+            store.recovered_seq = first_seq;
+            return Ok(Recovered {
+                store,
+                count: 0,
+                deadlines: Vec::new(),
+            });
+        }
+        let mut dropped = Vec::new();
+        let mut deadlines = Vec::new();
+        let mut index = HashMap::new();
+        let mut seq = first_seq;
+        let now = now_ms();
+        let (mut log, n) = QueueLog::open_with(
+            &dir,
+            persist.segment_size(),
+            persist.sync().clone(),
+            Some(health.clone()),
+            &mut |pos, payload| {
+                let Some(head) = parse_head(payload) else {
+                    // Unreadable: `load` reports and drops it when it gets there.
+                    return;
+                };
+                if head.flags & FLAG_PERSISTENT == 0 {
+                    dropped.push(pos);
+                    return;
+                }
+                let at = match head.deadline {
+                    Some(wall) => Some(from_wall(wall)),
+                    None => legacy_deadline(payload, head.body, default_ttl, now),
+                };
+                if let Some(at) = at {
+                    deadlines.push((seq, at));
+                    index.insert(
+                        seq,
+                        PagedDeadline {
+                            pos,
+                            counted: false,
+                        },
+                    );
+                }
+                seq += 1;
+            },
+        )?;
+        for pos in &dropped {
+            log.ack(*pos)?;
+        }
+        let count = n - dropped.len() as u64;
+        let mut store = PagedStore::new(persist, Some(health), dir);
+        store.recovered_seq = first_seq;
+        store.cursor = log.first();
+        store.paged = count;
+        store.paged_deadlines = index;
+        store.legacy_ttl = default_ttl;
+        store.log = Some(log);
+        Ok(Recovered {
+            store,
+            count,
+            deadlines,
+        })
     }
 
     fn log(&mut self) -> Result<&mut QueueLog, StoreError> {
+        if self.destroyed {
+            return Err(StoreError::Deleted(self.dir.display().to_string()));
+        }
         let log = match self.log.take() {
             Some(l) => l,
             None => {
@@ -105,6 +248,7 @@ impl PagedStore {
                     &self.dir,
                     self.persist.segment_size(),
                     self.persist.sync().clone(),
+                    self.health.clone(),
                 )?
                 .0
             }
@@ -112,23 +256,24 @@ impl PagedStore {
         Ok(self.log.insert(log))
     }
 
-    /// Moves up to a batch of paged records into `ram`.
-    fn load(&mut self) {
-        let want = (self.paged.min(LOAD_BATCH as u64)) as usize;
+    /// Moves up to a batch of paged records into `ram`, skipping those that expired while on
+    /// disk. Returns false when nothing more can be read.
+    fn load(&mut self) -> bool {
         let cursor = self.cursor;
         let Some(log) = self.log.as_mut() else {
             self.paged = 0;
-            return;
+            return false;
         };
         let recovered_end = log.recovered_end();
-        let (batch, next) = match log.read_batch(cursor, want) {
+        // Every record from the cursor on is a paged one (live, or expired meanwhile).
+        let (batch, next) = match crate::blocking::run(|| log.read_batch(cursor, LOAD_BATCH)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(
                     "{}: cannot read queued messages back: {e}",
                     self.dir.display()
                 );
-                return;
+                return false;
             }
         };
         if batch.is_empty() {
@@ -138,37 +283,58 @@ impl PagedStore {
                 self.paged
             );
             self.paged = 0;
-            return;
+            return false;
         }
         self.cursor = next;
         for (pos, payload) in batch {
-            self.paged = self.paged.saturating_sub(1);
+            if self.paged == 0 {
+                break;
+            }
             let from_before = pos < recovered_end;
-            let parsed = parse(&payload);
-            let Some((flags, seq, msg)) = parsed else {
+            let head = parse_head(&payload);
+            if from_before
+                && head
+                    .as_ref()
+                    .is_some_and(|h| h.flags & FLAG_PERSISTENT == 0)
+            {
+                // Dropped (and acked) at recovery, as RabbitMQ drops transient messages.
+                continue;
+            }
+            // Numbered exactly as recovery numbered them, readable or not.
+            let seq = match (&head, from_before) {
+                (Some(_), true) => {
+                    self.recovered_seq += 1;
+                    Some(self.recovered_seq - 1)
+                }
+                (Some(h), false) => Some(h.seq),
+                (None, _) => None,
+            };
+            let msg = head
+                .as_ref()
+                .and_then(|h| payload.get(h.body..))
+                .and_then(|b| Message::decode_record(b).ok());
+            let indexed = seq.and_then(|s| self.paged_deadlines.remove(&s));
+            let (Some(head), Some(seq), Some(msg)) = (head, seq, msg) else {
                 tracing::error!(
                     "{}: dropping an unreadable message record at segment {} offset {}",
                     self.dir.display(),
                     pos.segment,
                     pos.offset
                 );
+                self.paged -= 1;
                 let _ = log.ack(pos);
                 continue;
             };
-            if from_before && flags & FLAG_PERSISTENT == 0 {
-                // A transient message paged out before the restart: gone, as RabbitMQ does.
-                let _ = log.ack(pos);
+            let legacy_deadline =
+                from_before && (self.legacy_ttl.is_some() || msg.expiration().is_some());
+            if (head.deadline.is_some() || legacy_deadline) && indexed.is_none() {
+                // It expired while on disk: already settled and counted out.
                 continue;
             }
-            let qm = if from_before {
-                self.recovered_seq += 1;
-                let mut q = QueuedMessage::new(self.recovered_seq - 1, Arc::new(msg));
-                q.mark_returned();
-                q
-            } else {
-                QueuedMessage::new(seq, Arc::new(msg))
-            };
+            self.paged -= 1;
+            let mut qm = QueuedMessage::new(seq, Arc::new(msg));
             if from_before {
+                qm.mark_returned();
                 // Body bytes of recovered messages become known only now.
                 self.bytes += qm.message.body_size();
             }
@@ -176,22 +342,68 @@ impl PagedStore {
             self.ram.push_back(qm);
             self.ram_pos.push_back(pos);
         }
+        true
     }
+
+    /// Takes a paged message out of the queue (its deadline passed): reads it back for
+    /// dead-lettering and settles its record.
+    fn remove_paged(&mut self, seq: u64) -> Option<QueuedMessage> {
+        let d = self.paged_deadlines.remove(&seq)?;
+        self.paged = self.paged.saturating_sub(1);
+        let log = self.log.as_mut()?;
+        let read = log.read(d.pos);
+        if let Err(e) = log.ack(d.pos) {
+            tracing::warn!("{}: cannot record an expiry: {e}", self.dir.display());
+        }
+        let msg = match read.ok().and_then(|p| parse(&p)) {
+            Some((_, m)) => m,
+            None => {
+                tracing::error!(
+                    "{}: an expired message at segment {} offset {} could not be read back",
+                    self.dir.display(),
+                    d.pos.segment,
+                    d.pos.offset
+                );
+                return None;
+            }
+        };
+        if d.counted {
+            self.bytes = self.bytes.saturating_sub(msg.body_size());
+        }
+        Some(QueuedMessage::new(seq, Arc::new(msg)))
+    }
+
+    /// Deadlines of every message waiting on disk (for tests).
+    #[cfg(test)]
+    fn paged_deadline_count(&self) -> usize {
+        self.paged_deadlines.len()
+    }
+}
+
+/// The deadline a record written before deadlines were stored gets: its TTL (the queue's, or
+/// its own `expiration`, whichever is shorter) counted from `now`, so it never expires early.
+fn legacy_deadline(payload: &[u8], body: usize, default_ttl: Option<u64>, now: u64) -> Option<u64> {
+    let own = payload
+        .get(body..)
+        .and_then(|b| Message::decode_record(b).ok())
+        .and_then(|m| m.expiration().and_then(Result::ok));
+    let ttl = match (default_ttl, own) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(now.saturating_add(ttl) + u64::from(ttl > 0))
 }
 
 fn cost(q: &QueuedMessage) -> usize {
     q.message.body_size() + OVERHEAD
 }
 
-fn parse(payload: &[u8]) -> Option<(u8, u64, Message)> {
-    let (&flags, rest) = payload.split_first()?;
-    let seq = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-    let msg = Message::decode_record(rest.get(8..)?).ok()?;
-    Some((flags, seq, msg))
-}
-
 impl MessageStore for PagedStore {
-    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError> {
+    fn push(
+        &mut self,
+        msg: QueuedMessage,
+        deadline: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
         let persistent = self.durable && msg.message.is_persistent();
         // Beyond the queue's RAM budget every message goes to disk, transient ones too: a
         // publisher faster than the consumers then costs disk, not memory.
@@ -207,8 +419,13 @@ impl MessageStore for PagedStore {
         }
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
-        rec.push(if persistent { FLAG_PERSISTENT } else { 0 });
+        let flags =
+            u8::from(persistent) * FLAG_PERSISTENT + u8::from(deadline.is_some()) * FLAG_DEADLINE;
+        rec.push(flags);
         rec.extend_from_slice(&msg.seq().to_le_bytes());
+        if let Some(at) = deadline {
+            rec.extend_from_slice(&to_wall(at).to_le_bytes());
+        }
         msg.message.encode_record(&mut rec);
         let appended = self.log().and_then(|l| l.append(&rec));
         self.scratch = rec;
@@ -219,6 +436,11 @@ impl MessageStore for PagedStore {
                 self.cursor = pos;
             }
             self.paged += 1;
+            if deadline.is_some() {
+                let counted = true;
+                self.paged_deadlines
+                    .insert(msg.seq(), PagedDeadline { pos, counted });
+            }
         } else {
             self.ram_bytes += cost(&msg);
             self.ram.push_back(msg);
@@ -229,8 +451,10 @@ impl MessageStore for PagedStore {
 
     fn shift(&mut self) -> Option<QueuedMessage> {
         let (m, pos) = loop {
-            if self.ram.is_empty() && self.paged > 0 {
-                self.load();
+            while self.ram.is_empty() && self.paged > 0 {
+                if !self.load() {
+                    break;
+                }
             }
             let m = self.ram.pop_front()?;
             let pos = self.ram_pos.pop_front();
@@ -283,7 +507,9 @@ impl MessageStore for PagedStore {
     }
 
     fn remove(&mut self, seq: u64) -> Option<QueuedMessage> {
-        let (i, m) = crate::store::take_out(&mut self.ram, seq)?;
+        let Some((i, m)) = crate::store::take_out(&mut self.ram, seq) else {
+            return self.remove_paged(seq);
+        };
         if let Some(pos) = self.ram_pos.get_mut(i) {
             let pos = std::mem::replace(pos, NO_RECORD);
             if let (true, Some(log)) = (pos != NO_RECORD, self.log.as_mut()) {
@@ -317,20 +543,17 @@ impl MessageStore for PagedStore {
     }
 
     fn destroy(&mut self) {
+        self.destroyed = true;
         self.ram.clear();
         self.ram_pos.clear();
         self.dead = 0;
         self.paged = 0;
         self.inflight.clear();
-        if let Some(log) = self.log.take() {
-            if let Err(e) = log.destroy() {
-                tracing::warn!(
-                    "{}: cannot remove a deleted queue's files: {e}",
-                    self.dir.display()
-                );
-            }
-        } else if self.dir.exists() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        self.paged_deadlines.clear();
+        // Removed in the background, not under the queue's lock (see `ferrymq_store::reaper`).
+        match self.log.take() {
+            Some(log) => log.destroy(),
+            None => self.persist.sync().reaper().remove(self.dir.clone()),
         }
     }
 }
@@ -371,11 +594,11 @@ mod tests {
     fn a_tail_beyond_the_budget_is_read_back_in_order_with_requeues_in_place() {
         let d = tempfile::tempdir().unwrap();
         let p = persistence(d.path());
-        let mut s = PagedStore::new(p, true, d.path().join("q"));
+        let mut s = PagedStore::new(p, Some(LogHealth::new("q")), d.path().join("q"));
         for seq in 1..=500 {
             // Every third message is transient: it is paged with the rest once the tail is
             // on disk, and must come back in its place.
-            s.push(msg(seq, seq % 3 != 0)).unwrap();
+            s.push(msg(seq, seq % 3 != 0), None).unwrap();
         }
         assert!(
             s.paged > 400,
@@ -403,9 +626,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("q");
         {
-            let mut s = PagedStore::new(persistence(d.path()), true, dir.clone());
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            );
             for seq in 1..=300 {
-                s.push(msg(seq, seq % 2 == 0)).unwrap();
+                s.push(msg(seq, seq % 2 == 0), None).unwrap();
             }
             // Acked before the "crash": must not come back.
             let m = s.shift().unwrap();
@@ -413,7 +640,9 @@ mod tests {
             let m = s.shift().unwrap();
             s.ack(m.seq());
         }
-        let (mut s, n) = PagedStore::recover(persistence(d.path()), dir, 1).unwrap();
+        let r =
+            PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
+        let (mut s, n) = (r.store, r.count);
         let mut got = Vec::new();
         while let Some(m) = s.shift() {
             assert!(m.redelivered());
@@ -424,5 +653,122 @@ mod tests {
         let want: Vec<String> = (4..=300).step_by(2).map(|i| i.to_string()).collect();
         assert_eq!(got, want);
         assert!(n >= want.len() as u64);
+    }
+
+    #[test]
+    fn paged_messages_with_deadlines_can_be_taken_out_and_are_skipped_when_loaded() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = PagedStore::new(
+            persistence(d.path()),
+            Some(LogHealth::new("q")),
+            d.path().join("q"),
+        );
+        let now = now_ms();
+        for seq in 1..=300 {
+            // Every other message has a deadline; the tail is paged out beyond the budget.
+            let deadline = (seq % 2 == 0).then_some(now + 60_000);
+            s.push(msg(seq, true), deadline).unwrap();
+        }
+        assert!(s.paged > 250, "most are on disk only ({} paged)", s.paged);
+        assert!(s.paged_deadline_count() > 100);
+        // Deadlines pass for messages deep in the paged tail.
+        let expired: Vec<u64> = (200..=300).filter(|q| q % 2 == 0).collect();
+        for &seq in &expired {
+            let m = s
+                .remove(seq)
+                .expect("a paged message comes out at its deadline");
+            assert_eq!(body(&m), seq.to_string(), "read back for dead-lettering");
+        }
+        assert_eq!(s.len(), 300 - expired.len());
+        let mut got = Vec::new();
+        while let Some(m) = s.shift() {
+            got.push(m.seq());
+            s.ack(m.seq());
+        }
+        let want: Vec<u64> = (1..=300).filter(|q| !expired.contains(q)).collect();
+        assert_eq!(got, want, "the expired ones are not delivered");
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn recovered_messages_keep_their_deadlines_and_expired_ones_stay_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        let now = now_ms();
+        {
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            );
+            for seq in 1..=50 {
+                s.push(msg(seq, true), (seq <= 10).then_some(now + 3_600_000 + seq))
+                    .unwrap();
+            }
+        }
+        let r = PagedStore::recover(
+            persistence(d.path()),
+            LogHealth::new("q"),
+            dir.clone(),
+            1,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.count, 50);
+        assert_eq!(r.deadlines.len(), 10);
+        for (i, (seq, at)) in r.deadlines.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1);
+            // The same instant, through the wall clock and back (a millisecond of slack for
+            // the two clocks being read at slightly different moments).
+            let want = now + 3_600_000 + *seq;
+            assert!(at.abs_diff(want) <= 2, "deadline {at} kept (want {want})");
+        }
+        // Two expire before anything is consumed; they never come out.
+        let mut s = r.store;
+        assert!(s.remove(3).is_some() && s.remove(7).is_some());
+        assert_eq!(s.len(), 48);
+        let mut got = Vec::new();
+        while let Some(m) = s.shift() {
+            assert!(m.redelivered());
+            got.push(body(&m));
+        }
+        let want: Vec<String> = (1..=50)
+            .filter(|i| *i != 3 && *i != 7)
+            .map(|i: u64| i.to_string())
+            .collect();
+        assert_eq!(got, want);
+        drop(s);
+        // Their expiry was settled on disk: still gone after another restart.
+        let r =
+            PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
+        assert_eq!(r.count, 48);
+    }
+
+    #[test]
+    fn records_without_a_stored_deadline_get_the_queue_ttl_from_the_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        {
+            // Records as an older version wrote them: no deadline flag.
+            let sync = persistence(d.path()).sync().clone();
+            let (mut log, _) = QueueLog::open(&dir, 8192, sync, Some(LogHealth::new("q"))).unwrap();
+            for seq in 1..=3u64 {
+                let mut rec = vec![FLAG_PERSISTENT];
+                rec.extend_from_slice(&seq.to_le_bytes());
+                msg(seq, true).message.encode_record(&mut rec);
+                log.append(&rec).unwrap();
+            }
+        }
+        let before = now_ms();
+        let r = PagedStore::recover(
+            persistence(d.path()),
+            LogHealth::new("q"),
+            dir,
+            1,
+            Some(5000),
+        )
+        .unwrap();
+        assert_eq!(r.deadlines.len(), 3);
+        assert!(r.deadlines.iter().all(|(_, at)| *at > before + 5000 - 1));
     }
 }

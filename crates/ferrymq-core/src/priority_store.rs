@@ -24,10 +24,14 @@ impl PriorityStore {
 }
 
 impl MessageStore for PriorityStore {
-    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError> {
+    fn push(
+        &mut self,
+        msg: QueuedMessage,
+        deadline: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
         let l = self.level(&msg);
         match self.levels.get_mut(l) {
-            Some(s) => s.push(msg),
+            Some(s) => s.push(msg, deadline),
             None => Ok(None),
         }
     }
@@ -103,7 +107,7 @@ mod tests {
             (4, Some(3)),
             (5, Some(0)),
         ] {
-            s.push(msg(seq, p)).unwrap();
+            s.push(msg(seq, p), None).unwrap();
         }
         let first = s.shift().unwrap();
         assert_eq!(

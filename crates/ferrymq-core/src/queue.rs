@@ -15,6 +15,7 @@ use crate::store::{MemoryStore, MessageStore};
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
 use crate::ConnectionId;
+use ferrymq_store::{LogHealth, StoreError};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -208,6 +209,10 @@ pub struct Queue {
     pub owner: Option<ConnectionId>,
     /// The vhost it dead-letters into and is deleted from when it expires.
     home: OnceLock<Weak<dyn QueueEvents>>,
+    /// Whether its log's writes reached the disk (durable queues with a data directory).
+    health: Option<Arc<LogHealth>>,
+    /// A durable queue's directory and the incarnation id it is named after.
+    files: Option<(std::path::PathBuf, Option<String>)>,
     state: Mutex<QueueState>,
 }
 
@@ -275,6 +280,8 @@ impl Queue {
             options,
             owner,
             home: OnceLock::new(),
+            health: None,
+            files: None,
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -291,6 +298,48 @@ impl Queue {
                 dead: Vec::new(),
             }),
         }
+    }
+
+    /// The same queue, writing to a durable log whose state `health` tracks.
+    pub fn with_health(mut self, health: Option<Arc<LogHealth>>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The same queue, keeping its messages in `dir`, named after `incarnation` (none for a
+    /// queue recovered from a directory named the way older versions did).
+    pub fn with_files(mut self, dir: std::path::PathBuf, incarnation: Option<String>) -> Self {
+        self.files = Some((dir, incarnation));
+        self
+    }
+
+    /// A durable queue's directory.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.files.as_ref().map(|(d, _)| d.as_path())
+    }
+
+    /// Which declaration of its name this queue is (durable queues): its definitions entry
+    /// and directory carry the id.
+    pub fn incarnation(&self) -> Option<&str> {
+        self.files.as_ref().and_then(|(_, i)| i.as_deref())
+    }
+
+    /// The same queue with the deadlines of messages its store recovered (sequence number,
+    /// deadline on `now_ms`'s clock); the timer is armed when it is attached.
+    pub fn with_deadlines(self, deadlines: Vec<(u64, u64)>) -> Self {
+        {
+            let mut st = self.state.lock();
+            for (seq, at) in deadlines {
+                st.deadlines.add(seq, at);
+            }
+        }
+        self
+    }
+
+    /// Its durable log's health, if it has one: a publish accepted with a ticket is kept once
+    /// group commit reaches it, unless this log failed.
+    pub fn health(&self) -> Option<&Arc<LogHealth>> {
+        self.health.as_ref()
     }
 
     /// Attaches the queue to its vhost and applies its feature settings.
@@ -326,6 +375,10 @@ impl Queue {
         st.drop_head_over_limits();
         if let Some(e) = st.cfg.expires {
             let at = st.last_used.saturating_add(e);
+            self.arm(&mut st, at);
+        }
+        if let Some(at) = st.deadlines.next().filter(|_| initial) {
+            // Messages recovered with deadlines expire on time without a publish to wake us.
             self.arm(&mut st, at);
         }
         self.unlock_and_flush(st);
@@ -435,23 +488,32 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let ticket = match st.store.push(QueuedMessage::new(seq, message)) {
+        // The clock counts whole milliseconds; rounding up means a message never expires
+        // before its TTL (TTL 0 stays "now": deliverable only at once).
+        let now = ttl.map(|_| now_ms());
+        let deadline = now
+            .zip(ttl)
+            .map(|(n, ttl)| n.saturating_add(ttl) + u64::from(ttl > 0));
+        let ticket = match st.store.push(QueuedMessage::new(seq, message), deadline) {
             Ok(t) => t,
+            Err(e @ StoreError::Failed(_)) => {
+                // Said once, loudly, by the sync thread when the log failed.
+                tracing::debug!(queue = %self.name, vhost = %self.vhost, "message refused: {e}");
+                return Enqueued::Refused;
+            }
             Err(e) => {
                 tracing::error!(queue = %self.name, vhost = %self.vhost, "message refused: {e}");
                 return Enqueued::Refused;
             }
         };
-        if let Some(ttl) = ttl {
-            let now = now_ms();
-            // The clock counts whole milliseconds; rounding up means a message never
-            // expires before its TTL (TTL 0 stays "now": deliverable only at once).
-            let at = now.saturating_add(ttl) + u64::from(ttl > 0);
+        if let Some(at) = deadline {
             st.deadlines.add(seq, at);
             self.arm(&mut st, at);
         }
         if !st.consumers.is_empty() {
-            self.dispatch_locked(&mut st);
+            // Judged at the publish's own millisecond: a TTL 0 message reaches a consumer
+            // waiting for it even if the clock ticks meanwhile.
+            self.dispatch_locked_at(&mut st, now);
         }
         if ttl == Some(0) {
             // TTL 0: delivered at once to a consumer that could take it, or expired now.
@@ -471,7 +533,11 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        let mut now = None;
+        self.dispatch_locked_at(st, None);
+    }
+
+    /// Dispatches, judging deadlines at `now` (ms) if given, else at the current time.
+    fn dispatch_locked_at(self: &Arc<Self>, st: &mut QueueState, mut now: Option<u64>) {
         let mut busy = 0usize;
         while !st.store.is_empty() && busy <= st.consumers.len() {
             let Some(i) = st.pick() else { break };

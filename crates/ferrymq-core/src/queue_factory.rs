@@ -12,6 +12,7 @@ use crate::queue_config::QueueConfig;
 use crate::store::{MemoryStore, MessageStore};
 use crate::value::FieldValue;
 use crate::ConnectionId;
+use ferrymq_store::{LogHealth, Pending};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,9 +41,9 @@ impl QueueType {
     }
 }
 
-/// A new, empty queue `name` in `vhost`. A durable queue's definition is saved and any
-/// leftovers of an earlier queue of that name are removed first. Exclusive queues never
-/// outlive their connection, so they never persist.
+/// A new, empty queue `name` in `vhost`. A durable queue's definition is saved (the returned
+/// write to wait for before the declare-ok) in a directory of its own incarnation.
+/// Exclusive queues never outlive their connection, so they never persist.
 pub fn create(
     persist: Option<&Arc<Persistence>>,
     vhost: &str,
@@ -50,7 +51,7 @@ pub fn create(
     options: QueueOptions,
     owner: Option<ConnectionId>,
     cfg: &QueueConfig,
-) -> CoreResult<Queue> {
+) -> CoreResult<(Queue, Pending)> {
     match QueueType::of(&options) {
         QueueType::Classic => classic(persist, vhost, name, options, owner, cfg),
     }
@@ -63,7 +64,7 @@ fn classic(
     options: QueueOptions,
     owner: Option<ConnectionId>,
     cfg: &QueueConfig,
-) -> CoreResult<Queue> {
+) -> CoreResult<(Queue, Pending)> {
     let levels = cfg.max_priority;
     let Some(p) = persist else {
         let store: Box<dyn MessageStore> = match levels {
@@ -74,65 +75,102 @@ fn classic(
             )),
             None => Box::new(MemoryStore::default()),
         };
-        return Ok(Queue::with_store(name, vhost, options, owner, store, 1));
+        return Ok((
+            Queue::with_store(name, vhost, options, owner, store, 1),
+            Pending::default(),
+        ));
     };
     let durable = options.durable && !options.exclusive;
+    let mut incarnation = None;
+    let mut saved = Pending::default();
     let dir = if durable {
-        let dir = p.queue_dir(vhost, name);
-        // Leftovers of an earlier queue of that name must not come back in the new one.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| CoreError::Internal(format!("{}: {e}", dir.display())))?;
-        }
-        p.queue_declared(vhost, name, options.auto_delete, &options.arguments)?;
+        // A directory of its own: nothing an earlier queue of that name left (or a late
+        // cleanup of it still removes) can touch it.
+        let (inc, dir) = loop {
+            let inc = Persistence::new_incarnation();
+            let dir = p.queue_dir(vhost, name, Some(&inc));
+            if !dir.exists() {
+                break (inc, dir);
+            }
+        };
+        saved = p.queue_declared(
+            vhost,
+            name,
+            options.auto_delete,
+            &options.arguments,
+            Some(&inc),
+        )?;
+        incarnation = Some(inc);
         dir
     } else {
         p.transient_dir()
     };
+    // Its messages are only kept if the definitions record that declares it is.
+    let health = durable.then(|| {
+        let name = dir.display().to_string();
+        LogHealth::depending_on(name, p.journal_health().clone(), saved.ticket())
+    });
     let store: Box<dyn MessageStore> = match levels {
         Some(max) => Box::new(PriorityStore::new(
             (0..=max)
                 .map(|l| {
-                    Box::new(PagedStore::new(p.clone(), durable, level_dir(&dir, l)))
-                        as Box<dyn MessageStore>
+                    Box::new(PagedStore::new(
+                        p.clone(),
+                        health.clone(),
+                        level_dir(&dir, l),
+                    )) as Box<dyn MessageStore>
                 })
                 .collect(),
         )),
-        None => Box::new(PagedStore::new(p.clone(), durable, dir)),
+        None => Box::new(PagedStore::new(p.clone(), health.clone(), dir.clone())),
     };
-    Ok(Queue::with_store(name, vhost, options, owner, store, 1))
+    let q = Queue::with_store(name, vhost, options, owner, store, 1).with_health(health);
+    let q = match incarnation {
+        Some(inc) => q.with_files(dir, Some(inc)),
+        None => q,
+    };
+    Ok((q, saved))
 }
 
-/// A durable queue re-created at start with the messages its log holds. Returns the queue,
-/// its directory and how many messages came back.
+/// Incarnation `incarnation` of a durable queue re-created at start with the messages its
+/// log holds. Returns the queue, its directory and how many messages came back.
 pub fn recover(
     p: &Arc<Persistence>,
     vhost: &str,
     name: &str,
+    incarnation: Option<&str>,
     options: QueueOptions,
     cfg: &QueueConfig,
 ) -> CoreResult<(Queue, PathBuf, u64)> {
-    let dir = p.queue_dir(vhost, name);
+    let dir = p.queue_dir(vhost, name, incarnation);
+    let health = LogHealth::new(dir.display().to_string());
     let recover = |dir: PathBuf, first: u64| {
-        PagedStore::recover(p.clone(), dir, first).map_err(|e| CoreError::Internal(e.to_string()))
+        PagedStore::recover(p.clone(), health.clone(), dir, first, cfg.message_ttl)
+            .map_err(|e| CoreError::Internal(e.to_string()))
     };
+    let mut deadlines = Vec::new();
     let (store, n): (Box<dyn MessageStore>, u64) = match cfg.max_priority {
         Some(max) => {
             let mut levels: Vec<Box<dyn MessageStore>> = Vec::new();
             let mut total = 0;
             for l in 0..=max {
-                let (s, n) = recover(level_dir(&dir, l), total + 1)?;
-                total += n;
-                levels.push(Box::new(s));
+                let r = recover(level_dir(&dir, l), total + 1)?;
+                total += r.count;
+                deadlines.extend(r.deadlines);
+                levels.push(Box::new(r.store));
             }
             (Box::new(PriorityStore::new(levels)), total)
         }
         None => {
-            let (s, n) = recover(dir.clone(), 1)?;
-            (Box::new(s), n)
+            let r = recover(dir.clone(), 1)?;
+            deadlines = r.deadlines;
+            (Box::new(r.store), r.count)
         }
     };
-    let q = Queue::with_store(name, vhost, options, None, store, n + 1);
+    let q = Queue::with_store(name, vhost, options, None, store, n + 1)
+        .with_health(Some(health))
+        .with_files(dir.clone(), incarnation.map(str::to_string))
+        .with_deadlines(deadlines);
     Ok((q, dir, n))
 }
 

@@ -23,6 +23,7 @@ use crate::queue::{ConsumerEntry, Queue, QueueCounts, QueueOptions};
 use crate::value::{FieldTable, FieldValue};
 use crate::vhost::{generate_name, PublishOutcome, VHost, REPLY_TO_PREFIX};
 use crate::ConnectionId;
+use ferrymq_store::Pending;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,13 +217,18 @@ impl Session {
     }
 
     /// exchange.declare. Passive declares only check existence.
+    ///
+    /// Topology changes return the definitions write ([`Pending`]) that group commit must
+    /// make durable before the client is told the change is done (RabbitMQ answers a durable
+    /// declaration only once it is on disk); [`Broker::wait_saved`] waits for it in a
+    /// blocking caller.
     pub fn declare_exchange(
         &self,
         name: &str,
         kind: &str,
         options: ExchangeOptions,
         passive: bool,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         // The type is checked first (a connection error), then the default exchange (also
         // for passive declares), then permissions, as in RabbitMQ.
         if !passive && ExchangeKind::parse(kind).is_none() && kind != crate::exchange::DELAYED_TYPE
@@ -251,21 +257,22 @@ impl Session {
     }
 
     /// exchange.delete.
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<Pending> {
         if !name.is_empty() && !name.starts_with("amq.") {
             self.check(Perm::Configure, Resource::Exchange, name)?;
         }
         self.vhost.delete_exchange(name, if_unused)
     }
 
-    /// queue.declare: returns the queue (its name may be server-generated) and its counts.
-    /// A new queue counts against the vhost's `max-queues`.
+    /// queue.declare: returns the queue (its name may be server-generated), its counts and
+    /// the definitions write to wait for. A new queue counts against the vhost's
+    /// `max-queues`.
     pub fn declare_queue(
         &self,
         name: &str,
         options: QueueOptions,
         passive: bool,
-    ) -> CoreResult<(Arc<Queue>, QueueCounts)> {
+    ) -> CoreResult<(Arc<Queue>, QueueCounts, Pending)> {
         if passive {
             return self
                 .vhost
@@ -299,26 +306,32 @@ impl Session {
                 self.check(Perm::Write, Resource::Exchange, dlx)?;
             }
         }
-        let (q, counts) = self
-            .vhost
-            .declare_queue(&name, options, false, self.id(), max_queues)?;
+        let (q, counts, saved) =
+            self.vhost
+                .declare_queue(&name, options, false, self.id(), max_queues)?;
         if q.owner == Some(self.id()) {
             let mut ex = self.exclusive.lock();
             if !ex.iter().any(|e| Arc::ptr_eq(e, &q)) {
                 ex.push(q.clone());
             }
         }
-        Ok((q, counts))
+        Ok((q, counts, saved))
     }
 
-    /// queue.delete: returns how many ready messages went with it.
-    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool) -> CoreResult<usize> {
+    /// queue.delete: returns how many ready messages went with it, and the definitions
+    /// write to wait for.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> CoreResult<(usize, Pending)> {
         self.check(Perm::Configure, Resource::Queue, name)?;
-        let n = self
+        let done = self
             .vhost
             .delete_queue(name, if_unused, if_empty, self.id())?;
         self.exclusive.lock().retain(|q| q.name != name);
-        Ok(n)
+        Ok(done)
     }
 
     /// queue.purge: returns how many ready messages were dropped.
@@ -352,7 +365,7 @@ impl Session {
         exchange: &str,
         key: &str,
         args: FieldTable,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         self.check_bind((Resource::Queue, queue), exchange, key)?;
         self.vhost.bind_queue(queue, exchange, key, args, self.id())
     }
@@ -364,7 +377,7 @@ impl Session {
         exchange: &str,
         key: &str,
         args: &FieldTable,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         self.check_bind((Resource::Queue, queue), exchange, key)?;
         self.vhost
             .unbind_queue(queue, exchange, key, args, self.id())
@@ -377,7 +390,7 @@ impl Session {
         source: &str,
         key: &str,
         args: FieldTable,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         self.check_bind((Resource::Exchange, destination), source, key)?;
         self.vhost.bind_exchange(destination, source, key, args)
     }
@@ -389,7 +402,7 @@ impl Session {
         source: &str,
         key: &str,
         args: &FieldTable,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         self.check_bind((Resource::Exchange, destination), source, key)?;
         self.vhost.unbind_exchange(destination, source, key, args)
     }

@@ -11,17 +11,24 @@ use std::collections::VecDeque;
 
 /// Where a queue's ready messages are kept.
 pub trait MessageStore: Send {
-    /// Appends a new message at the tail. Returns the group-commit ticket after which it is on
-    /// disk, when it had to be made durable; an error refuses the message.
-    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError>;
+    /// Appends a new message at the tail; `deadline` (ms on `expiry::now_ms`'s clock) is when
+    /// it expires, kept with it on disk so it still expires then after a restart. Returns the
+    /// group-commit ticket after which it is on disk, when it had to be made durable; an
+    /// error refuses the message.
+    fn push(
+        &mut self,
+        msg: QueuedMessage,
+        deadline: Option<u64>,
+    ) -> Result<Option<u64>, StoreError>;
     /// Removes and returns the message at the head.
     fn shift(&mut self) -> Option<QueuedMessage>;
     /// Puts a delivered-but-unacked message back at its original position.
     fn requeue(&mut self, msg: QueuedMessage);
     /// Records that a delivered message was acknowledged (or otherwise finished with).
     fn ack(&mut self, seq: u64);
-    /// Takes a ready message out of the middle of the queue (it expired), if it is in
-    /// memory; a message paged out to disk is left for [`MessageStore::shift`] to return.
+    /// Takes a ready message out of the middle of the queue (it expired), wherever it is:
+    /// in memory, or paged out to disk (pushed with a deadline). `None` when it is not ready
+    /// (delivered and unacked) or gone.
     fn remove(&mut self, seq: u64) -> Option<QueuedMessage>;
     /// Drops every ready message and returns how many there were.
     fn purge(&mut self) -> usize;
@@ -62,7 +69,7 @@ pub(crate) fn take_out(
 }
 
 impl MessageStore for MemoryStore {
-    fn push(&mut self, msg: QueuedMessage) -> Result<Option<u64>, StoreError> {
+    fn push(&mut self, msg: QueuedMessage, _: Option<u64>) -> Result<Option<u64>, StoreError> {
         self.bytes += msg.message.body_size();
         self.ready.push_back(msg);
         Ok(None)

@@ -164,6 +164,13 @@ pub struct QueueDef {
     pub auto_delete: bool,
     /// `x-` arguments.
     pub arguments: Arguments,
+    /// FerryMQ's own: which declaration of this name the entry is. Its files live in a
+    /// directory named after it, so a late cleanup of a deleted queue can never touch the
+    /// files of one declared again under the same name. Absent in entries written by
+    /// RabbitMQ or older FerryMQ versions (their directory is named without it) and in
+    /// exports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 /// A durable exchange.
@@ -185,6 +192,10 @@ pub struct ExchangeDef {
     pub internal: bool,
     /// Arguments (`alternate-exchange`, ...).
     pub arguments: Arguments,
+    /// FerryMQ's own, for delayed-message exchanges (which keep messages in a directory):
+    /// as [`QueueDef::incarnation`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 /// A binding.
@@ -206,6 +217,18 @@ pub struct BindingDef {
 }
 
 impl Definitions {
+    /// The document as RabbitMQ's `export_definitions` would write it: without FerryMQ's
+    /// incarnation ids.
+    pub fn exported(mut self) -> Definitions {
+        for q in &mut self.queues {
+            q.incarnation = None;
+        }
+        for x in &mut self.exchanges {
+            x.incarnation = None;
+        }
+        self
+    }
+
     /// The limits set on `vhost` (the `vhost-limits` parameter), if any.
     pub fn vhost_limits(&self, vhost: &str) -> Option<&Arguments> {
         self.parameters.iter().find_map(|p| {

@@ -11,9 +11,9 @@
 //! Acks are not fsynced: an ack lost in a crash means a redelivery, never a loss.
 
 use crate::record::{self, Scan, HEADER_LEN};
-use crate::sync::SyncGroup;
+use crate::sync::{LogHealth, SyncFile, SyncGroup};
 use crate::StoreError;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -40,6 +40,8 @@ struct Segment {
     len: u64,
     /// Offsets found acked when the log was opened: reading skips them.
     skip: HashSet<u32>,
+    /// Damaged records recovery stepped over (offset → size): reading skips them too.
+    corrupt: HashMap<u32, u32>,
 }
 
 impl Segment {
@@ -50,6 +52,7 @@ impl Segment {
             ack_log: None,
             len: 0,
             skip: HashSet::new(),
+            corrupt: HashMap::new(),
         }
     }
 }
@@ -57,7 +60,7 @@ impl Segment {
 /// The segment being appended to.
 struct Head {
     id: u32,
-    file: Arc<File>,
+    file: Arc<SyncFile>,
     len: u64,
 }
 
@@ -70,6 +73,9 @@ pub struct QueueLog {
     segments: BTreeMap<u32, Segment>,
     readers: BTreeMap<u32, File>,
     sync: Arc<SyncGroup>,
+    /// Whether writes go through group commit (durable logs) or just to the OS.
+    durable: bool,
+    health: Arc<LogHealth>,
     scratch: Vec<u8>,
 }
 
@@ -90,12 +96,32 @@ impl QueueLog {
     /// many valid, unacked records it holds; read them with [`QueueLog::read_batch`] from
     /// [`QueueLog::first`]. A torn or corrupt record ends its segment: the segment is cut
     /// there, with a warning, and everything before it is kept.
+    ///
+    /// With `health`, appends go through group commit and the log fails for good when a sync
+    /// fails; without, the log is not durable (paged-out transient messages) and its writes
+    /// are never synced.
     pub fn open(
         dir: &Path,
         segment_size: u64,
         sync: Arc<SyncGroup>,
+        health: Option<Arc<LogHealth>>,
     ) -> Result<(QueueLog, u64), StoreError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        QueueLog::open_with(dir, segment_size, sync, health, &mut |_, _| {})
+    }
+
+    /// [`QueueLog::open`], showing `visit` every valid, unacked record recovered, in log
+    /// order, while recovery has it in memory anyway (so what a queue needs from every record
+    /// at start, such as deadlines, costs no second read).
+    pub fn open_with(
+        dir: &Path,
+        segment_size: u64,
+        sync: Arc<SyncGroup>,
+        health: Option<Arc<LogHealth>>,
+        visit: &mut dyn FnMut(Position, &[u8]),
+    ) -> Result<(QueueLog, u64), StoreError> {
+        let durable = health.is_some();
+        let health = health.unwrap_or_else(|| LogHealth::new(dir.display().to_string()));
+        let created = create_dirs(dir)?;
         let mut ids: Vec<u32> = std::fs::read_dir(dir)
             .map_err(io(dir))?
             .filter_map(|e| e.ok())
@@ -108,7 +134,7 @@ impl QueueLog {
         let mut segments = BTreeMap::new();
         let mut ready = 0u64;
         for &id in &ids {
-            let seg = recover_segment(dir, id)?;
+            let seg = recover_segment(dir, id, visit)?;
             if seg.records == seg.acked {
                 remove_segment(dir, id)?;
                 continue;
@@ -118,8 +144,16 @@ impl QueueLog {
         }
         // Always append to a fresh segment: a recovered one may end where a record was cut.
         let next = ids.last().map_or(1, |l| l + 1);
-        let head = new_head(dir, next)?;
+        let head = new_head(dir, next, &health)?;
         segments.insert(next, Segment::new());
+        if durable {
+            // The new head segment's name, and any directory just created, must be durable
+            // before a record in them counts as durable (removals just before too).
+            for d in created.iter().filter_map(|c| c.parent()) {
+                sync.dir_changed(d, &health);
+            }
+            sync.dir_changed(dir, &health);
+        }
         let log = QueueLog {
             dir: dir.to_path_buf(),
             segment_size: segment_size.max(4096),
@@ -131,6 +165,8 @@ impl QueueLog {
             segments,
             readers: BTreeMap::new(),
             sync,
+            durable,
+            health,
             scratch: Vec::new(),
         };
         Ok((log, ready))
@@ -217,6 +253,16 @@ impl QueueLog {
                         off = next;
                     }
                     Scan::End => break,
+                    Scan::Torn | Scan::Corrupt
+                        if self.corrupt_len(id, from.offset + off as u32).is_some() =>
+                    {
+                        // Stepped over at recovery; its size may reach past this chunk.
+                        let len = self.corrupt_len(id, from.offset + off as u32);
+                        off += len.unwrap_or_default() as usize;
+                        if off >= buf.len() {
+                            break;
+                        }
+                    }
                     Scan::Torn if off > 0 => break,
                     Scan::Torn => {
                         // One record larger than the chunk: read exactly it.
@@ -246,9 +292,14 @@ impl QueueLog {
         Ok((out, from))
     }
 
+    /// The size of the damaged record recovery stepped over at `at`, if there is one.
+    fn corrupt_len(&self, id: u32, at: u32) -> Option<u32> {
+        self.segments.get(&id)?.corrupt.get(&at).copied()
+    }
+
     fn file(&mut self, id: u32) -> Result<&File, StoreError> {
         if id == self.head.id {
-            return Ok(&self.head.file);
+            return Ok(self.head.file.file());
         }
         let path = seg_path(&self.dir, id);
         Ok(match self.readers.entry(id) {
@@ -260,8 +311,12 @@ impl QueueLog {
     }
 
     /// Appends a record. Returns where it went and the group-commit ticket after which it is
-    /// on disk. On a failed write (disk full) the segment is cut back so no torn record stays.
+    /// on disk (0 for a log that is not durable). On a failed write (disk full) the segment
+    /// is cut back so no torn record stays. A log whose sync failed takes no more records.
     pub fn append(&mut self, payload: &[u8]) -> Result<(Position, u64), StoreError> {
+        if self.durable && self.health.is_failed() {
+            return Err(StoreError::Failed(self.dir.display().to_string()));
+        }
         let need = (HEADER_LEN + payload.len()) as u64;
         if need > u32::MAX as u64 {
             return Err(StoreError::TooLarge(payload.len()));
@@ -278,15 +333,24 @@ impl QueueLog {
         let path = seg_path(&self.dir, self.head.id);
         // Positional write: after a failed (possibly partial) write the next one still lands
         // right after the last whole record.
-        if let Err(e) = self.head.file.write_all_at(&self.scratch, self.head.len) {
-            let _ = self.head.file.set_len(self.head.len);
+        if let Err(e) = self
+            .head
+            .file
+            .file()
+            .write_all_at(&self.scratch, self.head.len)
+        {
+            let _ = self.head.file.file().set_len(self.head.len);
             return Err(io(&path)(e));
         }
         self.head.len += need;
         if let Some(s) = self.segments.get_mut(&self.head.id) {
             s.records += 1;
         }
-        Ok((pos, self.sync.written(&self.head.file)))
+        let ticket = match self.durable {
+            true => self.sync.written(&self.head.file),
+            false => 0,
+        };
+        Ok((pos, ticket))
     }
 
     /// Reads the payload of the record at `pos`.
@@ -329,9 +393,25 @@ impl QueueLog {
         if seg.acked >= seg.records && pos.segment != self.head.id {
             self.segments.remove(&pos.segment);
             self.readers.remove(&pos.segment);
-            remove_segment(&self.dir, pos.segment)?;
+            self.remove_later(pos.segment);
         }
         Ok(())
+    }
+
+    /// Hands a fully acked segment and its ack log to the background remover: unlinking a
+    /// 64 MiB file is not done under the queue's lock.
+    fn remove_later(&self, id: u32) {
+        let reaper = self.sync.reaper();
+        reaper.remove(seg_path(&self.dir, id));
+        reaper.remove(ack_path(&self.dir, id));
+    }
+
+    /// Has group commit sync `dir`'s entries (durable logs only); returns the ticket.
+    fn dir_changed(&self, dir: &Path) -> u64 {
+        match self.durable {
+            true => self.sync.dir_changed(dir, &self.health),
+            false => 0,
+        }
     }
 
     /// Number of segment files currently kept.
@@ -339,9 +419,10 @@ impl QueueLog {
         self.segments.len()
     }
 
-    /// Deletes the whole log (the queue was deleted).
-    pub fn destroy(self) -> Result<(), StoreError> {
-        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+    /// Deletes the whole log (the queue was deleted): its directory is removed in the
+    /// background (see [`crate::reaper`]).
+    pub fn destroy(self) {
+        self.sync.reaper().remove(self.dir.clone());
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
@@ -349,22 +430,40 @@ impl QueueLog {
         if let Some(s) = self.segments.get_mut(&self.head.id) {
             s.len = self.head.len;
         }
-        self.head = new_head(&self.dir, id)?;
+        self.head = new_head(&self.dir, id, &self.health)?;
         self.segments.insert(id, Segment::new());
+        self.dir_changed(&self.dir);
         // The previous head may already be fully acked.
         let prev = id - 1;
         if let Some(s) = self.segments.get(&prev) {
             if s.acked >= s.records {
                 self.segments.remove(&prev);
                 self.readers.remove(&prev);
-                remove_segment(&self.dir, prev)?;
+                self.remove_later(prev);
             }
         }
         Ok(())
     }
 }
 
-fn new_head(dir: &Path, id: u32) -> Result<Head, StoreError> {
+/// Creates `dir` and its missing ancestors; returns the directories it created, outermost
+/// first, so their parents can be synced.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    missing.reverse();
+    Ok(missing)
+}
+
+fn new_head(dir: &Path, id: u32, health: &Arc<LogHealth>) -> Result<Head, StoreError> {
     let path = seg_path(dir, id);
     let file = OpenOptions::new()
         .create(true)
@@ -375,7 +474,7 @@ fn new_head(dir: &Path, id: u32) -> Result<Head, StoreError> {
         .map_err(io(&path))?;
     Ok(Head {
         id,
-        file: Arc::new(file),
+        file: SyncFile::new(file, path, health.clone()),
         len: 0,
     })
 }
@@ -391,7 +490,22 @@ fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
+/// Appends a damaged record's offset to its segment's ack log.
+fn settle_damaged(dir: &Path, id: u32, at: u32) -> Result<(), StoreError> {
+    let path = ack_path(dir, id);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&at.to_le_bytes()))
+        .map_err(io(&path))
+}
+
+fn recover_segment(
+    dir: &Path,
+    id: u32,
+    visit: &mut dyn FnMut(Position, &[u8]),
+) -> Result<Segment, StoreError> {
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let acked: HashSet<u32> = match std::fs::read(ack_path(dir, id)) {
@@ -406,25 +520,64 @@ fn recover_segment(dir: &Path, id: u32) -> Result<Segment, StoreError> {
     let mut off = 0usize;
     loop {
         match record::scan(&bytes, off) {
-            Scan::Record(_, next) => {
+            Scan::Record(payload, next) => {
                 seg.records += 1;
                 if acked.contains(&(off as u32)) {
                     seg.acked += 1;
                     seg.skip.insert(off as u32);
+                } else {
+                    let at = Position {
+                        segment: id,
+                        offset: off as u32,
+                    };
+                    visit(at, payload);
                 }
                 off = next;
             }
             Scan::End => break,
             damage @ (Scan::Torn | Scan::Corrupt) => {
-                let what = if damage == Scan::Torn {
-                    "torn"
-                } else {
-                    "corrupt (CRC mismatch)"
+                if let Some((damaged, next)) = match damage {
+                    Scan::Corrupt => record::step_over(&bytes, off),
+                    _ => None,
+                } {
+                    // The length prefixes lead past the damage to an intact record: only the
+                    // damaged records are lost. Each is settled in the ack log, so it counts
+                    // as done (its segment can go) and is reported once.
+                    for (at, len) in damaged {
+                        let at32 = at as u32;
+                        seg.records += 1;
+                        seg.acked += 1;
+                        seg.skip.insert(at32);
+                        seg.corrupt.insert(at32, len as u32);
+                        if acked.contains(&at32) {
+                            continue;
+                        }
+                        tracing::error!(
+                            "{}: corrupt record (CRC mismatch) at offset {at}, {len} bytes: it \
+                             is lost and skipped; the records after it are kept",
+                            path.display()
+                        );
+                        settle_damaged(dir, id, at32)?;
+                    }
+                    off = next;
+                    continue;
+                }
+                let why = match damage {
+                    Scan::Torn => {
+                        "runs past the end of the file (a write cut short, or a \
+                                   damaged length prefix)"
+                    }
+                    _ => {
+                        "fails its CRC and no intact record follows where its length \
+                          prefix points"
+                    }
                 };
                 tracing::warn!(
-                    "{}: {what} record at offset {off}; cutting the segment there ({} bytes \
-                     dropped, {} records before it kept)",
+                    "{}: the record at offset {off} {why}; cutting the segment there: bytes \
+                     {off}..{} ({} bytes: that record and anything after it) are dropped, \
+                     the {} records before it are kept",
                     path.display(),
+                    bytes.len(),
                     bytes.len() - off,
                     seg.records
                 );
@@ -449,7 +602,8 @@ mod tests {
 
     /// Opens the log and reads back everything it recovered.
     fn open(dir: &Path, seg: u64) -> (QueueLog, Vec<Vec<u8>>) {
-        let (mut log, n) = QueueLog::open(dir, seg, SyncGroup::start(FsyncPolicy::Never)).unwrap();
+        let sync = SyncGroup::start(FsyncPolicy::Never);
+        let (mut log, n) = QueueLog::open(dir, seg, sync, Some(LogHealth::new("q"))).unwrap();
         let (mut all, mut at) = (Vec::new(), log.first());
         loop {
             // Small batches exercise continuing across chunk and segment ends.
@@ -504,6 +658,7 @@ mod tests {
         }
         assert!(before > 5);
         assert_eq!(log.segment_count(), 1, "only the head segment remains");
+        log.sync.reaper().wait_idle();
         drop(log);
         let (log, r) = open(d.path(), 4096);
         assert!(r.is_empty());
@@ -549,6 +704,110 @@ mod tests {
         assert_eq!(log.read(p).unwrap(), b"after");
     }
 
+    /// Ten 50-byte records 0..10 in segment 1, then closed; returns the segment's path.
+    fn ten_records(dir: &Path) -> PathBuf {
+        let (mut log, _) = open(dir, 1 << 20);
+        for i in 0..10u8 {
+            log.append(&[i; 50]).unwrap();
+        }
+        drop(log);
+        seg_path(dir, 1)
+    }
+
+    fn flip(path: &Path, at: usize, mask: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= mask;
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_record_mid_segment_is_skipped_and_the_records_after_it_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = ten_records(d.path());
+        // A flipped bit in the payload of record 4 (each record is 58 bytes).
+        flip(&seg, 4 * 58 + HEADER_LEN + 20, 0x08);
+        let want: Vec<Vec<u8>> = (0..10u8).filter(|&i| i != 4).map(|i| vec![i; 50]).collect();
+        let (mut log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, want, "only the damaged record is lost");
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            10 * 58,
+            "nothing is cut"
+        );
+        let (p, _) = log.append(b"after").unwrap();
+        assert_eq!(log.read(p).unwrap(), b"after");
+        drop(log);
+        // Opened again: the same records (the damaged one was settled, not reported again).
+        let (mut log, r) = open(d.path(), 1 << 20);
+        let mut again = want.clone();
+        again.push(b"after".to_vec());
+        assert_eq!(r, again);
+        // Once every kept record is acked the segment goes, damaged record and all.
+        let (batch, _) = log.read_batch(log.first(), 100).unwrap();
+        for (pos, _) in batch {
+            log.ack(pos).unwrap();
+        }
+        log.sync.reaper().wait_idle();
+        assert!(!seg.exists(), "the fully settled segment is deleted");
+    }
+
+    #[test]
+    fn a_damaged_length_mid_segment_cuts_the_segment_there() {
+        // The length prefix is what finds the next record: damaged, nothing after it can be
+        // trusted, so the segment ends there (the log line says how many bytes went).
+        for mask in [0x40u8, 0x01] {
+            let d = tempfile::tempdir().unwrap();
+            let seg = ten_records(d.path());
+            flip(&seg, 4 * 58 + 1, mask);
+            let (_log, r) = open(d.path(), 1 << 20);
+            assert_eq!(r, (0..4u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), 4 * 58);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_last_record_is_a_corrupt_tail_and_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = ten_records(d.path());
+        flip(&seg, 9 * 58 + 4, 0x02);
+        let (_log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r.len(), 9);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), 9 * 58);
+    }
+
+    #[test]
+    fn several_corrupt_records_in_a_row_are_each_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = ten_records(d.path());
+        for i in [2usize, 3, 7] {
+            flip(&seg, i * 58 + HEADER_LEN + 1, 0x10);
+        }
+        let (_log, r) = open(d.path(), 1 << 20);
+        let want: Vec<Vec<u8>> = (0..10u8)
+            .filter(|i| ![2, 3, 7].contains(i))
+            .map(|i| vec![i; 50])
+            .collect();
+        assert_eq!(r, want);
+    }
+
+    #[test]
+    fn a_corrupt_record_larger_than_a_read_chunk_is_stepped_over_too() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let big = vec![9u8; READ_CHUNK + 1000];
+        log.append(b"small").unwrap();
+        log.append(&big).unwrap();
+        log.append(b"tail").unwrap();
+        drop(log);
+        flip(
+            &seg_path(d.path(), 1),
+            HEADER_LEN + 5 + HEADER_LEN + 100,
+            0x01,
+        );
+        let (_log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, vec![b"small".to_vec(), b"tail".to_vec()]);
+    }
+
     #[test]
     fn records_larger_than_a_read_chunk_and_reads_of_the_head_work() {
         let d = tempfile::tempdir().unwrap();
@@ -572,10 +831,9 @@ mod tests {
         let (mut log, _) = open(d.path(), 1 << 20);
         let (p1, _) = log.append(b"before").unwrap();
         // Writes to /dev/full fail with ENOSPC, as a full file system does.
-        let real = std::mem::replace(
-            &mut log.head.file,
-            Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap()),
-        );
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let full = SyncFile::new(full, "/dev/full".into(), log.health.clone());
+        let real = std::mem::replace(&mut log.head.file, full);
         let e = log.append(b"lost").unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
         log.head.file = real;
@@ -585,5 +843,78 @@ mod tests {
         drop(log);
         let (_log, r) = open(d.path(), 1 << 20);
         assert_eq!(r, vec![b"before".to_vec(), b"after".to_vec()]);
+    }
+
+    /// Records every sync it is asked for, then does it.
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<PathBuf>>);
+
+    impl crate::sync::Syncer for Recorder {
+        fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()> {
+            self.0.lock().push(path.to_path_buf());
+            file.sync_data()
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            self.0.lock().push(path.to_path_buf());
+            File::open(path)?.sync_all()
+        }
+    }
+
+    fn wait_synced(g: &SyncGroup, ticket: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while g.synced() < ticket {
+            assert!(std::time::Instant::now() < deadline, "sync never came");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn new_directories_and_segments_and_removals_are_synced_at_the_directory_level() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let g = SyncGroup::start_with(FsyncPolicy::Always, rec.clone());
+        let dir = d.path().join("queues").join("q1");
+        let (mut log, _) =
+            QueueLog::open(&dir, 4096, g.clone(), Some(LogHealth::new("q1"))).unwrap();
+        let (p1, t1) = log.append(&[1u8; 100]).unwrap();
+        wait_synced(&g, t1);
+        {
+            let seen = rec.0.lock();
+            for want in [d.path().to_path_buf(), d.path().join("queues"), dir.clone()] {
+                assert!(
+                    seen.contains(&want),
+                    "{want:?} synced before the record counts: {seen:?}"
+                );
+            }
+        }
+        // Rolling over creates a segment: the directory is synced again with it.
+        rec.0.lock().clear();
+        let mut last = 0;
+        let mut positions = vec![p1];
+        while log.segment_count() < 2 {
+            let (p, t) = log.append(&[2u8; 100]).unwrap();
+            positions.push(p);
+            last = t;
+        }
+        wait_synced(&g, last);
+        assert!(
+            rec.0.lock().contains(&dir),
+            "the new segment's entry is synced"
+        );
+        // Deleting a fully acked segment changes the directory too.
+        rec.0.lock().clear();
+        for p in positions.iter().filter(|p| p.segment == 1) {
+            log.ack(*p).unwrap();
+        }
+        g.reaper().wait_idle();
+        assert!(rec.0.lock().contains(&dir), "the removal is synced");
+        assert!(!seg_path(&dir, 1).exists());
+        // Destroying the log removes its directory and syncs its parent.
+        rec.0.lock().clear();
+        log.destroy();
+        g.reaper().wait_idle();
+        assert!(!dir.exists());
+        assert!(rec.0.lock().contains(&d.path().join("queues")));
+        g.stop();
     }
 }

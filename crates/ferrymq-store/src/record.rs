@@ -27,6 +27,13 @@ pub enum Scan<'a> {
     Corrupt,
 }
 
+/// The total size (header and payload) its length prefix gives the record at `offset`, if a
+/// whole header is there. Unchecked: the prefix itself may be damaged.
+pub fn claimed_len(bytes: &[u8], offset: usize) -> Option<usize> {
+    let h = bytes.get(offset..offset.checked_add(4)?)?;
+    Some(HEADER_LEN + u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize)
+}
+
 /// Reads the record starting at `offset` of `bytes`.
 pub fn scan(bytes: &[u8], offset: usize) -> Scan<'_> {
     let rest = bytes.get(offset..).unwrap_or_default();
@@ -45,6 +52,24 @@ pub fn scan(bytes: &[u8], offset: usize) -> Scan<'_> {
         return Scan::Corrupt;
     }
     Scan::Record(payload, offset + HEADER_LEN + len)
+}
+
+/// From a corrupt record at `off`, follows length prefixes over consecutive damaged records
+/// to the next intact one. Returns the damaged records (offset, size) and where the intact
+/// one starts, or `None` when the prefixes lead nowhere trustworthy (past the end, or to the
+/// very end, which makes the damage a corrupt tail).
+pub fn step_over(bytes: &[u8], mut off: usize) -> Option<(Vec<(usize, usize)>, usize)> {
+    let mut damaged = Vec::new();
+    loop {
+        let len = claimed_len(bytes, off)?;
+        damaged.push((off, len));
+        off = off.checked_add(len)?;
+        match scan(bytes, off) {
+            Scan::Record(..) => return Some((damaged, off)),
+            Scan::Corrupt => continue,
+            Scan::End | Scan::Torn => return None,
+        }
+    }
 }
 
 #[cfg(test)]

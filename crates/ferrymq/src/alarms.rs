@@ -1,5 +1,6 @@
 //! Resource alarms, as RabbitMQ raises them: when the broker's memory passes the high
-//! watermark or the data directory's disk runs low, connections that publish are blocked
+//! watermark (a fraction of physical RAM, or of the control group's memory limit when that
+//! is lower: see [`crate::memory_limit`]) or the data directory's disk runs low, connections that publish are blocked
 //! (`connection.blocked`) until the alarm clears; consumers keep draining. Above half the
 //! memory watermark, queues page new messages to disk instead of keeping them in RAM.
 
@@ -19,7 +20,8 @@ const PAGING_RATIO: f64 = 0.5;
 /// Alarm thresholds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AlarmLimits {
-    /// Fraction of physical RAM the broker may use before publishers are blocked.
+    /// Fraction of the memory limit (physical RAM, or the control group's limit when lower)
+    /// the broker may use before publishers are blocked.
     pub memory_high_watermark: f64,
     /// Free bytes on the data directory's file system below which publishers are blocked.
     pub disk_free_limit: u64,
@@ -39,7 +41,16 @@ impl AlarmMonitor {
         };
         let shared = m.limits.clone();
         tokio::spawn(async move {
-            let total = total_memory().unwrap_or(0);
+            let total = match crate::memory_limit::effective() {
+                Some((bytes, crate::memory_limit::Source::Cgroup)) => {
+                    tracing::info!(
+                        "memory limit {bytes} bytes from the control group (lower than RAM)"
+                    );
+                    bytes
+                }
+                Some((bytes, _)) => bytes,
+                None => 0,
+            };
             let mut current: Option<String> = None;
             let mut tick = tokio::time::interval(CHECK_EVERY);
             loop {
@@ -83,14 +94,6 @@ impl AlarmMonitor {
     }
 }
 
-/// Physical RAM in bytes, from /proc/meminfo.
-fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Bytes available to unprivileged users on the file system holding `path`.
 fn disk_free(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -107,7 +110,6 @@ mod tests {
 
     #[test]
     fn memory_and_disk_are_readable_here() {
-        assert!(total_memory().is_some_and(|m| m > 0));
         assert!(disk_free(Path::new("/")).is_some());
         assert!(disk_free(Path::new("/no/such/dir")).is_none());
     }

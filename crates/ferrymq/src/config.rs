@@ -37,8 +37,8 @@ pub struct Config {
     /// Bytes of ready messages (bodies plus overhead) each queue keeps in RAM; beyond it
     /// new messages are paged to the queue's log on disk, so a backlog costs disk, not RAM.
     pub queue_ram_budget: usize,
-    /// Fraction of RAM the broker may use before publishers are blocked (RabbitMQ's
-    /// `vm_memory_high_watermark.relative`).
+    /// Fraction of RAM (or of the cgroup memory limit, when lower) the broker may use before
+    /// publishers are blocked (RabbitMQ's `vm_memory_high_watermark.relative`).
     pub memory_high_watermark: f64,
     /// Free disk bytes below which publishers are blocked (RabbitMQ's
     /// `disk_free_limit.absolute`).
@@ -52,6 +52,10 @@ pub struct Config {
     /// A definitions file (RabbitMQ's JSON format) imported at start: users, vhosts,
     /// permissions, topic permissions, limits, policies, exchanges, queues, bindings.
     pub load_definitions: Option<PathBuf>,
+    /// Test hook: what makes writes durable (the OS's fsync unless a test injects failures).
+    /// Not settable from the file or the command line.
+    #[serde(skip)]
+    pub syncer: ferrymq_core::SyncerRef,
 }
 
 /// The `[tls]` table: the AMQPS listener and its certificates (RabbitMQ's `listeners.ssl`
@@ -146,6 +150,7 @@ impl Default for Config {
             consumer_timeout: 30 * 60 * 1000,
             handshake_timeout: 10,
             load_definitions: None,
+            syncer: Default::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod alarms;
 pub mod config;
+pub mod memory_limit;
 pub mod perf;
 
 use anyhow::Context;
@@ -60,6 +61,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             config::FsyncSetting::Never => FsyncPolicy::Never,
         },
         segment_size: cfg.segment_size,
+        syncer: cfg.syncer.clone(),
         queue_ram_budget: cfg.queue_ram_budget,
         ..PersistConfig::new(&cfg.data_dir)
     })

@@ -112,8 +112,11 @@ pub(crate) struct Channel {
     content: Option<PendingContent>,
     confirm: Option<Confirms>,
     tx: Option<TxState>,
-    /// A tx.commit-ok held until group commit reaches this ticket.
-    commit_waiting: Option<u64>,
+    /// A tx.commit-ok held until group commit made the transaction's messages durable.
+    commit_waiting: Option<ferrymq_core::Pending>,
+    /// Replies held until group commit made the definitions changes they report durable,
+    /// in order; replies to later methods queue behind them.
+    held: VecDeque<(ferrymq_core::Pending, Method)>,
     consumers: HashMap<String, ConsumerRec>,
     consumer_prefetch: u32,
     reply_token: Option<String>,
@@ -122,6 +125,30 @@ pub(crate) struct Channel {
     _permit: ChannelPermit,
     /// (highest delivery tag handed out, time in ms) at each consumer-timeout tick.
     marks: VecDeque<(u64, u64)>,
+}
+
+/// Whether `m` can be handled while replies of its channel wait for group commit: its own
+/// reply (if any) then queues behind them, in order. Others (consume, get, recover, tx, ...)
+/// wait, because what they send (deliveries, a message) must not overtake those replies.
+pub(crate) fn can_queue_behind_held(m: &Method) -> bool {
+    matches!(
+        m,
+        Method::ExchangeDeclare(_)
+            | Method::ExchangeDelete(_)
+            | Method::ExchangeBind(_)
+            | Method::ExchangeUnbind(_)
+            | Method::QueueDeclare(_)
+            | Method::QueueBind(_)
+            | Method::QueueUnbind(_)
+            | Method::QueuePurge(_)
+            | Method::QueueDelete(_)
+            | Method::BasicPublish(_)
+            | Method::BasicAck(_)
+            | Method::BasicNack(_)
+            | Method::BasicReject(_)
+            | Method::ChannelClose(_)
+            | Method::ChannelCloseOk(_)
+    )
 }
 
 /// Maps a core refusal to the channel (or connection) exception RabbitMQ would raise.
@@ -151,6 +178,7 @@ impl Channel {
             confirm: None,
             tx: None,
             commit_waiting: None,
+            held: VecDeque::new(),
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             reply_token: None,
@@ -161,6 +189,53 @@ impl Channel {
     /// Whether a publish is waiting for its header or body frames.
     pub fn awaiting_content(&self) -> bool {
         self.content.is_some()
+    }
+
+    /// Whether replies wait for group commit. While they do, only methods whose replies can
+    /// queue behind them ([`can_queue_behind_held`]) are handled; the connection keeps the
+    /// others until the held replies are out.
+    pub fn holds_replies(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Sends `m` once the definitions write `saved` is durable and every reply held before
+    /// it has gone.
+    pub(crate) fn reply_saved(
+        &mut self,
+        ctx: &ConnCtx,
+        saved: ferrymq_core::Pending,
+        m: impl Into<Method>,
+    ) {
+        let now = saved.is_empty() || (saved.ticket() <= ctx.synced() && !saved.lost());
+        if now && self.held.is_empty() {
+            ctx.send(self.id, m);
+        } else {
+            self.held.push_back((saved, m.into()));
+        }
+    }
+
+    /// Sends the held replies whose definitions writes are durable. A write lost to a failed
+    /// fsync of the definitions journal is a connection error (541): the client must not be
+    /// told the change was made.
+    pub(crate) fn flush_held(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
+        let synced = ctx.synced();
+        while let Some((saved, _)) = self.held.front() {
+            if saved.ticket() > synced {
+                break;
+            }
+            if saved.lost() {
+                self.held.clear();
+                return Err(AmqpError::conn(
+                    code::INTERNAL_ERROR,
+                    "the definitions could not be saved: an fsync of the definitions journal \
+                     failed",
+                ));
+            }
+            if let Some((_, m)) = self.held.pop_front() {
+                ctx.send(self.id, m);
+            }
+        }
+        Ok(())
     }
 
     /// Handles one method frame on this channel.

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use ferrymq_core::vhost::REPLY_TO_PREFIX;
 use ferrymq_core::wire::PropertySummary;
 use ferrymq_core::Message;
+use ferrymq_core::Pending;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -37,8 +38,9 @@ pub(super) struct Confirms {
 /// A confirm held back until group commit catches up (or behind one that is).
 struct Waiting {
     seq: u64,
-    /// Ackable once group commit reached this ticket (0: at once).
-    ticket: u64,
+    /// Settled once group commit reached its ticket (empty: at once); nacked if a sync of a
+    /// log it went to failed.
+    pending: Pending,
     /// Refused by a queue: gets basic.nack instead of basic.ack.
     nack: bool,
 }
@@ -228,23 +230,23 @@ impl Channel {
         self.route(ctx, &pc.publish, msg).map(|_| ())
     }
 
-    /// Routes a message and records its confirm; returns the group-commit ticket to wait
-    /// for, if the message was written to disk.
+    /// Routes a message and records its confirm. Outside confirm mode, returns the writes
+    /// group commit must make durable (a transaction's commit-ok waits for them).
     pub(super) fn route(
         &mut self,
         ctx: &mut ConnCtx,
         p: &BasicPublish,
         msg: Arc<Message>,
-    ) -> Result<Option<u64>, AmqpError> {
+    ) -> Result<Pending, AmqpError> {
         let ch = self.id;
         let outcome = ctx
             .session
             .publish(&p.exchange, msg.clone())
             .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
-        if let Some(t) = outcome.ticket {
+        if !outcome.pending.is_empty() {
             // Every copy written counts against the connection's flow credit.
             let bytes = msg.body_size() as u64 * outcome.routed as u64;
-            ctx.flow.written(t, bytes);
+            ctx.flow.written(outcome.pending.ticket(), bytes);
         }
         if outcome.routed == 0 && p.mandatory {
             let m: Method = BasicReturn {
@@ -257,44 +259,61 @@ impl Channel {
             let fm = ctx.frame_max;
             ctx.out.with(|o| o.content(ch, &m, &msg, fm));
         }
-        if let Some(c) = &mut self.confirm {
-            c.next_seq += 1;
-            let seq = c.next_seq;
-            let ticket = outcome.ticket.unwrap_or(0);
-            let durable_now = ticket <= ctx.synced();
-            if outcome.refused == 0 && durable_now && c.waiting.is_empty() {
-                c.ackable = seq;
-            } else {
-                c.waiting.push_back(Waiting {
-                    seq,
-                    ticket: if durable_now { 0 } else { ticket },
-                    nack: outcome.refused > 0,
-                });
-                if outcome.refused > 0 {
-                    self.flush_confirms(ctx);
-                }
+        let Some(c) = &mut self.confirm else {
+            return Ok(outcome.pending);
+        };
+        c.next_seq += 1;
+        let seq = c.next_seq;
+        let synced = outcome.pending.ticket() <= ctx.synced();
+        let nack = outcome.refused > 0 || (synced && outcome.pending.lost());
+        if !nack && synced && c.waiting.is_empty() {
+            c.ackable = seq;
+        } else {
+            c.waiting.push_back(Waiting {
+                seq,
+                pending: if synced {
+                    Pending::default()
+                } else {
+                    outcome.pending
+                },
+                nack,
+            });
+            if nack {
+                self.flush_confirms(ctx)?;
             }
         }
-        Ok(outcome.ticket)
+        Ok(Pending::default())
     }
 
-    /// Whether confirms or a tx.commit-ok wait for group commit.
+    /// Whether confirms, held replies or a tx.commit-ok wait for group commit.
     pub fn awaits_sync(&self) -> bool {
         self.commit_waiting.is_some()
+            || self.holds_replies()
             || self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
     }
 
     /// Sends the publisher confirms that are due: everything processed in the last batch of
     /// frames whose data is durable, as one `basic.ack` with `multiple` when several are due,
     /// and a `basic.nack` for each refused publish, in publish order.
-    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
+    ///
+    /// A transaction whose persistent messages were lost to a failed fsync cannot be
+    /// committed: that is returned as a connection error (541), which is what the broker
+    /// would raise for any internal failure.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
+        self.flush_held(ctx)?;
         let synced = ctx.synced();
-        if self.commit_waiting.is_some_and(|t| t <= synced) {
-            self.commit_waiting = None;
+        if let Some(p) = self.commit_waiting.take_if(|p| p.ticket() <= synced) {
+            if p.lost() {
+                return Err(AmqpError::conn(
+                    code::INTERNAL_ERROR,
+                    "tx.commit failed: an fsync of a queue's log failed, so the transaction's \
+                     persistent messages may be lost",
+                ));
+            }
             ctx.send(self.id, TxCommitOk {});
         }
         let Some(c) = &mut self.confirm else {
-            return;
+            return Ok(());
         };
         let ch = self.id;
         let send_acks = |c: &mut Confirms| {
@@ -311,10 +330,10 @@ impl Channel {
             }
         };
         while let Some(w) = c.waiting.front() {
-            if w.ticket > synced {
+            if w.pending.ticket() > synced {
                 break;
             }
-            let (seq, nack) = (w.seq, w.nack);
+            let (seq, nack) = (w.seq, w.nack || w.pending.lost());
             c.waiting.pop_front();
             if nack {
                 c.ackable = seq - 1;
@@ -332,5 +351,6 @@ impl Channel {
             c.ackable = seq;
         }
         send_acks(c);
+        Ok(())
     }
 }

@@ -164,17 +164,16 @@ impl Channel {
 
     /// `tx.commit`: routes the buffered publishes, then applies the buffered settlements.
     pub(super) fn tx_commit(&mut self, ctx: &mut ConnCtx) -> Result<(), AmqpError> {
-        let ch = self.id;
         let tx = self.tx_state()?;
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
-        let mut ticket = 0;
+        let mut pending = ferrymq_core::Pending::default();
         for (p, msg) in publishes {
             // Each publish was checked when it arrived. What changed since (its exchange
             // deleted, a permission revoked) makes it unroutable, never a half-done commit
             // that loses the settlements below.
             match self.route(ctx, &p, msg) {
-                Ok(t) => ticket = ticket.max(t.unwrap_or(0)),
+                Ok(p) => pending.merge(p),
                 Err(e) => tracing::debug!("transactional publish dropped at commit: {e:?}"),
             }
         }
@@ -182,12 +181,8 @@ impl Channel {
             self.apply_settle(taken, how);
         }
         // As with confirms, commit-ok promises that persistent messages are on disk.
-        if ticket > ctx.synced() {
-            self.commit_waiting = Some(ticket);
-        } else {
-            ctx.send(ch, TxCommitOk {});
-        }
-        Ok(())
+        self.commit_waiting = Some(pending);
+        self.flush_confirms(ctx)
     }
 
     /// `tx.rollback`: drops the buffered publishes and un-settles the buffered settlements.

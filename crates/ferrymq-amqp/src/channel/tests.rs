@@ -270,7 +270,7 @@ fn publisher_confirms_ack_by_publish_sequence_number() {
     c.publish("q", &[b"1"]).unwrap();
     // Confirms go out when the connection flushes after a batch of frames.
     assert!(c.frames().is_empty());
-    c.ch.flush_confirms(&c.ctx);
+    c.ch.flush_confirms(&c.ctx).unwrap();
     assert_eq!(
         c.methods(),
         vec![Method::BasicAck(BasicAck {
@@ -281,7 +281,7 @@ fn publisher_confirms_ack_by_publish_sequence_number() {
 
     c.publish("q", &[b"2"]).unwrap();
     c.publish("nowhere", &[b"3"]).unwrap();
-    c.ch.flush_confirms(&c.ctx);
+    c.ch.flush_confirms(&c.ctx).unwrap();
     assert_eq!(
         c.methods(),
         vec![Method::BasicAck(BasicAck {
@@ -305,7 +305,7 @@ fn publisher_confirms_nack_a_publish_the_queue_refuses() {
     c.call(ConfirmSelect { nowait: true }).unwrap();
     c.publish("q", &[b"kept"]).unwrap();
     c.publish("q", &[b"refused"]).unwrap();
-    c.ch.flush_confirms(&c.ctx);
+    c.ch.flush_confirms(&c.ctx).unwrap();
     assert_eq!(
         c.methods(),
         vec![

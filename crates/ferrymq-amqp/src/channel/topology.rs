@@ -23,11 +23,12 @@ impl Channel {
             internal: d.internal,
             arguments: d.arguments,
         };
-        ctx.session
+        let saved = ctx
+            .session
             .declare_exchange(&d.exchange, &d.kind, opts, d.passive)
             .map_err(|e| chan_err(ch, e))?;
         if !d.nowait {
-            ctx.send(ch, ExchangeDeclareOk {});
+            self.reply_saved(ctx, saved, ExchangeDeclareOk {});
         }
         Ok(())
     }
@@ -39,11 +40,12 @@ impl Channel {
         d: ExchangeDelete,
     ) -> Result<(), AmqpError> {
         let ch = self.id;
-        ctx.session
+        let saved = ctx
+            .session
             .delete_exchange(&d.exchange, d.if_unused)
             .map_err(|e| chan_err(ch, e))?;
         if !d.nowait {
-            ctx.send(ch, ExchangeDeleteOk {});
+            self.reply_saved(ctx, saved, ExchangeDeleteOk {});
         }
         Ok(())
     }
@@ -55,11 +57,12 @@ impl Channel {
         b: ExchangeBind,
     ) -> Result<(), AmqpError> {
         let ch = self.id;
-        ctx.session
+        let saved = ctx
+            .session
             .bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
             .map_err(|e| chan_err(ch, e))?;
         if !b.nowait {
-            ctx.send(ch, ExchangeBindOk {});
+            self.reply_saved(ctx, saved, ExchangeBindOk {});
         }
         Ok(())
     }
@@ -71,11 +74,12 @@ impl Channel {
         b: ExchangeUnbind,
     ) -> Result<(), AmqpError> {
         let ch = self.id;
-        ctx.session
+        let saved = ctx
+            .session
             .unbind_exchange(&b.destination, &b.source, &b.routing_key, &b.arguments)
             .map_err(|e| chan_err(ch, e))?;
         if !b.nowait {
-            ctx.send(ch, ExchangeUnbindOk {});
+            self.reply_saved(ctx, saved, ExchangeUnbindOk {});
         }
         Ok(())
     }
@@ -100,14 +104,12 @@ impl Channel {
         // Clients probe for direct reply-to support this way; the pseudo-queue always exists.
         if d.queue == REPLY_TO && d.passive {
             if !d.nowait {
-                ctx.send(
-                    ch,
-                    QueueDeclareOk {
-                        queue: d.queue,
-                        message_count: 0,
-                        consumer_count: 0,
-                    },
-                );
+                let ok = QueueDeclareOk {
+                    queue: d.queue,
+                    message_count: 0,
+                    consumer_count: 0,
+                };
+                self.reply_saved(ctx, Default::default(), ok);
             }
             return Ok(());
         }
@@ -117,20 +119,18 @@ impl Channel {
             auto_delete: d.auto_delete,
             arguments: d.arguments,
         };
-        let (q, counts) = ctx
+        let (q, counts, saved) = ctx
             .session
             .declare_queue(&d.queue, opts, d.passive)
             .map_err(|e| chan_err(ch, e))?;
         self.last_queue = Some(q.name.clone());
         if !d.nowait {
-            ctx.send(
-                ch,
-                QueueDeclareOk {
-                    queue: q.name.clone(),
-                    message_count: counts.messages as u32,
-                    consumer_count: counts.consumers as u32,
-                },
-            );
+            let ok = QueueDeclareOk {
+                queue: q.name.clone(),
+                message_count: counts.messages as u32,
+                consumer_count: counts.consumers as u32,
+            };
+            self.reply_saved(ctx, saved, ok);
         }
         Ok(())
     }
@@ -145,11 +145,12 @@ impl Channel {
         } else {
             b.routing_key
         };
-        ctx.session
+        let saved = ctx
+            .session
             .bind_queue(&queue, &b.exchange, &key, b.arguments)
             .map_err(|e| chan_err(ch, e))?;
         if !b.nowait {
-            ctx.send(ch, QueueBindOk {});
+            self.reply_saved(ctx, saved, QueueBindOk {});
         }
         Ok(())
     }
@@ -162,10 +163,11 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         let ch = self.id;
         let queue = self.queue_name(&b.queue)?;
-        ctx.session
+        let saved = ctx
+            .session
             .unbind_queue(&queue, &b.exchange, &b.routing_key, &b.arguments)
             .map_err(|e| chan_err(ch, e))?;
-        ctx.send(ch, QueueUnbindOk {});
+        self.reply_saved(ctx, saved, QueueUnbindOk {});
         Ok(())
     }
 
@@ -182,12 +184,10 @@ impl Channel {
             .purge_queue(&queue)
             .map_err(|e| chan_err(ch, e))?;
         if !p.nowait {
-            ctx.send(
-                ch,
-                QueuePurgeOk {
-                    message_count: n as u32,
-                },
-            );
+            let ok = QueuePurgeOk {
+                message_count: n as u32,
+            };
+            self.reply_saved(ctx, Default::default(), ok);
         }
         Ok(())
     }
@@ -200,17 +200,15 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         let ch = self.id;
         let queue = self.queue_name(&d.queue)?;
-        let n = ctx
+        let (n, saved) = ctx
             .session
             .delete_queue(&queue, d.if_unused, d.if_empty)
             .map_err(|e| chan_err(ch, e))?;
         if !d.nowait {
-            ctx.send(
-                ch,
-                QueueDeleteOk {
-                    message_count: n as u32,
-                },
-            );
+            let ok = QueueDeleteOk {
+                message_count: n as u32,
+            };
+            self.reply_saved(ctx, saved, ok);
         }
         Ok(())
     }

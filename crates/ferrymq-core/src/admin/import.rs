@@ -16,6 +16,7 @@ use crate::queue_config::QueueConfig;
 use crate::value::table_from_json;
 use crate::vhost::{default_exchange_refused, routing_kind, STANDARD_EXCHANGES};
 use ferrymq_store::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
+use ferrymq_store::Pending;
 
 fn exchange_options(x: &ExchangeDef) -> ExchangeOptions {
     ExchangeOptions {
@@ -62,24 +63,32 @@ impl Broker {
             Ok(())
         })?;
         let vhost = |name: &str| self.vhost(name).ok_or_else(|| unknown_vhost(name));
+        // Every change goes to the definitions journal; one group commit at the end makes
+        // them all durable before the import reports success.
+        let mut saved = Pending::default();
         for p in &d.policies {
-            vhost(&p.vhost)?.set_policy(Policy::from_def(p)?)?;
+            saved.merge(vhost(&p.vhost)?.set_policy(Policy::from_def(p)?)?);
         }
         for x in &d.exchanges {
-            vhost(&x.vhost)?.declare_exchange(&x.name, &x.kind, exchange_options(x), false)?;
+            let v = vhost(&x.vhost)?;
+            saved.merge(v.declare_exchange(&x.name, &x.kind, exchange_options(x), false)?);
         }
         for q in &d.queues {
-            vhost(&q.vhost)?.declare_queue(&q.name, queue_options(q), false, 0, None)?;
+            let v = vhost(&q.vhost)?;
+            saved.merge(
+                v.declare_queue(&q.name, queue_options(q), false, 0, None)?
+                    .2,
+            );
         }
         for b in &d.bindings {
             let v = vhost(&b.vhost)?;
             let args = table_from_json(&b.arguments);
-            match b.destination_type.as_str() {
+            saved.merge(match b.destination_type.as_str() {
                 "exchange" => v.bind_exchange(&b.destination, &b.source, &b.routing_key, args)?,
                 _ => v.bind_queue(&b.destination, &b.source, &b.routing_key, args, 0)?,
-            }
+            });
         }
-        Ok(())
+        self.wait_saved(&saved)
     }
 
     /// Checks every entry of `d` against itself and the running broker; returns the users,

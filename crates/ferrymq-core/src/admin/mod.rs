@@ -13,7 +13,9 @@ use crate::error::{CoreError, CoreResult};
 use crate::limits::{UserLimits, VHostLimits};
 use crate::policy::Policy;
 use crate::vhost::VHost;
+use ferrymq_store::def_state::Change;
 use ferrymq_store::definitions::{self as defs, Definitions};
+use ferrymq_store::Pending;
 use std::sync::Arc;
 
 mod import;
@@ -70,7 +72,7 @@ impl Broker {
         let out = f(&mut next)?;
         if let Some(p) = &self.persist {
             let vhosts = self.vhost_names();
-            p.update(|d| write_identity_parts(&next, &vhosts, d))?;
+            p.commit_and_wait(&[identity_change(&next, &vhosts)])?;
         }
         let mut cur = self.identity.write();
         // Sessions recompile only when what they compiled changed (not for a password, tag
@@ -287,7 +289,7 @@ impl Broker {
             names.push(name.to_string());
             names.sort();
             let id = self.identity.read().clone();
-            p.update(|d| write_identity_parts(&id, &names, d))?;
+            p.commit_and_wait(&[identity_change(&id, &names)])?;
         }
         Ok(self.insert_vhost(name))
     }
@@ -311,13 +313,10 @@ impl Broker {
                     .into_iter()
                     .filter(|n| n != name)
                     .collect();
-                let saved = p.update(|d| {
-                    write_identity_parts(&next, &names, d);
-                    d.queues.retain(|x| x.vhost != name);
-                    d.exchanges.retain(|x| x.vhost != name);
-                    d.bindings.retain(|x| x.vhost != name);
-                    d.policies.retain(|x| x.vhost != name);
-                });
+                let saved = p.commit_and_wait(&[
+                    identity_change(&next, &names),
+                    Change::VHostDeleted { name: name.into() },
+                ]);
                 if let Err(e) = saved {
                     v.unmark_deleted();
                     return Err(e);
@@ -335,16 +334,39 @@ impl Broker {
 
     /// Adds or replaces a policy on a vhost and applies it at once.
     pub fn set_policy(&self, vhost: &str, p: Policy) -> CoreResult<()> {
-        self.vhost(vhost)
+        let saved = self
+            .vhost(vhost)
             .ok_or_else(|| unknown_vhost(vhost))?
-            .set_policy(p)
+            .set_policy(p)?;
+        self.wait_saved(&saved)
     }
 
     /// Removes a policy from a vhost.
     pub fn clear_policy(&self, vhost: &str, name: &str) -> CoreResult<()> {
-        self.vhost(vhost)
+        let saved = self
+            .vhost(vhost)
             .ok_or_else(|| unknown_vhost(vhost))?
-            .clear_policy(name)
+            .clear_policy(name)?;
+        self.wait_saved(&saved)
+    }
+
+    /// Blocks until a definitions change is durable (group commit), for administration
+    /// calls, which answer only once their change is on disk.
+    pub fn wait_saved(&self, saved: &Pending) -> CoreResult<()> {
+        match &self.persist {
+            Some(p) if !saved.is_empty() => p.wait(saved),
+            _ => Ok(()),
+        }
+    }
+
+    /// The definitions in RabbitMQ's format, as `rabbitmqctl export_definitions` writes
+    /// them: users, vhosts, permissions, limits, policies and the durable exchanges,
+    /// queues and bindings.
+    pub fn export_definitions(&self) -> Definitions {
+        match &self.persist {
+            Some(p) => p.definitions().exported(),
+            None => self.identity_definitions(),
+        }
     }
 
     /// Asks every connection matching `which` to close with `reason`.
@@ -411,6 +433,13 @@ fn load_identity_into(id: &mut Identity, d: &Definitions) -> CoreResult<()> {
         }
     }
     Ok(())
+}
+
+/// The journal change that records `id` with `vhosts` as the whole identity part.
+fn identity_change(id: &Identity, vhosts: &[String]) -> Change {
+    let mut d = Definitions::default();
+    write_identity_parts(id, vhosts, &mut d);
+    Change::identity_of(&d)
 }
 
 /// Writes users, vhosts, permissions, topic permissions and limits into `d`.

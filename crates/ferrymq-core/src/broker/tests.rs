@@ -164,18 +164,22 @@ fn deleting_a_vhost_deletes_its_queues_and_their_files_and_closes_its_sessions()
         durable: true,
         ..Default::default()
     };
-    let (q, _) = s.declare_queue("dq", durable, false).unwrap();
+    let (q, _, _) = s.declare_queue("dq", durable, false).unwrap();
     let props = crate::message::Properties {
         delivery_mode: Some(2),
         ..Default::default()
     };
     let m = crate::message::Message::from_properties("", "dq", &props, bytes::Bytes::new());
     s.publish("", Arc::new(m.unwrap())).unwrap();
-    let dir = b.persistence().unwrap().queue_dir("gone", "dq");
+    let dir = q
+        .dir()
+        .expect("a durable queue has a directory")
+        .to_path_buf();
     assert!(dir.exists());
     b.delete_vhost("gone").unwrap();
     assert!(closed.borrow_and_update().is_some());
     assert!(q.is_deleted());
+    b.persistence().unwrap().sync().reaper().wait_idle();
     assert!(!dir.exists());
     assert!(b.vhost("gone").is_none());
     drop(s);
@@ -293,4 +297,120 @@ fn a_definitions_import_is_checked_whole_before_anything_is_applied() {
     let m = crate::Message::new("ix", "a.b", &[0, 0], bytes::Bytes::from_static(b"x"));
     s.publish("ix", Arc::new(m.unwrap())).unwrap();
     assert_eq!(v.find_queue("iq").unwrap().counts().messages, 1);
+}
+
+fn delayed_msg(body: &'static str) -> Arc<crate::Message> {
+    let mut h = crate::FieldTable::new();
+    h.insert("x-delay", crate::FieldValue::I64(3_600_000));
+    let props = crate::Properties {
+        delivery_mode: Some(2),
+        headers: Some(h),
+        ..Default::default()
+    };
+    Arc::new(
+        crate::Message::from_properties(
+            "later",
+            "",
+            &props,
+            bytes::Bytes::from_static(body.as_bytes()),
+        )
+        .unwrap(),
+    )
+}
+
+fn declare_later(s: &crate::Session) {
+    let mut args = crate::FieldTable::new();
+    args.insert(
+        "x-delayed-type",
+        crate::FieldValue::LongStr(bytes::Bytes::from_static(b"fanout")),
+    );
+    let opts = crate::exchange::ExchangeOptions {
+        durable: true,
+        arguments: args,
+        ..Default::default()
+    };
+    s.declare_exchange("later", "x-delayed-message", opts, false)
+        .unwrap();
+}
+
+#[test]
+fn a_late_write_through_a_deleted_delayed_exchange_never_reaches_its_successor() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let s = b.open_session("guest", "/", meta()).unwrap();
+    declare_later(&s);
+    // A publisher looked the exchange up; before it writes, the exchange is deleted and
+    // declared again by someone else.
+    let stale = b.vhost("/").unwrap().exchange("later").unwrap();
+    s.delete_exchange("later", false).unwrap();
+    declare_later(&s);
+    s.publish("later", delayed_msg("new")).unwrap();
+    let late = stale.hold(delayed_msg("old"), 3_600_000);
+    assert!(
+        matches!(late, Ok(None)),
+        "a deleted exchange takes nothing ({:?})",
+        late.map(|p| p.map(|p| p.ticket()))
+    );
+    drop(s);
+    let b = reopen(b, d.path());
+    let x = b.vhost("/").unwrap().exchange("later").unwrap();
+    assert_eq!(
+        x.delayed_count(),
+        1,
+        "only the new exchange's message comes back"
+    );
+}
+
+#[test]
+fn queues_in_directories_named_without_an_incarnation_are_still_recovered() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let s = b.open_session("guest", "/", meta()).unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let (q, _, _) = s.declare_queue("old", durable, false).unwrap();
+    let props = crate::message::Properties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    let m = crate::message::Message::from_properties("", "old", &props, bytes::Bytes::new());
+    s.publish("", Arc::new(m.unwrap())).unwrap();
+    let inc = q
+        .incarnation()
+        .expect("a new queue has an incarnation")
+        .to_string();
+    let dir = q.dir().unwrap().to_path_buf();
+    drop((s, q));
+    b.persistence().unwrap().stop();
+    drop(b);
+    // Rewrite the data directory as an older version left it: no incarnation anywhere.
+    let defs_path = d.path().join("definitions.json");
+    let text = std::fs::read_to_string(&defs_path).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for q in doc["queues"].as_array_mut().unwrap() {
+        q.as_object_mut().unwrap().remove("incarnation");
+    }
+    std::fs::write(&defs_path, doc.to_string()).unwrap();
+    let old_name = dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(&format!(".{inc}"))
+        .to_string();
+    let old_dir = dir.with_file_name(&old_name);
+    std::fs::rename(&dir, &old_dir).unwrap();
+    let b = open(d.path());
+    let q = b.vhost("/").unwrap().queue("old", 1).unwrap();
+    assert_eq!(
+        q.counts().messages,
+        1,
+        "the message in the old-style directory is back"
+    );
+    assert_eq!(q.incarnation(), None);
+    assert!(
+        old_dir.exists(),
+        "and its directory is kept, not taken for an orphan"
+    );
 }

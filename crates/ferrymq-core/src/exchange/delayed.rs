@@ -5,15 +5,14 @@
 //! traffic cost little memory. Persistent messages held by a durable exchange survive a
 //! restart: the record carries the wall-clock deadline.
 
-use crate::expiry::now_ms;
+use crate::expiry::{now_ms, wall_ms};
 use crate::message::Message;
 use crate::persist::Persistence;
-use ferrymq_store::{Position, QueueLog, StoreError};
+use ferrymq_store::{LogHealth, Pending, Position, QueueLog, StoreError};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Record flag: survives a restart.
 const FLAG_PERSISTENT: u8 = 1;
@@ -52,14 +51,12 @@ pub struct DelayedMessages {
     heap: BinaryHeap<Entry>,
     next_id: u64,
     log: Option<QueueLog>,
-    persist: Option<(Arc<Persistence>, PathBuf, bool)>,
+    /// Where the log lives, and for a durable exchange its health.
+    persist: Option<(Arc<Persistence>, PathBuf, Option<Arc<LogHealth>>)>,
+    /// The exchange was deleted: a publisher that looked it up before still holding it must
+    /// not open its log again.
+    destroyed: bool,
     scratch: Vec<u8>,
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl DelayedMessages {
@@ -70,6 +67,7 @@ impl DelayedMessages {
             next_id: 0,
             log: None,
             persist: None,
+            destroyed: false,
             scratch: Vec::new(),
         }
     }
@@ -84,15 +82,15 @@ impl DelayedMessages {
         recover: bool,
     ) -> Result<Self, StoreError> {
         let mut d = DelayedMessages::in_memory();
+        let health = durable.then(|| LogHealth::new(dir.display().to_string()));
         if dir.exists() {
-            if durable && recover {
-                d.recover(&persist, &dir)?;
-            } else {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
+            match &health {
+                Some(h) if recover => d.recover(&persist, &dir, h.clone())?,
+                _ => std::fs::remove_dir_all(&dir)
+                    .map_err(|e| StoreError::Io(dir.display().to_string(), e))?,
             }
         }
-        d.persist = Some((persist, dir, durable));
+        d.persist = Some((persist, dir, health));
         Ok(d)
     }
 
@@ -100,8 +98,14 @@ impl DelayedMessages {
         &mut self,
         persist: &Arc<Persistence>,
         dir: &std::path::Path,
+        health: Arc<LogHealth>,
     ) -> Result<(), StoreError> {
-        let (mut log, n) = QueueLog::open(dir, persist.segment_size(), persist.sync().clone())?;
+        let (mut log, n) = QueueLog::open(
+            dir,
+            persist.segment_size(),
+            persist.sync().clone(),
+            Some(health),
+        )?;
         let (wall, mono) = (wall_ms(), now_ms());
         let mut cursor = log.first();
         let mut left = n;
@@ -139,22 +143,31 @@ impl DelayedMessages {
         Ok(())
     }
 
-    /// Holds `msg` until `at` (ms on [`now_ms`]'s clock). Returns the group-commit ticket
-    /// after which it is on disk, when it had to be made durable.
-    pub fn hold(&mut self, msg: Arc<Message>, at: u64) -> Result<Option<u64>, StoreError> {
+    /// Holds `msg` until `at` (ms on [`now_ms`]'s clock). Returns what group commit must
+    /// make durable first (nothing unless the message had to be), or
+    /// [`StoreError::Failed`] once a sync of the exchange's log failed.
+    pub fn hold(&mut self, msg: Arc<Message>, at: u64) -> Result<Pending, StoreError> {
+        if self.destroyed {
+            return Err(StoreError::Deleted("delayed-message exchange".into()));
+        }
         self.next_id += 1;
         let id = self.next_id;
-        let Some((persist, dir, durable)) = &self.persist else {
+        let Some((persist, dir, health)) = &self.persist else {
             self.heap.push(Entry {
                 at,
                 id,
                 held: Held::Memory(msg),
             });
-            return Ok(None);
+            return Ok(Pending::default());
         };
-        let persistent = *durable && msg.is_persistent();
+        let persistent = health.is_some() && msg.is_persistent();
         if self.log.is_none() {
-            let (log, _) = QueueLog::open(dir, persist.segment_size(), persist.sync().clone())?;
+            let (log, _) = QueueLog::open(
+                dir,
+                persist.segment_size(),
+                persist.sync().clone(),
+                health.clone(),
+            )?;
             self.log = Some(log);
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -165,7 +178,7 @@ impl DelayedMessages {
         msg.encode_record(&mut rec);
         let appended = match self.log.as_mut() {
             Some(log) => log.append(&rec),
-            None => return Ok(None),
+            None => return Ok(Pending::default()),
         };
         self.scratch = rec;
         let (pos, ticket) = appended?;
@@ -174,7 +187,10 @@ impl DelayedMessages {
             id,
             held: Held::Disk(pos),
         });
-        Ok(persistent.then_some(ticket))
+        Ok(match (persistent, health) {
+            (true, Some(h)) => Pending::one(ticket, h.clone()),
+            _ => Pending::default(),
+        })
     }
 
     /// Takes the messages whose time has come, earliest first, each with its record (to be
@@ -233,11 +249,10 @@ impl DelayedMessages {
 
     /// The exchange was deleted: drop everything, files included.
     pub fn destroy(&mut self) {
+        self.destroyed = true;
         self.heap.clear();
         if let Some(log) = self.log.take() {
-            if let Err(e) = log.destroy() {
-                tracing::warn!("cannot remove a delayed exchange's files: {e}");
-            }
+            log.destroy();
         }
     }
 }

@@ -150,6 +150,9 @@ pub struct Exchange {
     policy_ae: RwLock<Option<String>>,
     /// The vhost delayed messages are routed in when their time comes.
     home: OnceLock<Weak<dyn DelayedRelease>>,
+    /// For a delayed-message exchange with a data directory: which declaration of its name
+    /// it is (its directory and definitions entry carry the id).
+    incarnation: Option<String>,
 }
 
 impl Exchange {
@@ -163,18 +166,22 @@ impl Exchange {
             delay: None,
             policy_ae: RwLock::new(None),
             home: OnceLock::new(),
+            incarnation: None,
         }
     }
 
-    /// A delayed-message exchange that routes as `kind` once a message's delay has passed.
+    /// A delayed-message exchange that routes as `kind` once a message's delay has passed;
+    /// `incarnation` names its directory when it has one.
     pub fn delayed(
         name: &str,
         kind: ExchangeKind,
         options: ExchangeOptions,
         msgs: DelayedMessages,
         home: Weak<dyn DelayedRelease>,
+        incarnation: Option<String>,
     ) -> Arc<Self> {
         let mut x = Exchange::new(name, kind, options);
+        x.incarnation = incarnation;
         x.delay = Some(Mutex::new(Delay {
             msgs,
             timer_at: None,
@@ -183,6 +190,11 @@ impl Exchange {
         let x = Arc::new(x);
         x.arm_delay();
         x
+    }
+
+    /// Which declaration of its name this (delayed-message) exchange is.
+    pub fn incarnation(&self) -> Option<&str> {
+        self.incarnation.as_deref()
     }
 
     /// The exchange type as declared (`direct`, ..., `x-delayed-message`).
@@ -223,9 +235,14 @@ impl Exchange {
         self.delay.as_ref().map_or(0, |d| d.lock().msgs.len())
     }
 
-    /// Holds a message on a delayed-message exchange for `delay_ms`. Returns the
-    /// group-commit ticket after which it is on disk, when it had to be made durable.
-    pub fn hold(self: &Arc<Self>, msg: Arc<Message>, delay_ms: u64) -> CoreResult<Option<u64>> {
+    /// Holds a message on a delayed-message exchange for `delay_ms`. Returns what group
+    /// commit must make durable before it is confirmed, or `None` when the exchange's log
+    /// failed and the message was refused.
+    pub fn hold(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        delay_ms: u64,
+    ) -> CoreResult<Option<ferrymq_store::Pending>> {
         let Some(d) = &self.delay else {
             return Err(CoreError::Internal(format!(
                 "exchange '{}' does not delay",
@@ -234,13 +251,20 @@ impl Exchange {
         };
         // Rounded up to the next whole millisecond: never released before its delay.
         let at = now_ms().saturating_add(delay_ms) + 1;
-        let ticket = d
-            .lock()
-            .msgs
-            .hold(msg, at)
-            .map_err(|e| CoreError::Internal(format!("cannot hold a delayed message: {e}")))?;
+        let held = d.lock().msgs.hold(msg, at);
+        let pending = match held {
+            Ok(p) => p,
+            Err(ferrymq_store::StoreError::Failed(_) | ferrymq_store::StoreError::Deleted(_)) => {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(CoreError::Internal(format!(
+                    "cannot hold a delayed message: {e}"
+                )))
+            }
+        };
         self.arm_delay();
-        Ok(ticket)
+        Ok(Some(pending))
     }
 
     fn arm_delay(self: &Arc<Self>) {

@@ -261,7 +261,7 @@ fn exclusive_queues_go_with_their_session() {
         exclusive: true,
         ..Default::default()
     };
-    let (q, _) = s.declare_queue("", opts, false).unwrap();
+    let (q, _, _) = s.declare_queue("", opts, false).unwrap();
     let other = b.open_session("guest", "/", meta()).unwrap();
     assert!(matches!(
         other.purge_queue(&q.name),

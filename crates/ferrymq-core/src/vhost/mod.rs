@@ -23,6 +23,7 @@ use crate::persist::Persistence;
 use crate::policy::Policy;
 use crate::queue::Queue;
 use crate::ConnectionId;
+use ferrymq_store::Pending;
 use parking_lot::{ReentrantMutex, RwLock};
 use rand::Rng;
 use std::collections::HashMap;
@@ -149,15 +150,19 @@ impl VHost {
     /// Runs `apply` after `save` stored the change in the definitions document (when the
     /// broker has a data directory): memory only changes once the disk agrees, so a failed
     /// save leaves both as they were.
+    ///
+    /// Saving appends to the definitions journal without waiting for its fsync; the
+    /// returned [`Pending`] is what the caller waits for before telling a client.
     fn persist_then<T>(
         &self,
-        save: impl FnOnce(&Persistence) -> CoreResult<()>,
+        save: impl FnOnce(&Persistence) -> CoreResult<Pending>,
         apply: impl FnOnce() -> T,
-    ) -> CoreResult<T> {
-        if let Some(p) = &self.persist {
-            save(p)?;
-        }
-        Ok(apply())
+    ) -> CoreResult<(T, Pending)> {
+        let saved = match &self.persist {
+            Some(p) => save(p)?,
+            None => Pending::default(),
+        };
+        Ok((apply(), saved))
     }
 
     /// Refuses every later declaration, binding and policy (the vhost is being deleted).

@@ -5,22 +5,18 @@ use crate::error::{CoreError, CoreResult};
 use crate::policy::{self, Policy};
 use crate::queue::Queue;
 use crate::queue_config::QueueConfig;
+use ferrymq_store::Pending;
 use std::sync::Arc;
 
 impl VHost {
     /// Adds or replaces a policy and applies it to the matching queues and exchanges.
-    pub(crate) fn set_policy(&self, p: Policy) -> CoreResult<()> {
+    /// Returns the definitions write to wait for.
+    pub(crate) fn set_policy(&self, p: Policy) -> CoreResult<Pending> {
         let _t = self.topology.lock();
         self.check_not_deleted()?;
         let def = p.to_def(&self.name);
-        self.persist_then(
-            |persist| {
-                persist.update(|d| {
-                    d.policies
-                        .retain(|x| !(x.vhost == def.vhost && x.name == def.name));
-                    d.policies.push(def.clone());
-                })
-            },
+        let ((), saved) = self.persist_then(
+            |persist| persist.policy_set(def),
             || {
                 let mut ps = self.policies.write();
                 ps.retain(|x| x.name != p.name);
@@ -28,12 +24,12 @@ impl VHost {
             },
         )?;
         self.apply_policies();
-        Ok(())
+        Ok(saved)
     }
 
     /// Removes a policy; the entities it applied to fall back to their own arguments (or the
     /// next matching policy). Clearing a missing policy is an error naming it.
-    pub(crate) fn clear_policy(&self, name: &str) -> CoreResult<()> {
+    pub(crate) fn clear_policy(&self, name: &str) -> CoreResult<Pending> {
         let _t = self.topology.lock();
         if !self.policies.read().iter().any(|p| p.name == name) {
             return Err(CoreError::NotFound(format!(
@@ -41,13 +37,12 @@ impl VHost {
                 self.name
             )));
         }
-        let vhost = self.name.clone();
-        self.persist_then(
-            |p| p.update(|d| d.policies.retain(|x| !(x.vhost == vhost && x.name == name))),
+        let ((), saved) = self.persist_then(
+            |p| p.policy_cleared(&self.name, name),
             || self.policies.write().retain(|p| p.name != name),
         )?;
         self.apply_policies();
-        Ok(())
+        Ok(saved)
     }
 
     /// The policies of this vhost.

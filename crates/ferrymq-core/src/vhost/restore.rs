@@ -13,8 +13,12 @@ use ferrymq_store::definitions::{BindingDef, ExchangeDef, QueueDef};
 use std::sync::Arc;
 
 impl VHost {
-    /// Re-creates a durable exchange from the definitions.
-    pub(crate) fn restore_exchange(&self, d: &ExchangeDef) -> CoreResult<()> {
+    /// Re-creates a durable exchange from the definitions. Returns the directory of a
+    /// delayed-message exchange's messages.
+    pub(crate) fn restore_exchange(
+        &self,
+        d: &ExchangeDef,
+    ) -> CoreResult<Option<std::path::PathBuf>> {
         let kind = routing_kind(&d.kind, &table_from_json(&d.arguments))?;
         let options = ExchangeOptions {
             durable: true,
@@ -23,11 +27,16 @@ impl VHost {
             arguments: table_from_json(&d.arguments),
         };
         if self.exchanges.read().contains_key(&d.name) {
-            return Ok(());
+            return Ok(None);
         }
-        let x = self.new_exchange(&d.name, &d.kind, kind, options, true)?;
+        let inc = d.incarnation.clone();
+        let dir = match (&self.persist, d.kind == crate::exchange::DELAYED_TYPE) {
+            (Some(p), true) => Some(p.delayed_dir(&self.name, &d.name, inc.as_deref())),
+            _ => None,
+        };
+        let x = self.new_exchange(&d.name, &d.kind, kind, options, inc, true)?;
         self.exchanges.write().insert(d.name.clone(), x);
-        Ok(())
+        Ok(dir)
     }
 
     /// Re-creates a durable queue from the definitions and recovers its messages from its
@@ -43,7 +52,8 @@ impl VHost {
             arguments: table_from_json(&d.arguments),
         };
         let cfg = QueueConfig::from_args(&d.name, &self.name, &options.arguments)?;
-        let (q, dir, n) = queue_factory::recover(p, &self.name, &d.name, options, &cfg)?;
+        let inc = d.incarnation.as_deref();
+        let (q, dir, n) = queue_factory::recover(p, &self.name, &d.name, inc, options, &cfg)?;
         let q = Arc::new(q);
         self.queues.write().insert(d.name.clone(), q.clone());
         self.attach_queue(&q, cfg);

@@ -10,20 +10,22 @@ use crate::exchange::{Destination, Exchange, DELAY_HEADER};
 use crate::message::{LazyHeaders, Message};
 use crate::queue::{Enqueued, Queue};
 use crate::value::FieldValue;
+use ferrymq_store::Pending;
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 /// What a publish did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishOutcome {
     /// Number of queues the message was put in.
     pub routed: usize,
     /// Number of target queues that could not take it (e.g. deleted while routing). A
     /// publisher in confirm mode gets `basic.nack` when this is not zero.
     pub refused: usize,
-    /// Group-commit ticket after which every copy that had to be written is on disk.
-    pub ticket: Option<u64>,
+    /// The copies that had to be written: on disk once group commit reaches their ticket,
+    /// unless a sync of their log failed (then the publisher gets `basic.nack`).
+    pub pending: Pending,
 }
 
 /// RabbitMQ's refusal of a publish to an internal exchange.
@@ -128,11 +130,7 @@ impl VHost {
         headers: &LazyHeaders<'_>,
         accept: impl Fn(&Queue) -> bool,
     ) -> PublishOutcome {
-        let mut out = PublishOutcome {
-            routed: 0,
-            refused: 0,
-            ticket: None,
-        };
+        let mut out = PublishOutcome::default();
         for q in self.route(x, message.routing_key(), headers) {
             if !accept(&q) {
                 continue;
@@ -140,7 +138,9 @@ impl VHost {
             match q.publish(message.clone()) {
                 Enqueued::Accepted(t) => {
                     out.routed += 1;
-                    out.ticket = out.ticket.max(t);
+                    if let (Some(t), Some(h)) = (t, q.health()) {
+                        out.pending.add(t, h.clone());
+                    }
                 }
                 Enqueued::Refused => out.refused += 1,
             }
@@ -163,11 +163,18 @@ impl VHost {
             let delay = headers.get().get(DELAY_HEADER).and_then(FieldValue::as_i64);
             if let Some(d) = delay.filter(|d| *d > 0) {
                 // Taken by the exchange: counts as routed (no basic.return), as the plugin.
-                let ticket = exchange.hold(message, d as u64)?;
-                return Ok(PublishOutcome {
-                    routed: 1,
-                    refused: 0,
-                    ticket,
+                return Ok(match exchange.hold(message, d as u64)? {
+                    Some(pending) => PublishOutcome {
+                        routed: 1,
+                        refused: 0,
+                        pending,
+                    },
+                    // Its log failed: the publisher gets basic.nack.
+                    None => PublishOutcome {
+                        routed: 0,
+                        refused: 1,
+                        pending: Pending::default(),
+                    },
                 });
             }
         }

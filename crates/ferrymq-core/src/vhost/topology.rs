@@ -14,6 +14,7 @@ use crate::queue_factory;
 use crate::value::{table_to_json, FieldTable, FieldValue};
 use crate::ConnectionId;
 use ferrymq_store::definitions::{BindingDef, ExchangeDef};
+use ferrymq_store::Pending;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -67,32 +68,34 @@ impl VHost {
         Ok(())
     }
 
-    /// exchange.declare.
+    /// exchange.declare. Returns the definitions write to wait for before the declare-ok.
     pub(crate) fn declare_exchange(
         &self,
         name: &str,
         kind: &str,
         options: ExchangeOptions,
         passive: bool,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         if passive {
-            return self.exchange(name).map(|_| ());
+            return self.exchange(name).map(|_| Pending::default());
         }
         let type_name = kind;
         let _t = self.topology.lock();
         self.check_not_deleted()?;
         let Some(kind) = self.exchange_to_create(name, type_name, &options)? else {
-            return Ok(());
+            return Ok(Pending::default());
         };
-        let x = self.new_exchange(name, type_name, kind, options, false)?;
-        self.persist_then(
+        let incarnation = (type_name == DELAYED_TYPE && self.persist.is_some())
+            .then(crate::persist::Persistence::new_incarnation);
+        let x = self.new_exchange(name, type_name, kind, options, incarnation, false)?;
+        let (_, saved) = self.persist_then(
             |p| match x.options.durable {
                 true => p.exchange_declared(self.exchange_def(&x)),
-                false => Ok(()),
+                false => Ok(Pending::default()),
             },
             || self.exchanges.write().insert(name.to_string(), x.clone()),
         )?;
-        Ok(())
+        Ok(saved)
     }
 
     /// Checks a declaration of exchange `name` without changing anything: `None` when an
@@ -121,14 +124,16 @@ impl VHost {
         Ok(Some(kind))
     }
 
-    /// Builds an exchange; a delayed-message exchange gets its message store (recovering
-    /// what a previous run left when `recover` is set).
+    /// Builds an exchange; a delayed-message exchange gets its message store in the
+    /// directory of its `incarnation` (recovering what a previous run left when `recover` is
+    /// set).
     pub(super) fn new_exchange(
         &self,
         name: &str,
         type_name: &str,
         kind: ExchangeKind,
         options: ExchangeOptions,
+        incarnation: Option<String>,
         recover: bool,
     ) -> CoreResult<Arc<Exchange>> {
         let x = if type_name == DELAYED_TYPE {
@@ -136,13 +141,13 @@ impl VHost {
                 None => DelayedMessages::in_memory(),
                 Some(p) => DelayedMessages::on_disk(
                     p.clone(),
-                    p.delayed_dir(&self.name, name),
+                    p.delayed_dir(&self.name, name, incarnation.as_deref()),
                     options.durable,
                     recover,
                 )
                 .map_err(|e| CoreError::Internal(format!("delayed exchange '{name}': {e}")))?,
             };
-            Exchange::delayed(name, kind, options, msgs, self.me.clone())
+            Exchange::delayed(name, kind, options, msgs, self.me.clone(), incarnation)
         } else {
             Arc::new(Exchange::new(name, kind, options))
         };
@@ -159,11 +164,13 @@ impl VHost {
             auto_delete: x.options.auto_delete,
             internal: x.options.internal,
             arguments: table_to_json(&x.options.arguments),
+            incarnation: x.incarnation().map(str::to_string),
         }
     }
 
-    /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ.
-    pub(crate) fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+    /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ. Returns the
+    /// definitions writes to wait for.
+    pub(crate) fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<Pending> {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -175,7 +182,7 @@ impl VHost {
         }
         let _t = self.topology.lock();
         let Some(x) = self.exchanges.read().get(name).cloned() else {
-            return Ok(());
+            return Ok(Pending::default());
         };
         if if_unused && (x.has_bindings() || self.is_destination(&x, &self.exchanges.read())) {
             return Err(CoreError::PreconditionFailed(format!(
@@ -183,10 +190,10 @@ impl VHost {
                 self.name
             )));
         }
-        self.persist_then(
+        let (_, mut saved) = self.persist_then(
             |p| match x.options.durable {
-                true => p.exchange_deleted(&self.name, name),
-                false => Ok(()),
+                true => p.exchange_deleted(&self.name, name, x.incarnation()),
+                false => Ok(Pending::default()),
             },
             || self.exchanges.write().remove(name),
         )?;
@@ -195,17 +202,17 @@ impl VHost {
         let dest = Destination::Exchange(x.clone());
         for s in self.exchanges() {
             if s.unbind_destination(&dest) > 0 {
-                self.maybe_auto_delete_exchange(&s);
+                saved.merge(self.maybe_auto_delete_exchange(&s));
             }
         }
         // Break reference cycles through its own outgoing exchange bindings.
         for b in x.bindings() {
             x.unbind_destination(&b.destination);
             if let Destination::Exchange(d) = &b.destination {
-                self.maybe_auto_delete_exchange(d);
+                saved.merge(self.maybe_auto_delete_exchange(d));
             }
         }
-        Ok(())
+        Ok(saved)
     }
 
     fn is_destination(&self, x: &Arc<Exchange>, all: &HashMap<String, Arc<Exchange>>) -> bool {
@@ -217,16 +224,23 @@ impl VHost {
         })
     }
 
-    fn maybe_auto_delete_exchange(&self, x: &Arc<Exchange>) {
+    /// Deletes `x` if it is auto-delete and has no bindings left; returns the definitions
+    /// write of that, if any.
+    fn maybe_auto_delete_exchange(&self, x: &Arc<Exchange>) -> Pending {
         if x.options.auto_delete && !x.has_bindings() {
-            if let Err(e) = self.delete_exchange(&x.name, false) {
-                tracing::error!(exchange = %x.name, vhost = %self.name, "auto-delete failed: {e}");
+            match self.delete_exchange(&x.name, false) {
+                Ok(saved) => return saved,
+                Err(e) => {
+                    tracing::error!(exchange = %x.name, vhost = %self.name, "auto-delete failed: {e}")
+                }
             }
         }
+        Pending::default()
     }
 
-    /// queue.declare. Returns the (possibly server-generated) name and its counts. A new
-    /// queue is refused once the vhost holds `max_queues`.
+    /// queue.declare. Returns the queue (with its possibly server-generated name), its
+    /// counts and the definitions write to wait for before the declare-ok. A new queue is
+    /// refused once the vhost holds `max_queues`.
     pub(crate) fn declare_queue(
         &self,
         name: &str,
@@ -234,11 +248,11 @@ impl VHost {
         passive: bool,
         conn: ConnectionId,
         max_queues: Option<u64>,
-    ) -> CoreResult<(Arc<Queue>, QueueCounts)> {
+    ) -> CoreResult<(Arc<Queue>, QueueCounts, Pending)> {
         if passive {
             let q = self.queue(name, conn)?;
             let c = q.counts();
-            return Ok((q, c));
+            return Ok((q, c, Pending::default()));
         }
         // Reserved `amq.` names are refused to clients by the session; server-generated
         // names come here already chosen.
@@ -253,7 +267,7 @@ impl VHost {
         if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
             q.touch();
             let c = q.counts();
-            return Ok((q, c));
+            return Ok((q, c, Pending::default()));
         }
         if let Some(max) = max_queues {
             if self.queue_count() as u64 >= max {
@@ -261,14 +275,15 @@ impl VHost {
             }
         }
         let owner = options.exclusive.then_some(conn);
-        let q = Arc::new(queue_factory::create(
+        let (q, saved) = queue_factory::create(
             self.persist.as_ref(),
             &self.name,
             &name,
             options,
             owner,
             &cfg,
-        )?);
+        )?;
+        let q = Arc::new(q);
         self.queues.write().insert(name, q.clone());
         self.attach_queue(&q, cfg);
         let counts = QueueCounts {
@@ -276,7 +291,7 @@ impl VHost {
             unacked: 0,
             consumers: 0,
         };
-        Ok((q, counts))
+        Ok((q, counts, saved))
     }
 
     /// The queue a declaration of `name` finds, after checking the declaration against it
@@ -321,18 +336,18 @@ impl VHost {
         )
     }
 
-    /// queue.delete. Returns the number of ready messages it held. Deleting a missing queue
-    /// succeeds with 0, as in RabbitMQ.
+    /// queue.delete. Returns the number of ready messages it held and the definitions write
+    /// to wait for. Deleting a missing queue succeeds with 0, as in RabbitMQ.
     pub(crate) fn delete_queue(
         &self,
         name: &str,
         if_unused: bool,
         if_empty: bool,
         conn: ConnectionId,
-    ) -> CoreResult<usize> {
+    ) -> CoreResult<(usize, Pending)> {
         let q = match self.queue(name, conn) {
             Ok(q) => q,
-            Err(CoreError::NotFound(_)) => return Ok(0),
+            Err(CoreError::NotFound(_)) => return Ok((0, Pending::default())),
             Err(e) => return Err(e),
         };
         let c = q.counts();
@@ -352,36 +367,38 @@ impl VHost {
     }
 
     /// Removes a queue: unbinds it everywhere and cancels its consumers except `except`.
-    /// Returns the ready count it had.
+    /// Returns the ready count it had and the definitions writes to wait for.
     pub(crate) fn remove_queue(
         &self,
         q: &Arc<Queue>,
         except_consumer: Option<u64>,
-    ) -> CoreResult<usize> {
+    ) -> CoreResult<(usize, Pending)> {
         let _t = self.topology.lock();
         match self.queues.read().get(&q.name) {
             Some(cur) if Arc::ptr_eq(cur, q) => {}
-            _ => return Ok(0),
+            _ => return Ok((0, Pending::default())),
         }
-        self.persist_then(
+        let (_, mut saved) = self.persist_then(
             |p| match q.is_persisted() {
-                true => p.queue_deleted(&self.name, &q.name),
-                false => Ok(()),
+                true => p.queue_deleted(&self.name, &q.name, q.incarnation()),
+                false => Ok(Pending::default()),
             },
             || self.queues.write().remove(&q.name),
         )?;
         let dest = Destination::Queue(q.clone());
         for x in self.exchanges() {
             if x.unbind_destination(&dest) > 0 {
-                self.maybe_auto_delete_exchange(&x);
+                saved.merge(self.maybe_auto_delete_exchange(&x));
             }
         }
-        Ok(q.mark_deleted(except_consumer))
+        Ok((q.mark_deleted(except_consumer), saved))
     }
 
     /// Detaches a consumer and deletes the queue if it is auto-delete and now unused.
     pub(crate) fn remove_consumer(&self, q: &Arc<Queue>, consumer_id: u64) {
         if q.remove_consumer(consumer_id) {
+            // Nobody waits for the auto-delete to be durable: a queue found again after a
+            // crash is auto-delete still, and goes with its next consumer.
             if let Err(e) = self.remove_queue(q, Some(consumer_id)) {
                 tracing::error!(queue = %q.name, vhost = %self.name, "auto-delete failed: {e}");
             }
@@ -401,7 +418,7 @@ impl VHost {
         key: &str,
         args: FieldTable,
         conn: ConnectionId,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         if exchange.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -412,9 +429,10 @@ impl VHost {
         let dest = Destination::Queue(q);
         let def = self.binding_def(exchange, &dest, key, &args);
         self.persist_then(
-            |p| def.map_or(Ok(()), |d| p.binding_added(d)),
+            |p| def.map_or(Ok(Pending::default()), |d| p.binding_added(d)),
             || x.bind(dest, key, args),
         )
+        .map(|(_, saved)| saved)
     }
 
     /// queue.unbind. Unbinding a binding that does not exist succeeds.
@@ -425,7 +443,7 @@ impl VHost {
         key: &str,
         args: &FieldTable,
         conn: ConnectionId,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         if exchange.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -435,14 +453,14 @@ impl VHost {
         let x = self.exchange(exchange)?;
         let dest = Destination::Queue(q);
         let def = self.binding_def(exchange, &dest, key, args);
-        let removed = self.persist_then(
-            |p| def.map_or(Ok(()), |d| p.binding_removed(&d)),
+        let (removed, mut saved) = self.persist_then(
+            |p| def.map_or(Ok(Pending::default()), |d| p.binding_removed(&d)),
             || x.unbind(&dest, key, args),
         )?;
         if removed {
-            self.maybe_auto_delete_exchange(&x);
+            saved.merge(self.maybe_auto_delete_exchange(&x));
         }
-        Ok(())
+        Ok(saved)
     }
 
     /// exchange.bind (destination ← source).
@@ -452,7 +470,7 @@ impl VHost {
         source: &str,
         key: &str,
         args: FieldTable,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         if destination.is_empty() || source.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -463,9 +481,10 @@ impl VHost {
         let dest = Destination::Exchange(d);
         let def = self.binding_def(source, &dest, key, &args);
         self.persist_then(
-            |p| def.map_or(Ok(()), |d| p.binding_added(d)),
+            |p| def.map_or(Ok(Pending::default()), |d| p.binding_added(d)),
             || s.bind(dest, key, args),
         )
+        .map(|(_, saved)| saved)
     }
 
     /// exchange.unbind.
@@ -475,7 +494,7 @@ impl VHost {
         source: &str,
         key: &str,
         args: &FieldTable,
-    ) -> CoreResult<()> {
+    ) -> CoreResult<Pending> {
         if destination.is_empty() || source.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -485,14 +504,14 @@ impl VHost {
         let s = self.exchange(source)?;
         let dest = Destination::Exchange(d);
         let def = self.binding_def(source, &dest, key, args);
-        let removed = self.persist_then(
-            |p| def.map_or(Ok(()), |d| p.binding_removed(&d)),
+        let (removed, mut saved) = self.persist_then(
+            |p| def.map_or(Ok(Pending::default()), |d| p.binding_removed(&d)),
             || s.unbind(&dest, key, args),
         )?;
         if removed {
-            self.maybe_auto_delete_exchange(&s);
+            saved.merge(self.maybe_auto_delete_exchange(&s));
         }
-        Ok(())
+        Ok(saved)
     }
 
     /// The definitions entry of a binding, when both ends are durable (and the broker has a

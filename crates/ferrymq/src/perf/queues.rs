@@ -27,6 +27,13 @@ pub struct QueuesArgs {
     /// Delete the queues afterwards.
     #[arg(long)]
     pub cleanup: bool,
+    /// Declare durable queues (each declaration is saved in the broker's definitions before
+    /// its declare-ok).
+    #[arg(long)]
+    pub durable: bool,
+    /// Name prefix of the queues.
+    #[arg(long, default_value = "perf-q-")]
+    pub prefix: String,
 }
 
 /// Declares the queues (pipelined, 1000 in flight) and reports.
@@ -40,7 +47,8 @@ pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
             out,
             1,
             &QueueDeclare {
-                queue: format!("perf-q-{i}"),
+                queue: format!("{}{i}", a.prefix),
+                durable: a.durable,
                 ..Default::default()
             }
             .into(),
@@ -58,7 +66,8 @@ pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
     );
     println!(
         "{}",
-        serde_json::json!({"scenario": "queues", "count": a.count, "seconds": took,
+        serde_json::json!({"scenario": "queues", "count": a.count, "durable": a.durable,
+            "seconds": took,
             "broker_rss_before_mib": rss0, "broker_rss_after_mib": rss1})
     );
     if a.cleanup {
