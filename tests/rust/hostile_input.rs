@@ -252,6 +252,46 @@ async fn a_long_dead_letter_chain_runs_in_a_loop_and_is_cut_at_256_hops() {
 }
 
 #[tokio::test]
+async fn dead_letters_doubling_at_every_level_are_cut_off() {
+    const LEVELS: usize = 20;
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    // Level i: fanout f{i} feeding two queues that hold nothing and dead-letter to f{i+1}.
+    // One publish would become 2^20 messages in the sink.
+    for i in 0..=LEVELS {
+        declare_exchange(&ch, &format!("f{i}"), lapin::ExchangeKind::Fanout)
+            .await
+            .unwrap();
+    }
+    for i in 0..LEVELS {
+        for side in ["a", "b"] {
+            let q = format!("q{i}{side}");
+            let mut args = FieldTable::default();
+            args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(format!("f{}", i + 1).into()),
+            );
+            ch.queue_declare(&q, QueueDeclareOptions::default(), args)
+                .await
+                .unwrap();
+            bind(&ch, &q, &format!("f{i}"), "").await.unwrap();
+        }
+    }
+    queue(&ch, "sink").await;
+    bind(&ch, "sink", &format!("f{LEVELS}"), "").await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish(&ch, "f0", "", b"multiplying").await;
+    let sink = b.broker().vhost("/").unwrap().queue("sink", 0).unwrap();
+    let n = sink.counts().messages;
+    assert!(n < 20_000, "{n} copies of one message");
+    assert_healthy(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_that_pipelines_gets_without_reading_is_paused_not_buffered() {
     const N: usize = 400;
     const SIZE: usize = 100 * 1024;
@@ -303,6 +343,42 @@ async fn a_client_that_pipelines_gets_without_reading_is_paused_not_buffered() {
         }
     }
     assert_eq!(q.counts().messages, 0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_what_it_asked_for_is_dropped_and_its_messages_return() {
+    const N: usize = 100;
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    queue(&ch, "asked").await;
+    let body = vec![7u8; 100 * 1024];
+    for _ in 0..N {
+        publish(&ch, "", "asked", &body).await;
+    }
+    let q = b.broker().vhost("/").unwrap().queue("asked", 0).unwrap();
+    eventually(|| q.counts().messages == N, "all published").await;
+    // Heartbeat 1 s; 10 MB of gets with manual ack, then the client never reads again.
+    let (mut r, _) = Raw::open(b.addr, 1).await;
+    r.open_channel(1).await;
+    let mut gets = BytesMut::new();
+    for _ in 0..N {
+        let m: Method = BasicGet {
+            queue: "asked".into(),
+            ..Default::default()
+        }
+        .into();
+        encode_method(&mut gets, 1, &m);
+    }
+    r.send(&gets).await;
+    eventually(|| q.counts().unacked > 0, "some gets answered").await;
+    // Dropped after two heartbeat intervals without progress: its deliveries return.
+    eventually(
+        || q.counts().messages == N && q.counts().unacked == 0,
+        "the silent client's deliveries are back",
+    )
+    .await;
+    assert_healthy(&b).await;
     b.stop().await;
 }
 

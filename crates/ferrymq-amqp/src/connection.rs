@@ -496,6 +496,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut blocked_sent = false;
         let mut held = false;
         let mut shown_state = ConnectionState::Running;
+        let mut stalled_since: Option<Instant> = None;
         let mut sync_rx = ctx.sync.clone();
         let mut closed_rx = ctx.session.closed();
         // Consumer timeouts are checked on this tick (see `Channel::check_consumer_timeout`).
@@ -640,6 +641,18 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         return End::Done;
                     }
                     let w = self.out.writes();
+                    // Held because it does not read what it asked for: a client whose
+                    // output has not moved for two heartbeat intervals is gone.
+                    let output_held = hold_reads && !alarm_hold && !flow_hold;
+                    stalled_since = match (output_held && w == last_writes, stalled_since) {
+                        (false, _) => None,
+                        (true, None) => Some(Instant::now()),
+                        (true, s) => s,
+                    };
+                    if stalled_since.is_some_and(|t| t.elapsed() > hb * 2) {
+                        tracing::warn!(peer = %self.peer, "client stopped reading its output, timeout: {}s", self.heartbeat);
+                        return End::Done;
+                    }
                     if w == last_writes {
                         self.out.with(|o| encode_heartbeat(o.buf()));
                     }

@@ -90,7 +90,12 @@ impl Broker {
     /// users, vhosts, permissions, limits, policies); an empty data directory starts as
     /// [`Broker::new`] does.
     pub fn open(config: BrokerConfig, persist: Arc<Persistence>) -> CoreResult<Arc<Self>> {
-        let b = match persist.loaded_definitions() {
+        // A data directory whose definitions name no user and no vhost (a first start whose
+        // definitions import failed) starts fresh again rather than with nobody able to log in.
+        let loaded = persist
+            .loaded_definitions()
+            .filter(|d| !(d.users.is_empty() && d.vhosts.is_empty()));
+        let b = match loaded {
             None => {
                 // Without the defaults (a definitions file is about to be imported) nothing
                 // is saved yet: if that import fails, the next start is a fresh one again

@@ -4,6 +4,7 @@
 
 use crate::message::Message;
 use crate::value::{FieldTable, FieldValue};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -129,27 +130,35 @@ pub fn dead_letter_copy(
     msg.republished(exchange, key, &props).ok()
 }
 
-/// Whether delivering a dead-lettered message to `queue` would close a cycle with no
-/// rejection in it, in which case RabbitMQ drops it for that queue. The history is read most
-/// recent first: a rejection means a consumer is in the loop, so it may go on.
-pub fn is_cycle(msg: &Message, queue: &str) -> bool {
+/// The queues a dead-lettered message must not be delivered to, because delivering it there
+/// would close a cycle with no rejection in it (RabbitMQ drops it for those queues). The
+/// history is read most recent first: a rejection means a consumer is in the loop, so the
+/// queues before it may take the message again. Computed once per copy, not per target.
+pub fn cycle_queues(msg: &Message) -> HashSet<String> {
+    let mut out = HashSet::new();
     let Some(headers) = msg.headers() else {
-        return false;
+        return out;
     };
     let Some(FieldValue::Array(deaths)) = headers.get("x-death") else {
-        return false;
+        return out;
     };
     for d in deaths {
         if let FieldValue::Table(t) = d {
             if text(t, "reason").as_deref() == Some("rejected") {
-                return false;
+                break;
             }
-            if text(t, "queue").as_deref() == Some(queue) {
-                return true;
+            if let Some(q) = text(t, "queue") {
+                out.insert(q);
             }
         }
     }
-    false
+    out
+}
+
+/// Whether delivering a dead-lettered message to `queue` would close a cycle with no
+/// rejection in it (see [`cycle_queues`]).
+pub fn is_cycle(msg: &Message, queue: &str) -> bool {
+    cycle_queues(msg).contains(queue)
 }
 
 #[cfg(test)]

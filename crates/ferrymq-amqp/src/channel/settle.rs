@@ -173,7 +173,7 @@ impl Channel {
             // deleted, a permission revoked) makes it unroutable, never a half-done commit
             // that loses the settlements below.
             match self.route(ctx, &p, msg) {
-                Ok(done) => pending.merge(done),
+                Ok(p) => pending.merge(p),
                 Err(e) => tracing::debug!("transactional publish dropped at commit: {e:?}"),
             }
         }

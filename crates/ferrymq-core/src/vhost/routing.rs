@@ -3,7 +3,7 @@
 
 use super::reply_to::REPLY_TO_PREFIX;
 use super::VHost;
-use crate::dead_letter::{dead_letter_copy, is_cycle, DeadLetter};
+use crate::dead_letter::{cycle_queues, dead_letter_copy, DeadLetter};
 use crate::error::{CoreError, CoreResult};
 use crate::events::{DelayedRelease, QueueEvents};
 use crate::exchange::{Destination, Exchange, DELAY_HEADER};
@@ -182,6 +182,9 @@ impl VHost {
     }
 }
 
+/// Most copies one message's dead-lettering may enqueue, all hops together.
+pub const MAX_DEAD_LETTER_COPIES: usize = 10_000;
+
 /// Dead letters waiting to be republished on this thread, with the vhost whose outermost
 /// `dead_letter` call drains them.
 type Deferred = Option<(usize, VecDeque<DeadLetterJob>)>;
@@ -209,7 +212,8 @@ struct DeadLetterJob {
 }
 
 impl VHost {
-    fn republish_dead(&self, job: DeadLetterJob) {
+    /// Republishes one queue's dead letters; returns how many copies were enqueued.
+    fn republish_dead(&self, job: DeadLetterJob) -> usize {
         let DeadLetterJob {
             queue,
             dlx,
@@ -223,8 +227,9 @@ impl VHost {
                 "dead-letter exchange missing; {} messages dropped",
                 letters.len()
             );
-            return;
+            return 0;
         };
+        let mut copies = 0;
         for l in letters {
             let Some(copy) =
                 dead_letter_copy(&l.message, &queue, l.reason, &dlx, routing_key.as_deref())
@@ -233,8 +238,12 @@ impl VHost {
             };
             let copy = Arc::new(copy);
             let headers = LazyHeaders::of(&copy);
-            self.enqueue(&x, &copy, &headers, |q| !is_cycle(&copy, &q.name));
+            let cycle = cycle_queues(&copy);
+            copies += self
+                .enqueue(&x, &copy, &headers, |q| !cycle.contains(&q.name))
+                .routed;
         }
+        copies
     }
 }
 
@@ -267,33 +276,50 @@ impl QueueEvents for VHost {
         // is 0): those are queued here and republished by the outermost call in a loop, so a
         // chain of any length runs in constant stack.
         let me = self as *const VHost as usize;
-        // `Some(job)`: run it here and drain what it causes; `None`: an outer call will.
-        let mine = DEFERRED.with(|d| {
+        // `Some(job)`: run it here and drain what it causes; `None`: an outer call will (or,
+        // for another vhost's drain on this thread, which dead letters never cause, it is
+        // run directly once the thread-local is released).
+        enum Next {
+            Drain(DeadLetterJob),
+            Queued,
+            Direct(DeadLetterJob),
+        }
+        let next = DEFERRED.with(|d| {
             let mut d = d.borrow_mut();
             match d.as_mut() {
                 Some((owner, list)) if *owner == me => {
                     list.push_back(job);
-                    None
+                    Next::Queued
                 }
-                // Dead letters never leave their vhost; another vhost's drain on this thread
-                // would be a bug, and running the job directly is still correct.
-                Some(_) => {
-                    self.republish_dead(job);
-                    None
-                }
+                Some(_) => Next::Direct(job),
                 None => {
                     *d = Some((me, VecDeque::new()));
-                    Some(job)
+                    Next::Drain(job)
                 }
             }
         });
-        let Some(job) = mine else {
-            return;
+        let job = match next {
+            Next::Queued => return,
+            Next::Direct(job) => {
+                self.republish_dead(job);
+                return;
+            }
+            Next::Drain(job) => job,
         };
         let _reset = ResetDeferred;
-        self.republish_dead(job);
+        let mut copies = self.republish_dead(job);
         while let Some(job) = DEFERRED.with(|d| d.borrow_mut().as_mut()?.1.pop_front()) {
-            self.republish_dead(job);
+            if copies >= MAX_DEAD_LETTER_COPIES {
+                // Queues that each dead-letter into a fanout to several such queues double
+                // the copies at every level: one message must not become millions.
+                let dropped = DEFERRED.with(|d| d.borrow().as_ref().map_or(0, |x| x.1.len())) + 1;
+                tracing::warn!(
+                    queue = %job.queue,
+                    "dead-lettering stopped after {copies} copies caused by one message; {dropped} more batches dropped"
+                );
+                break;
+            }
+            copies += self.republish_dead(job);
         }
     }
 
