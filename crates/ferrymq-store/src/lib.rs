@@ -29,6 +29,10 @@ pub enum StoreError {
     /// A record too large for a segment.
     #[error("record of {0} bytes is too large for a segment")]
     TooLarge(usize),
+    /// A queue's directory holds the segment with the highest number there is, so there is
+    /// no number left for the next one.
+    #[error("{0}: no segment number is left after 4294967295")]
+    SegmentNumbers(String),
     /// The definitions document is not valid.
     #[error("definitions file {0}: {1}")]
     Definitions(String, String),

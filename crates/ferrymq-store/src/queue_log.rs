@@ -117,7 +117,10 @@ impl QueueLog {
             segments.insert(id, seg);
         }
         // Always append to a fresh segment: a recovered one may end where a record was cut.
-        let next = ids.last().map_or(1, |l| l + 1);
+        let next = match ids.last() {
+            None => 1,
+            Some(&l) => next_id(dir, l)?,
+        };
         let head = new_head(dir, next)?;
         segments.insert(next, Segment::new());
         let log = QueueLog {
@@ -345,7 +348,7 @@ impl QueueLog {
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
-        let id = self.head.id + 1;
+        let id = next_id(&self.dir, self.head.id)?;
         if let Some(s) = self.segments.get_mut(&self.head.id) {
             s.len = self.head.len;
         }
@@ -362,6 +365,13 @@ impl QueueLog {
         }
         Ok(())
     }
+}
+
+/// The number of the segment after `id`. Only a damaged or hostile directory gets to
+/// `u32::MAX` (at one segment a second that is 136 years of appends).
+fn next_id(dir: &Path, id: u32) -> Result<u32, StoreError> {
+    id.checked_add(1)
+        .ok_or_else(|| StoreError::SegmentNumbers(dir.display().to_string()))
 }
 
 fn new_head(dir: &Path, id: u32) -> Result<Head, StoreError> {
@@ -547,6 +557,22 @@ mod tests {
         // The log keeps working after recovery.
         let (p, _) = log.append(b"after").unwrap();
         assert_eq!(log.read(p).unwrap(), b"after");
+    }
+
+    #[test]
+    fn a_segment_with_the_last_number_is_refused_not_a_panic() {
+        // Found by the segment_recovery fuzz target: the next segment number overflowed.
+        for with_record in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let mut bytes = Vec::new();
+            if with_record {
+                record::encode(b"kept", &mut bytes);
+            }
+            std::fs::write(seg_path(d.path(), u32::MAX), &bytes).unwrap();
+            let r = QueueLog::open(d.path(), 4096, SyncGroup::start(FsyncPolicy::Never));
+            let e = r.err().expect("no segment number is left to append to");
+            assert!(matches!(e, StoreError::SegmentNumbers(_)), "{e}");
+        }
     }
 
     #[test]
