@@ -222,8 +222,16 @@ impl QueueLog {
                     Scan::End => break,
                     Scan::Torn if off > 0 => break,
                     Scan::Torn => {
-                        // One record larger than the chunk: read exactly it.
+                        // One record larger than the chunk: read exactly it, once its length
+                        // is known to fit the segment (the file may have changed since it
+                        // was recovered).
                         let n = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                        if (HEADER_LEN + n) as u64 > len - u64::from(from.offset) {
+                            return Err(StoreError::Corrupt(
+                                path.display().to_string(),
+                                from.offset,
+                            ));
+                        }
                         buf.resize(HEADER_LEN + n, 0);
                         self.file(id)?
                             .read_exact_at(&mut buf, u64::from(from.offset))
@@ -295,12 +303,21 @@ impl QueueLog {
     /// Reads the payload of the record at `pos`.
     pub fn read(&mut self, pos: Position) -> Result<Vec<u8>, StoreError> {
         let path = seg_path(&self.dir, pos.segment);
+        let valid = if pos.segment == self.head.id {
+            self.head.len
+        } else {
+            self.segments.get(&pos.segment).map_or(0, |s| s.len)
+        };
         let f = self.file(pos.segment)?;
         let mut h = [0u8; HEADER_LEN];
         f.read_exact_at(&mut h, pos.offset as u64)
             .map_err(io(&path))?;
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        // The length comes from the disk: check it before it sizes a buffer.
+        if u64::from(pos.offset) + (HEADER_LEN + len) as u64 > valid {
+            return Err(StoreError::Corrupt(path.display().to_string(), pos.offset));
+        }
         let mut payload = vec![0u8; len];
         f.read_exact_at(&mut payload, pos.offset as u64 + HEADER_LEN as u64)
             .map_err(io(&path))?;
@@ -557,6 +574,26 @@ mod tests {
         // The log keeps working after recovery.
         let (p, _) = log.append(b"after").unwrap();
         assert_eq!(log.read(p).unwrap(), b"after");
+    }
+
+    #[test]
+    fn a_length_damaged_after_recovery_is_corrupt_not_an_allocation() {
+        // The file changes under the running broker (a disk error, another process): a
+        // record's length field must be checked against the segment before it sizes a buffer.
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let (p0, _) = log.append(b"first").unwrap();
+        let (p1, _) = log.append(b"second").unwrap();
+        let seg = seg_path(d.path(), p0.segment);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&0xFFFF_FFF0u32.to_le_bytes(), u64::from(p1.offset))
+            .unwrap();
+        assert!(matches!(log.read(p1), Err(StoreError::Corrupt(..))));
+        assert!(matches!(
+            log.read_batch(p1, 10),
+            Err(StoreError::Corrupt(..))
+        ));
+        assert_eq!(log.read(p0).unwrap(), b"first");
     }
 
     #[test]
