@@ -28,7 +28,10 @@ pub fn amqp_frames(data: &[u8]) {
     let whole = decode_stream(stream, fm, stream.len());
     let cut = (usize::from(sel) * 37) % (stream.len() + 1);
     let split = decode_stream(stream, fm, cut);
-    assert_eq!(whole, split, "the same bytes in two reads decode differently");
+    assert_eq!(
+        whole, split,
+        "the same bytes in two reads decode differently"
+    );
 }
 
 /// Decodes as the connection does: `stream[..cut]` is buffered first, the rest is appended
@@ -79,7 +82,11 @@ fn check_frame(f: &Frame) -> BytesMut {
         .expect("a re-encoded frame decodes")
         .expect("a re-encoded frame is complete");
     assert!(again.is_empty(), "a re-encoded frame left bytes behind");
-    assert_eq!(format!("{back:?}"), format!("{f:?}"), "frame changed in a round trip");
+    assert_eq!(
+        format!("{back:?}"),
+        format!("{f:?}"),
+        "frame changed in a round trip"
+    );
     enc
 }
 

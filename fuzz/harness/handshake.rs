@@ -77,7 +77,9 @@ pub fn handshake(data: &[u8]) {
 /// Sends the header and the frames in `chunk`-sized writes while draining the broker's
 /// answers, then closes the sending side and waits for the broker to close the connection.
 async fn client(addr: SocketAddr, header: &[u8], frames: &[u8], chunk: usize) {
-    let stream = TcpStream::connect(addr).await.expect("connect to the broker");
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the broker");
     let _ = stream.set_nodelay(true);
     // Reset instead of TIME_WAIT on close: millions of connections must not use up the
     // loopback port range.

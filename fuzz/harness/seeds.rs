@@ -42,13 +42,19 @@ fn every_type() -> FieldTable {
         ("f64", FieldValue::F64(-2.25)),
         ("dec", FieldValue::Decimal(2, 12345)),
         ("str", FieldValue::string("héllo")),
-        ("bytes", FieldValue::Bytes(bytes::Bytes::from_static(&[0, 1, 2]))),
+        (
+            "bytes",
+            FieldValue::Bytes(bytes::Bytes::from_static(&[0, 1, 2])),
+        ),
         (
             "arr",
             FieldValue::Array(vec![FieldValue::I32(1), FieldValue::string("x")]),
         ),
         ("ts", FieldValue::Timestamp(1_700_000_000)),
-        ("tbl", FieldValue::Table(t(vec![("k", FieldValue::string("v"))]))),
+        (
+            "tbl",
+            FieldValue::Table(t(vec![("k", FieldValue::string("v"))])),
+        ),
         ("void", FieldValue::Void),
     ])
 }
@@ -186,7 +192,13 @@ fn full_session() -> Vec<u8> {
     let mut s = Stream::default();
     let plain = Properties::default();
     s.login()
-        .m(1, BasicQos { prefetch_count: 10, ..Default::default() })
+        .m(
+            1,
+            BasicQos {
+                prefetch_count: 10,
+                ..Default::default()
+            },
+        )
         .m(1, exchange_declare("ex.topic", "topic", FieldTable::new()))
         .m(
             1,
@@ -205,8 +217,20 @@ fn full_session() -> Vec<u8> {
         .m(1, ConfirmSelect::default())
         .publish(1, "ex.topic", "a.b.c", &all_properties(), b"hello")
         .publish(1, "", "work", &plain, &[7u8; 5000])
-        .m(1, BasicGet { queue: "work".into(), ..Default::default() })
-        .m(1, BasicAck { delivery_tag: 1, multiple: false })
+        .m(
+            1,
+            BasicGet {
+                queue: "work".into(),
+                ..Default::default()
+            },
+        )
+        .m(
+            1,
+            BasicAck {
+                delivery_tag: 1,
+                multiple: false,
+            },
+        )
         .m(
             1,
             BasicConsume {
@@ -216,10 +240,29 @@ fn full_session() -> Vec<u8> {
             },
         )
         .publish(1, "", "work", &plain, b"x")
-        .m(1, BasicNack { delivery_tag: 2, multiple: true, requeue: false })
-        .m(1, BasicReject { delivery_tag: 3, requeue: true })
+        .m(
+            1,
+            BasicNack {
+                delivery_tag: 2,
+                multiple: true,
+                requeue: false,
+            },
+        )
+        .m(
+            1,
+            BasicReject {
+                delivery_tag: 3,
+                requeue: true,
+            },
+        )
         .m(1, BasicRecover { requeue: true })
-        .m(1, BasicCancel { consumer_tag: "c1".into(), nowait: false })
+        .m(
+            1,
+            BasicCancel {
+                consumer_tag: "c1".into(),
+                nowait: false,
+            },
+        )
         .heartbeat()
         .m(2, ChannelOpen::default())
         .m(2, TxSelect {})
@@ -227,9 +270,27 @@ fn full_session() -> Vec<u8> {
         .m(2, TxCommit {})
         .m(2, TxRollback {})
         .m(2, ChannelFlow { active: false })
-        .m(2, QueuePurge { queue: "dead".into(), ..Default::default() })
-        .m(2, QueueDelete { queue: "dead".into(), ..Default::default() })
-        .m(2, ExchangeDelete { exchange: "ex.topic".into(), ..Default::default() })
+        .m(
+            2,
+            QueuePurge {
+                queue: "dead".into(),
+                ..Default::default()
+            },
+        )
+        .m(
+            2,
+            QueueDelete {
+                queue: "dead".into(),
+                ..Default::default()
+            },
+        )
+        .m(
+            2,
+            ExchangeDelete {
+                exchange: "ex.topic".into(),
+                ..Default::default()
+            },
+        )
         .m(2, ChannelClose::default())
         .m(1, ChannelClose::default())
         .m(0, ConnectionClose::default());
@@ -250,7 +311,14 @@ fn routing_session() -> Vec<u8> {
     };
     s.login()
         .m(1, exchange_declare("h", "headers", FieldTable::new()))
-        .m(1, exchange_declare("f", "fanout", t(vec![("alternate-exchange", FieldValue::string("h"))])))
+        .m(
+            1,
+            exchange_declare(
+                "f",
+                "fanout",
+                t(vec![("alternate-exchange", FieldValue::string("h"))]),
+            ),
+        )
         .m(
             1,
             exchange_declare(
@@ -267,8 +335,17 @@ fn routing_session() -> Vec<u8> {
                 ..Default::default()
             },
         )
-        .m(1, QueueDeclare { exclusive: true, ..Default::default() })
-        .m(1, queue_declare("prio", t(vec![("x-max-priority", FieldValue::U8(10))])))
+        .m(
+            1,
+            QueueDeclare {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .m(
+            1,
+            queue_declare("prio", t(vec![("x-max-priority", FieldValue::U8(10))])),
+        )
         .m(
             1,
             bind(
@@ -297,9 +374,23 @@ fn routing_session() -> Vec<u8> {
         s.0.put_slice(b"abc");
         s.0.put_u8(FRAME_END);
     });
-    s.m(1, QueueUnbind { queue: "prio".into(), exchange: "h".into(), ..Default::default() })
-        .m(1, ExchangeUnbind { destination: "h".into(), source: "later".into(), ..Default::default() })
-        .m(0, ConnectionClose::default());
+    s.m(
+        1,
+        QueueUnbind {
+            queue: "prio".into(),
+            exchange: "h".into(),
+            ..Default::default()
+        },
+    )
+    .m(
+        1,
+        ExchangeUnbind {
+            destination: "h".into(),
+            source: "later".into(),
+            ..Default::default()
+        },
+    )
+    .m(0, ConnectionClose::default());
     s.bytes()
 }
 
@@ -328,19 +419,56 @@ fn handshakes() -> Vec<Seed> {
             ..Default::default()
         },
     )
-    .m(0, ConnectionTuneOk { channel_max: 0, frame_max: 0, heartbeat: 0 })
-    .m(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() })
+    .m(
+        0,
+        ConnectionTuneOk {
+            channel_max: 0,
+            frame_max: 0,
+            heartbeat: 0,
+        },
+    )
+    .m(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+            ..Default::default()
+        },
+    )
     .m(0, ConnectionUpdateSecret::default())
     .m(0, ConnectionClose::default());
     let mut just_login = Stream::default();
     just_login.login().m(0, ConnectionClose::default());
     vec![
-        ("handshake", "full-session", with_selector(0, PROTOCOL_HEADER, &full_session())),
-        ("handshake", "full-session-split", with_selector(2, PROTOCOL_HEADER, &full_session())),
-        ("handshake", "routing", with_selector(0, PROTOCOL_HEADER, &routing_session())),
-        ("handshake", "login", with_selector(1, PROTOCOL_HEADER, &just_login.bytes())),
-        ("handshake", "amqplain", with_selector(3, PROTOCOL_HEADER, &alt.bytes())),
-        ("handshake", "bad-header", with_selector(0, b"AMQP\x01\x01\x00\x09", &[])),
+        (
+            "handshake",
+            "full-session",
+            with_selector(0, PROTOCOL_HEADER, &full_session()),
+        ),
+        (
+            "handshake",
+            "full-session-split",
+            with_selector(2, PROTOCOL_HEADER, &full_session()),
+        ),
+        (
+            "handshake",
+            "routing",
+            with_selector(0, PROTOCOL_HEADER, &routing_session()),
+        ),
+        (
+            "handshake",
+            "login",
+            with_selector(1, PROTOCOL_HEADER, &just_login.bytes()),
+        ),
+        (
+            "handshake",
+            "amqplain",
+            with_selector(3, PROTOCOL_HEADER, &alt.bytes()),
+        ),
+        (
+            "handshake",
+            "bad-header",
+            with_selector(0, b"AMQP\x01\x01\x00\x09", &[]),
+        ),
     ]
 }
 
@@ -368,12 +496,26 @@ fn frames() -> Vec<Seed> {
             },
         );
     encode_header_properties(&mut deliver.0, 1, 2, &all_properties());
-    deliver.0.put_slice(&[3, 0, 1, 0, 0, 0, 2, b'h', b'i', FRAME_END]);
+    deliver
+        .0
+        .put_slice(&[3, 0, 1, 0, 0, 0, 2, b'h', b'i', FRAME_END]);
     deliver.heartbeat();
     vec![
-        ("amqp_frames", "client-session", [&[1u8][..], &full_session()].concat()),
-        ("amqp_frames", "client-routing", [&[0u8][..], &routing_session()].concat()),
-        ("amqp_frames", "server-frames", [&[2u8][..], &deliver.bytes()].concat()),
+        (
+            "amqp_frames",
+            "client-session",
+            [&[1u8][..], &full_session()].concat(),
+        ),
+        (
+            "amqp_frames",
+            "client-routing",
+            [&[0u8][..], &routing_session()].concat(),
+        ),
+        (
+            "amqp_frames",
+            "server-frames",
+            [&[2u8][..], &deliver.bytes()].concat(),
+        ),
     ]
 }
 
@@ -393,7 +535,10 @@ fn tables() -> Vec<Seed> {
             FieldValue::Array(vec![FieldValue::Table(t(vec![
                 ("count", FieldValue::I64(1)),
                 ("reason", FieldValue::string("rejected")),
-                ("routing-keys", FieldValue::Array(vec![FieldValue::string("k")])),
+                (
+                    "routing-keys",
+                    FieldValue::Array(vec![FieldValue::string("k")]),
+                ),
             ]))]),
         )]),
     );
@@ -472,9 +617,17 @@ fn segments() -> Vec<Seed> {
     let mut first_offsets = Vec::new();
     for i in 0..6u64 {
         first_offsets.push(seg.len() as u32);
-        message_record(i, i % 3 != 2, &vec![i as u8; 10 + i as usize * 40], &mut seg);
+        message_record(
+            i,
+            i % 3 != 2,
+            &vec![i as u8; 10 + i as usize * 40],
+            &mut seg,
+        );
     }
-    let acks: Vec<u8> = first_offsets[..2].iter().flat_map(|o| o.to_le_bytes()).collect();
+    let acks: Vec<u8> = first_offsets[..2]
+        .iter()
+        .flat_map(|o| o.to_le_bytes())
+        .collect();
     let input = |sel: u8, acks: &[u8], seg: &[u8]| {
         let mut v = vec![sel, acks.len() as u8];
         v.extend_from_slice(acks);
@@ -486,7 +639,11 @@ fn segments() -> Vec<Seed> {
     flipped[30] ^= 0x10;
     vec![
         ("segment_recovery", "records", input(0, &[], &seg)),
-        ("segment_recovery", "records-acked", input(8 * 2, &acks, &seg)),
+        (
+            "segment_recovery",
+            "records-acked",
+            input(8 * 2, &acks, &seg),
+        ),
         ("segment_recovery", "torn-tail", input(4, &[], torn)),
         ("segment_recovery", "bit-flip", input(8, &acks, &flipped)),
     ]

@@ -92,9 +92,15 @@ fn queue_log(f: &Files<'_>) {
         return;
     };
     let records = read_all(&mut log, f.batch);
-    assert_eq!(records.len() as u64, n, "recovery counted a different number of records");
+    assert_eq!(
+        records.len() as u64,
+        n,
+        "recovery counted a different number of records"
+    );
     for (pos, payload) in &records {
-        let one = log.read(*pos).expect("a recovered record reads back by position");
+        let one = log
+            .read(*pos)
+            .expect("a recovered record reads back by position");
         assert_eq!(&one, payload);
     }
     // The recovered log keeps working, and recovering it again finds the same records.
@@ -110,7 +116,11 @@ fn queue_log(f: &Files<'_>) {
     };
     let mut want = payloads(&records);
     want.push(b"after".to_vec());
-    assert_eq!(payloads(&again), want, "a second recovery found other records");
+    assert_eq!(
+        payloads(&again),
+        want,
+        "a second recovery found other records"
+    );
 }
 
 fn broker(f: &Files<'_>) {
@@ -135,7 +145,10 @@ fn broker(f: &Files<'_>) {
     let mut taken = 0;
     while queue.get(false).is_some() {
         taken += 1;
-        assert!(taken <= ready, "basic.get returned more messages than were recovered");
+        assert!(
+            taken <= ready,
+            "basic.get returned more messages than were recovered"
+        );
     }
     persist.stop();
 }

@@ -32,7 +32,11 @@ fn table(b: &[u8]) {
     validate_table(&enc[4..]).expect("an encoded table validates");
     let back = read_table(&enc[4..]).expect("an encoded table decodes");
     // Debug, not PartialEq: a NaN float is the same value after a round trip.
-    assert_eq!(format!("{back:?}"), format!("{t:?}"), "table changed in a round trip");
+    assert_eq!(
+        format!("{back:?}"),
+        format!("{t:?}"),
+        "table changed in a round trip"
+    );
 }
 
 fn properties(b: &[u8]) {

@@ -51,7 +51,10 @@ fn amqp_frames_corpus_replays() {
 
 #[test]
 fn field_tables_corpus_replays() {
-    assert!(replay("field_tables") > 0, "the corpus is in the repository");
+    assert!(
+        replay("field_tables") > 0,
+        "the corpus is in the repository"
+    );
 }
 
 #[test]
@@ -66,7 +69,10 @@ fn definitions_corpus_replays() {
 
 #[test]
 fn segment_recovery_corpus_replays() {
-    assert!(replay("segment_recovery") > 0, "the corpus is in the repository");
+    assert!(
+        replay("segment_recovery") > 0,
+        "the corpus is in the repository"
+    );
 }
 
 #[test]
