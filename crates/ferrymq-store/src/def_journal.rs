@@ -84,13 +84,15 @@ impl DefinitionsStore {
         let snapshot_path = dir.join(SNAPSHOT);
         let snapshot = Definitions::load(&snapshot_path)?;
         let files = journals(dir)?;
-        let fresh = snapshot.is_none() && files.is_empty();
+        let had_snapshot = snapshot.is_some();
         let snapshot_len = std::fs::metadata(&snapshot_path).map_or(0, |m| m.len());
         let mut state = DefinitionsState::from_definitions(snapshot.unwrap_or_default());
         let mut replayed = 0usize;
         for (_, path) in &files {
             replayed += replay(path, &mut state)?;
         }
+        // Empty journals alone (a first start that saved nothing) still mean a fresh start.
+        let fresh = !had_snapshot && replayed == 0;
         let generation = files.last().map_or(1, |(n, _)| n + 1);
         let health = LogHealth::new(dir.join("definitions.*.journal").display().to_string());
         let file = create_journal(dir, generation, &health)?;
@@ -149,7 +151,11 @@ impl DefinitionsStore {
         buf.clear();
         record::encode(&payload, &mut buf);
         let at = j.len;
-        let written = j.file.file().write_all_at(&buf, at);
+        let written = self
+            .sync
+            .syncer()
+            .before_write(j.file.path())
+            .and_then(|()| j.file.file().write_all_at(&buf, at));
         let n = buf.len() as u64;
         j.scratch = buf;
         if let Err(e) = written {

@@ -27,6 +27,11 @@ pub trait Syncer: Send + Sync {
     /// Makes the entries of directory `path` durable: files created, renamed or removed in
     /// it (a new segment's data is not found after a crash unless its name is).
     fn sync_dir(&self, path: &Path) -> std::io::Result<()>;
+    /// Called before a write to the definitions journal at `path`: the OS's never refuses;
+    /// tests refuse to see what a failed write (a full disk) leaves behind.
+    fn before_write(&self, _path: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A shared [`Syncer`] that configuration structs can hold (and print).
@@ -68,6 +73,7 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
 #[derive(Default)]
 pub struct FailingSync {
     rule: Mutex<Option<(String, u32)>>,
+    writes: Mutex<Option<(String, u32)>>,
 }
 
 impl FailingSync {
@@ -77,12 +83,18 @@ impl FailingSync {
         *self.rule.lock() = Some((text.to_string(), times));
     }
 
-    fn check(&self, path: &Path) -> std::io::Result<()> {
-        let mut rule = self.rule.lock();
+    /// Makes the next `times` definitions journal writes to a path containing `text` fail
+    /// with ENOSPC, as on a full disk.
+    pub fn fail_writes(&self, text: &str, times: u32) {
+        *self.writes.lock() = Some((text.to_string(), times));
+    }
+
+    fn check(rule: &Mutex<Option<(String, u32)>>, path: &Path, errno: i32) -> std::io::Result<()> {
+        let mut rule = rule.lock();
         if let Some((text, left)) = rule.as_mut() {
             if *left > 0 && path.to_string_lossy().contains(text.as_str()) {
                 *left -= 1;
-                return Err(std::io::Error::from_raw_os_error(EIO));
+                return Err(std::io::Error::from_raw_os_error(errno));
             }
         }
         Ok(())
@@ -91,18 +103,24 @@ impl FailingSync {
 
 impl Syncer for FailingSync {
     fn sync_file(&self, file: &File, path: &Path) -> std::io::Result<()> {
-        self.check(path)?;
+        FailingSync::check(&self.rule, path, EIO)?;
         file.sync_data()
     }
 
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        self.check(path)?;
+        FailingSync::check(&self.rule, path, EIO)?;
         sync_dir(path)
+    }
+
+    fn before_write(&self, path: &Path) -> std::io::Result<()> {
+        FailingSync::check(&self.writes, path, ENOSPC)
     }
 }
 
 /// EIO, what Linux returns when writeback of a file's pages failed.
 const EIO: i32 = 5;
+/// ENOSPC: no space left on the device.
+const ENOSPC: i32 = 28;
 
 /// Whether the writes to one log (a queue's segment files, a delayed exchange's log, the
 /// definitions journal) reached the disk.
@@ -362,6 +380,11 @@ impl SyncGroup {
         drop(st);
         self.wake.notify_one();
         ticket
+    }
+
+    /// What syncs (and, in tests, refuses writes).
+    pub fn syncer(&self) -> &Arc<dyn Syncer> {
+        &self.syncer
     }
 
     /// The background remover of deleted files and directories.
