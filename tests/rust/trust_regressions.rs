@@ -39,7 +39,7 @@ fn dlx_permission() -> Permission {
     }
 }
 
-async fn setup_secret(b: &TestBroker) -> (Connection, lapin::Channel) {
+async fn setup_secret(b: &TestBroker, durable: bool) -> (Connection, lapin::Channel) {
     let broker = b.broker().clone();
     broker
         .put_user("app", Credential::Password("pw".into()), &[])
@@ -47,18 +47,31 @@ async fn setup_secret(b: &TestBroker) -> (Connection, lapin::Channel) {
     broker
         .set_permissions("app", "/", dlx_permission())
         .unwrap();
-    // The operator's exchange the app must not be able to write to, and a queue behind it.
+    // The operator's exchange the app must not be able to write to, one it may write to,
+    // and a queue behind each (durable when the test restarts the broker).
     let (gc, gch) = channel(b).await;
-    declare_exchange(&gch, "secret", lapin::ExchangeKind::Fanout)
+    for x in ["secret", "pub"] {
+        gch.exchange_declare(
+            x,
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    declare_exchange(&gch, "pub", lapin::ExchangeKind::Fanout)
-        .await
-        .unwrap();
-    queue(&gch, "secret.q").await;
-    bind(&gch, "secret.q", "secret", "").await.unwrap();
-    queue(&gch, "pub.q").await;
-    bind(&gch, "pub.q", "pub", "").await.unwrap();
+        let q = format!("{x}.q");
+        let opts = QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        };
+        gch.queue_declare(&q, opts, FieldTable::default())
+            .await
+            .unwrap();
+        bind(&gch, &q, x, "").await.unwrap();
+    }
     (gc, gch)
 }
 
@@ -68,7 +81,7 @@ async fn setup_secret(b: &TestBroker) -> (Connection, lapin::Channel) {
 #[tokio::test]
 async fn a_repeated_dead_letter_exchange_argument_uses_the_checked_first_value() {
     let b = start().await;
-    let (_gc, gch) = setup_secret(&b).await;
+    let (_gc, gch) = setup_secret(&b, false).await;
 
     // Control: naming "secret" once is refused.
     let c = connect_as(&b, "app", "pw").await;
@@ -128,66 +141,7 @@ async fn a_repeated_alternate_exchange_argument_keeps_the_checked_first_value_af
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let b = start_with(|c| c.data_dir = data.clone()).await;
-    let (_gc, gch) = setup_secret(&b).await;
-    // Make "secret" and its queue durable so they survive the restart.
-    gch.exchange_delete("secret", ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
-    gch.queue_delete("secret.q", QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    gch.exchange_declare(
-        "secret",
-        lapin::ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    gch.queue_declare(
-        "secret.q",
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    bind(&gch, "secret.q", "secret", "").await.unwrap();
-    // "pub" and its queue durable too, so the alternate route survives the restart.
-    gch.exchange_delete("pub", ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
-    gch.queue_delete("pub.q", QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    gch.exchange_declare(
-        "pub",
-        lapin::ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    gch.queue_declare(
-        "pub.q",
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    bind(&gch, "pub.q", "pub", "").await.unwrap();
-
+    let (_gc, _gch) = setup_secret(&b, true).await;
     let mut r = raw_as(&b, "app", "pw").await;
     r.method(
         1,

@@ -44,6 +44,10 @@ pub enum StoreError {
     /// The log's owner was deleted: it takes no more writes.
     #[error("{0}: deleted")]
     Deleted(String),
+    /// A queue's directory holds the segment with the highest number there is, so there is
+    /// no number left for the next one.
+    #[error("{0}: no segment number is left after 4294967295")]
+    SegmentNumbers(String),
     /// The definitions document is not valid.
     #[error("definitions file {0}: {1}")]
     Definitions(String, String),

@@ -143,7 +143,10 @@ impl QueueLog {
             segments.insert(id, seg);
         }
         // Always append to a fresh segment: a recovered one may end where a record was cut.
-        let next = ids.last().map_or(1, |l| l + 1);
+        let next = match ids.last() {
+            None => 1,
+            Some(&l) => next_id(dir, l)?,
+        };
         let head = new_head(dir, next, &health)?;
         segments.insert(next, Segment::new());
         if durable {
@@ -265,8 +268,16 @@ impl QueueLog {
                     }
                     Scan::Torn if off > 0 => break,
                     Scan::Torn => {
-                        // One record larger than the chunk: read exactly it.
+                        // One record larger than the chunk: read exactly it, once its length
+                        // is known to fit the segment (the file may have changed since it
+                        // was recovered).
                         let n = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                        if (HEADER_LEN + n) as u64 > len - u64::from(from.offset) {
+                            return Err(StoreError::Corrupt(
+                                path.display().to_string(),
+                                from.offset,
+                            ));
+                        }
                         buf.resize(HEADER_LEN + n, 0);
                         self.file(id)?
                             .read_exact_at(&mut buf, u64::from(from.offset))
@@ -356,12 +367,21 @@ impl QueueLog {
     /// Reads the payload of the record at `pos`.
     pub fn read(&mut self, pos: Position) -> Result<Vec<u8>, StoreError> {
         let path = seg_path(&self.dir, pos.segment);
+        let valid = if pos.segment == self.head.id {
+            self.head.len
+        } else {
+            self.segments.get(&pos.segment).map_or(0, |s| s.len)
+        };
         let f = self.file(pos.segment)?;
         let mut h = [0u8; HEADER_LEN];
         f.read_exact_at(&mut h, pos.offset as u64)
             .map_err(io(&path))?;
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        // The length comes from the disk: check it before it sizes a buffer.
+        if u64::from(pos.offset) + (HEADER_LEN + len) as u64 > valid {
+            return Err(StoreError::Corrupt(path.display().to_string(), pos.offset));
+        }
         let mut payload = vec![0u8; len];
         f.read_exact_at(&mut payload, pos.offset as u64 + HEADER_LEN as u64)
             .map_err(io(&path))?;
@@ -426,7 +446,7 @@ impl QueueLog {
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
-        let id = self.head.id + 1;
+        let id = next_id(&self.dir, self.head.id)?;
         if let Some(s) = self.segments.get_mut(&self.head.id) {
             s.len = self.head.len;
         }
@@ -461,6 +481,13 @@ fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     missing.reverse();
     Ok(missing)
+}
+
+/// The number of the segment after `id`. Only a damaged or hostile directory gets to
+/// `u32::MAX` (at one segment a second that is 136 years of appends).
+fn next_id(dir: &Path, id: u32) -> Result<u32, StoreError> {
+    id.checked_add(1)
+        .ok_or_else(|| StoreError::SegmentNumbers(dir.display().to_string()))
 }
 
 fn new_head(dir: &Path, id: u32, health: &Arc<LogHealth>) -> Result<Head, StoreError> {
@@ -806,6 +833,42 @@ mod tests {
         );
         let (_log, r) = open(d.path(), 1 << 20);
         assert_eq!(r, vec![b"small".to_vec(), b"tail".to_vec()]);
+    }
+
+    #[test]
+    fn a_length_damaged_after_recovery_is_corrupt_not_an_allocation() {
+        // The file changes under the running broker (a disk error, another process): a
+        // record's length field must be checked against the segment before it sizes a buffer.
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let (p0, _) = log.append(b"first").unwrap();
+        let (p1, _) = log.append(b"second").unwrap();
+        let seg = seg_path(d.path(), p0.segment);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&0xFFFF_FFF0u32.to_le_bytes(), u64::from(p1.offset))
+            .unwrap();
+        assert!(matches!(log.read(p1), Err(StoreError::Corrupt(..))));
+        assert!(matches!(
+            log.read_batch(p1, 10),
+            Err(StoreError::Corrupt(..))
+        ));
+        assert_eq!(log.read(p0).unwrap(), b"first");
+    }
+
+    #[test]
+    fn a_segment_with_the_last_number_is_refused_not_a_panic() {
+        // Found by the segment_recovery fuzz target: the next segment number overflowed.
+        for with_record in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let mut bytes = Vec::new();
+            if with_record {
+                record::encode(b"kept", &mut bytes);
+            }
+            std::fs::write(seg_path(d.path(), u32::MAX), &bytes).unwrap();
+            let r = QueueLog::open(d.path(), 4096, SyncGroup::start(FsyncPolicy::Never), None);
+            let e = r.err().expect("no segment number is left to append to");
+            assert!(matches!(e, StoreError::SegmentNumbers(_)), "{e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,16 @@ impl From<&str> for LongStr {
     }
 }
 
+/// The longest prefix of `s` that fits a short string: at most 255 bytes, cut at a character
+/// boundary so it stays UTF-8.
+pub(crate) fn short(s: &str) -> &str {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A cursor over a method or header payload.
 pub struct Reader<'a> {
     buf: &'a [u8],
@@ -82,13 +92,15 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
     /// A short string (8-bit length). Invalid UTF-8 is replaced rather than rejected, since
-    /// names are compared as text everywhere in the broker.
+    /// names are compared as text everywhere in the broker; replacement characters take 3
+    /// bytes, so the text is then cut back to 255 bytes, keeping every decoded short string
+    /// one that encodes exactly.
     pub fn shortstr(&mut self) -> Result<String, WireError> {
         let n = self.u8()? as usize;
         let b = self.take(n)?;
         Ok(match std::str::from_utf8(b) {
             Ok(s) => s.to_string(),
-            Err(_) => String::from_utf8_lossy(b).into_owned(),
+            Err(_) => short(&String::from_utf8_lossy(b)).to_string(),
         })
     }
     /// A long string (32-bit length).
@@ -163,12 +175,9 @@ impl<'a> Writer<'a> {
     /// A short string; longer input is truncated to 255 bytes at a char boundary.
     pub fn shortstr(&mut self, s: &str) {
         self.flush_bits();
-        let mut end = s.len().min(255);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.buf.put_u8(end as u8);
-        self.buf.put_slice(&s.as_bytes()[..end]);
+        let s = short(s);
+        self.buf.put_u8(s.len() as u8);
+        self.buf.put_slice(s.as_bytes());
     }
     /// A long string.
     pub fn longstr(&mut self, s: &[u8]) {
@@ -180,5 +189,24 @@ impl<'a> Writer<'a> {
     pub fn table(&mut self, t: &FieldTable) {
         self.flush_bits();
         write_table(self.buf, t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_string_that_is_not_utf8_decodes_to_one_that_reencodes_exactly() {
+        // Found by the field_tables fuzz target: each invalid byte becomes a 3-byte
+        // replacement character, so the decoded text outgrew the 255 bytes a short string
+        // holds, and encoding it again cut it.
+        let mut wire = vec![200u8];
+        wire.extend([0xFFu8; 200]);
+        let s = Reader::new(&wire).shortstr().unwrap();
+        assert!(s.len() <= 255, "{} bytes", s.len());
+        let mut buf = BytesMut::new();
+        Writer::new(&mut buf).shortstr(&s);
+        assert_eq!(Reader::new(&buf).shortstr().unwrap(), s);
     }
 }

@@ -1,6 +1,6 @@
 //! Field tables and arrays, with every value type RabbitMQ clients send.
 
-use super::primitives::Reader;
+use super::primitives::{short, Reader};
 use super::WireError;
 use crate::value::{FieldTable, FieldValue};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -174,9 +174,9 @@ pub fn write_table(buf: &mut BytesMut, t: &FieldTable) {
     let at = buf.len();
     buf.put_u32(0);
     for (k, v) in t.iter() {
-        let n = k.len().min(255);
-        buf.put_u8(n as u8);
-        buf.put_slice(&k.as_bytes()[..n]);
+        let k = short(k);
+        buf.put_u8(k.len() as u8);
+        buf.put_slice(k.as_bytes());
         write_value(buf, v);
     }
     let len = (buf.len() - at - 4) as u32;
@@ -299,6 +299,19 @@ mod tests {
         validate_table(&buf[4..]).unwrap();
         let back = read_table(&buf[4..]).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn a_key_longer_than_a_short_string_is_cut_at_a_character_boundary() {
+        // Keys from JSON (definitions arguments) have no length limit; the wire form holds 255
+        // bytes, and cutting inside a character sent text that is not UTF-8.
+        let key = "é".repeat(200);
+        let mut buf = BytesMut::new();
+        write_table(&mut buf, &FieldTable(vec![(key.clone(), FieldValue::Void)]));
+        assert_eq!(buf[4], 254, "127 two-byte characters");
+        assert!(std::str::from_utf8(&buf[5..5 + 254]).is_ok());
+        let back = read_table(&buf[4..]).unwrap();
+        assert_eq!(back.0[0].0, key[..254]);
     }
 
     #[test]

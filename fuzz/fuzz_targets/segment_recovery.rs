@@ -1,0 +1,8 @@
+//! cargo-fuzz target `segment_recovery`: see `fuzz/harness` and docs/fuzzing.md.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../harness/mod.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::segment_recovery(data));

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Fuzzes one target, then minimises its corpus (docs/fuzzing.md):
+#
+#   fuzz/run.sh TARGET [SECONDS]
+#
+# TARGET: amqp_frames, field_tables, handshake, definitions or segment_recovery. The run
+# stops after SECONDS (default 1800) or 10 million executions, whichever comes first, or at
+# the first crash (saved in fuzz/artifacts/TARGET/; minimise it with
+# `cargo +nightly fuzz tmin -s none TARGET FILE`). One libFuzzer job, at low priority: the
+# machine is shared. Needs the nightly toolchain; installs cargo-fuzz if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+target=${1:?usage: fuzz/run.sh TARGET [SECONDS]}
+seconds=${2:-1800}
+case "$target" in
+    # Longest input per target: a few frames of a session, a table, a document, a segment.
+    amqp_frames) max_len=16384 ;;
+    field_tables) max_len=4096 ;;
+    handshake) max_len=16384 ;;
+    definitions) max_len=8192 ;;
+    segment_recovery) max_len=16384 ;;
+    *) echo "unknown target '$target'" >&2; exit 2 ;;
+esac
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "the nightly toolchain is needed: rustup toolchain install nightly" >&2
+    exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+# Temp files of the harnesses (segments, definitions) go to memory when it can: fsyncs and
+# directory churn on a real disk would dominate the run.
+scratch_root=/tmp
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    scratch_root=/dev/shm
+fi
+scratch=$(mktemp -d "$scratch_root/ferrymq-fuzz.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR="$scratch"
+
+mkdir -p "corpus/$target" "artifacts/$target"
+# No sanitizer: the code under test is safe Rust; overflow checks and debug assertions stay
+# on (cargo-fuzz's default), and the harnesses' allocation guard stands in for ASan's
+# malloc limit. -jobs=1 writes libFuzzer's output to fuzz-0.log, kept as artifacts/TARGET/fuzz.log.
+status=0
+nice -n 10 cargo +nightly fuzz run -s none "$target" "corpus/$target" -- \
+    -jobs=1 -max_total_time="$seconds" -runs=10000000 -max_len="$max_len" \
+    -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
+    -artifact_prefix="artifacts/$target/" || status=$?
+if [ -f fuzz-0.log ]; then
+    mv fuzz-0.log "artifacts/$target/fuzz.log"
+    grep -E '^(#[0-9]+.*(DONE|pulse)|Done|stat::|==[0-9]+== ERROR|SUMMARY|artifact_prefix)' \
+        "artifacts/$target/fuzz.log" | tail -n 25 || true
+fi
+if [ "$status" -ne 0 ]; then
+    echo "fuzzing $target stopped with status $status: see artifacts/$target/" >&2
+    exit "$status"
+fi
+
+# Keep only inputs that add coverage, so the corpus in the repository stays small.
+nice -n 10 cargo +nightly fuzz cmin -s none "$target" "corpus/$target" -- -max_len="$max_len"
+echo "corpus/$target: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
