@@ -230,8 +230,6 @@ async fn a_refused_transactional_publish_commits_nothing_and_requeues_the_settle
 /// A failed save of the definitions changed nothing in memory, but the edit stayed in the
 /// persisted document and was written by the next successful save.
 #[tokio::test]
-#[ignore = "open defect (issue 11): a definitions-journal record whose fsync failed is refused \
-            at runtime but replayed after a restart; the journal must cut it off first"]
 async fn a_refused_admin_change_is_not_saved_by_the_next_declaration() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();

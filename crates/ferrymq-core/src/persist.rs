@@ -209,6 +209,7 @@ impl Persistence {
             ));
         }
         if pending.lost() {
+            self.defs.cut_lost();
             return Err(CoreError::Internal(
                 "the change could not be made durable: an fsync failed".into(),
             ));

@@ -16,6 +16,7 @@ use crate::record::{self, Scan};
 use crate::sync::{sync_dir, LogHealth, Pending, SyncFile, SyncGroup};
 use crate::StoreError;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,13 @@ struct Journal {
     since_snapshot: u64,
     snapshot_len: u64,
     scratch: Vec<u8>,
+    /// Records not yet known durable: (ticket, journal generation, offset where the record
+    /// starts), oldest first. After a failed fsync the journal is cut back at the first of
+    /// them that was lost, so a change its client was told failed cannot come back after a
+    /// restart.
+    unsynced: VecDeque<(u64, u64, u64)>,
+    /// The journal was cut back after a failed fsync; it takes no more records.
+    cut: bool,
 }
 
 /// The broker's definitions: their state in memory and their snapshot and journal on disk.
@@ -108,6 +116,8 @@ impl DefinitionsStore {
                 since_snapshot: 0,
                 snapshot_len,
                 scratch: Vec::new(),
+                unsynced: VecDeque::new(),
+                cut: false,
             }),
             compacting: AtomicBool::new(false),
         });
@@ -142,6 +152,7 @@ impl DefinitionsStore {
     /// write for group commit to make durable; nothing changes if the write fails.
     pub fn commit(self: &Arc<Self>, changes: &[Change]) -> Result<Pending, StoreError> {
         if self.health.is_failed() {
+            self.cut_lost();
             return Err(StoreError::Failed(self.health.name().to_string()));
         }
         let mut j = self.journal.lock();
@@ -169,6 +180,16 @@ impl DefinitionsStore {
             j.state.apply(c);
         }
         let ticket = self.sync.written(&j.file);
+        let synced = self.sync.synced();
+        while j
+            .unsynced
+            .front()
+            .is_some_and(|(t, _, _)| *t <= synced && self.health.is_durable(*t))
+        {
+            j.unsynced.pop_front();
+        }
+        let generation = j.generation;
+        j.unsynced.push_back((ticket, generation, at));
         let due = j.since_snapshot > COMPACT_MIN.max(j.snapshot_len);
         drop(j);
         if due && !self.compacting.swap(true, Ordering::AcqRel) {
@@ -199,6 +220,12 @@ impl DefinitionsStore {
     /// Writes a snapshot of the state and deletes the journals it covers. Appends go on
     /// meanwhile, to a new journal file.
     pub fn compact(&self) -> Result<(), StoreError> {
+        if self.health.is_failed() {
+            // The state holds changes whose clients were told they failed: it must not be
+            // written as a snapshot.
+            self.cut_lost();
+            return Err(StoreError::Failed(self.health.name().to_string()));
+        }
         let (state, covered) = {
             let mut j = self.journal.lock();
             let next = j.generation + 1;
@@ -225,6 +252,46 @@ impl DefinitionsStore {
         sync_dir(&self.dir).map_err(io(&self.dir))?;
         self.journal.lock().snapshot_len = len;
         Ok(())
+    }
+}
+
+impl DefinitionsStore {
+    /// After a failed fsync of the journal: truncates it before the first record that was
+    /// not made durable (and empties any later journal file), so what is on disk is what
+    /// clients were told was saved. Done once; the journal takes nothing more.
+    pub fn cut_lost(&self) {
+        let mut j = self.journal.lock();
+        if j.cut || !self.health.is_failed() {
+            return;
+        }
+        j.cut = true;
+        let synced = self.sync.synced();
+        let Some(&(_, generation, at)) = j
+            .unsynced
+            .iter()
+            .find(|(t, _, _)| *t > synced || !self.health.is_durable(*t))
+        else {
+            return;
+        };
+        let files = journals(&self.dir).unwrap_or_default();
+        for (n, path) in files.iter().filter(|(n, _)| *n >= generation) {
+            let keep = if *n == generation { at } else { 0 };
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(keep).and_then(|()| f.sync_all()));
+            match cut {
+                Ok(()) => tracing::error!(
+                    "{}: cut back to {keep} bytes after a failed fsync: the definitions \
+                     changes after that were not confirmed and are dropped",
+                    path.display()
+                ),
+                Err(e) => tracing::error!(
+                    "{}: cannot cut the journal back after a failed fsync: {e}",
+                    path.display()
+                ),
+            }
+        }
     }
 }
 
@@ -412,5 +479,49 @@ mod tests {
         drop(s);
         let (_s, loaded) = open(d.path());
         assert_eq!(loaded.unwrap().queues.len(), i);
+    }
+
+    #[test]
+    fn after_a_failed_fsync_the_journal_is_cut_back_to_what_was_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = Arc::new(crate::sync::FailingSync::default());
+        let sync = SyncGroup::start_with(FsyncPolicy::Always, disk.clone());
+        let (s, _) = DefinitionsStore::open(d.path(), sync.clone()).unwrap();
+        let p = s.commit(&[q("a")]).unwrap();
+        sync.wait_for(p.ticket());
+        assert!(!p.lost());
+        disk.fail(".journal", 1);
+        let p = s.commit(&[q("b")]).unwrap();
+        sync.wait_for(p.ticket());
+        assert!(p.lost(), "its fsync failed: never confirmed");
+        assert!(
+            s.commit(&[q("c")]).is_err(),
+            "a failed journal takes no more"
+        );
+        assert!(s.compact().is_err(), "nor writes its state as a snapshot");
+        drop(s);
+        sync.stop();
+        // The refused change was written to the file (only its fsync failed), yet it does
+        // not come back.
+        let (_s, loaded) = open(d.path());
+        assert_eq!(names(&loaded.unwrap()), vec!["a"]);
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_later_changes_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = Arc::new(crate::sync::FailingSync::default());
+        let sync = SyncGroup::start_with(FsyncPolicy::Never, disk.clone());
+        let (s, _) = DefinitionsStore::open(d.path(), sync).unwrap();
+        disk.fail_writes("journal", 1);
+        assert!(
+            s.commit(&[q("a")]).is_err(),
+            "a full disk refuses the change"
+        );
+        s.commit(&[q("b")]).unwrap();
+        assert_eq!(names(&s.definitions()), vec!["b"]);
+        drop(s);
+        let (_s, loaded) = open(d.path());
+        assert_eq!(names(&loaded.unwrap()), vec!["b"]);
     }
 }

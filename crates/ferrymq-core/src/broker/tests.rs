@@ -414,3 +414,35 @@ fn queues_in_directories_named_without_an_incarnation_are_still_recovered() {
         "and its directory is kept, not taken for an orphan"
     );
 }
+
+#[test]
+fn exported_definitions_are_rabbitmq_format_and_import_into_another_broker() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let s = b.open_session("guest", "/", meta()).unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    s.declare_queue("kept", durable, false).unwrap();
+    s.bind_queue("kept", "amq.topic", "a.#", crate::FieldTable::new())
+        .unwrap();
+    let export = b.export_definitions();
+    let text = serde_json::to_string(&export).unwrap();
+    assert!(
+        !text.contains("incarnation"),
+        "FerryMQ's own ids stay out: {text}"
+    );
+    assert!(export.queues.iter().any(|q| q.name == "kept"));
+    assert_eq!(export.bindings.len(), 1);
+    let other = tempfile::tempdir().unwrap();
+    let b2 = open(other.path());
+    b2.import_definitions(&export).unwrap();
+    let v = b2.vhost("/").unwrap();
+    assert!(v.queue("kept", 1).unwrap().is_persisted());
+    let b2 = reopen(b2, other.path());
+    assert!(
+        b2.vhost("/").unwrap().queue("kept", 1).is_ok(),
+        "imported and saved"
+    );
+}
