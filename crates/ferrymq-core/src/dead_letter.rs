@@ -77,7 +77,9 @@ pub fn dead_letter_copy(
         _ => false,
     };
     let found = deaths.iter().position(same);
-    if found.is_none() && deaths.len() >= MAX_DEATHS {
+    // Counted whether or not this hop adds an entry: a publisher can send a forged history
+    // of any length (up to the frame size) that already names this queue.
+    if deaths.len() + usize::from(found.is_none()) > MAX_DEATHS {
         tracing::warn!(
             queue,
             "message dropped: dead-lettered through {MAX_DEATHS} different queues already"
@@ -219,5 +221,37 @@ mod tests {
         let e = dead_letter_copy(&b, "a", DeathReason::Expired, "x", None).unwrap();
         assert!(is_cycle(&e, "a"));
         assert!(!is_cycle(&e, "elsewhere"));
+    }
+
+    #[test]
+    fn a_forged_history_longer_than_the_cut_is_dropped_even_when_it_names_the_queue() {
+        let entry = |q: &str| {
+            let mut t = FieldTable::new();
+            t.insert("queue", FieldValue::string(q));
+            t.insert("reason", FieldValue::string("rejected"));
+            t.insert("count", FieldValue::I64(1));
+            FieldValue::Table(t)
+        };
+        let mut deaths = vec![entry("work")];
+        deaths.extend((0..MAX_DEATHS).map(|i| entry(&format!("q{i}"))));
+        let mut headers = FieldTable::new();
+        headers.insert("x-death", FieldValue::Array(deaths));
+        let props = Properties {
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let m = Message::from_properties("x", "k", &props, Bytes::from_static(b"x")).unwrap();
+        assert!(dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).is_none());
+        // At the cut exactly, counting up an existing entry still passes.
+        let mut deaths = vec![entry("work")];
+        deaths.extend((1..MAX_DEATHS).map(|i| entry(&format!("q{i}"))));
+        let mut headers = FieldTable::new();
+        headers.insert("x-death", FieldValue::Array(deaths));
+        let props = Properties {
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let m = Message::from_properties("x", "k", &props, Bytes::from_static(b"x")).unwrap();
+        assert!(dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).is_some());
     }
 }

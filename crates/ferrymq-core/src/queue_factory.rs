@@ -4,7 +4,7 @@
 //! level for priority queues).
 
 use crate::error::{CoreError, CoreResult};
-use crate::paged_store::PagedStore;
+use crate::paged_store::{PagedStore, QueueRam};
 use crate::persist::Persistence;
 use crate::priority_store::PriorityStore;
 use crate::queue::{Queue, QueueOptions};
@@ -111,17 +111,17 @@ fn classic(
         LogHealth::depending_on(name, p.journal_health().clone(), saved.ticket())
     });
     let store: Box<dyn MessageStore> = match levels {
-        Some(max) => Box::new(PriorityStore::new(
-            (0..=max)
-                .map(|l| {
-                    Box::new(PagedStore::new(
-                        p.clone(),
-                        health.clone(),
-                        level_dir(&dir, l),
-                    )) as Box<dyn MessageStore>
-                })
-                .collect(),
-        )),
+        Some(max) => {
+            let ram = QueueRam::default();
+            Box::new(PriorityStore::new(
+                (0..=max)
+                    .map(|l| {
+                        let store = PagedStore::new(p.clone(), health.clone(), level_dir(&dir, l));
+                        Box::new(store.sharing_ram(ram.clone())) as Box<dyn MessageStore>
+                    })
+                    .collect(),
+            ))
+        }
         None => Box::new(PagedStore::new(p.clone(), health.clone(), dir.clone())),
     };
     let q = Queue::with_store(name, vhost, options, owner, store, 1).with_health(health);
@@ -153,11 +153,12 @@ pub fn recover(
         Some(max) => {
             let mut levels: Vec<Box<dyn MessageStore>> = Vec::new();
             let mut total = 0;
+            let ram = QueueRam::default();
             for l in 0..=max {
                 let r = recover(level_dir(&dir, l), total + 1)?;
                 total += r.count;
                 deadlines.extend(r.deadlines);
-                levels.push(Box::new(r.store));
+                levels.push(Box::new(r.store.sharing_ram(ram.clone())));
             }
             (Box::new(PriorityStore::new(levels)), total)
         }

@@ -2,8 +2,32 @@
 
 use crate::value::{FieldTable, FieldValue};
 
+use std::collections::HashMap;
+
+/// A message's headers prepared once per publish for matching against every binding of a
+/// headers exchange: a large table is indexed once, not once per binding.
+pub struct HeaderView<'a> {
+    table: &'a FieldTable,
+    index: Option<HashMap<&'a str, &'a FieldValue>>,
+}
+
+impl<'a> HeaderView<'a> {
+    /// Prepares `table` (indexed when it is large enough for scans to cost more).
+    pub fn new(table: &'a FieldTable) -> Self {
+        let index = (table.0.len() > 16).then(|| table.index());
+        HeaderView { table, index }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a FieldValue> {
+        match &self.index {
+            Some(i) => i.get(key).copied(),
+            None => self.table.get(key),
+        }
+    }
+}
+
 /// Whether message `headers` match binding `args`, as RabbitMQ's headers exchange.
-pub fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
+pub fn headers_match(args: &FieldTable, headers: &HeaderView<'_>) -> bool {
     let mode = args
         .get("x-match")
         .and_then(FieldValue::as_str)
@@ -14,20 +38,11 @@ pub fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
         "any-with-x" => (true, true),
         _ => (false, false),
     };
-
-    // Both sides are peer-sized: with many arguments and many headers, index the headers
-    // once instead of scanning them per argument.
-    let index = (args.0.len() > 16 && headers.0.len() > 16).then(|| headers.index());
-    let lookup = |k: &str| match &index {
-        Some(i) => i.get(k).copied(),
-        None => headers.get(k),
-    };
     for (k, want) in args.iter() {
         if k == "x-match" || (!with_x && k.starts_with("x-")) {
             continue;
         }
-
-        let ok = match lookup(k) {
+        let ok = match headers.get(k) {
             None => false,
             // A void binding value matches the header's presence, whatever its value.
             Some(_) if *want == FieldValue::Void => true,
@@ -41,13 +56,16 @@ pub fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
         }
     }
     // `all` with every check passed (or nothing to check) matches; `any` found no match.
-
     !any
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers_match(args: &FieldTable, h: &FieldTable) -> bool {
+        super::headers_match(args, &HeaderView::new(h))
+    }
 
     fn t(pairs: &[(&str, FieldValue)]) -> FieldTable {
         FieldTable(
@@ -110,5 +128,20 @@ mod tests {
             ]),
             &h
         ));
+    }
+
+    #[test]
+    fn large_headers_match_through_the_index_with_the_first_value_of_a_repeated_key() {
+        let mut pairs: Vec<(String, FieldValue)> = (0..100)
+            .map(|i| (format!("h{i}"), FieldValue::I32(i)))
+            .collect();
+        pairs.push(("h5".into(), FieldValue::I32(-1)));
+        let h = FieldTable(pairs);
+        assert!(headers_match(
+            &t(&[("h5", FieldValue::I32(5)), ("h99", FieldValue::I32(99))]),
+            &h
+        ));
+        assert!(!headers_match(&t(&[("h5", FieldValue::I32(-1))]), &h));
+        assert!(!headers_match(&t(&[("h100", FieldValue::Void)]), &h));
     }
 }

@@ -5,7 +5,7 @@ mod headers;
 mod topic;
 
 pub use delayed::DelayedMessages;
-pub use headers::headers_match;
+pub use headers::{headers_match, HeaderView};
 pub use topic::{topic_match, TopicPattern, TopicTrie};
 
 use crate::error::{CoreError, CoreResult};
@@ -16,6 +16,7 @@ use crate::queue::Queue;
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
 use parking_lot::{Mutex, RwLock};
+use slab::Slab;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
@@ -79,14 +80,19 @@ impl Destination {
         }
     }
 
-    fn same(&self, other: &Destination) -> bool {
-        match (self, other) {
-            (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
-            (Destination::Exchange(a), Destination::Exchange(b)) => Arc::ptr_eq(a, b),
-            _ => false,
+    /// Identity of the queue or exchange (the binding holds its `Arc`, so the address
+    /// cannot be reused while the binding exists).
+    fn id(&self) -> DestId {
+        match self {
+            Destination::Queue(q) => DestId(Arc::as_ptr(q) as usize, false),
+            Destination::Exchange(e) => DestId(Arc::as_ptr(e) as usize, true),
         }
     }
 }
+
+/// Identity of a binding's destination: its address and whether it is an exchange.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct DestId(usize, bool);
 
 /// One binding from this exchange to a destination.
 #[derive(Clone)]
@@ -99,21 +105,83 @@ pub struct Binding {
     pub arguments: FieldTable,
 }
 
-impl Binding {
-    fn matches(&self, other_dest: &Destination, key: &str, args: &FieldTable) -> bool {
-        self.destination.same(other_dest)
-            && self.routing_key == key
-            && self.arguments.equivalent(args)
+/// An exchange's bindings and the indexes that keep binding, unbinding and routing cheap
+/// whatever their number: adding or removing one costs the bindings that share its
+/// destination and key, not all of them (100,000 bindings, as MQTT subscriptions make, must
+/// not take quadratic time to build or tear down).
+#[derive(Default)]
+struct Bindings {
+    /// Every binding, under a stable id.
+    all: Slab<Binding>,
+    /// Ids by (destination, binding key): the argument tables bound with that pair.
+    exact: HashMap<(DestId, String), Vec<usize>>,
+    /// Ids by destination, for removing everything bound to a deleted queue or exchange.
+    by_dest: HashMap<DestId, Vec<usize>>,
+    // Direct exchanges index bindings by key so routing is one hash lookup.
+    by_key: HashMap<String, Vec<(usize, Destination)>>,
+    // Topic exchanges index bindings by word (routing cost follows the key, not the count).
+    topics: TopicTrie<(usize, Destination)>,
+}
+
+/// Removes `id` from the list under `key`, and the list when it empties.
+fn drop_id<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, Vec<V>>,
+    key: &K,
+    is: impl Fn(&V) -> bool,
+) {
+    if let Some(list) = map.get_mut(key) {
+        if let Some(i) = list.iter().position(is) {
+            list.swap_remove(i);
+        }
+        if list.is_empty() {
+            map.remove(key);
+        }
     }
 }
 
-#[derive(Default)]
-struct Bindings {
-    all: Vec<Binding>,
-    // Direct exchanges index bindings by key so routing is one hash lookup.
-    by_key: HashMap<String, Vec<Destination>>,
-    // Topic exchanges index bindings by word (routing cost follows the key, not the count).
-    topics: TopicTrie<Destination>,
+impl Bindings {
+    fn find(&self, dest: DestId, key: &str, args: &FieldTable) -> Option<usize> {
+        self.exact
+            .get(&(dest, key.to_string()))?
+            .iter()
+            .copied()
+            .find(|&id| {
+                self.all
+                    .get(id)
+                    .is_some_and(|b| b.arguments.equivalent(args))
+            })
+    }
+
+    fn add(&mut self, kind: ExchangeKind, binding: Binding) {
+        let dest = binding.destination.id();
+        let key = binding.routing_key.clone();
+        let destination = binding.destination.clone();
+        let id = self.all.insert(binding);
+        match kind {
+            ExchangeKind::Direct => self
+                .by_key
+                .entry(key.clone())
+                .or_default()
+                .push((id, destination)),
+            ExchangeKind::Topic => self.topics.insert(&key, (id, destination)),
+            _ => {}
+        }
+        self.by_dest.entry(dest).or_default().push(id);
+        self.exact.entry((dest, key)).or_default().push(id);
+    }
+
+    fn remove(&mut self, id: usize) {
+        let Some(b) = self.all.try_remove(id) else {
+            return;
+        };
+        let dest = b.destination.id();
+        drop_id(&mut self.by_dest, &dest, |&x| x == id);
+        drop_id(&mut self.by_key, &b.routing_key, |(x, _)| *x == id);
+        drop_id(&mut self.exact, &(dest, b.routing_key.clone()), |&x| {
+            x == id
+        });
+        self.topics.remove(&b.routing_key, |(x, _)| *x == id);
+    }
 }
 
 /// Declaration options of an exchange.
@@ -289,50 +357,43 @@ impl Exchange {
     /// Adds a binding; binding twice is a no-op, as in AMQP.
     pub fn bind(&self, destination: Destination, routing_key: &str, arguments: FieldTable) {
         let mut b = self.bindings.write();
-        if b.all
-            .iter()
-            .any(|x| x.matches(&destination, routing_key, &arguments))
-        {
+        if b.find(destination.id(), routing_key, &arguments).is_some() {
             return;
         }
-        match self.kind {
-            ExchangeKind::Direct => b
-                .by_key
-                .entry(routing_key.to_string())
-                .or_default()
-                .push(destination.clone()),
-            ExchangeKind::Topic => b.topics.insert(routing_key, destination.clone()),
-            _ => {}
-        }
-        b.all.push(Binding {
-            destination,
-            routing_key: routing_key.to_string(),
-            arguments,
-        });
+        b.add(
+            self.kind,
+            Binding {
+                destination,
+                routing_key: routing_key.to_string(),
+                arguments,
+            },
+        );
     }
 
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&self, destination: &Destination, routing_key: &str, args: &FieldTable) -> bool {
         let mut b = self.bindings.write();
-        let before = b.all.len();
-        b.all.retain(|x| !x.matches(destination, routing_key, args));
-        let removed = b.all.len() != before;
-        if removed {
-            rebuild_indexes(self.kind, &mut b);
+        match b.find(destination.id(), routing_key, args) {
+            Some(id) => {
+                b.remove(id);
+                true
+            }
+            None => false,
         }
-        removed
     }
 
     /// Removes every binding to `destination`; returns how many went.
     pub fn unbind_destination(&self, destination: &Destination) -> usize {
         let mut b = self.bindings.write();
-        let before = b.all.len();
-        b.all.retain(|x| !x.destination.same(destination));
-        let removed = before - b.all.len();
-        if removed > 0 {
-            rebuild_indexes(self.kind, &mut b);
+        let ids = b
+            .by_dest
+            .get(&destination.id())
+            .cloned()
+            .unwrap_or_default();
+        for &id in &ids {
+            b.remove(id);
         }
-        removed
+        ids.len()
     }
 
     /// Whether any binding has this exchange as its source.
@@ -340,18 +401,27 @@ impl Exchange {
         !self.bindings.read().all.is_empty()
     }
 
+    /// Whether any binding leads from this exchange to `destination`.
+    pub fn has_bindings_to(&self, destination: &Destination) -> bool {
+        self.bindings.read().by_dest.contains_key(&destination.id())
+    }
+
     /// Whether a matching binding exists.
     pub fn has_binding(&self, destination: &Destination, key: &str, args: &FieldTable) -> bool {
         self.bindings
             .read()
-            .all
-            .iter()
-            .any(|x| x.matches(destination, key, args))
+            .find(destination.id(), key, args)
+            .is_some()
     }
 
     /// A snapshot of the bindings.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.bindings.read().all.clone()
+        self.bindings
+            .read()
+            .all
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
     /// Appends the destinations matching a message to `out`.
@@ -365,15 +435,17 @@ impl Exchange {
         match self.kind {
             ExchangeKind::Direct => {
                 if let Some(ds) = b.by_key.get(routing_key) {
-                    out.extend(ds.iter().cloned());
+                    out.extend(ds.iter().map(|(_, d)| d.clone()));
                 }
             }
-            ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),
-            ExchangeKind::Topic => b.topics.matches(&topic::split_key(routing_key), out),
+            ExchangeKind::Fanout => out.extend(b.all.iter().map(|(_, x)| x.destination.clone())),
+            ExchangeKind::Topic => b
+                .topics
+                .matches_with(&topic::split_key(routing_key), |(_, d)| out.push(d.clone())),
             ExchangeKind::Headers => {
-                let h = headers.get();
-                for x in &b.all {
-                    if headers_match(&x.arguments, h) {
+                let h = HeaderView::new(headers.get());
+                for (_, x) in &b.all {
+                    if headers_match(&x.arguments, &h) {
                         out.push(x.destination.clone());
                     }
                 }
@@ -455,29 +527,6 @@ impl Timed for Exchange {
     }
 }
 
-/// Rebuilds the routing index after bindings were removed (removal is rare; routing is hot).
-fn rebuild_indexes(kind: ExchangeKind, b: &mut Bindings) {
-    match kind {
-        ExchangeKind::Direct => {
-            let mut idx: HashMap<String, Vec<Destination>> = HashMap::new();
-            for x in &b.all {
-                idx.entry(x.routing_key.clone())
-                    .or_default()
-                    .push(x.destination.clone());
-            }
-            b.by_key = idx;
-        }
-        ExchangeKind::Topic => {
-            let mut trie = TopicTrie::default();
-            for x in &b.all {
-                trie.insert(&x.routing_key, x.destination.clone());
-            }
-            b.topics = trie;
-        }
-        _ => {}
-    }
-}
-
 /// Compares the listed arguments of two declarations. Returns the first differing key with
 /// the received and current values rendered as RabbitMQ renders them in its error text.
 pub fn check_args_equivalent(
@@ -506,3 +555,6 @@ pub fn check_args_equivalent(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -163,6 +163,42 @@ impl<T> Default for Node<T> {
     }
 }
 
+impl<T> Node<T> {
+    fn child(&self, w: &Word) -> Option<&Node<T>> {
+        match w {
+            Word::Lit(l) => self.words.get(l),
+            Word::Star => self.star.as_deref(),
+            Word::Hash => self.hash.as_deref(),
+        }
+    }
+
+    fn child_mut(&mut self, w: &Word) -> Option<&mut Node<T>> {
+        match w {
+            Word::Lit(l) => self.words.get_mut(l),
+            Word::Star => self.star.as_deref_mut(),
+            Word::Hash => self.hash.as_deref_mut(),
+        }
+    }
+
+    fn child_count(&self) -> usize {
+        self.words.len() + usize::from(self.star.is_some()) + usize::from(self.hash.is_some())
+    }
+
+    fn has_children(&self) -> bool {
+        self.child_count() > 0
+    }
+
+    fn cut(&mut self, w: &Word) {
+        match w {
+            Word::Lit(l) => {
+                self.words.remove(l);
+            }
+            Word::Star => self.star = None,
+            Word::Hash => self.hash = None,
+        }
+    }
+}
+
 /// A step of the match: a trie node and how many words of the key are consumed. A node
 /// reached through a `#` edge may also swallow the next word and stay where it is.
 type State<'a, T> = (&'a Node<T>, usize, bool);
@@ -184,6 +220,51 @@ impl<T: Clone> TopicTrie<T> {
         node.values.push(value);
     }
 
+    /// Removes one value under binding key `pattern` that `is` picks, and the trie nodes
+    /// that leads to if nothing else needs them (so churn does not grow the trie). Walks
+    /// the pattern's words without recursion: keys can be long. Returns whether a value went.
+    pub fn remove(&mut self, pattern: &str, is: impl Fn(&T) -> bool) -> bool {
+        let words = TopicPattern::new(pattern).words;
+        let mut node = &mut self.root;
+        for w in &words {
+            match node.child_mut(w) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        let Some(i) = node.values.iter().position(is) else {
+            return false;
+        };
+        node.values.swap_remove(i);
+        if !node.values.is_empty() || node.has_children() {
+            return true;
+        }
+        // The deepest node on the path that stays (the root, or one with values or other
+        // branches): cut the path below it.
+        let mut keep = 0;
+        let mut n = &self.root;
+        for (depth, w) in words.iter().enumerate() {
+            if depth == 0 || !n.values.is_empty() || n.child_count() > 1 {
+                keep = depth;
+            }
+            match n.child(w) {
+                Some(c) => n = c,
+                None => return true,
+            }
+        }
+        let mut n = &mut self.root;
+        for w in &words[..keep] {
+            match n.child_mut(w) {
+                Some(c) => n = c,
+                None => return true,
+            }
+        }
+        if let Some(w) = words.get(keep) {
+            n.cut(w);
+        }
+        true
+    }
+
     /// Appends the values of every pattern matching `words` to `out` (a value bound by two
     /// matching patterns appears twice; callers deduplicate destinations).
     ///
@@ -192,6 +273,11 @@ impl<T: Clone> TopicTrie<T> {
     /// per path would take time exponential in the key's length. The cost is bounded by trie
     /// size × (words + 1), whatever the bindings.
     pub fn matches(&self, words: &[&str], out: &mut Vec<T>) {
+        self.matches_with(words, |v| out.push(v.clone()));
+    }
+
+    /// Calls `found` with the value of every pattern matching `words` (see [`Self::matches`]).
+    pub fn matches_with(&self, words: &[&str], mut found: impl FnMut(&T)) {
         let mut stack: Vec<State<'_, T>> = vec![(&self.root, 0, false)];
         // Without `#` every node sits at one depth, so no state can be reached twice.
         let mut seen = self
@@ -208,7 +294,7 @@ impl<T: Clone> TopicTrie<T> {
                 stack.push((h, i, true));
             }
             match words.get(i) {
-                None => out.extend(node.values.iter().cloned()),
+                None => node.values.iter().for_each(&mut found),
                 Some(w) => {
                     if in_hash {
                         stack.push((node, i + 1, true));
@@ -268,6 +354,41 @@ mod trie_tests {
                 .collect();
             assert_eq!(got, want, "key {k:?}");
         }
+    }
+
+    #[test]
+    fn removal_prunes_what_only_it_used_and_keeps_the_rest() {
+        let mut trie = TopicTrie::default();
+        let patterns = ["a.b.c", "a.b", "a.*.c", "#.c", "a.#", "x.y.z"];
+        for (i, p) in patterns.iter().enumerate() {
+            trie.insert(p, i);
+        }
+        assert!(trie.remove("a.b.c", |v| *v == 0));
+        assert!(!trie.remove("a.b.c", |v| *v == 0), "removed once");
+        assert!(
+            !trie.remove("a.b", |v| *v == 99),
+            "only the value asked for"
+        );
+        assert!(trie.remove("x.y.z", |v| *v == 5));
+        assert!(
+            trie.root.words.get("x").is_none(),
+            "an unused branch is pruned"
+        );
+        for k in ["a.b.c", "a.b", "a.q.c", "z.c", "x.y.z"] {
+            let mut got = Vec::new();
+            trie.matches(&split_key(k), &mut got);
+            got.sort_unstable();
+            got.dedup();
+            let want: Vec<usize> = [1, 2, 3, 4]
+                .into_iter()
+                .filter(|&i| topic_match(patterns[i], k))
+                .collect();
+            assert_eq!(got, want, "key {k:?}");
+        }
+        for (i, p) in patterns.iter().enumerate().skip(1).take(4) {
+            assert!(trie.remove(p, |v| *v == i));
+        }
+        assert!(!trie.root.has_children() && trie.root.values.is_empty());
     }
 }
 

@@ -217,11 +217,7 @@ impl VHost {
 
     fn is_destination(&self, x: &Arc<Exchange>, all: &HashMap<String, Arc<Exchange>>) -> bool {
         let d = Destination::Exchange(x.clone());
-        all.values().any(|s| {
-            s.bindings()
-                .iter()
-                .any(|b| matches!((&b.destination, &d), (Destination::Exchange(a), Destination::Exchange(c)) if Arc::ptr_eq(a, c)))
-        })
+        all.values().any(|s| s.has_bindings_to(&d))
     }
 
     /// Deletes `x` if it is auto-delete and has no bindings left; returns the definitions

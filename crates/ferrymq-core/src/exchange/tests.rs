@@ -1,0 +1,92 @@
+//! Bindings: duplicates, removal by key and arguments, removal of a destination, and routing
+//! that stays right through many binds and unbinds.
+
+use super::*;
+use crate::message::Properties;
+use crate::queue::QueueOptions;
+use bytes::Bytes;
+
+fn queue(name: &str) -> Arc<Queue> {
+    Arc::new(Queue::new(name, "/", QueueOptions::default(), None))
+}
+
+fn routed(x: &Exchange, key: &str, headers: Option<FieldTable>) -> Vec<String> {
+    let props = Properties {
+        headers,
+        ..Default::default()
+    };
+    let m = Message::from_properties(&x.name, key, &props, Bytes::new()).unwrap();
+    let mut out = Vec::new();
+    x.route_into(key, &LazyHeaders::of(&m), &mut out);
+    let mut names: Vec<String> = out.iter().map(|d| d.name().to_string()).collect();
+    names.sort();
+    names
+}
+
+fn args(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::new();
+    for (k, v) in pairs {
+        t.insert(*k, FieldValue::string(*v));
+    }
+    t
+}
+
+#[test]
+fn binding_twice_is_one_binding_and_arguments_tell_bindings_apart() {
+    for kind in [
+        ExchangeKind::Direct,
+        ExchangeKind::Topic,
+        ExchangeKind::Fanout,
+        ExchangeKind::Headers,
+    ] {
+        let x = Exchange::new("x", kind, ExchangeOptions::default());
+        let q = Destination::Queue(queue("q"));
+        x.bind(q.clone(), "k", args(&[("a", "1")]));
+        x.bind(q.clone(), "k", args(&[("a", "1")]));
+        x.bind(q.clone(), "k", args(&[("a", "2")]));
+        assert_eq!(x.bindings().len(), 2, "{kind:?}");
+        assert!(x.unbind(&q, "k", &args(&[("a", "2")])));
+        assert!(
+            !x.unbind(&q, "k", &args(&[("a", "2")])),
+            "{kind:?}: gone once"
+        );
+        assert!(!x.unbind(&q, "other", &args(&[("a", "1")])));
+        assert!(x.has_binding(&q, "k", &args(&[("a", "1")])));
+        assert!(x.has_bindings_to(&q));
+        assert_eq!(x.unbind_destination(&q), 1);
+        assert!(!x.has_bindings() && !x.has_bindings_to(&q), "{kind:?}");
+        assert!(routed(&x, "k", Some(args(&[("a", "1")]))).is_empty());
+    }
+}
+
+#[test]
+fn routing_follows_many_binds_and_unbinds() {
+    let direct = Exchange::new("d", ExchangeKind::Direct, ExchangeOptions::default());
+    let topic = Exchange::new("t", ExchangeKind::Topic, ExchangeOptions::default());
+    let queues: Vec<Arc<Queue>> = (0..2000).map(|i| queue(&format!("q{i}"))).collect();
+    for (i, q) in queues.iter().enumerate() {
+        let d = Destination::Queue(q.clone());
+        direct.bind(d.clone(), &format!("k{}", i % 10), FieldTable::new());
+        topic.bind(d.clone(), &format!("a.{}.#", i % 10), FieldTable::new());
+        topic.bind(d, &format!("b.q{i}"), FieldTable::new());
+    }
+    // Every odd queue goes: the even ones must still route, the odd ones not at all.
+    for q in queues.iter().skip(1).step_by(2) {
+        let d = Destination::Queue(q.clone());
+        assert_eq!(direct.unbind_destination(&d), 1);
+        assert_eq!(topic.unbind_destination(&d), 2);
+    }
+    let want: Vec<String> = (0..2000)
+        .filter(|i| i % 10 == 4)
+        .map(|i| format!("q{i}"))
+        .collect();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(routed(&direct, "k4", None), sorted);
+    assert_eq!(routed(&topic, "a.4.z", None), sorted);
+    assert!(routed(&direct, "k3", None).is_empty());
+    assert_eq!(routed(&topic, "b.q8", None), vec!["q8".to_string()]);
+    assert!(routed(&topic, "b.q9", None).is_empty());
+    assert_eq!(direct.bindings().len(), 1000);
+    assert_eq!(topic.bindings().len(), 2000);
+}
