@@ -21,7 +21,7 @@ use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{ConsumerEntry, Queue, QueueCounts, QueueOptions};
 use crate::value::{FieldTable, FieldValue};
-use crate::vhost::{generate_name, PublishOutcome, VHost, REPLY_TO_PREFIX};
+use crate::vhost::{generate_name, PublishOutcome, Routed, VHost, REPLY_TO_PREFIX};
 use crate::ConnectionId;
 use ferrymq_store::Pending;
 use parking_lot::Mutex;
@@ -411,6 +411,19 @@ impl Session {
     pub fn publish(&self, exchange: &str, message: Arc<Message>) -> CoreResult<PublishOutcome> {
         let x = self.check_publish(exchange, message.routing_key())?;
         self.vhost.publish(&x, message)
+    }
+
+    /// Checks a publish as [`Session::publish`] does and decides where it goes, without
+    /// enqueueing it: a transaction routes its publishes when they arrive and hands them to
+    /// [`Session::deliver`] at commit.
+    pub fn route(&self, exchange: &str, message: &Message) -> CoreResult<Routed> {
+        let x = self.check_publish(exchange, message.routing_key())?;
+        self.vhost.route_publish(&x, message)
+    }
+
+    /// Enqueues a message where [`Session::route`] decided.
+    pub fn deliver(&self, routed: Routed, message: Arc<Message>) -> CoreResult<PublishOutcome> {
+        self.vhost.deliver(routed, message)
     }
 
     /// Everything [`Session::publish`] checks before routing, in RabbitMQ's order (write

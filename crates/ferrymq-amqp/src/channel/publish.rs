@@ -7,7 +7,7 @@ use crate::codec::methods::*;
 use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use bytes::{Bytes, BytesMut};
-use ferrymq_core::vhost::REPLY_TO_PREFIX;
+use ferrymq_core::vhost::{PublishOutcome, REPLY_TO_PREFIX};
 use ferrymq_core::wire::PropertySummary;
 use ferrymq_core::Message;
 use ferrymq_core::Pending;
@@ -219,12 +219,14 @@ impl Channel {
             .caused_by((60, 40)));
         }
         if let Some(tx) = &mut self.tx {
-            // Checked now, as RabbitMQ checks a transactional publish when it arrives: a
-            // commit must not fail half-way.
-            ctx.session
-                .check_publish(exchange, key)
+            // Checked and routed now, as RabbitMQ does with a transactional publish: a
+            // commit must not fail half-way, and it goes where the bindings sent it when it
+            // arrived.
+            let routed = ctx
+                .session
+                .route(exchange, &msg)
                 .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
-            tx.publishes.push((pc.publish, msg));
+            tx.publishes.push((pc.publish, msg, routed));
             return Ok(());
         }
         self.route(ctx, &pc.publish, msg).map(|_| ())
@@ -238,11 +240,23 @@ impl Channel {
         p: &BasicPublish,
         msg: Arc<Message>,
     ) -> Result<Pending, AmqpError> {
-        let ch = self.id;
         let outcome = ctx
             .session
             .publish(&p.exchange, msg.clone())
-            .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
+            .map_err(|e| chan_err(self.id, e).caused_by((60, 40)))?;
+        self.published(ctx, p, msg, outcome)
+    }
+
+    /// What follows a publish once it is enqueued: flow credit, `basic.return` of an
+    /// unroutable mandatory publish, the confirm.
+    pub(super) fn published(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: &BasicPublish,
+        msg: Arc<Message>,
+        outcome: PublishOutcome,
+    ) -> Result<Pending, AmqpError> {
+        let ch = self.id;
         if !outcome.pending.is_empty() {
             // Every copy written counts against the connection's flow credit.
             let bytes = msg.body_size() as u64 * outcome.routed as u64;

@@ -5,6 +5,7 @@
 use super::{Channel, ConnCtx, Unacked};
 use crate::codec::methods::*;
 use crate::error::{code, AmqpError};
+use ferrymq_core::vhost::Routed;
 use ferrymq_core::{Message, Queue, QueuedMessage};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,8 +40,8 @@ impl Settle {
 
 /// A transaction's work, applied only at tx.commit.
 pub(super) struct TxState {
-    /// Publishes buffered until commit (finished content is pushed here, not routed).
-    pub(super) publishes: Vec<(BasicPublish, Arc<Message>)>,
+    /// Publishes buffered until commit, routed when they arrived.
+    pub(super) publishes: Vec<(BasicPublish, Arc<Message>, Routed)>,
     /// Settlements buffered until commit; a rollback makes them unacked again.
     settles: Vec<(Vec<Unacked>, Settle)>,
 }
@@ -168,12 +169,12 @@ impl Channel {
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
         let mut pending = ferrymq_core::Pending::default();
-        for (p, msg) in publishes {
-            // Each publish was checked when it arrived. What changed since (its exchange
-            // deleted, a permission revoked) makes it unroutable, never a half-done commit
-            // that loses the settlements below.
-            match self.route(ctx, &p, msg) {
-                Ok(p) => pending.merge(p),
+        for (p, msg, routed) in publishes {
+            // Each publish was checked and routed when it arrived. A queue deleted since
+            // refuses it; nothing makes the commit fail half-way and lose the settlements
+            // below.
+            match ctx.session.deliver(routed, msg.clone()) {
+                Ok(outcome) => pending.merge(self.published(ctx, &p, msg, outcome)?),
                 Err(e) => tracing::debug!("transactional publish dropped at commit: {e:?}"),
             }
         }

@@ -14,7 +14,7 @@ mod topology;
 
 pub use reply_to::REPLY_TO_PREFIX;
 pub(crate) use routing::internal_refused;
-pub use routing::PublishOutcome;
+pub use routing::{PublishOutcome, Routed};
 pub(crate) use topology::{default_exchange_refused, routing_kind};
 
 use crate::error::{CoreError, CoreResult};

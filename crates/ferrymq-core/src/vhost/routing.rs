@@ -130,22 +130,60 @@ impl VHost {
         headers: &LazyHeaders<'_>,
         accept: impl Fn(&Queue) -> bool,
     ) -> PublishOutcome {
-        let mut out = PublishOutcome::default();
-        for q in self.route(x, message.routing_key(), headers) {
-            if !accept(&q) {
-                continue;
-            }
-            match q.publish(message.clone()) {
-                Enqueued::Accepted(t) => {
-                    out.routed += 1;
-                    if let (Some(t), Some(h)) = (t, q.health()) {
-                        out.pending.add(t, h.clone());
-                    }
-                }
-                Enqueued::Refused => out.refused += 1,
+        let queues = self.route(x, message.routing_key(), headers);
+        put(queues, message, accept)
+    }
+
+    /// Decides where a publish to `exchange` goes, without enqueueing it: its target queues,
+    /// or the delay a delayed-message exchange holds it for.
+    pub(crate) fn route_publish(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Message,
+    ) -> CoreResult<Routed> {
+        if exchange.options.internal {
+            return Err(internal_refused(exchange, &self.name));
+        }
+        let headers = LazyHeaders::of(message);
+        if exchange.is_delayed() {
+            let delay = headers.get().get(DELAY_HEADER).and_then(FieldValue::as_i64);
+            if let Some(d) = delay.filter(|d| *d > 0) {
+                return Ok(Routed {
+                    exchange: exchange.clone(),
+                    target: Target::Delay(d as u64),
+                });
             }
         }
-        out
+        Ok(Routed {
+            exchange: exchange.clone(),
+            target: Target::Queues(self.route(exchange, message.routing_key(), &headers)),
+        })
+    }
+
+    /// Enqueues `message` where [`VHost::route_publish`] decided. A queue deleted since
+    /// refuses it.
+    pub(crate) fn deliver(
+        &self,
+        routed: Routed,
+        message: Arc<Message>,
+    ) -> CoreResult<PublishOutcome> {
+        match routed.target {
+            Target::Queues(queues) => Ok(put(queues, &message, |_| true)),
+            // Taken by the exchange: counts as routed (no basic.return), as the plugin.
+            Target::Delay(d) => Ok(match routed.exchange.hold(message, d)? {
+                Some(pending) => PublishOutcome {
+                    routed: 1,
+                    refused: 0,
+                    pending,
+                },
+                // Its log failed: the publisher gets basic.nack.
+                None => PublishOutcome {
+                    routed: 0,
+                    refused: 1,
+                    pending: Pending::default(),
+                },
+            }),
+        }
     }
 
     /// Publishes a message to an exchange: routes it and appends it to every target queue.
@@ -155,31 +193,46 @@ impl VHost {
         exchange: &Arc<Exchange>,
         message: Arc<Message>,
     ) -> CoreResult<PublishOutcome> {
-        if exchange.options.internal {
-            return Err(internal_refused(exchange, &self.name));
-        }
-        let headers = LazyHeaders::of(&message);
-        if exchange.is_delayed() {
-            let delay = headers.get().get(DELAY_HEADER).and_then(FieldValue::as_i64);
-            if let Some(d) = delay.filter(|d| *d > 0) {
-                // Taken by the exchange: counts as routed (no basic.return), as the plugin.
-                return Ok(match exchange.hold(message, d as u64)? {
-                    Some(pending) => PublishOutcome {
-                        routed: 1,
-                        refused: 0,
-                        pending,
-                    },
-                    // Its log failed: the publisher gets basic.nack.
-                    None => PublishOutcome {
-                        routed: 0,
-                        refused: 1,
-                        pending: Pending::default(),
-                    },
-                });
-            }
-        }
-        Ok(self.enqueue(exchange, &message, &headers, |_| true))
+        let routed = self.route_publish(exchange, &message)?;
+        self.deliver(routed, message)
     }
+}
+
+/// Where a publish goes, decided when it arrived: a transaction routes each publish then
+/// and enqueues it at commit, as RabbitMQ does, so bindings changed in between do not move it.
+pub struct Routed {
+    exchange: Arc<Exchange>,
+    target: Target,
+}
+
+enum Target {
+    Queues(Vec<Arc<Queue>>),
+    /// Milliseconds a delayed-message exchange holds it.
+    Delay(u64),
+}
+
+/// Appends `message` to every queue of `queues` that `accept` lets through.
+fn put(
+    queues: Vec<Arc<Queue>>,
+    message: &Arc<Message>,
+    accept: impl Fn(&Queue) -> bool,
+) -> PublishOutcome {
+    let mut out = PublishOutcome::default();
+    for q in queues {
+        if !accept(&q) {
+            continue;
+        }
+        match q.publish(message.clone()) {
+            Enqueued::Accepted(t) => {
+                out.routed += 1;
+                if let (Some(t), Some(h)) = (t, q.health()) {
+                    out.pending.add(t, h.clone());
+                }
+            }
+            Enqueued::Refused => out.refused += 1,
+        }
+    }
+    out
 }
 
 /// Most copies one message's dead-lettering may enqueue, all hops together.
