@@ -6,6 +6,8 @@
 //! <dir>/0000000001.ack   offsets of settled records in that segment: [u32 LE]...
 //! ```
 //!
+//! An ack log may also hold `u32::MAX`: every record of that segment is settled (a purge).
+//!
 //! Recovery is records minus acks. A segment whose every record is acked (and that is no
 //! longer written to) is deleted with its ack log, so disk use falls as consumers catch up.
 //! Acks are not fsynced: an ack lost in a crash means a redelivery, never a loss.
@@ -31,6 +33,12 @@ pub struct Position {
 
 /// Bytes read from disk per call when reading a backlog sequentially.
 const READ_CHUNK: usize = 256 * 1024;
+/// An ack-log entry settling every record of its segment (no record starts at this offset:
+/// a record is at least a header long and offsets are `u32`). Written by
+/// [`QueueLog::settle_from`] so a purged segment need not be read to be settled.
+const SETTLED_ALL: u32 = u32::MAX;
+/// Records read per batch while settling a purged segment record by record.
+const SETTLE_BATCH: usize = 4096;
 
 struct Segment {
     records: u32,
@@ -393,22 +401,13 @@ impl QueueLog {
 
     /// Records that the record at `pos` is settled. Each position must be acked once.
     pub fn ack(&mut self, pos: Position) -> Result<(), StoreError> {
+        if !self.segments.contains_key(&pos.segment) {
+            return Ok(());
+        }
+        self.write_ack(pos.segment, pos.offset)?;
         let Some(seg) = self.segments.get_mut(&pos.segment) else {
             return Ok(());
         };
-        if seg.ack_log.is_none() {
-            let path = ack_path(&self.dir, pos.segment);
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            seg.ack_log = Some(f);
-        }
-        if let Some(f) = &mut seg.ack_log {
-            let path = ack_path(&self.dir, pos.segment);
-            f.write_all(&pos.offset.to_le_bytes()).map_err(io(&path))?;
-        }
         seg.acked += 1;
         if seg.acked >= seg.records && pos.segment != self.head.id {
             self.segments.remove(&pos.segment);
@@ -416,6 +415,75 @@ impl QueueLog {
             self.remove_later(pos.segment);
         }
         Ok(())
+    }
+
+    /// Settles every record at or after `from`: a purge of the tail of a queue whose records
+    /// from `from` on are all ready (or settled already). Every later segment is settled
+    /// whole, by one ack-log entry, without reading it; only `from`'s own segment is read,
+    /// and checked against its ack log so no record is settled twice (which would count a
+    /// live record before `from` as settled and lose it at the next start).
+    pub fn settle_from(&mut self, from: Position) -> Result<(), StoreError> {
+        if self.head.id > from.segment && self.head.len > 0 {
+            // The head takes appends: a fresh one lets it be settled whole like the others.
+            self.roll()?;
+        }
+        let later: Vec<u32> = self
+            .segments
+            .range(from.segment.saturating_add(1)..)
+            .map(|(&id, _)| id)
+            .filter(|&id| id != self.head.id)
+            .collect();
+        for id in later {
+            self.write_ack(id, SETTLED_ALL)?;
+            self.segments.remove(&id);
+            self.readers.remove(&id);
+            self.remove_later(id);
+        }
+        if !self.segments.contains_key(&from.segment) {
+            return Ok(());
+        }
+        let path = ack_path(&self.dir, from.segment);
+        let acked: HashSet<u32> = match std::fs::read(&path) {
+            Ok(b) => b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut at = from;
+        loop {
+            let (batch, next) = self.read_batch(at, SETTLE_BATCH)?;
+            let full = batch.len() == SETTLE_BATCH;
+            for (pos, _) in batch {
+                if pos.segment == from.segment && !acked.contains(&pos.offset) {
+                    self.ack(pos)?;
+                }
+            }
+            if !full || next.segment != from.segment || !self.segments.contains_key(&from.segment) {
+                return Ok(());
+            }
+            at = next;
+        }
+    }
+
+    fn write_ack(&mut self, id: u32, offset: u32) -> Result<(), StoreError> {
+        let path = ack_path(&self.dir, id);
+        let Some(seg) = self.segments.get_mut(&id) else {
+            return Ok(());
+        };
+        if seg.ack_log.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            seg.ack_log = Some(f);
+        }
+        match &mut seg.ack_log {
+            Some(f) => f.write_all(&offset.to_le_bytes()).map_err(io(&path)),
+            None => Ok(()),
+        }
     }
 
     /// Hands a fully acked segment and its ack log to the background remover: unlinking a
@@ -543,13 +611,14 @@ fn recover_segment(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
         Err(e) => return Err(io(&ack_path(dir, id))(e)),
     };
+    let all_settled = acked.contains(&SETTLED_ALL);
     let mut seg = Segment::new();
     let mut off = 0usize;
     loop {
         match record::scan(&bytes, off) {
             Scan::Record(payload, next) => {
                 seg.records += 1;
-                if acked.contains(&(off as u32)) {
+                if all_settled || acked.contains(&(off as u32)) {
                     seg.acked += 1;
                     seg.skip.insert(off as u32);
                 } else {
@@ -576,7 +645,7 @@ fn recover_segment(
                         seg.acked += 1;
                         seg.skip.insert(at32);
                         seg.corrupt.insert(at32, len as u32);
-                        if acked.contains(&at32) {
+                        if all_settled || acked.contains(&at32) {
                             continue;
                         }
                         tracing::error!(
@@ -732,6 +801,54 @@ mod tests {
     }
 
     /// Ten 50-byte records 0..10 in segment 1, then closed; returns the segment's path.
+    #[test]
+    fn settling_from_a_position_keeps_every_live_record_before_it() {
+        for head_too in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let (mut log, _) = open(d.path(), 4096);
+            // About 37 records a segment: several segments, the head among them.
+            let mut pos = Vec::new();
+            for i in 0..200u32 {
+                pos.push(log.append(&i.to_le_bytes().repeat(25)).unwrap().0);
+            }
+            let cut = if head_too { 190 } else { 50 };
+            let from = pos[cut];
+            // Settled before the purge, on both sides of `from`, and all but one of the
+            // records before it in its own segment: settling any record twice would count
+            // that one as settled too and lose it at the next start.
+            let mut acked = vec![3, 10, cut + 1, cut + 2, 120, 191];
+            let same: Vec<usize> = (0..cut)
+                .filter(|&i| pos[i].segment == from.segment)
+                .collect();
+            assert!(same.len() > 2, "records before `from` in its segment");
+            acked.extend(same.iter().skip(1));
+            for &i in &acked {
+                log.ack(pos[i]).unwrap();
+            }
+            log.settle_from(from).unwrap();
+            let want: Vec<u32> = (0..cut as u32)
+                .filter(|i| !acked.contains(&(*i as usize)))
+                .collect();
+            let ids = |recs: Vec<Vec<u8>>| -> Vec<u32> {
+                recs.iter()
+                    .map(|r| u32::from_le_bytes([r[0], r[1], r[2], r[3]]))
+                    .collect()
+            };
+            // What a restart brings back is exactly the live records before `from`.
+            log.sync.reaper().wait_idle();
+            drop(log);
+            let (mut log, got) = open(d.path(), 4096);
+            assert_eq!(ids(got), want, "head_too {head_too}");
+            // Settling those too leaves nothing, and the log takes new records.
+            log.settle_from(log.first()).unwrap();
+            log.append(b"after").unwrap();
+            log.sync.reaper().wait_idle();
+            drop(log);
+            let (_, got) = open(d.path(), 4096);
+            assert_eq!(got, vec![b"after".to_vec()]);
+        }
+    }
+
     fn ten_records(dir: &Path) -> PathBuf {
         let (mut log, _) = open(dir, 1 << 20);
         for i in 0..10u8 {
