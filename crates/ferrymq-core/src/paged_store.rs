@@ -423,6 +423,12 @@ impl PagedStore {
         self.queue_ram.sub(n);
     }
 
+    /// Waits until removals handed to the background are done (for tests that reopen).
+    #[cfg(test)]
+    fn sync_and_wait_reaper(&self) {
+        self.persist.sync().reaper().wait_idle();
+    }
+
     /// Deadlines of every message waiting on disk (for tests).
     #[cfg(test)]
     fn paged_deadline_count(&self) -> usize {
@@ -574,13 +580,41 @@ impl MessageStore for PagedStore {
         Some(m)
     }
 
-    fn purge(&mut self) -> usize {
-        let mut n = 0;
-        while let Some(m) = self.shift() {
-            let seq = m.seq();
-            self.ack(seq);
-            n += 1;
+    fn purge(&mut self, purged: &mut dyn FnMut(u64)) -> usize {
+        let n = self.len();
+        let ram = std::mem::take(&mut self.ram);
+        let ram_pos = std::mem::take(&mut self.ram_pos);
+        for (m, pos) in ram.into_iter().zip(ram_pos) {
+            if m.is_tombstone() {
+                continue;
+            }
+            purged(m.seq());
+            if let (true, Some(log)) = (pos != NO_RECORD, self.log.as_mut()) {
+                if let Err(e) = log.ack(pos) {
+                    tracing::warn!("{}: cannot record a purge: {e}", self.dir.display());
+                }
+            }
         }
+        self.dead = 0;
+        if self.paged > 0 {
+            for seq in self.paged_deadlines.drain().map(|(seq, _)| seq) {
+                purged(seq);
+            }
+            // Every record from the cursor on is paged (ready) or settled already: settled
+            // in one go, without reading the backlog back.
+            let from = self.cursor;
+            if let Some(log) = self.log.as_mut() {
+                if let Err(e) = crate::blocking::run(|| log.settle_from(from)) {
+                    // The messages come back after a restart: a redelivery, not a loss.
+                    tracing::warn!("{}: cannot record a purge: {e}", self.dir.display());
+                }
+            }
+            self.paged = 0;
+        }
+        // Only ready messages are counted; none is left.
+        self.bytes = 0;
+        let own = self.ram_bytes;
+        self.ram_sub(own);
         n
     }
 
@@ -900,5 +934,46 @@ mod tests {
         high.push(msg(102, false), None).unwrap();
         assert_eq!(high.len(), 2);
         assert_eq!(high.shift().map(|m| m.seq()), Some(101));
+    }
+
+    #[test]
+    fn a_purge_settles_the_paged_backlog_and_keeps_unacked_deliveries() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        let now = now_ms();
+        {
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            );
+            for seq in 1..=2000 {
+                let deadline = (seq % 100 == 0).then_some(now + 3_600_000);
+                s.push(msg(seq, true), deadline).unwrap();
+            }
+            assert!(s.paged > 1900, "most of the backlog is on disk");
+            // Delivered, not acked: they must survive the purge.
+            let unacked: Vec<u64> = (0..3).filter_map(|_| s.shift()).map(|m| m.seq()).collect();
+            assert_eq!(unacked, vec![1, 2, 3]);
+            let mut named = Vec::new();
+            assert_eq!(s.purge(&mut |seq| named.push(seq)), 1997);
+            assert_eq!((s.len(), s.bytes()), (0, 0));
+            // Every purged message with a deadline is named, so the queue forgets it.
+            let mut with_deadline: Vec<u64> =
+                named.iter().copied().filter(|q| q % 100 == 0).collect();
+            with_deadline.sort_unstable();
+            assert_eq!(with_deadline, (1..=20).map(|i| i * 100).collect::<Vec<_>>());
+            // The queue goes on: later messages are kept.
+            s.push(msg(2001, true), None).unwrap();
+            s.sync_and_wait_reaper();
+        }
+        let r =
+            PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
+        let mut s = r.store;
+        let mut got = Vec::new();
+        while let Some(m) = s.shift() {
+            got.push(body(&m));
+        }
+        assert_eq!(got, vec!["1", "2", "3", "2001"]);
     }
 }

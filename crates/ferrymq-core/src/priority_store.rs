@@ -58,8 +58,8 @@ impl MessageStore for PriorityStore {
         self.levels.iter_mut().find_map(|s| s.remove(seq))
     }
 
-    fn purge(&mut self) -> usize {
-        self.levels.iter_mut().map(|s| s.purge()).sum()
+    fn purge(&mut self, purged: &mut dyn FnMut(u64)) -> usize {
+        self.levels.iter_mut().map(|s| s.purge(purged)).sum()
     }
 
     fn len(&self) -> usize {

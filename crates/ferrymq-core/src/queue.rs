@@ -699,15 +699,10 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> usize {
         let mut st = self.state.lock();
-        if st.deadlines.is_empty() {
-            return st.store.purge();
-        }
-        let mut n = 0;
-        while let Some(m) = st.store.shift() {
-            st.settled(m.seq());
-            n += 1;
-        }
-        n
+        let st = &mut *st;
+        // A paged backlog is settled on disk without being read back under this lock.
+        let deadlines = &mut st.deadlines;
+        st.store.purge(&mut |seq| deadlines.forget(seq))
     }
 
     /// Marks the queue deleted, drops its messages and tells every consumer (except

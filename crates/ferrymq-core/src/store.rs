@@ -30,8 +30,10 @@ pub trait MessageStore: Send {
     /// in memory, or paged out to disk (pushed with a deadline). `None` when it is not ready
     /// (delivered and unacked) or gone.
     fn remove(&mut self, seq: u64) -> Option<QueuedMessage>;
-    /// Drops every ready message and returns how many there were.
-    fn purge(&mut self) -> usize;
+    /// Drops every ready message and returns how many there were. `purged` is told the
+    /// sequence number of each dropped message that may have a deadline (a message paged
+    /// out without one need not be read back to be named).
+    fn purge(&mut self, purged: &mut dyn FnMut(u64)) -> usize;
     /// Number of ready messages.
     fn len(&self) -> usize;
     /// Whether there are no ready messages.
@@ -42,7 +44,7 @@ pub trait MessageStore: Send {
     fn bytes(&self) -> usize;
     /// The queue was deleted: drop everything, files included.
     fn destroy(&mut self) {
-        self.purge();
+        self.purge(&mut |_| {});
     }
 }
 
@@ -114,8 +116,11 @@ impl MessageStore for MemoryStore {
         Some(m)
     }
 
-    fn purge(&mut self) -> usize {
+    fn purge(&mut self, purged: &mut dyn FnMut(u64)) -> usize {
         let n = self.len();
+        for m in self.ready.iter().filter(|m| !m.is_tombstone()) {
+            purged(m.seq());
+        }
         self.ready.clear();
         self.dead = 0;
         self.bytes = 0;
