@@ -875,7 +875,7 @@ mod tests {
             let mut next = 1u64;
             for round in 0..3u64 {
                 for _ in 0..200 {
-                    let persistent = (next * 7 + variant + round) % 3 == 0;
+                    let persistent = (next * 7 + variant + round).is_multiple_of(3);
                     s.push(msg(next, persistent), None).unwrap();
                     left += u64::from(persistent);
                     next += 1;
