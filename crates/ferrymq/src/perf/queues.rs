@@ -6,7 +6,7 @@ use super::stream::Target;
 use anyhow::bail;
 use bytes::BytesMut;
 use ferrymq_amqp::codec::frame::encode_method;
-use ferrymq_amqp::codec::methods::{QueueDeclare, QueueDelete};
+use ferrymq_amqp::codec::methods::{QueueBind, QueueDeclare, QueueDelete};
 use tokio::io::AsyncReadExt;
 
 /// Arguments of `ferrymq perf queues`.
@@ -34,6 +34,10 @@ pub struct QueuesArgs {
     /// Name prefix of the queues.
     #[arg(long, default_value = "perf-q-")]
     pub prefix: String,
+    /// After declaring, bind every queue to this (existing) exchange with binding key
+    /// `perf.N.#`, and time it (and, with `--cleanup`, the deletes that remove the bindings).
+    #[arg(long, value_name = "EXCHANGE")]
+    pub bind_to: Option<String>,
 }
 
 /// Declares the queues (pipelined, 1000 in flight) and reports.
@@ -64,26 +68,56 @@ pub async fn run(a: &QueuesArgs) -> anyhow::Result<()> {
         rss0.unwrap_or(f64::NAN),
         rss1.unwrap_or(f64::NAN)
     );
-    println!(
-        "{}",
-        serde_json::json!({"scenario": "queues", "count": a.count, "durable": a.durable,
-            "seconds": took,
-            "broker_rss_before_mib": rss0, "broker_rss_after_mib": rss1})
-    );
-    if a.cleanup {
+    let mut bind_secs = None;
+    if let Some(x) = &a.bind_to {
+        let start = std::time::Instant::now();
         pipelined(&mut c, a.count, |i, out| {
             encode_method(
                 out,
                 1,
-                &QueueDelete {
-                    queue: format!("perf-q-{i}"),
+                &QueueBind {
+                    queue: format!("{}{i}", a.prefix),
+                    exchange: x.clone(),
+                    routing_key: format!("perf.{i}.#"),
                     ..Default::default()
                 }
                 .into(),
             )
         })
         .await?;
+        let took = start.elapsed().as_secs_f64();
+        println!(
+            "summary: {} bindings to '{x}' in {took:.2}s ({:.0}/s)",
+            a.count,
+            a.count as f64 / took.max(1e-9)
+        );
+        bind_secs = Some(took);
     }
+    let mut delete_secs = None;
+    if a.cleanup {
+        let start = std::time::Instant::now();
+        pipelined(&mut c, a.count, |i, out| {
+            encode_method(
+                out,
+                1,
+                &QueueDelete {
+                    queue: format!("{}{i}", a.prefix),
+                    ..Default::default()
+                }
+                .into(),
+            )
+        })
+        .await?;
+        let took = start.elapsed().as_secs_f64();
+        println!("summary: {} queues deleted in {took:.2}s", a.count);
+        delete_secs = Some(took);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"scenario": "queues", "count": a.count, "durable": a.durable,
+            "seconds": took, "bind_seconds": bind_secs, "delete_seconds": delete_secs,
+            "broker_rss_before_mib": rss0, "broker_rss_after_mib": rss1})
+    );
     Ok(())
 }
 
