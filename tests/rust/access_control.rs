@@ -396,3 +396,36 @@ async fn silent_half_open_connections_are_dropped_and_do_not_lock_out_clients() 
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn consumers_per_channel_are_limited_when_configured() {
+    let b = start_with(|c| c.consumer_max_per_channel = 3).await;
+    let (c, ch) = channel(&b).await;
+    let errors = errors_of_connection(&c);
+    queue(&ch, "many").await;
+    // Kept: lapin cancels a consumer that is dropped.
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        kept.push(consume(&ch, "many", &format!("c{i}")).await);
+    }
+    let _ = ch
+        .basic_consume(
+            "many",
+            "c3",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let (code_, text_) = closed_with(&errors).await;
+    assert_eq!(code_, 530);
+    assert_eq!(
+        text_,
+        "NOT_ALLOWED - reached maximum (3) of consumers per channel"
+    );
+    // Other clients are served: the queue still takes and hands out messages.
+    let (_c2, ch2) = channel(&b).await;
+    publish(&ch2, "", "many", b"still served").await;
+    let mut c = consume(&ch2, "many", "other").await;
+    assert_eq!(next(&mut c).await.data, b"still served");
+    b.stop().await;
+}

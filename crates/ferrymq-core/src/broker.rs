@@ -35,6 +35,9 @@ pub struct BrokerConfig {
     /// Whether a fresh data directory starts with vhost `/` and user `guest`. RabbitMQ does
     /// not seed them when definitions are loaded at boot; nor does FerryMQ.
     pub seed_defaults: bool,
+    /// Most consumers one channel may have (RabbitMQ's `consumer_max_per_channel`; `None`:
+    /// no limit, RabbitMQ's default).
+    pub consumer_max_per_channel: Option<usize>,
 }
 
 impl Default for BrokerConfig {
@@ -44,6 +47,7 @@ impl Default for BrokerConfig {
             loopback_users: vec!["guest".to_string()],
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
             seed_defaults: true,
+            consumer_max_per_channel: None,
         }
     }
 }

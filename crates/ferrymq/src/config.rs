@@ -49,6 +49,9 @@ pub struct Config {
     /// Seconds a client has to complete the AMQP handshake (RabbitMQ's
     /// `handshake_timeout`).
     pub handshake_timeout: u64,
+    /// Most consumers one channel may have (RabbitMQ's `consumer_max_per_channel`); 0 means
+    /// no limit.
+    pub consumer_max_per_channel: usize,
     /// A definitions file (RabbitMQ's JSON format) imported at start: users, vhosts,
     /// permissions, topic permissions, limits, policies, exchanges, queues, bindings.
     pub load_definitions: Option<PathBuf>,
@@ -148,6 +151,7 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             disk_free_limit: 50_000_000,
             consumer_timeout: 30 * 60 * 1000,
+            consumer_max_per_channel: 0,
             handshake_timeout: 10,
             load_definitions: None,
             syncer: Default::default(),

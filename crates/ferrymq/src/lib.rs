@@ -72,6 +72,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             seed_defaults: cfg.load_definitions.is_none(),
             consumer_timeout: (cfg.consumer_timeout > 0)
                 .then(|| std::time::Duration::from_millis(cfg.consumer_timeout)),
+            consumer_max_per_channel: (cfg.consumer_max_per_channel > 0)
+                .then_some(cfg.consumer_max_per_channel),
             ..BrokerConfig::default()
         },
         persist,

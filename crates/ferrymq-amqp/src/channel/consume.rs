@@ -151,6 +151,15 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        if let Some(max) = ctx.session.broker().config.consumer_max_per_channel {
+            if self.consumers.len() >= max {
+                return Err(AmqpError::conn(
+                    code::NOT_ALLOWED,
+                    format!("reached maximum ({max}) of consumers per channel"),
+                )
+                .caused_by((60, 20)));
+            }
+        }
         let priority = match c.arguments.get("x-priority") {
             None => 0,
             Some(v) => v.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| {
