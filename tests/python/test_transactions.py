@@ -60,3 +60,27 @@ def test_rollback_drops_publishes_and_a_later_commit_delivers_only_what_followed
     assert body == b"kept"
     assert depth(ch, q) == 0
     conn.close()
+
+
+def test_a_queue_deleted_and_redeclared_before_the_commit_gets_the_publish(broker):
+    # Review (Trust II): RabbitMQ routes a transactional publish to queue *names* on arrival
+    # and looks the queues up at commit, so a queue deleted and declared again in between
+    # gets the message. FerryMQ keeps the old queue object (Routed holds Arc<Queue>), which
+    # refuses it at commit: the committed message is silently dropped.
+    conn = broker.connect()
+    admin = conn.channel()
+    q = name("tx-redeclared")
+    admin.queue_declare(q)
+    tx = conn.channel()
+    tx.tx_select()
+    tx.basic_publish("", q, b"committed")
+    admin.queue_delete(q)
+    admin.queue_declare(q)
+    tx.tx_commit()
+    deadline = time.monotonic() + 10
+    while depth(admin, q) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    method, _, body = admin.basic_get(q, auto_ack=True)
+    assert body == b"committed"
+    admin.queue_delete(q)
+    conn.close()

@@ -976,4 +976,39 @@ mod tests {
         }
         assert_eq!(got, vec!["1", "2", "3", "2001"]);
     }
+
+    #[test]
+    fn reading_a_paged_backlog_back_keeps_to_the_ram_budget_whatever_the_message_size() {
+        // Review (Trust II): `load` reads LOAD_BATCH (1,024) records whatever their size, so
+        // a backlog of large messages paged out beyond the budget comes back 1,024 at a time:
+        // with 1 MiB bodies and the default 16 MiB budget one `shift` holds 1 GiB in RAM
+        // (with 128 MiB bodies, 128 GiB), under the queue's lock.
+        let d = tempfile::tempdir().unwrap();
+        let p = persistence(d.path());
+        let budget = p.queue_ram_budget();
+        let mut s = PagedStore::new(p, None, d.path().join("q"));
+        let big = |seq: u64| {
+            let m = Message::from_properties(
+                "",
+                "q",
+                &Properties::default(),
+                Bytes::from(vec![b'x'; 64 * 1024]),
+            )
+            .unwrap();
+            QueuedMessage::new(seq, Arc::new(m))
+        };
+        for seq in 1..=300 {
+            s.push(big(seq), None).unwrap();
+        }
+        assert!(s.paged > 290, "the backlog is on disk");
+        let one = 64 * 1024 + OVERHEAD;
+        // The first message was kept in RAM; the second comes from disk.
+        assert_eq!(s.shift().map(|m| m.seq()), Some(1));
+        assert_eq!(s.shift().map(|m| m.seq()), Some(2));
+        assert!(
+            s.ram_bytes <= budget + 2 * one,
+            "{} bytes loaded in RAM after reading one message back (budget {budget})",
+            s.ram_bytes
+        );
+    }
 }

@@ -846,4 +846,73 @@ mod tests {
         assert!(again.redelivered());
         assert_eq!(left, 2);
     }
+
+    /// Records how many dead letters, and how many body bytes, each hand-over carries.
+    #[derive(Default)]
+    struct Batches(Mutex<Vec<(usize, usize)>>);
+
+    impl QueueEvents for Batches {
+        fn dead_letter(
+            &self,
+            _queue: &str,
+            _dlx: &str,
+            _rk: Option<&str>,
+            letters: Vec<crate::dead_letter::DeadLetter>,
+        ) {
+            let bytes = letters.iter().map(|l| l.message.body_size()).sum();
+            self.0.lock().push((letters.len(), bytes));
+        }
+        fn expired(&self, _queue: &Arc<Queue>) {}
+    }
+
+    #[test]
+    fn a_paged_backlog_that_expires_at_once_is_not_read_back_into_ram_at_once() {
+        // Review (Trust II): `expire_due` takes every due message in one go under the queue's
+        // lock; each paged one is read back from disk (`remove_paged`) and, with a
+        // dead-letter exchange, collected in `QueueState::dead` until the lock is released.
+        // A backlog that cost only disk (beyond the 1,000-byte budget here) comes back into
+        // RAM whole, and the timer thread reads it record by record under the lock that
+        // every publisher and consumer of the queue waits on.
+        let d = tempfile::tempdir().unwrap();
+        let p = crate::persist::Persistence::open(crate::persist::PersistConfig {
+            fsync: ferrymq_store::FsyncPolicy::Never,
+            queue_ram_budget: 1000,
+            ..crate::persist::PersistConfig::new(d.path())
+        })
+        .unwrap();
+        let store = crate::paged_store::PagedStore::new(p, None, d.path().join("q"));
+        let q = Arc::new(Queue::with_store(
+            "q",
+            "/",
+            QueueOptions::default(),
+            None,
+            Box::new(store),
+            1,
+        ));
+        let mut args = crate::value::FieldTable::new();
+        args.insert("x-message-ttl", crate::value::FieldValue::I32(200));
+        args.insert(
+            "x-dead-letter-exchange",
+            crate::value::FieldValue::string("dlx"),
+        );
+        let home = Arc::new(Batches::default());
+        let weak: Weak<dyn QueueEvents> = Arc::downgrade(&(home.clone() as Arc<dyn QueueEvents>));
+        q.attach(weak, QueueConfig::from_args("q", "/", &args).unwrap());
+        const N: usize = 2000;
+        let body = Bytes::from(vec![b'x'; 4096]);
+        for _ in 0..N {
+            let m = Message::from_properties("", "q", &Properties::default(), body.clone());
+            q.publish(Arc::new(m.unwrap()));
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while home.0.lock().iter().map(|b| b.0).sum::<usize>() < N {
+            assert!(std::time::Instant::now() < until, "not all expired");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let largest = home.0.lock().iter().map(|b| b.1).max().unwrap();
+        assert!(
+            largest <= 1 << 20,
+            "{largest} body bytes of expired paged messages held in RAM at once"
+        );
+    }
 }

@@ -1097,4 +1097,24 @@ mod tests {
         assert!(rec.0.lock().contains(&d.path().join("queues")));
         g.stop();
     }
+
+    #[test]
+    fn an_ack_log_left_without_its_segment_never_settles_a_later_segment_of_that_number() {
+        // Review (Trust II): the reaper unlinks a settled segment and then its ack log; a
+        // crash between the two leaves `N.ack` alone. Opening numbers segments from the
+        // `.seg` files only and leaves that file in place, so once no segment file is left
+        // (every one settled, the empty head removed at a start) numbering starts again at 1
+        // and the new segment 1 inherits the stale ack log. With a purge's whole-segment
+        // entry (u32::MAX) in it, every record later written there is lost at the next start.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(ack_path(d.path(), 1), SETTLED_ALL.to_le_bytes()).unwrap();
+        let (mut log, r) = open(d.path(), 1 << 20);
+        assert!(r.is_empty());
+        for i in 0..3u8 {
+            log.append(&[i; 20]).unwrap();
+        }
+        drop(log);
+        let (_, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, (0..3u8).map(|i| vec![i; 20]).collect::<Vec<_>>());
+    }
 }

@@ -90,3 +90,62 @@ fn routing_follows_many_binds_and_unbinds() {
     assert_eq!(direct.bindings().len(), 1000);
     assert_eq!(topic.bindings().len(), 2000);
 }
+
+/// Review (Trust II): the `by_dest` and `exact` lists are scanned linearly (`drop_id`'s
+/// `position`, `find`'s `find`), so bindings that share a destination (an MQTT-style session
+/// queue with many subscriptions) cost quadratic time to tear down, and headers bindings that
+/// share a destination and key (every headers binding has the key "") quadratic time to
+/// build: each takes seconds here where linear work takes milliseconds, under the exchange's
+/// binding lock (routing through it waits) and the vhost's topology lock.
+#[test]
+fn many_bindings_to_one_destination_bind_and_unbind_in_linear_time() {
+    const N: usize = 60_000;
+    let x = Exchange::new("t", ExchangeKind::Topic, ExchangeOptions::default());
+    let q = Destination::Queue(queue("session"));
+    for i in 0..N {
+        x.bind(q.clone(), &format!("devices.{i}.#"), FieldTable::new());
+    }
+    let t = std::time::Instant::now();
+    assert_eq!(x.unbind_destination(&q), N);
+    let took = t.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "removing {N} bindings of one queue took {took:?}"
+    );
+
+    const H: usize = 20_000;
+    let h = Exchange::new("h", ExchangeKind::Headers, ExchangeOptions::default());
+    let t = std::time::Instant::now();
+    for i in 0..H {
+        h.bind(
+            q.clone(),
+            "",
+            args(&[("x-match", "all"), ("device", &i.to_string())]),
+        );
+    }
+    let took = t.elapsed();
+    assert_eq!(h.bindings().len(), H);
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "adding {H} headers bindings to one queue took {took:?}"
+    );
+
+    // Many queues under one key of a direct exchange (a broadcast key): deleting them one by
+    // one scans the key's list each time (`drop_id` on `by_key`).
+    let d = Exchange::new("d", ExchangeKind::Direct, ExchangeOptions::default());
+    let qs: Vec<Destination> = (0..N)
+        .map(|i| Destination::Queue(queue(&format!("q{i}"))))
+        .collect();
+    for q in &qs {
+        d.bind(q.clone(), "all", FieldTable::new());
+    }
+    let t = std::time::Instant::now();
+    for q in &qs {
+        assert_eq!(d.unbind_destination(q), 1);
+    }
+    let took = t.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "deleting {N} queues bound under one key took {took:?}"
+    );
+}
