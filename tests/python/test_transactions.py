@@ -63,10 +63,8 @@ def test_rollback_drops_publishes_and_a_later_commit_delivers_only_what_followed
 
 
 def test_a_queue_deleted_and_redeclared_before_the_commit_gets_the_publish(broker):
-    # Review (Trust II): RabbitMQ routes a transactional publish to queue *names* on arrival
-    # and looks the queues up at commit, so a queue deleted and declared again in between
-    # gets the message. FerryMQ keeps the old queue object (Routed holds Arc<Queue>), which
-    # refuses it at commit: the committed message is silently dropped.
+    # RabbitMQ routes a transactional publish to queue names on arrival and looks the
+    # queues up at commit, so a queue deleted and declared again in between gets it.
     conn = broker.connect()
     admin = conn.channel()
     q = name("tx-redeclared")

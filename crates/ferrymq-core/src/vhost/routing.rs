@@ -160,15 +160,28 @@ impl VHost {
         })
     }
 
-    /// Enqueues `message` where [`VHost::route_publish`] decided. A queue deleted since
-    /// refuses it.
+    /// Enqueues `message` where [`VHost::route_publish`] decided. As in RabbitMQ, the
+    /// decision names queues: one deleted since is looked up again by name (declared again,
+    /// it takes the message; gone, it does not).
     pub(crate) fn deliver(
         &self,
         routed: Routed,
         message: Arc<Message>,
     ) -> CoreResult<PublishOutcome> {
         match routed.target {
-            Target::Queues(queues) => Ok(put(queues, &message, |_| true)),
+            Target::Queues(mut queues) => {
+                if queues.iter().any(|q| q.is_deleted()) {
+                    let current = self.queues.read();
+                    queues = queues
+                        .into_iter()
+                        .filter_map(|q| match q.is_deleted() {
+                            true => current.get(&q.name).cloned(),
+                            false => Some(q),
+                        })
+                        .collect();
+                }
+                Ok(put(queues, &message, |_| true))
+            }
             // Taken by the exchange: counts as routed (no basic.return), as the plugin.
             Target::Delay(d) => Ok(match routed.exchange.hold(message, d)? {
                 Some(pending) => PublishOutcome {
@@ -200,6 +213,7 @@ impl VHost {
 
 /// Where a publish goes, decided when it arrived: a transaction routes each publish then
 /// and enqueues it at commit, as RabbitMQ does, so bindings changed in between do not move it.
+/// Holds the target queues (a pointer each); a queue deleted meanwhile is found again by name.
 pub struct Routed {
     exchange: Arc<Exchange>,
     target: Target,
