@@ -17,7 +17,7 @@ use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
 use parking_lot::{Mutex, RwLock};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
@@ -106,49 +106,60 @@ pub struct Binding {
 }
 
 /// An exchange's bindings and the indexes that keep binding, unbinding and routing cheap
-/// whatever their number: adding or removing one costs the bindings that share its
-/// destination and key, not all of them (100,000 bindings, as MQTT subscriptions make, must
-/// not take quadratic time to build or tear down).
+/// whatever their number: adding or removing one costs O(1) (plus the few bindings that share
+/// its destination, key and argument hash), so 100,000 bindings, as MQTT subscriptions make,
+/// are built and torn down in linear time, however many share a destination or a key.
 #[derive(Default)]
 struct Bindings {
     /// Every binding, under a stable id.
-    all: Slab<Binding>,
-    /// Ids by (destination, binding key): the argument tables bound with that pair.
-    exact: HashMap<(DestId, String), Vec<usize>>,
+    all: Slab<Entry>,
+    /// Ids by (destination, binding key, hash of the arguments): in practice one each.
+    exact: HashMap<(DestId, String, u64), Vec<usize>>,
     /// Ids by destination, for removing everything bound to a deleted queue or exchange.
-    by_dest: HashMap<DestId, Vec<usize>>,
+    by_dest: HashMap<DestId, HashSet<usize>>,
     // Direct exchanges index bindings by key so routing is one hash lookup.
     by_key: HashMap<String, Vec<(usize, Destination)>>,
     // Topic exchanges index bindings by word (routing cost follows the key, not the count).
     topics: TopicTrie<(usize, Destination)>,
 }
 
-/// Removes `id` from the list under `key`, and the list when it empties.
-fn drop_id<K: std::hash::Hash + Eq, V>(
-    map: &mut HashMap<K, Vec<V>>,
-    key: &K,
-    is: impl Fn(&V) -> bool,
-) {
-    if let Some(list) = map.get_mut(key) {
-        if let Some(i) = list.iter().position(is) {
-            list.swap_remove(i);
-        }
-        if list.is_empty() {
-            map.remove(key);
-        }
-    }
+/// A binding and where its routing entry sits (in its `by_key` list or trie node), so it
+/// can be taken out without a search.
+struct Entry {
+    binding: Binding,
+    args_hash: u64,
+    route_pos: usize,
+}
+
+/// A hash of an argument table that equivalent tables share: entries in any order, integers
+/// of any width (as [`FieldTable::equivalent`] compares them), the first value of a repeated
+/// key.
+fn args_hash(t: &FieldTable) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut seen = HashSet::new();
+    t.iter()
+        .filter(|(k, _)| seen.insert(k.as_str()))
+        .fold(0u64, |acc, (k, v)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.hash(&mut h);
+            match v.as_i64() {
+                Some(i) => (0u8, i).hash(&mut h),
+                None => (1u8, format!("{v:?}")).hash(&mut h),
+            }
+            acc.wrapping_add(h.finish())
+        })
 }
 
 impl Bindings {
     fn find(&self, dest: DestId, key: &str, args: &FieldTable) -> Option<usize> {
         self.exact
-            .get(&(dest, key.to_string()))?
+            .get(&(dest, key.to_string(), args_hash(args)))?
             .iter()
             .copied()
             .find(|&id| {
                 self.all
                     .get(id)
-                    .is_some_and(|b| b.arguments.equivalent(args))
+                    .is_some_and(|e| e.binding.arguments.equivalent(args))
             })
     }
 
@@ -156,31 +167,73 @@ impl Bindings {
         let dest = binding.destination.id();
         let key = binding.routing_key.clone();
         let destination = binding.destination.clone();
-        let id = self.all.insert(binding);
-        match kind {
-            ExchangeKind::Direct => self
-                .by_key
-                .entry(key.clone())
-                .or_default()
-                .push((id, destination)),
+        let args_hash = args_hash(&binding.arguments);
+        let id = self.all.insert(Entry {
+            binding,
+            args_hash,
+            route_pos: 0,
+        });
+        let route_pos = match kind {
+            ExchangeKind::Direct => {
+                let list = self.by_key.entry(key.clone()).or_default();
+                list.push((id, destination));
+                list.len() - 1
+            }
             ExchangeKind::Topic => self.topics.insert(&key, (id, destination)),
-            _ => {}
+            _ => 0,
+        };
+        if let Some(e) = self.all.get_mut(id) {
+            e.route_pos = route_pos;
         }
-        self.by_dest.entry(dest).or_default().push(id);
-        self.exact.entry((dest, key)).or_default().push(id);
+        self.by_dest.entry(dest).or_default().insert(id);
+        self.exact
+            .entry((dest, key, args_hash))
+            .or_default()
+            .push(id);
     }
 
-    fn remove(&mut self, id: usize) {
-        let Some(b) = self.all.try_remove(id) else {
+    fn remove(&mut self, kind: ExchangeKind, id: usize) {
+        let Some(e) = self.all.try_remove(id) else {
             return;
         };
-        let dest = b.destination.id();
-        drop_id(&mut self.by_dest, &dest, |&x| x == id);
-        drop_id(&mut self.by_key, &b.routing_key, |(x, _)| *x == id);
-        drop_id(&mut self.exact, &(dest, b.routing_key.clone()), |&x| {
-            x == id
-        });
-        self.topics.remove(&b.routing_key, |(x, _)| *x == id);
+        let dest = e.binding.destination.id();
+        let key = e.binding.routing_key;
+        if let Some(set) = self.by_dest.get_mut(&dest) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_dest.remove(&dest);
+            }
+        }
+        // The entry that filled the removed one's place in its routing list, if any.
+        let moved = match kind {
+            ExchangeKind::Direct => match self.by_key.get_mut(&key) {
+                Some(list) if e.route_pos < list.len() => {
+                    list.swap_remove(e.route_pos);
+                    let moved = list.get(e.route_pos).map(|(m, _)| *m);
+                    if list.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                    moved
+                }
+                _ => None,
+            },
+            ExchangeKind::Topic => self
+                .topics
+                .remove_at(&key, e.route_pos)
+                .flatten()
+                .map(|(m, _)| m),
+            _ => None,
+        };
+        if let Some(m) = moved.and_then(|m| self.all.get_mut(m)) {
+            m.route_pos = e.route_pos;
+        }
+        let exact = (dest, key, e.args_hash);
+        if let Some(list) = self.exact.get_mut(&exact) {
+            list.retain(|&x| x != id);
+            if list.is_empty() {
+                self.exact.remove(&exact);
+            }
+        }
     }
 }
 
@@ -375,7 +428,7 @@ impl Exchange {
         let mut b = self.bindings.write();
         match b.find(destination.id(), routing_key, args) {
             Some(id) => {
-                b.remove(id);
+                b.remove(self.kind, id);
                 true
             }
             None => false,
@@ -385,13 +438,13 @@ impl Exchange {
     /// Removes every binding to `destination`; returns how many went.
     pub fn unbind_destination(&self, destination: &Destination) -> usize {
         let mut b = self.bindings.write();
-        let ids = b
+        let ids: Vec<usize> = b
             .by_dest
             .get(&destination.id())
-            .cloned()
+            .map(|set| set.iter().copied().collect())
             .unwrap_or_default();
         for &id in &ids {
-            b.remove(id);
+            b.remove(self.kind, id);
         }
         ids.len()
     }
@@ -420,7 +473,7 @@ impl Exchange {
             .read()
             .all
             .iter()
-            .map(|(_, b)| b.clone())
+            .map(|(_, e)| e.binding.clone())
             .collect()
     }
 
@@ -438,15 +491,17 @@ impl Exchange {
                     out.extend(ds.iter().map(|(_, d)| d.clone()));
                 }
             }
-            ExchangeKind::Fanout => out.extend(b.all.iter().map(|(_, x)| x.destination.clone())),
+            ExchangeKind::Fanout => {
+                out.extend(b.all.iter().map(|(_, e)| e.binding.destination.clone()))
+            }
             ExchangeKind::Topic => b
                 .topics
                 .matches_with(&topic::split_key(routing_key), |(_, d)| out.push(d.clone())),
             ExchangeKind::Headers => {
                 let h = HeaderView::new(headers.get());
-                for (_, x) in &b.all {
-                    if headers_match(&x.arguments, &h) {
-                        out.push(x.destination.clone());
+                for (_, e) in &b.all {
+                    if headers_match(&e.binding.arguments, &h) {
+                        out.push(e.binding.destination.clone());
                     }
                 }
             }

@@ -204,8 +204,9 @@ impl<T> Node<T> {
 type State<'a, T> = (&'a Node<T>, usize, bool);
 
 impl<T: Clone> TopicTrie<T> {
-    /// Adds `value` under binding key `pattern`.
-    pub fn insert(&mut self, pattern: &str, value: T) {
+    /// Adds `value` under binding key `pattern`; returns its index among that pattern's
+    /// values (for [`Self::remove_at`]).
+    pub fn insert(&mut self, pattern: &str, value: T) -> usize {
         let mut node = &mut self.root;
         for w in TopicPattern::new(pattern).words {
             node = match w {
@@ -218,29 +219,56 @@ impl<T: Clone> TopicTrie<T> {
             };
         }
         node.values.push(value);
+        node.values.len() - 1
     }
 
-    /// Removes one value under binding key `pattern` that `is` picks, and the trie nodes
-    /// that leads to if nothing else needs them (so churn does not grow the trie). Walks
-    /// the pattern's words without recursion: keys can be long. Returns whether a value went.
+    /// Removes one value under binding key `pattern` that `is` picks (a scan of that
+    /// pattern's values). Returns whether a value went.
     pub fn remove(&mut self, pattern: &str, is: impl Fn(&T) -> bool) -> bool {
         let words = TopicPattern::new(pattern).words;
-        let mut node = &mut self.root;
-        for w in &words {
-            match node.child_mut(w) {
-                Some(n) => node = n,
-                None => return false,
-            }
-        }
-        let Some(i) = node.values.iter().position(is) else {
+        let Some(i) = self.node(&words).and_then(|n| n.values.iter().position(is)) else {
             return false;
         };
-        node.values.swap_remove(i);
-        if !node.values.is_empty() || node.has_children() {
-            return true;
+        self.take(&words, i).is_some()
+    }
+
+    /// Removes the value at `index` among `pattern`'s values (as [`Self::insert`] numbered
+    /// it), moving the last of them into its place. Returns `None` if there was none there,
+    /// else the value now at `index`, whose index changed. Nodes nothing needs any more are
+    /// pruned, so churn does not grow the trie.
+    pub fn remove_at(&mut self, pattern: &str, index: usize) -> Option<Option<T>> {
+        let words = TopicPattern::new(pattern).words;
+        self.take(&words, index)
+    }
+
+    fn node(&self, words: &[Word]) -> Option<&Node<T>> {
+        let mut node = &self.root;
+        for w in words {
+            node = node.child(w)?;
         }
-        // The deepest node on the path that stays (the root, or one with values or other
-        // branches): cut the path below it.
+        Some(node)
+    }
+
+    /// Walks the pattern's words without recursion: keys can be long.
+    fn take(&mut self, words: &[Word], index: usize) -> Option<Option<T>> {
+        let mut node = &mut self.root;
+        for w in words {
+            node = node.child_mut(w)?;
+        }
+        if index >= node.values.len() {
+            return None;
+        }
+        node.values.swap_remove(index);
+        let moved = node.values.get(index).cloned();
+        if node.values.is_empty() && !node.has_children() {
+            self.prune(words);
+        }
+        Some(moved)
+    }
+
+    /// Cuts the path of `words` below the deepest node on it that stays (the root, or one
+    /// with values or other branches); the path's last node is empty.
+    fn prune(&mut self, words: &[Word]) {
         let mut keep = 0;
         let mut n = &self.root;
         for (depth, w) in words.iter().enumerate() {
@@ -249,20 +277,19 @@ impl<T: Clone> TopicTrie<T> {
             }
             match n.child(w) {
                 Some(c) => n = c,
-                None => return true,
+                None => return,
             }
         }
         let mut n = &mut self.root;
         for w in &words[..keep] {
             match n.child_mut(w) {
                 Some(c) => n = c,
-                None => return true,
+                None => return,
             }
         }
         if let Some(w) = words.get(keep) {
             n.cut(w);
         }
-        true
     }
 
     /// Appends the values of every pattern matching `words` to `out` (a value bound by two
