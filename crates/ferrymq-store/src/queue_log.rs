@@ -130,14 +130,24 @@ impl QueueLog {
         let durable = health.is_some();
         let health = health.unwrap_or_else(|| LogHealth::new(dir.display().to_string()));
         let created = create_dirs(dir)?;
-        let mut ids: Vec<u32> = std::fs::read_dir(dir)
+        let names: Vec<String> = std::fs::read_dir(dir)
             .map_err(io(dir))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".seg")?.parse().ok()
-            })
+            .filter_map(|e| e.file_name().into_string().ok())
             .collect();
+        let numbered = |suffix: &str| -> HashSet<u32> {
+            names
+                .iter()
+                .filter_map(|n| n.strip_suffix(suffix)?.parse().ok())
+                .collect()
+        };
+        let seg_ids = numbered(".seg");
+        // An ack log whose segment is gone (a crash between the two removals) would settle
+        // the records of a later segment given its number.
+        for orphan in numbered(".ack").difference(&seg_ids) {
+            remove_file_if_there(&ack_path(dir, *orphan))?;
+        }
+        let mut ids: Vec<u32> = seg_ids.into_iter().collect();
         ids.sort_unstable();
         let mut segments = BTreeMap::new();
         let mut ready = 0u64;
@@ -574,15 +584,16 @@ fn new_head(dir: &Path, id: u32, health: &Arc<LogHealth>) -> Result<Head, StoreE
     })
 }
 
-fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
-    for p in [seg_path(dir, id), ack_path(dir, id)] {
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&p)(e)),
-        }
+fn remove_file_if_there(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
+    remove_file_if_there(&seg_path(dir, id))?;
+    remove_file_if_there(&ack_path(dir, id))
 }
 
 /// Appends a damaged record's offset to its segment's ack log.
@@ -1100,12 +1111,10 @@ mod tests {
 
     #[test]
     fn an_ack_log_left_without_its_segment_never_settles_a_later_segment_of_that_number() {
-        // Review (Trust II): the reaper unlinks a settled segment and then its ack log; a
-        // crash between the two leaves `N.ack` alone. Opening numbers segments from the
-        // `.seg` files only and leaves that file in place, so once no segment file is left
-        // (every one settled, the empty head removed at a start) numbering starts again at 1
-        // and the new segment 1 inherits the stale ack log. With a purge's whole-segment
-        // entry (u32::MAX) in it, every record later written there is lost at the next start.
+        // The reaper unlinks a settled segment, then its ack log: a crash between the two
+        // leaves `N.ack` alone. A later segment N (numbering starts again at 1 once no
+        // segment is left) must not inherit it: with a purge's whole-segment entry in it,
+        // every record written there would be lost at the next start.
         let d = tempfile::tempdir().unwrap();
         std::fs::write(ack_path(d.path(), 1), SETTLED_ALL.to_le_bytes()).unwrap();
         let (mut log, r) = open(d.path(), 1 << 20);

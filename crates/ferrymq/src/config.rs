@@ -188,9 +188,10 @@ impl Config {
             anyhow::bail!("handshake_timeout must be at least 1 second");
         }
         self.validate_listeners()?;
-        if self.segment_size < 4096 {
+        // Record positions within a segment are 32-bit offsets.
+        if !(4096..=1 << 30).contains(&self.segment_size) {
             anyhow::bail!(
-                "segment_size must be at least 4096 bytes, got {}",
+                "segment_size must be between 4096 bytes and 1 GiB (1073741824), got {}",
                 self.segment_size
             );
         }
@@ -284,5 +285,19 @@ mod tests {
         );
         let c = Config::default();
         assert!(c.tls.settings().is_none() && c.plain_listener);
+    }
+
+    #[test]
+    fn segment_sizes_beyond_32_bit_offsets_are_refused() {
+        let check = |n: u64| {
+            let c: Config = toml::from_str(&format!("segment_size = {n}")).unwrap();
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert!(check(1 << 30).is_ok());
+        assert!(check((1 << 30) + 1)
+            .unwrap_err()
+            .contains("between 4096 bytes and 1 GiB"));
+        assert!(check(4095).is_err());
+        assert!(check(u64::MAX).is_err());
     }
 }
