@@ -74,7 +74,7 @@ fn read_all(log: &mut QueueLog, batch: usize) -> Vec<(ferrymq_store::Position, V
     let (mut all, mut at) = (Vec::new(), log.first());
     loop {
         let (got, next) = log
-            .read_batch(at, batch)
+            .read_batch(at, batch, usize::MAX)
             .expect("a recovered record cannot be read back");
         let done = got.len() < batch;
         all.extend(got);

@@ -88,6 +88,13 @@ impl Deadlines {
         }
     }
 
+    /// Makes a deadline taken by [`Deadlines::take_due_up_to`] but not handled due again.
+    pub fn retry(&mut self, seq: u64) {
+        if let Some(&at) = self.by_seq.get(&seq) {
+            self.heap.push(Reverse((at, seq)));
+        }
+    }
+
     /// Whether no message has a deadline.
     pub fn is_empty(&self) -> bool {
         self.by_seq.is_empty()
@@ -97,9 +104,14 @@ impl Deadlines {
     /// caller [`forget`](Deadlines::forget)s those it could expire; the others (delivered,
     /// or paged to disk) are checked again when they come back or reach the head.
     pub fn take_due(&mut self, now: u64) -> Vec<u64> {
+        self.take_due_up_to(now, usize::MAX)
+    }
+
+    /// As [`Deadlines::take_due`], at most `max` of them; the rest stay due.
+    pub fn take_due_up_to(&mut self, now: u64, max: usize) -> Vec<u64> {
         let mut due = Vec::new();
         while let Some(&Reverse((at, seq))) = self.heap.peek() {
-            if at > now {
+            if at > now || due.len() >= max {
                 break;
             }
             self.heap.pop();

@@ -58,6 +58,10 @@ impl MessageStore for PriorityStore {
         self.levels.iter_mut().find_map(|s| s.remove(seq))
     }
 
+    fn discard(&mut self, seq: u64) -> bool {
+        self.levels.iter_mut().any(|s| s.discard(seq))
+    }
+
     fn purge(&mut self, purged: &mut dyn FnMut(u64)) -> usize {
         self.levels.iter_mut().map(|s| s.purge(purged)).sum()
     }

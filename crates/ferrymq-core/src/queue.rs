@@ -25,6 +25,11 @@ use std::time::Instant;
 /// delivery limit (as RabbitMQ's quorum queues write it).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
+/// Most messages one expiry pass under a queue's lock removes (see `QueueState::expire_due`).
+const EXPIRE_BATCH: usize = 1024;
+/// Most body bytes of dead letters one expiry pass collects before the lock is released.
+const EXPIRE_BATCH_BYTES: usize = 4 << 20;
+
 /// Declaration options of a queue.
 #[derive(Debug, Clone, Default)]
 pub struct QueueOptions {
@@ -115,17 +120,42 @@ impl QueueState {
         }
     }
 
-    /// Removes ready messages whose deadline passed, wherever they are in the queue.
-    fn expire_due(&mut self, now: u64) {
+    /// Removes ready messages whose deadline passed, wherever they are in the queue, at most
+    /// [`EXPIRE_BATCH`] of them or [`EXPIRE_BATCH_BYTES`] of dead letters: a paged backlog
+    /// expiring at once must not come back into RAM at once, under this lock. Returns whether
+    /// more are due (the caller releases the lock, flushes the dead letters, and goes on).
+    fn expire_due(&mut self, now: u64) -> bool {
         if self.deadlines.is_empty() {
-            return;
+            return false;
         }
-        for seq in self.deadlines.take_due(now) {
+        let dead_lettered = self.cfg.dead_letter_exchange.is_some();
+        let due = self.deadlines.take_due_up_to(now, EXPIRE_BATCH);
+        let mut bytes = 0;
+        let mut rest = due.into_iter();
+        for seq in rest.by_ref() {
+            if !dead_lettered {
+                // Dropped: a message on disk is settled without being read back.
+                if self.store.discard(seq) {
+                    self.deadlines.forget(seq);
+                }
+                continue;
+            }
             if let Some(m) = self.store.remove(seq) {
                 self.deadlines.forget(seq);
+                bytes += m.message.body_size();
                 self.dead_letter(m.message, DeathReason::Expired);
+                if bytes >= EXPIRE_BATCH_BYTES {
+                    break;
+                }
             }
         }
+        // Taken from the heap but not handled in this batch: due again at once.
+        let mut more = false;
+        for seq in rest {
+            self.deadlines.retry(seq);
+            more = true;
+        }
+        more || self.deadlines.next().is_some_and(|at| at <= now)
     }
 
     /// Drops messages from the head while the queue is over its length limits.
@@ -738,7 +768,15 @@ impl Timed for Queue {
         if st.deleted {
             return;
         }
-        st.expire_due(now);
+        while st.expire_due(now) {
+            // More are due: let publishers and consumers in, and hand over the dead letters
+            // collected so far, before the next batch.
+            self.unlock_and_flush(st);
+            st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+        }
         let expires_at = st
             .cfg
             .expires
@@ -867,12 +905,9 @@ mod tests {
 
     #[test]
     fn a_paged_backlog_that_expires_at_once_is_not_read_back_into_ram_at_once() {
-        // Review (Trust II): `expire_due` takes every due message in one go under the queue's
-        // lock; each paged one is read back from disk (`remove_paged`) and, with a
-        // dead-letter exchange, collected in `QueueState::dead` until the lock is released.
-        // A backlog that cost only disk (beyond the 1,000-byte budget here) comes back into
-        // RAM whole, and the timer thread reads it record by record under the lock that
-        // every publisher and consumer of the queue waits on.
+        // A backlog that cost only disk (beyond the 1,000-byte budget here) and expires at
+        // once is handed to the dead-letter exchange in bounded batches, the queue's lock
+        // released between them, not read back into RAM whole.
         let d = tempfile::tempdir().unwrap();
         let p = crate::persist::Persistence::open(crate::persist::PersistConfig {
             fsync: ferrymq_store::FsyncPolicy::Never,

@@ -30,6 +30,12 @@ pub trait MessageStore: Send {
     /// in memory, or paged out to disk (pushed with a deadline). `None` when it is not ready
     /// (delivered and unacked) or gone.
     fn remove(&mut self, seq: u64) -> Option<QueuedMessage>;
+    /// As [`MessageStore::remove`], for a message nothing will be done with (it expired and
+    /// is not dead-lettered): a store may settle it without reading it back. Returns
+    /// whether it was there.
+    fn discard(&mut self, seq: u64) -> bool {
+        self.remove(seq).is_some()
+    }
     /// Drops every ready message and returns how many there were. `purged` is told the
     /// sequence number of each dropped message that may have a deadline (a message paged
     /// out without one need not be read back to be named).

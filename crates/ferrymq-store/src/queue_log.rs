@@ -215,17 +215,24 @@ impl QueueLog {
     }
 
     /// Reads up to `max` records in order starting at `from` (a record position, or a segment
-    /// end), skipping records that were already acked when the log was opened. Returns them
-    /// with the position to continue from; fewer than `max` means the end of the log.
+    /// end), skipping records that were already acked when the log was opened, and stopping
+    /// once their payloads reach `max_bytes` (at least one record is read). Returns them with
+    /// the position to continue from; fewer than `max` with `max_bytes` unreached means the
+    /// end of the log.
     #[allow(clippy::type_complexity)]
     pub fn read_batch(
         &mut self,
         mut from: Position,
         max: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<(Position, Vec<u8>)>, Position), StoreError> {
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        while out.len() < max {
+        let mut bytes = 0usize;
+        // At least one record, however large: the caller must make progress.
+        let room =
+            |out: &Vec<_>, bytes: usize| out.len() < max && (out.is_empty() || bytes < max_bytes);
+        while room(&out, bytes) {
             let Some((&id, seg)) = self.segments.range(from.segment..).next() else {
                 break;
             };
@@ -257,12 +264,13 @@ impl QueueLog {
                 .read_exact_at(&mut buf, u64::from(from.offset))
                 .map_err(io(&path))?;
             let mut off = 0usize;
-            while out.len() < max {
+            while room(&out, bytes) {
                 match record::scan(&buf, off) {
                     Scan::Record(payload, next) => {
                         let at = from.offset + off as u32;
                         let acked = self.segments.get(&id).is_some_and(|s| s.skip.contains(&at));
                         if !acked {
+                            bytes += payload.len();
                             out.push((
                                 Position {
                                     segment: id,
@@ -463,7 +471,7 @@ impl QueueLog {
         };
         let mut at = from;
         loop {
-            let (batch, next) = self.read_batch(at, SETTLE_BATCH)?;
+            let (batch, next) = self.read_batch(at, SETTLE_BATCH, usize::MAX)?;
             let full = batch.len() == SETTLE_BATCH;
             for (pos, _) in batch {
                 if pos.segment == from.segment && !acked.contains(&pos.offset) {
@@ -714,7 +722,7 @@ mod tests {
         let (mut all, mut at) = (Vec::new(), log.first());
         loop {
             // Small batches exercise continuing across chunk and segment ends.
-            let (batch, next) = log.read_batch(at, 7).unwrap();
+            let (batch, next) = log.read_batch(at, 7, usize::MAX).unwrap();
             let done = batch.len() < 7;
             all.extend(batch.into_iter().map(|(_, p)| p));
             at = next;
@@ -898,7 +906,7 @@ mod tests {
         again.push(b"after".to_vec());
         assert_eq!(r, again);
         // Once every kept record is acked the segment goes, damaged record and all.
-        let (batch, _) = log.read_batch(log.first(), 100).unwrap();
+        let (batch, _) = log.read_batch(log.first(), 100, usize::MAX).unwrap();
         for (pos, _) in batch {
             log.ack(pos).unwrap();
         }
@@ -977,7 +985,7 @@ mod tests {
             .unwrap();
         assert!(matches!(log.read(p1), Err(StoreError::Corrupt(..))));
         assert!(matches!(
-            log.read_batch(p1, 10),
+            log.read_batch(p1, 10, usize::MAX),
             Err(StoreError::Corrupt(..))
         ));
         assert_eq!(log.read(p0).unwrap(), b"first");
@@ -1007,12 +1015,12 @@ mod tests {
         log.append(b"small").unwrap();
         log.append(&big).unwrap();
         log.append(b"tail").unwrap();
-        let (batch, next) = log.read_batch(log.first(), 10).unwrap();
+        let (batch, next) = log.read_batch(log.first(), 10, usize::MAX).unwrap();
         let got: Vec<&[u8]> = batch.iter().map(|(_, p)| &p[..]).collect();
         assert_eq!(got, vec![&b"small"[..], &big[..], &b"tail"[..]]);
         assert_eq!(next, log.end());
         let (p, _) = log.append(b"more").unwrap();
-        let (batch, _) = log.read_batch(next, 10).unwrap();
+        let (batch, _) = log.read_batch(next, 10, usize::MAX).unwrap();
         assert_eq!(batch, vec![(p, b"more".to_vec())]);
     }
 

@@ -110,7 +110,7 @@ impl DelayedMessages {
         let mut cursor = log.first();
         let mut left = n;
         while left > 0 {
-            let (batch, next) = log.read_batch(cursor, 1024)?;
+            let (batch, next) = log.read_batch(cursor, 1024, usize::MAX)?;
             if batch.is_empty() {
                 break;
             }
