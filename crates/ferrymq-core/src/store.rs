@@ -37,8 +37,8 @@ pub trait MessageStore: Send {
         self.remove(seq).is_some()
     }
     /// Drops every ready message and returns how many there were. `purged` is told the
-    /// sequence number of each dropped message that may have a deadline (a message paged
-    /// out without one need not be read back to be named).
+    /// sequence number of each dropped message that may have a deadline (the others may go
+    /// unnamed, so a store need not read a backlog back to purge it).
     fn purge(&mut self, purged: &mut dyn FnMut(u64)) -> usize;
     /// Number of ready messages.
     fn len(&self) -> usize;
