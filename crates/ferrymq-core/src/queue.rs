@@ -28,7 +28,7 @@ pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Most messages one expiry pass under a queue's lock removes (see `QueueState::expire_due`).
 const EXPIRE_BATCH: usize = 1024;
 /// Most body bytes of dead letters one expiry pass collects before the lock is released.
-const EXPIRE_BATCH_BYTES: usize = 4 << 20;
+const EXPIRE_BATCH_BYTES: usize = 1 << 20;
 
 /// Declaration options of a queue.
 #[derive(Debug, Clone, Default)]
@@ -946,7 +946,7 @@ mod tests {
         }
         let largest = home.0.lock().iter().map(|b| b.1).max().unwrap();
         assert!(
-            largest <= 1 << 20,
+            largest <= EXPIRE_BATCH_BYTES + 4096,
             "{largest} body bytes of expired paged messages held in RAM at once"
         );
     }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A/B of two broker builds on S1, S8 and S2 (bench/compare.sh's scenarios), side by side:
+#
+#   bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]     (ROUNDS=5 by default)
+#
+# Each round starts both brokers on fresh data dirs (ports 5791/5792), runs the scenario
+# against each (which one goes first alternates), and stops them. The same perf client (the
+# new binary's) drives both. Prints every round and the medians with the ratio new/old.
+# The machine is shared: read ratios of medians, not single rounds.
+set -euo pipefail
+OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]}
+NEW=${2:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]}
+shift 2
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(S1 S8 S2)
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+args() {
+    case "$1" in
+        S1) echo "--time $DURATION" ;;
+        S2) echo "--time $DURATION --persistent --durable --confirm 1000 --ack-every 100 --prefetch 1000" ;;
+        S8) echo "--time $DURATION --publishers 8 --queues 8 --consumers 8" ;;
+        *) echo "unknown scenario $1" >&2; exit 2 ;;
+    esac
+}
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+run_one() { # BIN PORT SCENARIO ROUND -> prints "rate cpu_us"
+    local bin=$1 port=$2 sc=$3 r=$4
+    local dir="$WORK/d-$port-$r-$sc"
+    "$bin" server --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level error \
+        >/dev/null 2>&1 &
+    local pid=$!
+    wait_port "$port"
+    # shellcheck disable=SC2046
+    "$NEW" perf throughput --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --quiet --cleanup \
+        --queue-prefix "ab-$sc-$r" --broker-pid "$pid" $(args "$sc") | tail -n 1 |
+        python3 -c 'import json,sys; j=json.load(sys.stdin); print(int(j["publish_rate"]), j["broker_cpu_us_per_msg"])'
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    rm -rf "$dir"
+}
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+
+for sc in "${SCENARIOS[@]}"; do
+    old_r=(); new_r=(); old_c=(); new_c=()
+    for r in $(seq 1 "$ROUNDS"); do
+        if [ $((r % 2)) -eq 1 ]; then order="old new"; else order="new old"; fi
+        for which in $order; do
+            if [ "$which" = old ]; then read -r rate cpu < <(run_one "$OLD" 5791 "$sc" "$r"); old_r+=("$rate"); old_c+=("$cpu")
+            else read -r rate cpu < <(run_one "$NEW" 5792 "$sc" "$r"); new_r+=("$rate"); new_c+=("$cpu"); fi
+        done
+        echo "$sc round $r: old ${old_r[-1]} msg/s (${old_c[-1]} us/msg)  new ${new_r[-1]} msg/s (${new_c[-1]} us/msg)"
+    done
+    mo=$(median "${old_r[@]}"); mn=$(median "${new_r[@]}")
+    co=$(median "${old_c[@]}"); cn=$(median "${new_c[@]}")
+    python3 -c "print(f'$sc median: old {$mo:,.0f}  new {$mn:,.0f}  new/old {$mn/$mo:.3f}  broker us/msg {$co:.2f} -> {$cn:.2f}')"
+done
