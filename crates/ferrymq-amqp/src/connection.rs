@@ -422,7 +422,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             ("basic.nack".into(), b(true)),
             ("consumer_cancel_notify".into(), b(true)),
             ("connection.blocked".into(), b(true)),
-            ("consumer_priorities".into(), b(false)),
+            ("consumer_priorities".into(), b(true)),
             ("authentication_failure_close".into(), b(true)),
             ("per_consumer_qos".into(), b(true)),
             ("direct_reply_to".into(), b(true)),

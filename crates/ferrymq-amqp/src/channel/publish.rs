@@ -262,7 +262,9 @@ impl Channel {
             let bytes = msg.body_size() as u64 * outcome.routed as u64;
             ctx.flow.written(outcome.pending.ticket(), bytes);
         }
-        if outcome.routed == 0 && p.mandatory {
+        // A queue that refused it (full, with reject-publish) was routed to: RabbitMQ only
+        // nacks that, it does not return it.
+        if outcome.routed == 0 && outcome.refused == 0 && p.mandatory {
             let m: Method = BasicReturn {
                 reply_code: code::NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),

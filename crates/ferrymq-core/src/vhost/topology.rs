@@ -15,7 +15,6 @@ use crate::value::{table_to_json, FieldTable, FieldValue};
 use crate::ConnectionId;
 use ferrymq_store::definitions::{BindingDef, ExchangeDef};
 use ferrymq_store::Pending;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Arguments whose values must match when a queue is redeclared.
@@ -184,7 +183,8 @@ impl VHost {
         let Some(x) = self.exchanges.read().get(name).cloned() else {
             return Ok(Pending::default());
         };
-        if if_unused && (x.has_bindings() || self.is_destination(&x, &self.exchanges.read())) {
+        // As RabbitMQ: in use means bindings from it; being a destination does not count.
+        if if_unused && x.has_bindings() {
             return Err(CoreError::PreconditionFailed(format!(
                 "exchange '{name}' in vhost '{}' in use",
                 self.name
@@ -213,11 +213,6 @@ impl VHost {
             }
         }
         Ok(saved)
-    }
-
-    fn is_destination(&self, x: &Arc<Exchange>, all: &HashMap<String, Arc<Exchange>>) -> bool {
-        let d = Destination::Exchange(x.clone());
-        all.values().any(|s| s.has_bindings_to(&d))
     }
 
     /// Deletes `x` if it is auto-delete and has no bindings left; returns the definitions
@@ -302,7 +297,9 @@ impl VHost {
             return Ok(None);
         };
         q.check_access(conn)?;
-        if options.exclusive && q.owner.is_none() {
+        // Exclusivity must match either way (RabbitMQ refuses a non-exclusive redeclare of
+        // an exclusive queue on its own connection too).
+        if options.exclusive != q.owner.is_some() {
             return Err(Queue::locked_error(&q));
         }
         self.check_queue_equivalent(&q, options)?;
@@ -445,9 +442,17 @@ impl VHost {
         }
         let _t = self.topology.lock();
         self.check_not_deleted()?;
-        let q = self.queue(queue, conn)?;
-        let x = self.exchange(exchange)?;
-        let dest = Destination::Queue(q);
+        // Teardown is idempotent, as in RabbitMQ: a missing queue, exchange or binding is
+        // unbound already. Another connection's exclusive queue is refused only when there
+        // is a binding to remove.
+        let (Ok(q), Ok(x)) = (self.find_queue(queue), self.exchange(exchange)) else {
+            return Ok(Pending::default());
+        };
+        let dest = Destination::Queue(q.clone());
+        if !x.has_binding(&dest, key, args) {
+            return Ok(Pending::default());
+        }
+        q.check_access(conn)?;
         let def = self.binding_def(exchange, &dest, key, args);
         let (removed, mut saved) = self.persist_then(
             |p| def.map_or(Ok(Pending::default()), |d| p.binding_removed(&d)),
@@ -496,8 +501,10 @@ impl VHost {
         }
         let _t = self.topology.lock();
         self.check_not_deleted()?;
-        let d = self.exchange(destination)?;
-        let s = self.exchange(source)?;
+        // Idempotent, as in RabbitMQ: missing exchanges are unbound already.
+        let (Ok(d), Ok(s)) = (self.exchange(destination), self.exchange(source)) else {
+            return Ok(Pending::default());
+        };
         let dest = Destination::Exchange(d);
         let def = self.binding_def(source, &dest, key, args);
         let (removed, mut saved) = self.persist_then(
