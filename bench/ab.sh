@@ -39,10 +39,10 @@ wait_port() {
 run_one() { # BIN PORT SCENARIO ROUND -> prints "rate cpu_us"
     local bin=$1 port=$2 sc=$3 r=$4
     local dir="$WORK/d-$port-$r-$sc"
-    "$bin" server --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level error \
-        >/dev/null 2>&1 &
+    "$bin" server --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level warn \
+        >"$WORK/broker-$port.log" 2>&1 &
     local pid=$!
-    wait_port "$port"
+    wait_port "$port" || { cat "$WORK/broker-$port.log" >&2; exit 1; }
     # shellcheck disable=SC2046
     "$NEW" perf throughput --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --quiet --cleanup \
         --queue-prefix "ab-$sc-$r" --broker-pid "$pid" $(args "$sc") | tail -n 1 |
@@ -58,8 +58,14 @@ for sc in "${SCENARIOS[@]}"; do
     for r in $(seq 1 "$ROUNDS"); do
         if [ $((r % 2)) -eq 1 ]; then order="old new"; else order="new old"; fi
         for which in $order; do
-            if [ "$which" = old ]; then read -r rate cpu < <(run_one "$OLD" 5791 "$sc" "$r"); old_r+=("$rate"); old_c+=("$cpu")
-            else read -r rate cpu < <(run_one "$NEW" 5792 "$sc" "$r"); new_r+=("$rate"); new_c+=("$cpu"); fi
+            # Not a process substitution: the broker must be gone before the next round.
+            if [ "$which" = old ]; then
+                run_one "$OLD" 5791 "$sc" "$r" >"$WORK/result"
+                read -r rate cpu <"$WORK/result"; old_r+=("$rate"); old_c+=("$cpu")
+            else
+                run_one "$NEW" 5792 "$sc" "$r" >"$WORK/result"
+                read -r rate cpu <"$WORK/result"; new_r+=("$rate"); new_c+=("$cpu")
+            fi
         done
         echo "$sc round $r: old ${old_r[-1]} msg/s (${old_c[-1]} us/msg)  new ${new_r[-1]} msg/s (${new_c[-1]} us/msg)"
     done

@@ -45,10 +45,12 @@ fn must_wait(f: &Frame, channels: &HashMap<u16, Channel>) -> bool {
     let Frame::Method { channel, method } = f else {
         return false;
     };
-    channels
-        .get(channel)
-        .is_some_and(|c| c.holds_replies() && !c.awaiting_content())
-        && !crate::channel::can_queue_behind_held(method)
+    // The method first: publishes (the hot path) can always queue behind, so most frames
+    // need no channel lookup.
+    !crate::channel::can_queue_behind_held(method)
+        && channels
+            .get(channel)
+            .is_some_and(|c| c.holds_replies() && !c.awaiting_content())
 }
 
 /// Why the main loop ended.
@@ -512,7 +514,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 // buffered for: its frames wait in the socket until the writer drains.
                 if blocked.is_some() && ctx.has_published
                     || self.out.congested()
-                    || ctx.flow.throttled(ctx.synced())
+                    || (ctx.flow.over_credit() && ctx.flow.throttled(ctx.synced()))
                 {
                     break;
                 }
@@ -542,7 +544,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             // As RabbitMQ: only connections that publish are held (and told so); consumers
             // keep draining during an alarm.
             let alarm_hold = blocked.is_some() && ctx.has_published;
-            let flow_hold = ctx.flow.throttled(ctx.synced());
+            let flow_hold = ctx.flow.over_credit() && ctx.flow.throttled(ctx.synced());
             let hold_reads = alarm_hold || flow_hold || self.out.congested() || waiting.is_some();
             let state = match (alarm_hold, flow_hold) {
                 (true, _) => ConnectionState::Blocked,

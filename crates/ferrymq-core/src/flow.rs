@@ -26,6 +26,13 @@ impl FlowCredit {
         self.last_ticket = self.last_ticket.max(ticket);
     }
 
+    /// Whether more than the credit was written since it was last given back: only then
+    /// can [`FlowCredit::throttled`] hold the connection, so callers ask this first and read
+    /// the durable ticket (a lock) only when it is true.
+    pub fn over_credit(&self) -> bool {
+        self.unsynced > FLOW_CREDIT_BYTES
+    }
+
     /// Whether the connection must stop being read, given the last durable ticket; gives
     /// the credit back once everything written is durable.
     pub fn throttled(&mut self, synced: u64) -> bool {

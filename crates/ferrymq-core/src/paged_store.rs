@@ -77,8 +77,10 @@ pub struct PagedStore {
     scratch: Vec<u8>,
 }
 
-/// Bytes of loaded messages of one queue, across the stores of its priority levels (all
-/// of them change under the queue's lock; atomic only so the stores stay `Send`).
+/// Bytes of loaded messages of one queue, across the stores of its priority levels. Every
+/// change happens under the queue's lock, so plain loads and stores suffice (no
+/// read-modify-write instructions on the publish path); atomic only so the stores stay
+/// `Send`.
 #[derive(Clone, Default)]
 pub struct QueueRam(Arc<AtomicUsize>);
 
@@ -88,15 +90,13 @@ impl QueueRam {
     }
 
     fn add(&self, n: usize) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0
+            .store(self.get().saturating_add(n), Ordering::Relaxed);
     }
 
     fn sub(&self, n: usize) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(n))
-            });
+        self.0
+            .store(self.get().saturating_sub(n), Ordering::Relaxed);
     }
 }
 

@@ -206,8 +206,17 @@ impl VHost {
         exchange: &Arc<Exchange>,
         message: Arc<Message>,
     ) -> CoreResult<PublishOutcome> {
-        let routed = self.route_publish(exchange, &message)?;
-        self.deliver(routed, message)
+        // The hot path: no `Routed` is built (an `Arc` clone) and no queue looked up again
+        // (a lock per queue) for a publish enqueued the instant it is routed.
+        if exchange.options.internal {
+            return Err(internal_refused(exchange, &self.name));
+        }
+        if exchange.is_delayed() {
+            let routed = self.route_publish(exchange, &message)?;
+            return self.deliver(routed, message);
+        }
+        let headers = LazyHeaders::of(&message);
+        Ok(self.enqueue(exchange, &message, &headers, |_| true))
     }
 }
 
