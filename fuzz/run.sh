@@ -6,8 +6,9 @@
 # TARGET: amqp_frames, field_tables, handshake, definitions or segment_recovery. The run
 # stops after SECONDS (default 1800) or 10 million executions, whichever comes first, or at
 # the first crash (saved in fuzz/artifacts/TARGET/; minimise it with
-# `cargo +nightly fuzz tmin -s none TARGET FILE`). One libFuzzer job, at low priority: the
-# machine is shared. Needs the nightly toolchain; installs cargo-fuzz if it is missing.
+# `cargo +nightly fuzz tmin -s none TARGET FILE`). One libFuzzer process, at low priority:
+# the machine is shared. libFuzzer's output is kept in fuzz/artifacts/TARGET/fuzz.log, so two
+# targets can run at the same time (build once first: `cargo +nightly fuzz build -s none`). Needs the nightly toolchain; installs cargo-fuzz if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -42,24 +43,27 @@ trap 'rm -rf "$scratch"' EXIT
 export TMPDIR="$scratch"
 
 mkdir -p "corpus/$target" "artifacts/$target"
+log="artifacts/$target/fuzz.log"
+echo "corpus/$target before the run: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
 # No sanitizer: the code under test is safe Rust; overflow checks and debug assertions stay
 # on (cargo-fuzz's default), and the harnesses' allocation guard stands in for ASan's
-# malloc limit. -jobs=1 writes libFuzzer's output to fuzz-0.log, kept as artifacts/TARGET/fuzz.log.
+# malloc limit. libFuzzer runs in this process (no -jobs, which would write fuzz-0.log here
+# and clash with a second target running at the same time); its output goes to
+# artifacts/TARGET/fuzz.log, so several targets can run at once.
 status=0
+echo "fuzzing $target for up to $seconds s or 10M executions; log: fuzz/$log"
 nice -n 10 cargo +nightly fuzz run -s none "$target" "corpus/$target" -- \
-    -jobs=1 -max_total_time="$seconds" -runs=10000000 -max_len="$max_len" \
+    -max_total_time="$seconds" -runs=10000000 -max_len="$max_len" \
     -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="artifacts/$target/" || status=$?
-if [ -f fuzz-0.log ]; then
-    mv fuzz-0.log "artifacts/$target/fuzz.log"
-    grep -E '^(#[0-9]+.*(DONE|pulse)|Done|stat::|==[0-9]+== ERROR|SUMMARY|artifact_prefix)' \
-        "artifacts/$target/fuzz.log" | tail -n 25 || true
-fi
+    -artifact_prefix="artifacts/$target/" 2>"$log" || status=$?
+grep -E '^(#[0-9]+.*(DONE|pulse)|Done|stat::|==[0-9]+== ERROR|SUMMARY|artifact_prefix|alloc_guard|thread .* panicked)' \
+    "$log" | tail -n 25 || true
 if [ "$status" -ne 0 ]; then
-    echo "fuzzing $target stopped with status $status: see artifacts/$target/" >&2
+    echo "fuzzing $target stopped with status $status: see fuzz/artifacts/$target/" >&2
     exit "$status"
 fi
+echo "corpus/$target before cmin: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
 
 # Keep only inputs that add coverage, so the corpus in the repository stays small.
 nice -n 10 cargo +nightly fuzz cmin -s none "$target" "corpus/$target" -- -max_len="$max_len"
-echo "corpus/$target: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
+echo "corpus/$target after cmin: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
