@@ -604,6 +604,24 @@ fn remove_segment(dir: &Path, id: u32) -> Result<(), StoreError> {
     remove_file_if_there(&ack_path(dir, id))
 }
 
+/// Cuts an ack log back to its first `whole` bytes: its last entry was cut short (a crash or
+/// a full disk during the append). That ack is lost, so its record is delivered again; left
+/// in place, the torn bytes would shift every ack appended after them, which would then be
+/// read back as other offsets.
+fn cut_ack_log(dir: &Path, id: u32, whole: usize) -> Result<(), StoreError> {
+    let path = ack_path(dir, id);
+    tracing::warn!(
+        "{}: the last ack entry is cut short; dropping it (its record is delivered again)",
+        path.display()
+    );
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    f.set_len(whole as u64).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))
+}
+
 /// Appends a damaged record's offset to its segment's ack log.
 fn settle_damaged(dir: &Path, id: u32, at: u32) -> Result<(), StoreError> {
     let path = ack_path(dir, id);
@@ -623,10 +641,16 @@ fn recover_segment(
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let acked: HashSet<u32> = match std::fs::read(ack_path(dir, id)) {
-        Ok(b) => b
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        Ok(b) => {
+            let whole = b.len() - b.len() % 4;
+            if whole < b.len() {
+                cut_ack_log(dir, id, whole)?;
+            }
+            b[..whole]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
         Err(e) => return Err(io(&ack_path(dir, id))(e)),
     };
@@ -989,6 +1013,27 @@ mod tests {
             Err(StoreError::Corrupt(..))
         ));
         assert_eq!(log.read(p0).unwrap(), b"first");
+    }
+
+    #[test]
+    fn a_torn_ack_log_entry_is_cut_before_new_acks_are_appended() {
+        // Found by the segment_recovery fuzz target: after an ack log's last entry was cut
+        // short, new acks were appended behind the torn bytes and read back as other
+        // offsets at the next start, so an acked record came back and an unacked one could
+        // be dropped.
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 1 << 20);
+        let pos: Vec<Position> = (0..3u8).map(|i| log.append(&[i; 5]).unwrap().0).collect();
+        drop(log);
+        let acks = ack_path(d.path(), pos[0].segment);
+        std::fs::write(&acks, [0xAA, 0xBB, 0xCC]).unwrap();
+        let (mut log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, vec![vec![0u8; 5], vec![1; 5], vec![2; 5]]);
+        assert_eq!(std::fs::read(&acks).unwrap(), b"", "the torn entry is cut");
+        log.ack(pos[1]).unwrap();
+        drop(log);
+        let (_log, r) = open(d.path(), 1 << 20);
+        assert_eq!(r, vec![vec![0u8; 5], vec![2; 5]]);
     }
 
     #[test]
