@@ -92,4 +92,24 @@ mod tests {
         f.written(4, 10);
         assert!(!f.throttled(3));
     }
+
+    /// The connection asks `over_credit() && throttled(synced)` (connection.rs), so
+    /// `throttled` only runs once the credit looks spent. Writes that became durable while the
+    /// connection stayed under its credit must not count against the next ones: a publisher
+    /// whose unsynced bytes never exceed the credit must never be held.
+    #[test]
+    fn writes_already_durable_do_not_count_against_the_credit_as_the_connection_asks() {
+        let held = |f: &mut FlowCredit, synced: u64| f.over_credit() && f.throttled(synced);
+        let mut f = FlowCredit::default();
+        f.written(1, FLOW_CREDIT_BYTES - 1024);
+        assert!(!held(&mut f, 0));
+        // Group commit catches up: nothing is unsynced any more.
+        assert!(!held(&mut f, 1));
+        // 2 MiB more, not synced yet: far under the 16 MiB credit.
+        f.written(2, 2 * 1024 * 1024);
+        assert!(
+            !held(&mut f, 1),
+            "held with only 2 MiB unsynced: bytes synced before still counted"
+        );
+    }
 }

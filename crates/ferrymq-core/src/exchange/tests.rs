@@ -144,3 +144,27 @@ fn many_bindings_sharing_a_destination_or_key_bind_and_unbind_one_by_one() {
     }
     assert_eq!(routed(&d, "all", None), vec!["q0"]);
 }
+
+/// The argument index must agree with [`FieldTable::equivalent`], which decides whether two
+/// bindings are the same: tables it calls equivalent must land in the same bucket, or a
+/// binding is found by the old linear scan's rule but not by the index (bound twice,
+/// unbinding leaves it routing). 0.0 and -0.0 are equal floats (and one term to RabbitMQ 3.10
+/// on OTP 25), but their `Debug` texts differ.
+#[test]
+fn bindings_whose_arguments_are_equivalent_are_one_binding_whatever_their_float_zero_sign() {
+    let x = Exchange::new("h", ExchangeKind::Headers, ExchangeOptions::default());
+    let q = Destination::Queue(queue("q"));
+    let with = |v: f64| {
+        let mut t = FieldTable::new();
+        t.insert("x-match", FieldValue::string("any"));
+        t.insert("weight", FieldValue::F64(v));
+        t
+    };
+    assert!(with(0.0).equivalent(&with(-0.0)), "the tables are equivalent");
+    x.bind(q.clone(), "", with(0.0));
+    assert!(x.has_binding(&q, "", &with(-0.0)), "found by an equivalent table");
+    x.bind(q.clone(), "", with(-0.0));
+    assert_eq!(x.bindings().len(), 1, "binding twice is one binding");
+    assert!(x.unbind(&q, "", &with(-0.0)));
+    assert!(!x.has_bindings());
+}
