@@ -34,6 +34,9 @@ const NO_RECORD: Position = Position {
 };
 /// Records loaded from disk per batch.
 const LOAD_BATCH: usize = 1024;
+/// Bytes a batch may load even when the queue's RAM budget is used up (by other priority
+/// levels, or requeued messages).
+const LOAD_MIN_BYTES: usize = 64 * 1024;
 /// RAM accounted per loaded message besides its body (the message and queue entry).
 const OVERHEAD: usize = 128;
 
@@ -291,10 +294,13 @@ impl PagedStore {
         // Every record from the cursor on is a paged one (live, or expired meanwhile).
         // Up to the queue's RAM budget (at least one record): a backlog of large messages must
         // not come back a thousand at a time.
+        // At least LOAD_MIN_BYTES: when other priority levels fill the budget, one record per
+        // read would cost a disk read per message.
         let room = self
             .persist
             .queue_ram_budget()
-            .saturating_sub(self.queue_ram.get());
+            .saturating_sub(self.queue_ram.get())
+            .max(LOAD_MIN_BYTES);
         let (batch, next) = match crate::blocking::run(|| log.read_batch(cursor, LOAD_BATCH, room))
         {
             Ok(b) => b,

@@ -260,7 +260,8 @@ impl Channel {
         if !outcome.pending.is_empty() {
             // Every copy written counts against the connection's flow credit.
             let bytes = msg.body_size() as u64 * outcome.routed as u64;
-            ctx.flow.written(outcome.pending.ticket(), bytes);
+            let synced = ctx.synced();
+            ctx.flow.written(synced, outcome.pending.ticket(), bytes);
         }
         // A queue that refused it (full, with reject-publish) was routed to: RabbitMQ only
         // nacks that, it does not return it.

@@ -142,12 +142,36 @@ fn args_hash(t: &FieldTable) -> u64 {
         .fold(0u64, |acc, (k, v)| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             k.hash(&mut h);
-            match v.as_i64() {
-                Some(i) => (0u8, i).hash(&mut h),
-                None => (1u8, format!("{v:?}")).hash(&mut h),
-            }
+            hash_value(v, &mut h);
             acc.wrapping_add(h.finish())
         })
+}
+
+/// Hashes a value so that values [`FieldValue::equivalent`] calls equal hash alike: integers
+/// by value whatever their width, floats with -0.0 as 0.0, containers element by element
+/// (nesting is bounded by the decoder).
+fn hash_value(v: &FieldValue, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    let float = |x: f64| if x == 0.0 { 0.0f64 } else { x }.to_bits();
+    if let Some(i) = v.as_i64() {
+        return (0u8, i).hash(h);
+    }
+    match v {
+        FieldValue::F32(x) => (1u8, float(f64::from(*x))).hash(h),
+        FieldValue::F64(x) => (1u8, float(*x)).hash(h),
+        FieldValue::Array(items) => {
+            (2u8, items.len()).hash(h);
+            items.iter().for_each(|i| hash_value(i, h));
+        }
+        FieldValue::Table(t) => {
+            (3u8, t.0.len()).hash(h);
+            for (k, i) in t.iter() {
+                k.hash(h);
+                hash_value(i, h);
+            }
+        }
+        other => (4u8, format!("{other:?}")).hash(h),
+    }
 }
 
 impl Bindings {

@@ -160,9 +160,15 @@ fn bindings_whose_arguments_are_equivalent_are_one_binding_whatever_their_float_
         t.insert("weight", FieldValue::F64(v));
         t
     };
-    assert!(with(0.0).equivalent(&with(-0.0)), "the tables are equivalent");
+    assert!(
+        with(0.0).equivalent(&with(-0.0)),
+        "the tables are equivalent"
+    );
     x.bind(q.clone(), "", with(0.0));
-    assert!(x.has_binding(&q, "", &with(-0.0)), "found by an equivalent table");
+    assert!(
+        x.has_binding(&q, "", &with(-0.0)),
+        "found by an equivalent table"
+    );
     x.bind(q.clone(), "", with(-0.0));
     assert_eq!(x.bindings().len(), 1, "binding twice is one binding");
     assert!(x.unbind(&q, "", &with(-0.0)));
