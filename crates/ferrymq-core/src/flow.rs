@@ -20,11 +20,12 @@ pub struct FlowCredit {
 }
 
 impl FlowCredit {
-    /// Records a publish whose copies were written under group-commit `ticket`, with
-    /// `synced` the last durable ticket: what became durable before it no longer counts
-    /// (the hot path asks [`FlowCredit::throttled`] only once the credit looks spent).
-    pub fn written(&mut self, synced: u64, ticket: u64, bytes: u64) {
-        if synced >= self.last_ticket {
+    /// Records a publish whose copies were written under group-commit `ticket`. When it
+    /// would take the connection over its credit, `synced` (the last durable ticket, a lock
+    /// to read, so only then) tells what became durable meanwhile and no longer counts: the
+    /// hot path asks [`FlowCredit::throttled`] only once the credit looks spent.
+    pub fn written(&mut self, synced: impl FnOnce() -> u64, ticket: u64, bytes: u64) {
+        if self.unsynced.saturating_add(bytes) > FLOW_CREDIT_BYTES && synced() >= self.last_ticket {
             self.unsynced = 0;
         }
         self.unsynced = self.unsynced.saturating_add(bytes);
@@ -89,12 +90,12 @@ mod tests {
     fn credit_is_spent_by_unsynced_writes_and_given_back_by_the_sync() {
         let mut f = FlowCredit::default();
         assert!(!f.throttled(0));
-        f.written(0, 3, FLOW_CREDIT_BYTES);
+        f.written(|| 0, 3, FLOW_CREDIT_BYTES);
         assert!(!f.throttled(2), "exactly the credit is allowed");
-        f.written(2, 3, 1);
+        f.written(|| 2, 3, 1);
         assert!(f.throttled(2));
         assert!(!f.throttled(3), "durable up to the last write: credit back");
-        f.written(3, 4, 10);
+        f.written(|| 3, 4, 10);
         assert!(!f.throttled(3));
     }
 
@@ -107,12 +108,12 @@ mod tests {
     fn writes_already_durable_do_not_count_against_the_credit_as_the_connection_asks() {
         let held = |f: &mut FlowCredit, synced: u64| f.over_credit() && f.throttled(synced);
         let mut f = FlowCredit::default();
-        f.written(0, 1, FLOW_CREDIT_BYTES - 1024);
+        f.written(|| 0, 1, FLOW_CREDIT_BYTES - 1024);
         assert!(!held(&mut f, 0));
         // Group commit catches up: nothing is unsynced any more.
         assert!(!held(&mut f, 1));
         // 2 MiB more, not synced yet: far under the 16 MiB credit.
-        f.written(1, 2, 2 * 1024 * 1024);
+        f.written(|| 1, 2, 2 * 1024 * 1024);
         assert!(
             !held(&mut f, 1),
             "held with only 2 MiB unsynced: bytes synced before still counted"

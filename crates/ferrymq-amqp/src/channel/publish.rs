@@ -260,7 +260,8 @@ impl Channel {
         if !outcome.pending.is_empty() {
             // Every copy written counts against the connection's flow credit.
             let bytes = msg.body_size() as u64 * outcome.routed as u64;
-            let synced = ctx.synced();
+            let sync = &ctx.sync;
+            let synced = || sync.as_ref().map_or(u64::MAX, |r| *r.borrow());
             ctx.flow.written(synced, outcome.pending.ticket(), bytes);
         }
         // A queue that refused it (full, with reject-publish) was routed to: RabbitMQ only
