@@ -232,26 +232,22 @@ mod tests {
             t.insert("count", FieldValue::I64(1));
             FieldValue::Table(t)
         };
-        let mut deaths = vec![entry("work")];
-        deaths.extend((0..MAX_DEATHS).map(|i| entry(&format!("q{i}"))));
-        let mut headers = FieldTable::new();
-        headers.insert("x-death", FieldValue::Array(deaths));
-        let props = Properties {
-            headers: Some(headers),
-            ..Default::default()
+        // A history naming "work" first, then `others` more queues.
+        let with_history = |others: usize| {
+            let mut deaths = vec![entry("work")];
+            deaths.extend((0..others).map(|i| entry(&format!("q{i}"))));
+            let mut headers = FieldTable::new();
+            headers.insert("x-death", FieldValue::Array(deaths));
+            let props = Properties {
+                headers: Some(headers),
+                ..Default::default()
+            };
+            Message::from_properties("x", "k", &props, Bytes::from_static(b"x")).unwrap()
         };
-        let m = Message::from_properties("x", "k", &props, Bytes::from_static(b"x")).unwrap();
+        let m = with_history(MAX_DEATHS);
         assert!(dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).is_none());
         // At the cut exactly, counting up an existing entry still passes.
-        let mut deaths = vec![entry("work")];
-        deaths.extend((1..MAX_DEATHS).map(|i| entry(&format!("q{i}"))));
-        let mut headers = FieldTable::new();
-        headers.insert("x-death", FieldValue::Array(deaths));
-        let props = Properties {
-            headers: Some(headers),
-            ..Default::default()
-        };
-        let m = Message::from_properties("x", "k", &props, Bytes::from_static(b"x")).unwrap();
+        let m = with_history(MAX_DEATHS - 1);
         assert!(dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).is_some());
     }
 }
