@@ -16,6 +16,14 @@ def depth(ch, queue):
     return ch.queue_declare(queue, passive=True).method.message_count
 
 
+def wait_until_not_empty(ch, queue, seconds=10):
+    # A commit's messages are enqueued by the time commit-ok arrives on FerryMQ; RabbitMQ
+    # may take a moment longer.
+    deadline = time.monotonic() + seconds
+    while depth(ch, queue) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_transactional_publish_goes_where_the_bindings_sent_it_on_arrival(broker):
     conn = broker.connect()
     admin = conn.channel()
@@ -32,9 +40,7 @@ def test_a_transactional_publish_goes_where_the_bindings_sent_it_on_arrival(brok
     admin.queue_bind(new, x, "k")
     assert depth(admin, old) == 0, "nothing is enqueued before the commit"
     tx.tx_commit()
-    deadline = time.monotonic() + 10
-    while depth(admin, old) == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until_not_empty(admin, old)
     assert depth(admin, old) == 1
     assert depth(admin, new) == 0
     method, _, body = admin.basic_get(old, auto_ack=True)
@@ -53,9 +59,7 @@ def test_rollback_drops_publishes_and_a_later_commit_delivers_only_what_followed
     ch.tx_rollback()
     ch.basic_publish("", q, b"kept")
     ch.tx_commit()
-    deadline = time.monotonic() + 10
-    while depth(ch, q) == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until_not_empty(ch, q)
     method, _, body = ch.basic_get(q, auto_ack=True)
     assert body == b"kept"
     assert depth(ch, q) == 0
@@ -75,9 +79,7 @@ def test_a_queue_deleted_and_redeclared_before_the_commit_gets_the_publish(broke
     admin.queue_delete(q)
     admin.queue_declare(q)
     tx.tx_commit()
-    deadline = time.monotonic() + 10
-    while depth(admin, q) == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until_not_empty(admin, q)
     method, _, body = admin.basic_get(q, auto_ack=True)
     assert body == b"committed"
     admin.queue_delete(q)
