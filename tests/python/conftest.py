@@ -65,13 +65,15 @@ class ExternalBroker:
 class Broker:
     external = False
 
-    def __init__(self, tmp_path: Path, extra_args=(), data_dir: Path = None):
+    def __init__(self, tmp_path: Path, extra_args=(), data_dir: Path = None, bind="127.0.0.1"):
         args = list(extra_args)
+        # bind=None leaves the broker's default listen address.
+        bind_args = ["--bind", bind] if bind else []
         # Which listen lines to wait for: plain unless turned off, AMQPS when configured.
         want_plain = not any(a == "--plain-listener" and b == "false" for a, b in zip(args, args[1:]))
         want_tls = "--tls-certfile" in args
         self.proc = subprocess.Popen(
-            [_binary(), "server", "--bind", "127.0.0.1", "--amqp-port", "0",
+            [_binary(), "server", *bind_args, "--amqp-port", "0",
              "--data-dir", str(data_dir or tmp_path / "data"), *args],
             stderr=subprocess.PIPE, text=True,
         )
@@ -84,10 +86,10 @@ class Broker:
             for line in self.proc.stderr:
                 if len(self.log) < 200:
                     self.log.append(line)
-                m = re.search(r"AMQP listening on [\d.]+:(\d+)", line)
+                m = re.search(r"AMQP listening on \S+:(\d+)", line)
                 if m and self.port is None:
                     self.port = int(m.group(1))
-                m = re.search(r"AMQPS listening on [\d.]+:(\d+)", line)
+                m = re.search(r"AMQPS listening on \S+:(\d+)", line)
                 if m and self.tls_port is None:
                     self.tls_port = int(m.group(1))
                 if (self.port or not want_plain) and (self.tls_port or not want_tls):

@@ -103,3 +103,60 @@ def test_capabilities_advertise_consumer_priorities(broker):
     assert caps["consumer_priorities"] is True
     assert caps["per_consumer_qos"] is True
     conn.close()
+
+
+def test_the_default_listener_takes_ipv6_and_ipv4_clients(tmp_path):
+    import os
+    import socket
+
+    from conftest import Broker, ExternalBroker
+    if not socket.has_ipv6:
+        pytest.skip("this Python has no IPv6")
+    external = os.environ.get("AMQP_TEST_PORT")
+    # A FerryMQ started with its default listen address, as a user would.
+    b = ExternalBroker(int(external)) if external else Broker(tmp_path, bind=None)
+    try:
+        for host in ("::1", "127.0.0.1"):
+            conn = pika.BlockingConnection(pika.ConnectionParameters(
+                host=host, port=b.port, credentials=pika.PlainCredentials("guest", "guest")))
+            ch = conn.channel()
+            q = ch.queue_declare("", exclusive=True).method.queue
+            ch.basic_publish("", q, host.encode())
+            assert ch.basic_get(q, auto_ack=True)[2] == host.encode()
+            conn.close()
+    finally:
+        b.stop()
+
+
+def _in_flight(broker, qos_before, consumers=3, qos_between=None):
+    """Deliveries held unacked by `consumers` consumers on one channel after the qos calls."""
+    import time
+    conn = broker.connect()
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    for _ in range(30):
+        ch.basic_publish("", q, b"m")
+    for count, is_global in qos_before:
+        ch.basic_qos(prefetch_count=count, global_qos=is_global)
+    got = {}
+    for k in range(consumers):
+        for count, is_global in (qos_between or {}).get(k, []):
+            ch.basic_qos(prefetch_count=count, global_qos=is_global)
+        ch.basic_consume(q, lambda c, m, p, b, k=k: got.__setitem__(k, got.get(k, 0) + 1))
+    # Deliveries stop at the limits; wait until nothing more has come for a while.
+    last, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < 0.5:
+        conn.process_data_events(0.05)
+        if sum(got.values()) != last:
+            last, quiet_since = sum(got.values()), time.monotonic()
+    conn.close()
+    return sorted(got.values(), reverse=True)
+
+
+def test_a_per_consumer_prefetch_lifts_the_channel_prefetch(broker):
+    # RabbitMQ 3.10: basic.qos(global=false) sets the prefetch of later consumers and lifts
+    # the channel-wide limit; basic.qos(global=true) limits all of them together.
+    assert _in_flight(broker, [(4, True), (2, False)]) == [2, 2, 2]
+    assert _in_flight(broker, [(2, False), (4, True)]) == [2, 2]
+    assert _in_flight(broker, [(4, True)]) == [4]
+    assert _in_flight(broker, [(2, False)], qos_between={1: [(4, True)]}) == [2, 2]

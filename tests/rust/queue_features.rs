@@ -298,19 +298,28 @@ async fn retry_loop_through_a_ttl_wait_queue_counts_laps_in_x_death() {
 }
 
 #[tokio::test]
-async fn delivery_limit_dead_letters_and_counts_deliveries() {
+async fn a_quorum_queues_delivery_limit_dead_letters_and_counts_deliveries() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
     let mut args = dead_letter_into(&ch, "poison").await;
     args.push(("x-delivery-limit", int(2)));
-    declare(&ch, "jobs", table(&args)).await;
+    args.push(("x-queue-type", s("quorum")));
+    ch.queue_declare(
+        "jobs",
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        table(&args),
+    )
+    .await
+    .expect("declare a quorum queue");
     send(&ch, "", "jobs", b"bad", BasicProperties::default()).await;
     let mut counts = Vec::new();
     for _ in 0..3 {
         let m = get(&ch, "jobs").await.expect("delivered again");
         counts.push(match header(&m.delivery.properties, "x-delivery-count") {
             Some(AMQPValue::LongLongInt(n)) => *n,
-            None => 0,
             other => panic!("x-delivery-count {other:?}"),
         });
         m.delivery

@@ -71,6 +71,22 @@ impl AmqpServer {
         })
     }
 
+    /// Serves on an already bound, non-blocking `listener` (the binary binds it itself to
+    /// choose socket options such as dual-stack IPv6); `tls` makes it an AMQPS listener.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        broker: Arc<Broker>,
+        config: AmqpConfig,
+        tls: Option<Arc<ServerTls>>,
+    ) -> std::io::Result<Self> {
+        Ok(AmqpServer {
+            listener: TcpListener::from_std(listener)?,
+            broker,
+            config: Arc::new(config),
+            tls,
+        })
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -84,6 +100,9 @@ impl AmqpServer {
             tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok((stream, peer)) => {
+                        // On a dual-stack listener IPv4 peers arrive as ::ffff:a.b.c.d; shown
+                        // and checked (loopback-only users) as the IPv4 address they are.
+                        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
                         let (b, c, s) = (self.broker.clone(), self.config.clone(), shutdown.clone());
                         let tls = self.tls.as_ref().map(|t| t.current());
                         conns.spawn(connection::serve(stream, peer, b, c, tls, s));

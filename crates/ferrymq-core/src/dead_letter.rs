@@ -44,6 +44,9 @@ pub struct DeadLetter {
     pub message: Arc<Message>,
     /// Why.
     pub reason: DeathReason,
+    /// It left a quorum queue, whose delivery count (`x-delivery-count`) is the queue's
+    /// bookkeeping and does not travel with the dead-lettered copy.
+    pub counted: bool,
 }
 
 fn text(t: &FieldTable, k: &str) -> Option<String> {
@@ -57,14 +60,17 @@ fn text(t: &FieldTable, k: &str) -> Option<String> {
 /// has been through [`MAX_DEATHS`] queues already, or cannot be rebuilt (its property block
 /// was validated on arrival, so that does not happen).
 pub fn dead_letter_copy(
-    msg: &Message,
+    letter: &DeadLetter,
     queue: &str,
-    reason: DeathReason,
     exchange: &str,
     routing_key: Option<&str>,
 ) -> Option<Message> {
+    let (msg, reason) = (&*letter.message, letter.reason);
     let mut props = msg.properties();
     let mut headers = props.headers.take().unwrap_or_default();
+    if letter.counted {
+        headers.remove(crate::queue::DELIVERY_COUNT_HEADER);
+    }
     let mut deaths: Vec<FieldValue> = match headers.get("x-death") {
         Some(FieldValue::Array(a)) => a.clone(),
         _ => Vec::new(),
@@ -166,6 +172,24 @@ pub fn is_cycle(msg: &Message, queue: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn copy(
+        m: &Message,
+        queue: &str,
+        reason: DeathReason,
+        exchange: &str,
+        rk: Option<&str>,
+    ) -> Option<Message> {
+        let letter = DeadLetter {
+            message: Arc::new(
+                m.republished(m.exchange(), m.routing_key(), &m.properties())
+                    .unwrap(),
+            ),
+            reason,
+            counted: false,
+        };
+        dead_letter_copy(&letter, queue, exchange, rk)
+    }
     use crate::message::Properties;
     use bytes::Bytes;
 
@@ -190,7 +214,7 @@ mod tests {
         };
         let m =
             Message::from_properties("orders", "new", &props, Bytes::from_static(b"x")).unwrap();
-        let a = dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).unwrap();
+        let a = copy(&m, "work", DeathReason::Rejected, "dlx", None).unwrap();
         assert_eq!(a.exchange(), "dlx");
         assert_eq!(a.routing_key(), "new");
         assert_eq!(a.properties().expiration, None);
@@ -198,8 +222,8 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(text(&d[0], "original-expiration").as_deref(), Some("60000"));
         assert_eq!(text(&d[0], "exchange").as_deref(), Some("orders"));
-        let b = dead_letter_copy(&a, "wait", DeathReason::Expired, "retry", Some("new")).unwrap();
-        let c = dead_letter_copy(&b, "work", DeathReason::Rejected, "dlx", None).unwrap();
+        let b = copy(&a, "wait", DeathReason::Expired, "retry", Some("new")).unwrap();
+        let c = copy(&b, "work", DeathReason::Rejected, "dlx", None).unwrap();
         let d = deaths(&c);
         assert_eq!(d.len(), 2);
         assert_eq!(text(&d[0], "queue").as_deref(), Some("work"));
@@ -218,7 +242,7 @@ mod tests {
         // Through a rejection, going back to "work" or "wait" is not a cycle.
         assert!(!is_cycle(&c, "wait"));
         // Expired in "wait" and again in "a": back to "wait" with no consumer involved is.
-        let e = dead_letter_copy(&b, "a", DeathReason::Expired, "x", None).unwrap();
+        let e = copy(&b, "a", DeathReason::Expired, "x", None).unwrap();
         assert!(is_cycle(&e, "a"));
         assert!(!is_cycle(&e, "elsewhere"));
     }
@@ -245,9 +269,9 @@ mod tests {
             Message::from_properties("x", "k", &props, Bytes::from_static(b"x")).unwrap()
         };
         let m = with_history(MAX_DEATHS);
-        assert!(dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).is_none());
+        assert!(copy(&m, "work", DeathReason::Rejected, "dlx", None).is_none());
         // At the cut exactly, counting up an existing entry still passes.
         let m = with_history(MAX_DEATHS - 1);
-        assert!(dead_letter_copy(&m, "work", DeathReason::Rejected, "dlx", None).is_some());
+        assert!(copy(&m, "work", DeathReason::Rejected, "dlx", None).is_some());
     }
 }

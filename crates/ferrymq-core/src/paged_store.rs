@@ -45,6 +45,8 @@ pub struct PagedStore {
     persist: Arc<Persistence>,
     /// Whether persistent messages are written (the queue is durable).
     durable: bool,
+    /// Whether transient messages are kept across restarts too (quorum queues).
+    keep_all: bool,
     /// The durable queue's log health (shared by its priority levels).
     health: Option<Arc<LogHealth>>,
     dir: PathBuf,
@@ -166,6 +168,7 @@ impl PagedStore {
         PagedStore {
             persist,
             durable: health.is_some(),
+            keep_all: false,
             health,
             dir,
             log: None,
@@ -409,6 +412,13 @@ impl PagedStore {
         Some(QueuedMessage::new(seq, Arc::new(msg)))
     }
 
+    /// The same store keeping every message across restarts, transient ones too (a quorum
+    /// queue's: its messages are all on disk, whatever their delivery mode).
+    pub fn keeping_all(mut self, keep_all: bool) -> Self {
+        self.keep_all = keep_all;
+        self
+    }
+
     /// The same store, counting its loaded messages against `ram` (the queue's other
     /// priority levels share it).
     pub fn sharing_ram(mut self, ram: QueueRam) -> Self {
@@ -482,7 +492,7 @@ impl MessageStore for PagedStore {
         msg: QueuedMessage,
         deadline: Option<u64>,
     ) -> Result<Option<u64>, StoreError> {
-        let persistent = self.durable && msg.message.is_persistent();
+        let persistent = self.durable && (self.keep_all || msg.message.is_persistent());
         // Beyond the queue's RAM budget every message goes to disk, transient ones too: a
         // publisher faster than the consumers then costs disk, not memory.
         let page = self.paged > 0

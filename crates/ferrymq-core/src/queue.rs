@@ -10,7 +10,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::events::QueueEvents;
 use crate::expiry::{instant_of, now_ms, Deadlines};
 use crate::message::{Message, QueuedMessage};
-use crate::queue_config::{Overflow, QueueConfig};
+use crate::queue_config::{Overflow, QueueConfig, QueueType};
 use crate::store::{MemoryStore, MessageStore};
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
-/// Header carrying how many times a message came back to its queue, on queues with a
-/// delivery limit (as RabbitMQ's quorum queues write it).
+/// Header carrying how many times a message came back to its queue, on quorum queues (as
+/// RabbitMQ's write it).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Most messages one expiry pass under a queue's lock removes (see `QueueState::expire_due`).
@@ -61,6 +61,9 @@ pub struct ConsumerEntry {
     pub connection: ConnectionId,
     /// Consumer priority (`x-priority`): higher ones are served first while they have credit.
     pub priority: i32,
+    /// Its credit is shared with other consumers (AMQP's global prefetch), which quorum
+    /// queues do not support.
+    pub shared_credit: bool,
 }
 
 impl ConsumerEntry {
@@ -80,7 +83,14 @@ impl ConsumerEntry {
             exclusive,
             connection,
             priority: 0,
+            shared_credit: false,
         }
+    }
+
+    /// The same consumer, its credit shared with others (a channel-wide prefetch).
+    pub fn with_shared_credit(mut self, shared: bool) -> Self {
+        self.shared_credit = shared;
+        self
     }
 
     /// The same consumer with a priority.
@@ -116,7 +126,12 @@ impl QueueState {
     /// dropped, as in RabbitMQ.
     fn dead_letter(&mut self, message: Arc<Message>, reason: DeathReason) {
         if self.cfg.dead_letter_exchange.is_some() {
-            self.dead.push(DeadLetter { message, reason });
+            let counted = self.cfg.queue_type == QueueType::Quorum;
+            self.dead.push(DeadLetter {
+                message,
+                reason,
+                counted,
+            });
         }
     }
 
@@ -603,7 +618,16 @@ impl Queue {
         let mut st = self.state.lock();
         st.last_used = now_ms();
         let mut now = None;
-        let msg = st.shift_live(&mut now);
+        let mut msg = st.shift_live(&mut now);
+        if st.cfg.queue_type == QueueType::Quorum {
+            // basic.get from a quorum queue shows the count from the first delivery on
+            // (deliveries to consumers only once it is above 0), as RabbitMQ 3.10 does.
+            if let Some(m) = msg.as_mut().filter(|m| m.returns() == 0) {
+                if let Some(counted) = with_delivery_count(&m.message, 0) {
+                    m.message = Arc::new(counted);
+                }
+            }
+        }
         let out = msg.map(|msg| {
             if ack_required {
                 st.unacked += 1;
@@ -640,8 +664,8 @@ impl Queue {
     }
 
     /// Puts delivered messages back at their original positions, marked redelivered, and
-    /// dispatches them again. Past the delivery limit they are dead-lettered instead; under
-    /// a limit they carry their delivery count in `x-delivery-count`.
+    /// dispatches them again. Past the delivery limit they are dead-lettered instead; in a
+    /// quorum queue they carry their delivery count in `x-delivery-count`.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(msgs.len());
@@ -652,12 +676,16 @@ impl Queue {
         for mut m in msgs {
             m.mark_returned();
             let seq = m.seq();
-            if let Some(limit) = st.cfg.delivery_limit {
-                if u64::from(m.returns()) > limit {
-                    st.settled(seq);
-                    st.dead_letter(m.message, DeathReason::DeliveryLimit);
-                    continue;
-                }
+            if st
+                .cfg
+                .delivery_limit
+                .is_some_and(|l| u64::from(m.returns()) > l)
+            {
+                st.settled(seq);
+                st.dead_letter(m.message, DeathReason::DeliveryLimit);
+                continue;
+            }
+            if st.cfg.queue_type == QueueType::Quorum {
                 if let Some(counted) = with_delivery_count(&m.message, m.returns()) {
                     m.message = Arc::new(counted);
                 }
@@ -679,6 +707,12 @@ impl Queue {
         if st.deleted {
             return Err(CoreError::NotFound(format!(
                 "no queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            )));
+        }
+        if entry.shared_credit && st.cfg.queue_type == QueueType::Quorum {
+            return Err(CoreError::NotImplemented(format!(
+                "queue '{}' in vhost '{}' does not support global qos",
                 self.name, self.vhost
             )));
         }

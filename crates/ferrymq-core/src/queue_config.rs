@@ -28,6 +28,67 @@ impl Overflow {
     }
 }
 
+/// The kinds of queue a declaration can ask for (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// RabbitMQ's classic queue: FIFO (per priority level), messages acked individually.
+    #[default]
+    Classic,
+    /// RabbitMQ's quorum queue, on one node: durable only, every message kept on disk,
+    /// deliveries counted (`x-delivery-count`), an optional delivery limit; no priorities,
+    /// no exclusive or auto-delete queues, no global prefetch for its consumers.
+    Quorum,
+}
+
+impl QueueType {
+    /// RabbitMQ's module name for the type, as its error texts give it.
+    pub fn rabbit_name(&self) -> &'static str {
+        match self {
+            QueueType::Classic => "rabbit_classic_queue",
+            QueueType::Quorum => "rabbit_quorum_queue",
+        }
+    }
+
+    /// Arguments some queue type understands but this one refuses (RabbitMQ 3.10 refuses
+    /// them with 406 rather than ignore them, so a typo in the type cannot go unnoticed).
+    fn refuses(&self, arg: &str) -> bool {
+        const QUORUM_ONLY: &[&str] = &[
+            "x-delivery-limit",
+            "x-dead-letter-strategy",
+            "x-quorum-initial-group-size",
+            "x-max-in-memory-length",
+            "x-max-in-memory-bytes",
+        ];
+        const CLASSIC_ONLY: &[&str] = &[
+            "x-max-priority",
+            "x-queue-mode",
+            "x-queue-version",
+            "x-queue-master-locator",
+        ];
+        const STREAM_ONLY: &[&str] = &[
+            "x-max-age",
+            "x-stream-max-segment-size-bytes",
+            "x-initial-cluster-size",
+        ];
+        STREAM_ONLY.contains(&arg)
+            || match self {
+                QueueType::Classic => QUORUM_ONLY.contains(&arg),
+                QueueType::Quorum => CLASSIC_ONLY.contains(&arg),
+            }
+    }
+}
+
+/// How a quorum queue dead-letters (`x-dead-letter-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadLetterStrategy {
+    /// Republish and forget (what classic queues do).
+    #[default]
+    AtMostOnce,
+    /// Keep the message until its dead-letter copy is safely in every target queue. Only
+    /// in effect with `x-overflow: reject-publish`, as in RabbitMQ.
+    AtLeastOnce,
+}
+
 /// Message deduplication settings (`x-message-deduplication`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupConfig {
@@ -43,6 +104,10 @@ pub const DEFAULT_DEDUP_CACHE: usize = 100_000;
 /// The effective feature settings of a queue.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueConfig {
+    /// Classic or quorum (`x-queue-type`); fixed at declaration.
+    pub queue_type: QueueType,
+    /// How dead letters leave a quorum queue (`x-dead-letter-strategy`).
+    pub dead_letter_strategy: DeadLetterStrategy,
     /// Per-queue message TTL in ms (`x-message-ttl`).
     pub message_ttl: Option<u64>,
     /// Queue expiry after this many ms unused (`x-expires`).
@@ -104,8 +169,33 @@ impl QueueConfig {
         let mut c = QueueConfig::default();
         let mut dedup = false;
         let (mut cache_size, mut cache_ttl) = (None, None);
+        if let Some(v) = args.get("x-queue-type") {
+            let bad = |reason: String| invalid(queue, vhost, "x-queue-type", reason);
+            c.queue_type = match v.as_str() {
+                None => {
+                    return Err(bad(format!(
+                        "{{unacceptable_type,{}}}",
+                        v.rabbit_type_name()
+                    )))
+                }
+                Some("classic") => QueueType::Classic,
+                Some("quorum") => QueueType::Quorum,
+                Some("stream") => {
+                    return Err(bad(
+                        "\"stream queues are not supported by FerryMQ yet\"".into()
+                    ))
+                }
+                Some(other) => return Err(bad(format!("\"unsupported queue type '{other}'\""))),
+            };
+        }
         for (k, v) in args.iter() {
             let bad = |reason: String| invalid(queue, vhost, k, reason);
+            if c.queue_type.refuses(k) {
+                return Err(CoreError::InvalidArgument(format!(
+                    "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}' of queue type {}",
+                    c.queue_type.rabbit_name()
+                )));
+            }
             // String arguments of another type get RabbitMQ's other wording.
             let check_str = |v: &FieldValue| -> CoreResult<String> {
                 v.as_str().map(str::to_string).ok_or_else(|| {
@@ -125,9 +215,35 @@ impl QueueConfig {
                     c.max_length_bytes = Some(check_int(v, 0, i64::MAX).map_err(bad)?)
                 }
                 "x-max-priority" => c.max_priority = Some(check_int(v, 0, 255).map_err(bad)? as u8),
-                "x-delivery-limit" => {
-                    c.delivery_limit = Some(check_int(v, 0, i64::MAX).map_err(bad)?)
+                // RabbitMQ takes any integer; a negative one is no limit.
+                "x-delivery-limit" => match v.as_i64() {
+                    Some(n) => c.delivery_limit = u64::try_from(n).ok(),
+                    None => {
+                        return Err(bad(format!(
+                            "\"expected integer, got {}\"",
+                            v.rabbit_type_name()
+                        )))
+                    }
+                },
+                "x-dead-letter-strategy" => {
+                    c.dead_letter_strategy = match check_str(v)?.as_str() {
+                        "at-most-once" => DeadLetterStrategy::AtMostOnce,
+                        "at-least-once" => DeadLetterStrategy::AtLeastOnce,
+                        _ => return Err(bad("invalid_dlx_strategy".into())),
+                    }
                 }
+                "x-queue-mode" => match v.as_str() {
+                    Some("default" | "lazy") => {}
+                    Some(other) => {
+                        return Err(bad(format!("\"unsupported queue mode '{other}'\"")))
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "{{unacceptable_type,{}}}",
+                            v.rabbit_type_name()
+                        )))
+                    }
+                },
                 "x-overflow" => {
                     c.overflow = Overflow::parse(&check_str(v)?)
                         .ok_or_else(|| bad("invalid_overflow".into()))?;
@@ -154,6 +270,13 @@ impl QueueConfig {
                 "routing_key_but_no_dlx_defined".into(),
             ));
         }
+        if c.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+            && c.overflow != Overflow::RejectPublish
+        {
+            // RabbitMQ falls back to at-most-once (with a warning in its log) rather than
+            // refuse: drop-head cannot wait for the dead-letter target.
+            c.dead_letter_strategy = DeadLetterStrategy::AtMostOnce;
+        }
         if dedup {
             c.dedup = Some(DedupConfig {
                 cache_size: cache_size.map_or(DEFAULT_DEDUP_CACHE, |n| n as usize),
@@ -176,7 +299,9 @@ impl QueueConfig {
         self.expires = min(self.expires, num("expires").filter(|n| *n > 0));
         self.max_length = min(self.max_length, num("max-length"));
         self.max_length_bytes = min(self.max_length_bytes, num("max-length-bytes"));
-        self.delivery_limit = min(self.delivery_limit, num("delivery-limit"));
+        if self.queue_type == QueueType::Quorum {
+            self.delivery_limit = min(self.delivery_limit, num("delivery-limit"));
+        }
         self.consumer_timeout = min(
             self.consumer_timeout,
             num("consumer-timeout").filter(|n| *n > 0),
@@ -196,6 +321,37 @@ impl QueueConfig {
         self
     }
 
+    /// Checks the declaration's properties against the queue type, with RabbitMQ's texts:
+    /// a quorum queue is durable, not exclusive, not auto-delete, and named by the client.
+    pub fn check_properties(
+        &self,
+        queue: &str,
+        vhost: &str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        server_named: bool,
+    ) -> CoreResult<()> {
+        if self.queue_type != QueueType::Quorum {
+            return Ok(());
+        }
+        if server_named {
+            return Err(server_named_refused(self.queue_type));
+        }
+        let property = if auto_delete {
+            "auto-delete"
+        } else if exclusive {
+            "exclusive-owner"
+        } else if !durable {
+            "non-durable"
+        } else {
+            return Ok(());
+        };
+        Err(CoreError::PreconditionFailed(format!(
+            "invalid property '{property}' for queue '{queue}' in vhost '{vhost}'"
+        )))
+    }
+
     /// Whether a message of `bytes` body bytes still fits when `len` messages of `total`
     /// bytes are ready.
     pub fn fits(&self, len: usize, total: usize, bytes: usize) -> bool {
@@ -209,6 +365,23 @@ impl QueueConfig {
     pub fn over(&self, len: usize, total: usize) -> bool {
         self.max_length.is_some_and(|m| len as u64 > m)
             || self.max_length_bytes.is_some_and(|m| total as u64 > m)
+    }
+}
+
+/// RabbitMQ's refusal of a server-named queue of a type that needs a name.
+fn server_named_refused(t: QueueType) -> CoreError {
+    CoreError::PreconditionFailed(format!(
+        "Cannot declare a server-named queue for type {}",
+        t.rabbit_name()
+    ))
+}
+
+/// Refuses a declaration without a name (the server would choose it) of a queue type that
+/// needs one: checked before a name is generated.
+pub fn check_server_named(args: &FieldTable) -> CoreResult<()> {
+    match args.get("x-queue-type").and_then(FieldValue::as_str) {
+        Some("quorum") => Err(server_named_refused(QueueType::Quorum)),
+        _ => Ok(()),
     }
 }
 

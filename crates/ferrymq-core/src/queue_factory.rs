@@ -1,5 +1,5 @@
-//! Builds queues by type: the store a queue gets follows its `x-queue-type` (only classic
-//! queues exist yet; this is the seam where stream queues plug in) and its options
+//! Builds queues by type: the store a queue gets follows its `x-queue-type` (classic and
+//! quorum queues share one store; this is the seam where stream queues plug in) and its options
 //! (on disk for durable queues, in memory with paging otherwise, one store per priority
 //! level for priority queues).
 
@@ -8,38 +8,12 @@ use crate::paged_store::{PagedStore, QueueRam};
 use crate::persist::Persistence;
 use crate::priority_store::PriorityStore;
 use crate::queue::{Queue, QueueOptions};
-use crate::queue_config::QueueConfig;
+use crate::queue_config::{QueueConfig, QueueType};
 use crate::store::{MemoryStore, MessageStore};
-use crate::value::FieldValue;
 use crate::ConnectionId;
 use ferrymq_store::{LogHealth, Pending};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The kinds of queue the broker can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueType {
-    /// RabbitMQ's classic queue: FIFO (per priority level), messages acked individually.
-    Classic,
-}
-
-impl QueueType {
-    /// The type a declaration asks for. Other types (`quorum`, `stream`) are still served
-    /// by classic queues, as before this seam existed.
-    pub fn of(options: &QueueOptions) -> QueueType {
-        match options
-            .arguments
-            .get("x-queue-type")
-            .and_then(FieldValue::as_str)
-        {
-            Some(other) if other != "classic" => {
-                tracing::debug!("x-queue-type '{other}' is served by a classic queue");
-                QueueType::Classic
-            }
-            _ => QueueType::Classic,
-        }
-    }
-}
 
 /// A new, empty queue `name` in `vhost`. A durable queue's definition is saved (the returned
 /// write to wait for before the declare-ok) in a directory of its own incarnation.
@@ -52,9 +26,9 @@ pub fn create(
     owner: Option<ConnectionId>,
     cfg: &QueueConfig,
 ) -> CoreResult<(Queue, Pending)> {
-    match QueueType::of(&options) {
-        QueueType::Classic => classic(persist, vhost, name, options, owner, cfg),
-    }
+    // A quorum queue is a classic queue's store that keeps every message on disk; what
+    // else differs (delivery counts, limits, refusals) is the queue's own behaviour.
+    classic(persist, vhost, name, options, owner, cfg)
 }
 
 fn classic(
@@ -66,6 +40,7 @@ fn classic(
     cfg: &QueueConfig,
 ) -> CoreResult<(Queue, Pending)> {
     let levels = cfg.max_priority;
+    let keep_all = cfg.queue_type == QueueType::Quorum;
     let Some(p) = persist else {
         let store: Box<dyn MessageStore> = match levels {
             Some(max) => Box::new(PriorityStore::new(
@@ -116,13 +91,16 @@ fn classic(
             Box::new(PriorityStore::new(
                 (0..=max)
                     .map(|l| {
-                        let store = PagedStore::new(p.clone(), health.clone(), level_dir(&dir, l));
+                        let store = PagedStore::new(p.clone(), health.clone(), level_dir(&dir, l))
+                            .keeping_all(keep_all);
                         Box::new(store.sharing_ram(ram.clone())) as Box<dyn MessageStore>
                     })
                     .collect(),
             ))
         }
-        None => Box::new(PagedStore::new(p.clone(), health.clone(), dir.clone())),
+        None => {
+            Box::new(PagedStore::new(p.clone(), health.clone(), dir.clone()).keeping_all(keep_all))
+        }
     };
     let q = Queue::with_store(name, vhost, options, owner, store, 1).with_health(health);
     let q = match incarnation {
@@ -146,6 +124,10 @@ pub fn recover(
     let health = LogHealth::new(dir.display().to_string());
     let recover = |dir: PathBuf, first: u64| {
         PagedStore::recover(p.clone(), health.clone(), dir, first, cfg.message_ttl)
+            .map(|mut r| {
+                r.store = r.store.keeping_all(cfg.queue_type == QueueType::Quorum);
+                r
+            })
             .map_err(|e| CoreError::Internal(e.to_string()))
     };
     let mut deadlines = Vec::new();

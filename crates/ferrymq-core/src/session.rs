@@ -279,6 +279,7 @@ impl Session {
                 .declare_queue(name, options, true, self.id(), None);
         }
         let name = if name.is_empty() {
+            crate::queue_config::check_server_named(&options.arguments)?;
             generate_name("amq.gen-")
         } else {
             if name.starts_with("amq.") {

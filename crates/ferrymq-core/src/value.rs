@@ -156,6 +156,13 @@ impl FieldTable {
         }
     }
 
+    /// Removes every entry under `key`; returns whether there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|(k, _)| k != key);
+        self.0.len() != before
+    }
+
     /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on; `::` (the default) is IPv6 and IPv4 together.
     pub bind: String,
     /// AMQP port (0 picks a free one).
     pub amqp_port: u16,
@@ -135,7 +135,7 @@ pub enum FsyncSetting {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: "0.0.0.0".into(),
+            bind: "::".into(),
             amqp_port: 5672,
             plain_listener: true,
             tls: TlsConfig::default(),
@@ -248,7 +248,7 @@ mod tests {
     fn file_overrides_defaults_and_rejects_typos() {
         let c: Config = toml::from_str("amqp_port = 5999\nlog_level = \"debug\"").unwrap();
         assert_eq!(c.amqp_port, 5999);
-        assert_eq!(c.bind, "0.0.0.0");
+        assert_eq!(c.bind, "::");
         assert!(toml::from_str::<Config>("amqp_prot = 1").is_err());
         let c: Config = toml::from_str("fsync = \"never\"\nsegment_size = 1048576").unwrap();
         assert_eq!((c.fsync, c.segment_size), (FsyncSetting::Never, 1 << 20));

@@ -4,6 +4,7 @@
 
 pub mod alarms;
 pub mod config;
+pub mod listen;
 pub mod memory_limit;
 pub mod perf;
 
@@ -102,8 +103,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut amqp_addr = None;
     if cfg.plain_listener {
         let addr = listen_addr(cfg, cfg.amqp_port)?;
-        let server = AmqpServer::bind(addr, broker.clone(), amqp_config.clone())
-            .await
+        let server = listen::bind(addr)
+            .and_then(|l| AmqpServer::from_listener(l, broker.clone(), amqp_config.clone(), None))
             .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
         let bound = server.local_addr()?;
         tracing::info!("AMQP listening on {bound}");
@@ -113,8 +114,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut amqps_addr = None;
     if let Some(tls) = &tls {
         let addr = listen_addr(cfg, cfg.tls.port)?;
-        let server = AmqpServer::bind_tls(addr, broker.clone(), amqp_config, tls.clone())
-            .await
+        let server = listen::bind(addr)
+            .and_then(|l| {
+                AmqpServer::from_listener(l, broker.clone(), amqp_config, Some(tls.clone()))
+            })
             .with_context(|| format!("cannot listen for AMQPS on {addr}"))?;
         let bound = server.local_addr()?;
         tracing::info!(
@@ -155,7 +158,5 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
 }
 
 fn listen_addr(cfg: &Config, port: u16) -> anyhow::Result<SocketAddr> {
-    format!("{}:{}", cfg.bind, port)
-        .parse()
-        .with_context(|| format!("invalid bind address {}:{}", cfg.bind, port))
+    listen::listen_addr(&cfg.bind, port)
 }

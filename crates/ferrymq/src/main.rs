@@ -33,7 +33,7 @@ struct ServerArgs {
     /// TOML configuration file; flags override its values.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0].
+    /// Address to listen on [default: ::, IPv6 and IPv4].
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
     /// AMQP port; 0 picks a free port [default: 5672].

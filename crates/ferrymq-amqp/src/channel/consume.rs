@@ -107,7 +107,9 @@ pub(super) struct ConsumerRec {
 }
 
 impl Channel {
-    /// `basic.qos`: a global prefetch limits the channel, otherwise consumers made after it.
+    /// `basic.qos` as RabbitMQ 3.10 applies it: a global prefetch limits the channel's
+    /// unacked deliveries together; a per-consumer one applies to consumers made after it
+    /// and lifts the channel limit (so `qos(4, global)` then `qos(2)` is 2 per consumer).
     pub(super) fn qos(&mut self, ctx: &mut ConnCtx, q: BasicQos) -> Result<(), AmqpError> {
         if q.prefetch_size != 0 {
             return Err(AmqpError::conn(
@@ -122,6 +124,9 @@ impl Channel {
             self.kick_consumers();
         } else {
             self.consumer_prefetch = q.prefetch_count.into();
+            if self.shared.prefetch_global.swap(0, Ordering::Relaxed) != 0 {
+                self.kick_consumers();
+            }
         }
         ctx.send(self.id, BasicQosOk {});
         Ok(())
@@ -207,8 +212,10 @@ impl Channel {
             tag: tag.clone(),
             credit: credit.clone(),
         });
+        let shared = !c.no_ack && self.shared.prefetch_global.load(Ordering::Relaxed) != 0;
         let entry = ConsumerEntry::new(&tag, sink.clone(), c.no_ack, c.exclusive, ctx.session.id())
-            .with_priority(priority);
+            .with_priority(priority)
+            .with_shared_credit(shared);
         let id = entry.id;
         let attached = match queue {
             Some(q) => q

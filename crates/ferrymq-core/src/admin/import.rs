@@ -147,7 +147,14 @@ impl Broker {
         for q in &d.queues {
             vhost_known(&q.vhost)?;
             let opts = queue_options(q);
-            QueueConfig::from_args(&q.name, &q.vhost, &opts.arguments)?;
+            QueueConfig::from_args(&q.name, &q.vhost, &opts.arguments)?.check_properties(
+                &q.name,
+                &q.vhost,
+                opts.durable,
+                opts.exclusive,
+                opts.auto_delete,
+                q.name.is_empty(),
+            )?;
             if let Some(v) = self.vhost(&q.vhost) {
                 v.existing_queue_for_declare(&q.name, &opts, 0)?;
             }

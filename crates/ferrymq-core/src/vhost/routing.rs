@@ -307,9 +307,7 @@ impl VHost {
         };
         let mut copies = 0;
         for l in letters {
-            let Some(copy) =
-                dead_letter_copy(&l.message, &queue, l.reason, &dlx, routing_key.as_deref())
-            else {
+            let Some(copy) = dead_letter_copy(&l, &queue, &dlx, routing_key.as_deref()) else {
                 continue;
             };
             let copy = Arc::new(copy);

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// Arguments whose values must match when a queue is redeclared.
 const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
+    // First: left out when both declarations are of classic queues.
+    "x-queue-type",
     "x-message-ttl",
     "x-expires",
     "x-max-length",
@@ -28,7 +30,6 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
     "x-dead-letter-routing-key",
     "x-overflow",
     "x-queue-mode",
-    "x-queue-type",
     "x-single-active-consumer",
     "x-delivery-limit",
 ];
@@ -247,12 +248,21 @@ impl VHost {
         }
         // Reserved `amq.` names are refused to clients by the session; server-generated
         // names come here already chosen.
-        let name = if name.is_empty() {
+        let server_named = name.is_empty();
+        let name = if server_named {
             generate_unique_name(self)
         } else {
             name.to_string()
         };
         let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
+        cfg.check_properties(
+            &name,
+            &self.name,
+            options.durable,
+            options.exclusive,
+            options.auto_delete,
+            server_named,
+        )?;
         let _t = self.topology.lock();
         self.check_not_deleted()?;
         if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
@@ -319,7 +329,17 @@ impl VHost {
         if o.auto_delete != q.options.auto_delete {
             return fail("auto_delete", o.auto_delete, q.options.auto_delete);
         }
-        check_args_equivalent(&q.options.arguments, &o.arguments, QUEUE_EQUIVALENCE_ARGS).map_err(
+        // No type and `classic` are the same type (RabbitMQ compares the types it resolves).
+        let classic = |t: &crate::value::FieldTable| {
+            t.get("x-queue-type")
+                .is_none_or(|v| v.as_str() == Some("classic"))
+        };
+        let keys: &[&str] = if classic(&q.options.arguments) && classic(&o.arguments) {
+            &QUEUE_EQUIVALENCE_ARGS[1..]
+        } else {
+            QUEUE_EQUIVALENCE_ARGS
+        };
+        check_args_equivalent(&q.options.arguments, &o.arguments, keys).map_err(
             |(k, got, cur)| {
                 CoreError::PreconditionFailed(format!(
                     "inequivalent arg '{k}' for queue '{}' in vhost '{}': received {got} but current is {cur}",
