@@ -160,3 +160,78 @@ def test_a_per_consumer_prefetch_lifts_the_channel_prefetch(broker):
     assert _in_flight(broker, [(2, False), (4, True)]) == [2, 2]
     assert _in_flight(broker, [(4, True)]) == [4]
     assert _in_flight(broker, [(2, False)], qos_between={1: [(4, True)]}) == [2, 2]
+
+
+def _drain(ch, queue):
+    import time
+    out, deadline = [], time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        m, p, body = ch.basic_get(queue, auto_ack=True)
+        if m:
+            out.append((body, p.headers))
+            deadline = time.monotonic() + 0.3
+        else:
+            time.sleep(0.05)
+    return out
+
+
+def test_sender_selected_distribution_routes_cc_and_bcc_and_hides_bcc(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    x = n("cc")
+    ch.exchange_declare(x, "direct", auto_delete=True)
+    qs = {k: n(k) for k in ("a", "b", "c", "d")}
+    for k, q in qs.items():
+        ch.queue_declare(q, exclusive=True)
+        ch.queue_bind(q, x, k)
+    ch.confirm_delivery()
+    ch.basic_publish(x, "a", b"1", pika.BasicProperties(headers={"CC": ["b", "a"], "BCC": ["c"], "x": 1}))
+    for k in ("a", "b", "c"):
+        assert _drain(ch, qs[k]) == [(b"1", {"CC": ["b", "a"], "x": 1})], k
+    assert _drain(ch, qs["d"]) == []
+    # A CC or BCC key is enough for a mandatory publish to count as routed.
+    ch.basic_publish(x, "nowhere", b"2", pika.BasicProperties(headers={"CC": ["d"]}), mandatory=True)
+    ch.basic_publish(x, "nowhere", b"3", pika.BasicProperties(headers={"BCC": ["d"]}), mandatory=True)
+    assert _drain(ch, qs["d"]) == [(b"2", {"CC": ["d"]}), (b"3", {})]
+    with pytest.raises(pika.exceptions.UnroutableError):
+        ch.basic_publish(x, "nowhere", b"4", pika.BasicProperties(headers={"CC": []}), mandatory=True)
+    conn.close()
+
+
+def test_a_cc_header_that_is_not_an_array_is_refused(broker):
+    for name, value, kind in (("CC", "b", "longstr"), ("BCC", 5, "signedint")):
+        conn = broker.connect()
+        ch = conn.channel()
+        ch.confirm_delivery()
+        with pytest.raises(CLOSED) as e:
+            ch.basic_publish("", "anything", b"x", pika.BasicProperties(headers={name: value}))
+        assert e.value.args == (
+            406, f'PRECONDITION_FAILED - invalid message: {{unacceptable_type_in_header,"{name}",{kind}}}')
+        if conn.is_open:
+            conn.close()
+
+
+def test_dead_lettering_keeps_the_cc_keys_unless_a_dead_letter_key_replaces_them(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    x = n("ccdlx")
+    ch.exchange_declare(x, "direct", auto_delete=True)
+    src, keyed, b = n("src"), n("keyed"), n("b")
+    ch.queue_declare(src, exclusive=True, arguments={"x-dead-letter-exchange": x})
+    ch.queue_declare(keyed, exclusive=True, arguments={
+        "x-dead-letter-exchange": x, "x-dead-letter-routing-key": "b"})
+    ch.queue_declare(b, exclusive=True)
+    ch.queue_bind(b, x, "b")
+    ch.confirm_delivery()
+    ch.basic_publish("", src, b"plain", pika.BasicProperties(headers={"CC": ["b"]}))
+    ch.basic_publish("", keyed, b"keyed", pika.BasicProperties(headers={"CC": ["nowhere"]}))
+    for q in (src, keyed):
+        m, _, _ = ch.basic_get(q)
+        ch.basic_reject(m.delivery_tag, requeue=False)
+    got = {body: h for body, h in _drain(ch, b)}
+    assert set(got) == {b"plain", b"keyed"}
+    assert got[b"plain"]["CC"] == ["b"]
+    assert got[b"plain"]["x-death"][0]["routing-keys"] == [src, "b"]
+    assert "CC" not in got[b"keyed"]
+    assert got[b"keyed"]["x-death"][0]["routing-keys"] == [keyed, "nowhere"]
+    conn.close()

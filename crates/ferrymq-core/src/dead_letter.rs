@@ -111,10 +111,13 @@ pub fn dead_letter_copy(
             t.insert("queue", FieldValue::string(queue));
             t.insert("time", FieldValue::Timestamp(now));
             t.insert("exchange", FieldValue::string(msg.exchange()));
-            t.insert(
-                "routing-keys",
-                FieldValue::Array(vec![FieldValue::string(msg.routing_key())]),
-            );
+            // The keys it was routed with: its own and those its sender chose in `CC`
+            // (`BCC` was removed on arrival).
+            let mut keys = vec![FieldValue::string(msg.routing_key())];
+            if let Some(FieldValue::Array(cc)) = headers.get("CC") {
+                keys.extend(cc.iter().filter(|k| k.as_str().is_some()).cloned());
+            }
+            t.insert("routing-keys", FieldValue::Array(keys));
             if let Some(exp) = &props.expiration {
                 t.insert("original-expiration", FieldValue::string(exp.clone()));
             }
@@ -131,6 +134,10 @@ pub fn dead_letter_copy(
         if headers.get(k).is_none() {
             headers.insert(k, FieldValue::string(v));
         }
+    }
+    if routing_key.is_some() {
+        // A dead-letter routing key replaces every key the message had, the sender's too.
+        headers.remove("CC");
     }
     props.headers = Some(headers);
     props.expiration = None;

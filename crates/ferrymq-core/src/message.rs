@@ -1,6 +1,6 @@
 //! Messages as the core stores and routes them.
 
-use crate::value::FieldTable;
+use crate::value::{FieldTable, FieldValue};
 use crate::wire::{decode_properties, encode_properties, scan_properties, WireError, Writer};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -61,6 +61,10 @@ pub struct Message {
     priority: Option<u8>,
     /// Whether the properties carry `expiration` (read on demand: few messages have one).
     has_expiration: bool,
+    /// Routing keys besides `routing_key` from the `CC` and `BCC` headers; `None` for the
+    /// messages that have neither (nearly all: the field costs no allocation then, and keeps
+    /// the message in the same allocator size class).
+    extra_keys: Option<Box<[String]>>,
 }
 
 impl Message {
@@ -92,6 +96,10 @@ impl Message {
         } else {
             Some(Box::new(body))
         };
+        let extra_keys = match summary.sender_selected {
+            true => sender_selected_keys(raw_properties, routing_key),
+            false => None,
+        };
         Ok(Message {
             data: data.into_boxed_slice(),
             large_body,
@@ -101,7 +109,26 @@ impl Message {
             delivery_mode: summary.delivery_mode.unwrap_or(0),
             priority: summary.priority,
             has_expiration: summary.expiration.is_some(),
+            extra_keys,
         })
+    }
+
+    /// The same message also routed with `keys` (the `BCC` keys of a publish, whose header
+    /// is removed before the message is stored).
+    pub fn with_extra_keys(mut self, keys: Vec<String>) -> Message {
+        if keys.is_empty() {
+            return self;
+        }
+        let mut all = KeySet::new(self.routing_key());
+        all.extend(self.extra_keys.take().map(Vec::from).unwrap_or_default());
+        all.extend(keys);
+        self.extra_keys = all.finish();
+        self
+    }
+
+    /// Routing keys besides [`Message::routing_key`] the sender chose (`CC`, `BCC`).
+    pub fn extra_keys(&self) -> &[String] {
+        self.extra_keys.as_deref().unwrap_or_default()
     }
 
     /// A message from decoded properties (messages the broker makes itself, and tests).
@@ -265,6 +292,46 @@ impl<'a> LazyHeaders<'a> {
     }
 }
 
+/// The string entries of the `CC` and `BCC` header arrays, without repeats or the routing
+/// key itself (each queue gets a message once however many keys lead to it).
+fn sender_selected_keys(raw_properties: &[u8], routing_key: &str) -> Option<Box<[String]>> {
+    let headers = decode_properties(raw_properties).ok()?.headers?;
+    let mut keys = KeySet::new(routing_key);
+    for name in ["CC", "BCC"] {
+        if let Some(FieldValue::Array(a)) = headers.get(name) {
+            keys.extend(a.iter().filter_map(FieldValue::as_str).map(str::to_string));
+        }
+    }
+    keys.finish()
+}
+
+/// Routing keys in order, each once (a hash set: a frame can carry thousands of them).
+struct KeySet {
+    keys: Vec<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl KeySet {
+    fn new(routing_key: &str) -> Self {
+        KeySet {
+            keys: Vec::new(),
+            seen: std::iter::once(routing_key.to_string()).collect(),
+        }
+    }
+
+    fn extend(&mut self, keys: impl IntoIterator<Item = String>) {
+        for k in keys {
+            if self.seen.insert(k.clone()) {
+                self.keys.push(k);
+            }
+        }
+    }
+
+    fn finish(self) -> Option<Box<[String]>> {
+        (!self.keys.is_empty()).then(|| self.keys.into_boxed_slice())
+    }
+}
+
 fn text(b: &[u8]) -> &str {
     // Names were `&str` when the message was built, so this never falls back.
     std::str::from_utf8(b).unwrap_or_default()
@@ -297,6 +364,7 @@ fn tombstone() -> &'static Arc<Message> {
             delivery_mode: 0,
             priority: None,
             has_expiration: false,
+            extra_keys: None,
         })
     })
 }

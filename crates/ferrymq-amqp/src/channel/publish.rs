@@ -9,8 +9,8 @@ use crate::error::{code, AmqpError};
 use bytes::{Bytes, BytesMut};
 use ferrymq_core::vhost::{PublishOutcome, REPLY_TO_PREFIX};
 use ferrymq_core::wire::PropertySummary;
-use ferrymq_core::Message;
 use ferrymq_core::Pending;
+use ferrymq_core::{FieldValue, Message, Properties};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -190,20 +190,28 @@ impl Channel {
         let is_reply = summary
             .reply_to
             .is_some_and(|(a, b)| &raw[a..b] == REPLY_TO.as_bytes());
-        let msg = if is_reply {
-            let Some(token) = &self.reply_token else {
-                return Err(AmqpError::chan(
-                    ch,
-                    code::PRECONDITION_FAILED,
-                    "fast reply consumer does not exist",
-                )
-                .caused_by((60, 40)));
-            };
-            // Only reply-to publishes pay for decoding and re-encoding their properties.
+        let msg = if is_reply || summary.sender_selected {
+            // Only reply-to and CC/BCC publishes pay for decoding their properties.
             let mut props = ferrymq_core::wire::decode_properties(&raw)
                 .map_err(|e| AmqpError::conn(code::SYNTAX_ERROR, e))?;
-            props.reply_to = Some(format!("{REPLY_TO_PREFIX}{token}"));
-            Message::from_properties(exchange, key, &props, body)
+            if is_reply {
+                let Some(token) = &self.reply_token else {
+                    return Err(AmqpError::chan(
+                        ch,
+                        code::PRECONDITION_FAILED,
+                        "fast reply consumer does not exist",
+                    )
+                    .caused_by((60, 40)));
+                };
+                props.reply_to = Some(format!("{REPLY_TO_PREFIX}{token}"));
+            }
+            let bcc = sender_selected(ch, &mut props)?;
+            if is_reply || bcc.is_some() {
+                Message::from_properties(exchange, key, &props, body)
+                    .map(|m| m.with_extra_keys(bcc.unwrap_or_default()))
+            } else {
+                Message::new(exchange, key, &raw, body)
+            }
         } else {
             Message::new(exchange, key, &raw, body)
         };
@@ -371,4 +379,39 @@ impl Channel {
         send_acks(c);
         Ok(())
     }
+}
+
+/// Checks the `CC` and `BCC` headers (arrays of routing keys, as RabbitMQ requires) and takes
+/// `BCC` out of the properties: its keys route the message but no consumer sees them.
+/// Returns the `BCC` keys if the header was there.
+fn sender_selected(ch: u16, props: &mut Properties) -> Result<Option<Vec<String>>, AmqpError> {
+    let Some(headers) = props.headers.as_mut() else {
+        return Ok(None);
+    };
+    for name in ["CC", "BCC"] {
+        match headers.get(name) {
+            None | Some(FieldValue::Array(_)) => {}
+            Some(other) => {
+                return Err(AmqpError::chan(
+                    ch,
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                        other.rabbit_type_name()
+                    ),
+                )
+                .caused_by((60, 40)))
+            }
+        }
+    }
+    let bcc = match headers.get("BCC") {
+        Some(FieldValue::Array(a)) => a
+            .iter()
+            .filter_map(FieldValue::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => return Ok(None),
+    };
+    headers.remove("BCC");
+    Ok(Some(bcc))
 }

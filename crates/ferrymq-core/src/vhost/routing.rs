@@ -121,6 +121,30 @@ impl VHost {
         queues
     }
 
+    /// The queues `message` goes to through `x`: by its routing key and by the keys its
+    /// sender added (`CC`, `BCC`), each queue once.
+    fn route_message(
+        &self,
+        x: &Arc<Exchange>,
+        message: &Message,
+        headers: &LazyHeaders<'_>,
+    ) -> Vec<Arc<Queue>> {
+        let mut queues = self.route(x, message.routing_key(), headers);
+        if message.extra_keys().is_empty() {
+            return queues;
+        }
+        let mut seen: std::collections::HashSet<usize> =
+            queues.iter().map(|q| Arc::as_ptr(q) as usize).collect();
+        for key in message.extra_keys() {
+            for q in self.route(x, key, headers) {
+                if seen.insert(Arc::as_ptr(&q) as usize) {
+                    queues.push(q);
+                }
+            }
+        }
+        queues
+    }
+
     /// Routes `message` through `x` and appends it to every target queue `accept` lets
     /// through. The one enqueue path of publishes, delayed releases and dead letters.
     fn enqueue(
@@ -130,7 +154,7 @@ impl VHost {
         headers: &LazyHeaders<'_>,
         accept: impl Fn(&Queue) -> bool,
     ) -> PublishOutcome {
-        let queues = self.route(x, message.routing_key(), headers);
+        let queues = self.route_message(x, message, headers);
         put(queues, message, accept)
     }
 
@@ -156,7 +180,7 @@ impl VHost {
         }
         Ok(Routed {
             exchange: exchange.clone(),
-            target: Target::Queues(self.route(exchange, message.routing_key(), &headers)),
+            target: Target::Queues(self.route_message(exchange, message, &headers)),
         })
     }
 

@@ -90,6 +90,9 @@ pub struct PropertySummary {
     pub expiration: Option<(usize, usize)>,
     /// Byte range of the user-id text within the block, if present.
     pub user_id: Option<(usize, usize)>,
+    /// The headers have a top-level `CC` or `BCC` key: extra routing keys chosen by the
+    /// sender (RabbitMQ's sender-selected distribution).
+    pub sender_selected: bool,
 }
 
 impl PropertySummary {
@@ -126,7 +129,7 @@ pub fn scan_properties(b: &[u8]) -> Result<PropertySummary, WireError> {
         match bit {
             HEADERS => {
                 let n = r.u32()? as usize;
-                super::table::validate_table(r.take(n)?)?;
+                s.sender_selected = super::table::validate_headers(r.take(n)?)?;
             }
             DELIVERY_MODE => s.delivery_mode = Some(r.u8()?),
             PRIORITY => s.priority = Some(r.u8()?),

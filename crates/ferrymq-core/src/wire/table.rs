@@ -117,6 +117,21 @@ pub fn validate_table(b: &[u8]) -> Result<(), WireError> {
     validate_table_depth(b, 0)
 }
 
+/// [`validate_table`] for a message's headers; also tells whether a top-level `CC` or `BCC`
+/// key is there (sender-selected distribution), so only such messages decode their headers
+/// to route.
+pub fn validate_headers(b: &[u8]) -> Result<bool, WireError> {
+    let mut r = Reader::new(b);
+    let mut sender_selected = false;
+    while r.remaining() > 0 {
+        let n = r.u8()? as usize;
+        let key = r.take(n)?;
+        sender_selected |= key == b"CC" || key == b"BCC";
+        skip_value(&mut r, 0)?;
+    }
+    Ok(sender_selected)
+}
+
 fn validate_table_depth(b: &[u8], depth: usize) -> Result<(), WireError> {
     if depth > MAX_DEPTH {
         return Err(too_deep());
