@@ -235,3 +235,110 @@ def test_dead_lettering_keeps_the_cc_keys_unless_a_dead_letter_key_replaces_them
     assert "CC" not in got[b"keyed"]
     assert got[b"keyed"]["x-death"][0]["routing-keys"] == [keyed, "nowhere"]
     conn.close()
+
+
+def _refused(broker, action):
+    conn = broker.connect()
+    ch = conn.channel()
+    with pytest.raises(CLOSED) as e:
+        action(ch, conn)
+    if conn.is_open:
+        conn.close()
+    return e.value.args
+
+
+def test_invalid_arguments_and_properties_are_refused_as_rabbitmq_refuses_them(broker):
+    def bind(x_match):
+        return lambda ch, _: ch.queue_bind(ch.queue_declare("", exclusive=True).method.queue,
+                                           "amq.headers", "", arguments={"x-match": x_match})
+    assert _refused(broker, bind("some")) == (
+        406, 'PRECONDITION_FAILED - Invalid x-match field value <<"some">>; expected all, any, '
+             'all-with-x, or any-with-x')
+    assert _refused(broker, bind(1)) == (
+        406, "PRECONDITION_FAILED - Invalid x-match field type signedint (value 1); expected longstr")
+    x = n("ae")
+    assert _refused(broker, lambda ch, _: ch.exchange_declare(x, "direct", arguments={"alternate-exchange": 5})) == (
+        406, f"PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange' in exchange '{x}' in vhost '/'")
+
+    def publish(mode):
+        def act(ch, _):
+            ch.confirm_delivery()
+            ch.basic_publish("", "nowhere", b"x", pika.BasicProperties(delivery_mode=mode))
+        return act
+    for mode in (0, 3):
+        assert _refused(broker, publish(mode)) == (
+            406, f"PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{mode}}}")
+    assert _refused(broker, lambda ch, conn: (ch.flow(False), conn.process_data_events(1))) == (
+        540, "NOT_IMPLEMENTED - active=false")
+    # Names must be UTF-8 (pika passes bytes through as they are).
+    assert _refused(broker, lambda ch, _: ch.queue_bind(
+        ch.queue_declare("", exclusive=True).method.queue, "amq.direct", b"k\xff")) == (
+        501, "FRAME_ERROR - Malformed UTF-8 in shortstr")
+    # The exchange is reported missing before the queue.
+    assert _refused(broker, lambda ch, _: ch.queue_bind(n("noq"), "no-such-x", "k")) == (
+        404, "NOT_FOUND - no exchange 'no-such-x' in vhost '/'")
+    assert _refused(broker, lambda ch, _: ch.exchange_bind(n("nodest"), "no-such-src", "k")) == (
+        404, "NOT_FOUND - no exchange 'no-such-src' in vhost '/'")
+
+
+def test_the_trace_exchange_exists_and_is_internal(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.exchange_declare("amq.rabbitmq.trace", passive=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.rabbitmq.trace", "#")
+    conn.close()
+
+    def publish(ch, _):
+        ch.confirm_delivery()
+        ch.basic_publish("amq.rabbitmq.trace", "publish.x", b"")
+    assert _refused(broker, publish) == (
+        403, "ACCESS_REFUSED - cannot publish to internal exchange 'amq.rabbitmq.trace' in vhost '/'")
+
+
+def test_an_rpc_server_can_check_its_caller_is_still_there(broker):
+    import time
+    caller = broker.connect()
+    cch = caller.channel()
+    server = broker.connect()
+    sch = server.channel()
+    assert sch.queue_declare("amq.rabbitmq.reply-to", passive=True).method.consumer_count == 1
+    requests = sch.queue_declare("", exclusive=True).method.queue
+    cch.basic_consume("amq.rabbitmq.reply-to", lambda *a: None, auto_ack=True)
+    cch.basic_publish("", requests, b"req", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+    deadline = time.monotonic() + 10
+    while True:
+        m, p, _ = sch.basic_get(requests, auto_ack=True)
+        if m:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert p.reply_to.startswith("amq.rabbitmq.reply-to.")
+    ok = sch.queue_declare(p.reply_to, passive=True).method
+    assert (ok.queue, ok.consumer_count, ok.message_count) == (p.reply_to, 1, 0)
+    caller.close()
+    with pytest.raises(CLOSED) as e:
+        for _ in range(100):  # the caller's consumer goes with its connection
+            sch.queue_declare(p.reply_to, passive=True)
+            time.sleep(0.05)
+    assert e.value.args == (404, f"NOT_FOUND - no queue '{p.reply_to}' in vhost '/'")
+    server.close()
+
+
+def test_a_passive_declare_keeps_an_expiring_queue_alive(broker):
+    import time
+    conn = broker.connect()
+    ch = conn.channel()
+    q = n("expiring")
+    ch.queue_declare(q, arguments={"x-expires": 1500})
+    # Passive declares every 0.3 s for 3 s: twice its expiry, it is still there.
+    for _ in range(10):
+        time.sleep(0.3)
+        ch.queue_declare(q, passive=True)
+    # Left alone it expires (binding to it does not count as use, so it can be polled).
+    with pytest.raises(CLOSED) as e:
+        for _ in range(300):
+            time.sleep(0.1)
+            ch.queue_bind(q, "amq.fanout")
+    assert e.value.args[0] == 404
+    conn.close()

@@ -255,7 +255,24 @@ async fn bad_frames_close_the_connection_with_the_right_code_and_others_are_undi
         (
             "connection method on channel 0 out of order",
             frame(1, 0, &[0, 10, 0, 30, 0, 0, 0, 0, 0, 0, 0, 0]),
-            503,
+            504,
+        ),
+        (
+            "queue method on channel 0",
+            frame(1, 0, &[0, 50, 0, 10, 0, 0, 2, b'q', b'0', 0, 0, 0, 0, 0]),
+            504,
+        ),
+        (
+            "binding key that is not UTF-8",
+            frame(
+                1,
+                1,
+                &[
+                    0, 50, 0, 20, 0, 0, 1, b'q', 10, b'a', b'm', b'q', b'.', b'd', b'i', b'r',
+                    b'e', b'c', b't', 2, 0xc3, 0x28, 0, 0, 0, 0, 0,
+                ],
+            ),
+            501,
         ),
     ];
     for (what, bytes, want) in cases {

@@ -163,7 +163,8 @@ fn codec_error(e: FrameError) -> AmqpError {
     match e.error {
         CodecError::FrameTooLarge { .. }
         | CodecError::BadFrameEnd(_)
-        | CodecError::UnknownFrameType(_) => AmqpError::conn(code::FRAME_ERROR, e.error),
+        | CodecError::UnknownFrameType(_)
+        | CodecError::MalformedUtf8 => AmqpError::conn(code::FRAME_ERROR, e.error),
         CodecError::UnknownMethod(c, m) => AmqpError::conn(
             code::NOT_IMPLEMENTED,
             format!("unknown method class {c} method {m}"),
@@ -746,9 +747,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     self.send(0, ConnectionUpdateSecretOk {});
                     Ok(true)
                 }
+                // RabbitMQ's answer to a channel's method sent on channel 0.
                 other => Err(AmqpError::conn(
-                    code::COMMAND_INVALID,
-                    format!("unexpected method '{}' on channel 0", other.name()),
+                    code::CHANNEL_ERROR,
+                    "unexpected method in connection state running",
                 )
                 .caused_by(other.ids())),
             },

@@ -498,6 +498,24 @@ impl Session {
         (token, q)
     }
 
+    /// A passive declare of a direct reply-to name, as RabbitMQ answers it: the bare
+    /// `amq.rabbitmq.reply-to` always exists; `amq.rabbitmq.reply-to.<token>` exists while
+    /// its consumer does (an RPC server checks the caller is still there this way). Returns
+    /// the consumer count of the declare-ok; `None` when `name` is not a reply-to name.
+    pub fn reply_to_declare(&self, name: &str) -> Option<CoreResult<u32>> {
+        if name == REPLY_TO_PREFIX.trim_end_matches('.') {
+            return Some(Ok(1));
+        }
+        let token = name.strip_prefix(REPLY_TO_PREFIX)?;
+        Some(match self.vhost.has_reply_queue(token) {
+            true => Ok(1),
+            false => Err(CoreError::NotFound(format!(
+                "no queue '{name}' in vhost '{}'",
+                self.vhost.name
+            ))),
+        })
+    }
+
     /// Removes a direct reply-to pseudo-queue.
     pub fn reply_to_cancel(&self, token: &str) {
         self.vhost.unregister_reply_queue(token);

@@ -1,5 +1,5 @@
 //! Consumers: the sink queues deliver into, per-consumer and per-channel credit (basic.qos,
-//! channel.flow), basic.consume and basic.cancel, and basic.get.
+//! channel.flow from the client), basic.consume and basic.cancel, and basic.get.
 
 use super::{chan_err, Channel, ChannelShared, ConnCtx, ConnEvent, Unacked, REPLY_TO};
 use crate::codec::methods::*;
@@ -31,7 +31,7 @@ impl ConsumerSink for AmqpConsumer {
     fn has_credit(&self) -> bool {
         let ch = &self.ch;
         let c = &self.credit;
-        if !c.active.load(Ordering::Relaxed) || !ch.flow.load(Ordering::Relaxed) {
+        if !c.active.load(Ordering::Relaxed) {
             return false;
         }
         if c.prefetch != 0 && c.unacked.load(Ordering::Relaxed) >= c.prefetch {
@@ -132,13 +132,14 @@ impl Channel {
         Ok(())
     }
 
-    /// `channel.flow`: pauses or resumes deliveries to every consumer on the channel.
+    /// `channel.flow` from the client: resuming is answered, pausing refused (540).
     pub(super) fn flow(&mut self, ctx: &mut ConnCtx, f: ChannelFlow) -> Result<(), AmqpError> {
-        self.shared.flow.store(f.active, Ordering::Relaxed);
-        ctx.send(self.id, ChannelFlowOk { active: f.active });
-        if f.active {
-            self.kick_consumers();
+        if !f.active {
+            // RabbitMQ 3.10 refuses a client's request to pause its own deliveries (basic.qos
+            // is the way to hold them back).
+            return Err(AmqpError::conn(code::NOT_IMPLEMENTED, "active=false").caused_by((20, 20)));
         }
+        ctx.send(self.id, ChannelFlowOk { active: true });
         Ok(())
     }
 

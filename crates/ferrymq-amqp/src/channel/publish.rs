@@ -185,6 +185,14 @@ impl Channel {
         let Some((raw, summary)) = pc.properties else {
             return Ok(());
         };
+        if let Some(mode) = summary.delivery_mode.filter(|m| *m != 1 && *m != 2) {
+            return Err(AmqpError::chan(
+                ch,
+                code::PRECONDITION_FAILED,
+                format!("invalid message: {{delivery_mode_unknown,{mode}}}"),
+            )
+            .caused_by((60, 40)));
+        }
         let body = pc.single.unwrap_or_else(|| pc.body.freeze());
         let (exchange, key) = (&pc.publish.exchange, &pc.publish.routing_key);
         let is_reply = summary

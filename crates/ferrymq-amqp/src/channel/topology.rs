@@ -3,7 +3,7 @@
 //! Each is a thin translation onto the session, which checks permissions and arguments;
 //! what stays here is AMQP's own conventions (nowait, the channel's last declared queue).
 
-use super::{chan_err, Channel, ConnCtx, REPLY_TO};
+use super::{chan_err, Channel, ConnCtx};
 use crate::codec::methods::*;
 use crate::error::{code, AmqpError};
 use ferrymq_core::exchange::ExchangeOptions;
@@ -101,17 +101,21 @@ impl Channel {
         d: QueueDeclare,
     ) -> Result<(), AmqpError> {
         let ch = self.id;
-        // Clients probe for direct reply-to support this way; the pseudo-queue always exists.
-        if d.queue == REPLY_TO && d.passive {
-            if !d.nowait {
-                let ok = QueueDeclareOk {
-                    queue: d.queue,
-                    message_count: 0,
-                    consumer_count: 0,
-                };
-                self.reply_saved(ctx, Default::default(), ok);
+        // Clients probe for direct reply-to support this way, and RPC servers for their
+        // caller's reply consumer.
+        if d.passive {
+            if let Some(found) = ctx.session.reply_to_declare(&d.queue) {
+                let consumers = found.map_err(|e| chan_err(ch, e))?;
+                if !d.nowait {
+                    let ok = QueueDeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: consumers,
+                    };
+                    self.reply_saved(ctx, Default::default(), ok);
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         let opts = QueueOptions {
             durable: d.durable,

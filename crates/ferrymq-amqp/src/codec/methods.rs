@@ -38,8 +38,11 @@ macro_rules! methods {
             }
 
             /// Decodes a method frame payload (starting at the class id).
+            /// Names must be valid UTF-8 (501 otherwise, as in RabbitMQ), except in
+            /// basic.publish, whose exchange and routing key RabbitMQ takes as they come.
             pub fn decode(payload: &[u8]) -> Result<Method, CodecError> {
-                let mut r = Reader::new(payload);
+                let publish = payload.get(..4) == Some(&[0, 60, 0, 40]);
+                let mut r = Reader::new(payload).strict_utf8(!publish);
                 let class = r.u16()?;
                 let method = r.u16()?;
                 #[allow(unused_variables, unused_mut)]

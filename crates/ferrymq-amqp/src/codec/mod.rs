@@ -40,6 +40,9 @@ pub enum CodecError {
     /// A field value is malformed.
     #[error("malformed field: {0}")]
     Syntax(String),
+    /// A method argument that is a name is not valid UTF-8.
+    #[error("Malformed UTF-8 in shortstr")]
+    MalformedUtf8,
 }
 
 impl From<WireError> for CodecError {
@@ -47,6 +50,7 @@ impl From<WireError> for CodecError {
         match e {
             WireError::InsufficientBytes(n) => CodecError::InsufficientBytes(n),
             WireError::Syntax(s) => CodecError::Syntax(s),
+            WireError::MalformedUtf8 => CodecError::MalformedUtf8,
         }
     }
 }

@@ -57,18 +57,23 @@ fn not_found_exchange(name: &str, vhost: &str) -> CoreError {
 }
 
 /// The exchanges every vhost has from its creation, with their types.
-pub(crate) const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
+pub(crate) const STANDARD_EXCHANGES: [(&str, ExchangeKind); 7] = [
     ("", ExchangeKind::Direct),
     ("amq.direct", ExchangeKind::Direct),
     ("amq.fanout", ExchangeKind::Fanout),
     ("amq.topic", ExchangeKind::Topic),
     ("amq.headers", ExchangeKind::Headers),
     ("amq.match", ExchangeKind::Headers),
+    // Internal, as in RabbitMQ: the firehose tracer publishes to it, clients only bind to it.
+    (TRACE_EXCHANGE, ExchangeKind::Topic),
 ];
+
+/// RabbitMQ's firehose exchange (internal topic exchange).
+pub const TRACE_EXCHANGE: &str = "amq.rabbitmq.trace";
 
 impl VHost {
     /// A vhost with the standard exchanges (default, amq.direct, amq.fanout, amq.topic,
-    /// amq.headers, amq.match), keeping everything in memory.
+    /// amq.headers, amq.match, amq.rabbitmq.trace), keeping everything in memory.
     pub fn new(name: &str) -> Arc<Self> {
         VHost::with_persistence(name, None)
     }
@@ -97,10 +102,11 @@ impl VHost {
         {
             let mut ex = v.exchanges.write();
             for (n, k) in STANDARD_EXCHANGES {
-                ex.insert(
-                    n.to_string(),
-                    Arc::new(Exchange::new(n, k, durable.clone())),
-                );
+                let options = ExchangeOptions {
+                    internal: n == TRACE_EXCHANGE,
+                    ..durable.clone()
+                };
+                ex.insert(n.to_string(), Arc::new(Exchange::new(n, k, options)));
             }
         }
         v

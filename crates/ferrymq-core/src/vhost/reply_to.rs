@@ -14,6 +14,11 @@ impl VHost {
         self.reply_queues.write().insert(token.to_string(), q);
     }
 
+    /// Whether a direct reply-to pseudo-queue is registered under `token`.
+    pub(crate) fn has_reply_queue(&self, token: &str) -> bool {
+        self.reply_queues.read().contains_key(token)
+    }
+
     /// Removes a direct reply-to pseudo-queue.
     pub(crate) fn unregister_reply_queue(&self, token: &str) {
         if let Some(q) = self.reply_queues.write().remove(token) {

@@ -57,6 +57,27 @@ pub(crate) fn routing_kind(type_name: &str, args: &FieldTable) -> CoreResult<Exc
         .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{type_name}'")))
 }
 
+/// A headers exchange's binding must say how to match (`x-match`), with RabbitMQ's texts.
+fn check_binding_args(x: &Exchange, args: &FieldTable) -> CoreResult<()> {
+    if x.kind != ExchangeKind::Headers {
+        return Ok(());
+    }
+    match args.get("x-match") {
+        None => Ok(()),
+        Some(FieldValue::LongStr(_)) => match args.get("x-match").and_then(FieldValue::as_str) {
+            Some("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+            other => Err(CoreError::PreconditionFailed(format!(
+                "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
+                other.unwrap_or_default()
+            ))),
+        },
+        Some(v) => Err(CoreError::PreconditionFailed(format!(
+            "Invalid x-match field type {} (value {v}); expected longstr",
+            v.rabbit_type_name()
+        ))),
+    }
+}
+
 impl VHost {
     pub(super) fn check_not_deleted(&self) -> CoreResult<()> {
         if self.is_deleted() {
@@ -111,6 +132,15 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let kind = routing_kind(type_name, &options.arguments)?;
+        if let Some(v) = options.arguments.get("alternate-exchange") {
+            if v.as_str().is_none() {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in vhost '{}'",
+                    v.rabbit_type_name(),
+                    self.name
+                )));
+            }
+        }
         if let Some(existing) = self.exchanges.read().get(name) {
             return existing
                 .check_equivalent(&self.name, type_name, options)
@@ -243,6 +273,8 @@ impl VHost {
     ) -> CoreResult<(Arc<Queue>, QueueCounts, Pending)> {
         if passive {
             let q = self.queue(name, conn)?;
+            // A passive declare counts as use (RabbitMQ restarts the `x-expires` timer).
+            q.touch();
             let c = q.counts();
             return Ok((q, c, Pending::default()));
         }
@@ -437,8 +469,10 @@ impl VHost {
         }
         let _t = self.topology.lock();
         self.check_not_deleted()?;
-        let q = self.queue(queue, conn)?;
+        // The exchange is looked up first, so it is the one reported missing, as in RabbitMQ.
         let x = self.exchange(exchange)?;
+        let q = self.queue(queue, conn)?;
+        check_binding_args(&x, &args)?;
         let dest = Destination::Queue(q);
         let def = self.binding_def(exchange, &dest, key, &args);
         self.persist_then(
@@ -497,8 +531,9 @@ impl VHost {
         }
         let _t = self.topology.lock();
         self.check_not_deleted()?;
-        let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
+        let d = self.exchange(destination)?;
+        check_binding_args(&s, &args)?;
         let dest = Destination::Exchange(d);
         let def = self.binding_def(source, &dest, key, &args);
         self.persist_then(

@@ -25,4 +25,7 @@ pub enum WireError {
     /// A field value is malformed.
     #[error("malformed field: {0}")]
     Syntax(String),
+    /// A short string that must be text is not valid UTF-8.
+    #[error("Malformed UTF-8 in shortstr")]
+    MalformedUtf8,
 }

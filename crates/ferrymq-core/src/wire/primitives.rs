@@ -31,6 +31,8 @@ pub struct Reader<'a> {
     pos: usize,
     bits: u8,
     bit_pos: u8,
+    /// Short strings must be valid UTF-8 (method arguments, as RabbitMQ checks them).
+    strict_utf8: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -41,7 +43,15 @@ impl<'a> Reader<'a> {
             pos: 0,
             bits: 0,
             bit_pos: 8,
+            strict_utf8: false,
         }
+    }
+
+    /// The same reader refusing short strings that are not valid UTF-8 with
+    /// [`WireError::MalformedUtf8`] instead of replacing the bad bytes.
+    pub fn strict_utf8(mut self, strict: bool) -> Self {
+        self.strict_utf8 = strict;
+        self
     }
 
     /// Bytes not yet read.
@@ -91,7 +101,8 @@ impl<'a> Reader<'a> {
         self.bit_pos += 1;
         Ok(v)
     }
-    /// A short string (8-bit length). Invalid UTF-8 is replaced rather than rejected, since
+    /// A short string (8-bit length). Invalid UTF-8 is refused by a strict reader, else
+    /// replaced rather than rejected, since
     /// names are compared as text everywhere in the broker; replacement characters take 3
     /// bytes, so the text is then cut back to 255 bytes, keeping every decoded short string
     /// one that encodes exactly.
@@ -100,6 +111,7 @@ impl<'a> Reader<'a> {
         let b = self.take(n)?;
         Ok(match std::str::from_utf8(b) {
             Ok(s) => s.to_string(),
+            Err(_) if self.strict_utf8 => return Err(WireError::MalformedUtf8),
             Err(_) => short(&String::from_utf8_lossy(b)).to_string(),
         })
     }
