@@ -197,8 +197,8 @@ impl PagedStore {
     /// them, and keep the deadlines they were written with. Records written before deadlines
     /// were stored get one from `default_ttl` (the queue's message TTL) or their
     /// `expiration`, counted from now. Transient messages paged out before the restart are
-    /// dropped, as RabbitMQ drops them. Recovered messages come back marked redelivered: the
-    /// broker cannot know whether they were delivered before the restart.
+    /// dropped, as RabbitMQ drops them. Recovered messages that had been delivered (to a
+    /// consumer that had to acknowledge them) come back marked redelivered, the others not.
     pub fn recover(
         persist: Arc<Persistence>,
         health: Arc<LogHealth>,
@@ -372,8 +372,10 @@ impl PagedStore {
             }
             self.paged -= 1;
             let mut qm = QueuedMessage::new(seq, Arc::new(msg));
-            if from_before {
+            if from_before && log.was_delivered(pos) {
                 qm.mark_returned();
+            }
+            if from_before {
                 // Body bytes of recovered messages become known only now.
                 self.bytes += qm.message.body_size();
             }
@@ -579,6 +581,26 @@ impl MessageStore for PagedStore {
         self.ram_pos.insert(at, pos);
     }
 
+    fn delivered(&mut self, msg: &QueuedMessage) {
+        if !self.durable || !(self.keep_all || msg.message.is_persistent()) {
+            return;
+        }
+        let seq = msg.seq();
+        let found = match self.inflight.back() {
+            Some((s, _)) if *s == seq => Some(self.inflight.len() - 1),
+            _ => self.inflight.binary_search_by_key(&seq, |(s, _)| *s).ok(),
+        };
+        let Some(&(_, pos)) = found.and_then(|i| self.inflight.get(i)) else {
+            return;
+        };
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.mark_delivered(pos) {
+                // Only the redelivered flag after a restart is at stake.
+                tracing::warn!("{}: cannot record a delivery: {e}", self.dir.display());
+            }
+        }
+    }
+
     fn ack(&mut self, seq: u64) {
         let found = match self.inflight.front() {
             Some((s, _)) if *s == seq => Some(0),
@@ -747,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_returns_persistent_messages_only_marked_redelivered() {
+    fn recovery_returns_persistent_messages_redelivered_only_if_delivered_before() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("q");
         {
@@ -761,9 +783,15 @@ mod tests {
             }
             // Acked before the "crash": must not come back.
             let m = s.shift().unwrap();
+            s.delivered(&m);
             s.ack(m.seq());
             let m = s.shift().unwrap();
             s.ack(m.seq());
+            // Delivered and unacked at the "crash": 3 is transient, 4 persistent.
+            for _ in 0..2 {
+                let m = s.shift().unwrap();
+                s.delivered(&m);
+            }
         }
         let r =
             PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
@@ -771,7 +799,8 @@ mod tests {
         let len_at_start = s.len();
         let mut got = Vec::new();
         while let Some(m) = s.shift() {
-            assert!(m.redelivered());
+            // Only the one that had been delivered comes back redelivered.
+            assert_eq!(m.redelivered(), body(&m) == "4", "{}", body(&m));
             got.push(body(&m));
         }
         // Persistent = even sequence numbers; 2 was acked. Transient ones that had been
@@ -858,7 +887,7 @@ mod tests {
         assert_eq!(s.len(), 48);
         let mut got = Vec::new();
         while let Some(m) = s.shift() {
-            assert!(m.redelivered());
+            assert!(!m.redelivered(), "never delivered before the restart");
             got.push(body(&m));
         }
         let want: Vec<String> = (1..=50)

@@ -47,6 +47,13 @@ impl MessageStore for PriorityStore {
         }
     }
 
+    fn delivered(&mut self, msg: &QueuedMessage) {
+        let l = self.level(msg);
+        if let Some(s) = self.levels.get_mut(l) {
+            s.delivered(msg);
+        }
+    }
+
     fn ack(&mut self, seq: u64) {
         // Sequence numbers are unique across levels; only the level holding it reacts.
         for s in &mut self.levels {

@@ -591,6 +591,10 @@ impl Queue {
             };
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
+            if ack_required {
+                // Marked before it can reach the client, so a crash never hides a delivery.
+                st.store.delivered(&msg);
+            }
             match st.consumers[i].sink.deliver(self, msg, ack_required) {
                 Ok(()) => {
                     if ack_required {
@@ -630,6 +634,7 @@ impl Queue {
         }
         let out = msg.map(|msg| {
             if ack_required {
+                st.store.delivered(&msg);
                 st.unacked += 1;
             } else {
                 st.settled(msg.seq());

@@ -24,6 +24,10 @@ pub trait MessageStore: Send {
     fn shift(&mut self) -> Option<QueuedMessage>;
     /// Puts a delivered-but-unacked message back at its original position.
     fn requeue(&mut self, msg: QueuedMessage);
+    /// Records that `msg`, just taken from the head, goes to a consumer that must
+    /// acknowledge it: a store that keeps it across restarts remembers that, so only such
+    /// messages come back `redelivered`.
+    fn delivered(&mut self, _msg: &QueuedMessage) {}
     /// Records that a delivered message was acknowledged (or otherwise finished with).
     fn ack(&mut self, seq: u64);
     /// Takes a ready message out of the middle of the queue (it expired), wherever it is:

@@ -6,7 +6,10 @@
 //! <dir>/0000000001.ack   offsets of settled records in that segment: [u32 LE]...
 //! ```
 //!
-//! An ack log may also hold `u32::MAX`: every record of that segment is settled (a purge).
+//! An ack log may also hold `u32::MAX`: every record of that segment is settled (a purge),
+//! and delivered marks: an offset with bit 31 set (offsets stay below 2^30, segments being
+//! at most 1 GiB) says the record was delivered to a consumer that had to acknowledge it,
+//! so it comes back `redelivered` after a restart and the others do not.
 //!
 //! Recovery is records minus acks. A segment whose every record is acked (and that is no
 //! longer written to) is deleted with its ack log, so disk use falls as consumers catch up.
@@ -37,6 +40,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// a record is at least a header long and offsets are `u32`). Written by
 /// [`QueueLog::settle_from`] so a purged segment need not be read to be settled.
 const SETTLED_ALL: u32 = u32::MAX;
+/// Bit marking an ack-log entry as a delivered mark rather than an ack.
+const DELIVERED: u32 = 1 << 31;
 /// Records read per batch while settling a purged segment record by record.
 const SETTLE_BATCH: usize = 4096;
 
@@ -50,6 +55,8 @@ struct Segment {
     skip: HashSet<u32>,
     /// Damaged records recovery stepped over (offset → size): reading skips them too.
     corrupt: HashMap<u32, u32>,
+    /// Unacked records found marked delivered when the log was opened.
+    delivered: HashSet<u32>,
 }
 
 impl Segment {
@@ -61,6 +68,7 @@ impl Segment {
             len: 0,
             skip: HashSet::new(),
             corrupt: HashMap::new(),
+            delivered: HashSet::new(),
         }
     }
 }
@@ -417,6 +425,24 @@ impl QueueLog {
         Ok(payload)
     }
 
+    /// Records that the record at `pos` was delivered to a consumer that must acknowledge
+    /// it. Like acks, marks are written to the OS without fsync: a mark lost in a machine
+    /// crash only loses the `redelivered` flag of a message delivered just before.
+    pub fn mark_delivered(&mut self, pos: Position) -> Result<(), StoreError> {
+        if !self.segments.contains_key(&pos.segment) {
+            return Ok(());
+        }
+        self.write_ack(pos.segment, pos.offset | DELIVERED)
+    }
+
+    /// Whether a record recovered at open had been delivered before (see
+    /// [`QueueLog::mark_delivered`]).
+    pub fn was_delivered(&self, pos: Position) -> bool {
+        self.segments
+            .get(&pos.segment)
+            .is_some_and(|s| s.delivered.contains(&pos.offset))
+    }
+
     /// Records that the record at `pos` is settled. Each position must be acked once.
     pub fn ack(&mut self, pos: Position) -> Result<(), StoreError> {
         if !self.segments.contains_key(&pos.segment) {
@@ -640,18 +666,24 @@ fn recover_segment(
 ) -> Result<Segment, StoreError> {
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
-    let acked: HashSet<u32> = match std::fs::read(ack_path(dir, id)) {
+    let mut acked: HashSet<u32> = HashSet::new();
+    let mut delivered: HashSet<u32> = HashSet::new();
+    match std::fs::read(ack_path(dir, id)) {
         Ok(b) => {
             let whole = b.len() - b.len() % 4;
             if whole < b.len() {
                 cut_ack_log(dir, id, whole)?;
             }
-            b[..whole]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
+            for c in b[..whole].chunks_exact(4) {
+                let e = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                if e != SETTLED_ALL && e & DELIVERED != 0 {
+                    delivered.insert(e & !DELIVERED);
+                } else {
+                    acked.insert(e);
+                }
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&ack_path(dir, id))(e)),
     };
     let all_settled = acked.contains(&SETTLED_ALL);
@@ -669,6 +701,9 @@ fn recover_segment(
                         segment: id,
                         offset: off as u32,
                     };
+                    if delivered.contains(&(off as u32)) {
+                        seg.delivered.insert(off as u32);
+                    }
                     visit(at, payload);
                 }
                 off = next;
