@@ -154,8 +154,19 @@ async fn unused_queue_expires_and_a_used_one_stays() {
     declare(&ch, "busy", table(&[("x-expires", int(200))])).await;
     let _consumer = consume(&ch, "busy", "c").await;
     let (_c2, ch2) = channel(&b).await;
+    // Polled by binding to it: a passive declare would count as use (as in RabbitMQ).
     eventually_async(
-        || async { passive_queue(&ch2, "tmp").await.is_err() },
+        || async {
+            ch2.queue_bind(
+                "tmp",
+                "amq.fanout",
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .is_err()
+        },
         "tmp expires",
     )
     .await;

@@ -581,6 +581,18 @@ impl MessageStore for PagedStore {
         self.ram_pos.insert(at, pos);
     }
 
+    fn flush(&mut self) {
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.flush() {
+                tracing::warn!("{}: cannot record acks: {e}", self.dir.display());
+            }
+        }
+    }
+
+    fn unflushed(&self) -> bool {
+        self.log.as_ref().is_some_and(QueueLog::unflushed)
+    }
+
     fn delivered(&mut self, msg: &QueuedMessage) {
         if !self.durable || !(self.keep_all || msg.message.is_persistent()) {
             return;

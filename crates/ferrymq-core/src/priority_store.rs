@@ -54,6 +54,16 @@ impl MessageStore for PriorityStore {
         }
     }
 
+    fn flush(&mut self) {
+        for s in &mut self.levels {
+            s.flush();
+        }
+    }
+
+    fn unflushed(&self) -> bool {
+        self.levels.iter().any(|s| s.unflushed())
+    }
+
     fn ack(&mut self, seq: u64) {
         // Sequence numbers are unique across levels; only the level holding it reacts.
         for s in &mut self.levels {

@@ -25,6 +25,10 @@ use std::time::Instant;
 /// RabbitMQ's write it).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
+/// How soon after a delivery its buffered delivered mark is written (ms), when no ack or
+/// further deliveries flush it first.
+const MARK_FLUSH_MS: u64 = 5;
+
 /// Most messages one expiry pass under a queue's lock removes (see `QueueState::expire_due`).
 const EXPIRE_BATCH: usize = 1024;
 /// Most body bytes of dead letters one expiry pass collects before the lock is released.
@@ -615,6 +619,16 @@ impl Queue {
                 }
             }
         }
+        self.flush_soon(st);
+    }
+
+    /// Has the timer write the store's buffered delivered marks shortly: a delivery held
+    /// by a slow consumer keeps its mark even if no ack comes before a crash.
+    fn flush_soon(self: &Arc<Self>, st: &mut QueueState) {
+        if st.store.unflushed() {
+            let at = now_ms() + MARK_FLUSH_MS;
+            self.arm(st, at);
+        }
     }
 
     /// Takes the head message for basic.get. Returns it with the number of messages left.
@@ -641,6 +655,7 @@ impl Queue {
             }
             (msg, st.store.len())
         });
+        self.flush_soon(&mut st);
         self.unlock_and_flush(st);
         out
     }
@@ -651,6 +666,7 @@ impl Queue {
         for &s in seqs {
             st.settled(s);
         }
+        st.store.flush();
         st.unacked = st.unacked.saturating_sub(seqs.len());
     }
 
@@ -665,6 +681,7 @@ impl Queue {
                 st.dead_letter(m.message, DeathReason::Rejected);
             }
         }
+        st.store.flush();
         self.unlock_and_flush(st);
     }
 
@@ -702,6 +719,7 @@ impl Queue {
             }
             st.store.requeue(m);
         }
+        st.store.flush();
         self.dispatch_locked(&mut st);
         self.unlock_and_flush(st);
     }
@@ -771,7 +789,9 @@ impl Queue {
         let st = &mut *st;
         // A paged backlog is settled on disk without being read back under this lock.
         let deadlines = &mut st.deadlines;
-        st.store.purge(&mut |seq| deadlines.forget(seq))
+        let n = st.store.purge(&mut |seq| deadlines.forget(seq));
+        st.store.flush();
+        n
     }
 
     /// Marks the queue deleted, drops its messages and tells every consumer (except
@@ -807,6 +827,7 @@ impl Timed for Queue {
         if st.deleted {
             return;
         }
+        st.store.flush();
         while st.expire_due(now) {
             // More are due: let publishers and consumers in, and hand over the dead letters
             // collected so far, before the next batch.
@@ -829,6 +850,7 @@ impl Timed for Queue {
         if let Some(at) = next {
             self.arm(&mut st, at);
         }
+        st.store.flush();
         self.unlock_and_flush(st);
         if expired {
             if let Some(home) = self.home.get().and_then(Weak::upgrade) {

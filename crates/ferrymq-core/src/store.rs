@@ -28,6 +28,13 @@ pub trait MessageStore: Send {
     /// acknowledge it: a store that keeps it across restarts remembers that, so only such
     /// messages come back `redelivered`.
     fn delivered(&mut self, _msg: &QueuedMessage) {}
+    /// Writes what the store buffered of acks and delivered marks (see
+    /// [`MessageStore::unflushed`]).
+    fn flush(&mut self) {}
+    /// Whether acks or delivered marks are buffered: the queue flushes them soon after.
+    fn unflushed(&self) -> bool {
+        false
+    }
     /// Records that a delivered message was acknowledged (or otherwise finished with).
     fn ack(&mut self, seq: u64);
     /// Takes a ready message out of the middle of the queue (it expired), wherever it is:

@@ -93,6 +93,21 @@ pub struct QueueLog {
     durable: bool,
     health: Arc<LogHealth>,
     scratch: Vec<u8>,
+    /// Ack-log entries (acks and delivered marks) not yet written, as (segment, entry): one
+    /// write per segment and batch instead of a syscall per entry (see [`QueueLog::flush`]).
+    unwritten: Vec<(u32, u32)>,
+}
+
+/// Unwritten ack-log entries that make [`QueueLog`] write them at once.
+const UNWRITTEN_MAX: usize = 64;
+
+impl Drop for QueueLog {
+    /// A log closed at shutdown writes what it buffered, so a clean restart loses no ack.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!("{}: acks not written at close: {e}", self.dir.display());
+        }
+    }
 }
 
 fn seg_path(dir: &Path, id: u32) -> PathBuf {
@@ -197,6 +212,7 @@ impl QueueLog {
             durable,
             health,
             scratch: Vec::new(),
+            unwritten: Vec::new(),
         };
         Ok((log, ready))
     }
@@ -432,7 +448,47 @@ impl QueueLog {
         if !self.segments.contains_key(&pos.segment) {
             return Ok(());
         }
-        self.write_ack(pos.segment, pos.offset | DELIVERED)
+        self.buffer_entry(pos.segment, pos.offset | DELIVERED)
+    }
+
+    fn buffer_entry(&mut self, segment: u32, entry: u32) -> Result<(), StoreError> {
+        self.unwritten.push((segment, entry));
+        if self.unwritten.len() >= UNWRITTEN_MAX {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Whether acks or delivered marks wait for [`QueueLog::flush`].
+    pub fn unflushed(&self) -> bool {
+        !self.unwritten.is_empty()
+    }
+
+    /// Writes the buffered acks and delivered marks, one write per segment. Acks and marks
+    /// are buffered so a batch of them costs one syscall; the queue flushes at the end of
+    /// each ack batch and shortly after a delivery (its timer), and they are never fsynced
+    /// anyway: a lost ack is a redelivery, a lost mark a missing `redelivered` flag.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let mut entries = std::mem::take(&mut self.unwritten);
+        // Stable: each segment's entries keep their order.
+        entries.sort_by_key(|(seg, _)| *seg);
+        let mut result = Ok(());
+        let mut buf = Vec::with_capacity(entries.len() * 4);
+        for chunk in entries.chunk_by(|a, b| a.0 == b.0) {
+            buf.clear();
+            for (_, e) in chunk {
+                buf.extend_from_slice(&e.to_le_bytes());
+            }
+            if let Err(e) = self.write_ack_bytes(chunk[0].0, &buf) {
+                result = Err(e);
+            }
+        }
+        entries.clear();
+        self.unwritten = entries;
+        result
     }
 
     /// Whether a record recovered at open had been delivered before (see
@@ -448,12 +504,14 @@ impl QueueLog {
         if !self.segments.contains_key(&pos.segment) {
             return Ok(());
         }
-        self.write_ack(pos.segment, pos.offset)?;
+        self.buffer_entry(pos.segment, pos.offset)?;
         let Some(seg) = self.segments.get_mut(&pos.segment) else {
             return Ok(());
         };
         seg.acked += 1;
         if seg.acked >= seg.records && pos.segment != self.head.id {
+            // Its buffered entries are moot: the segment and its ack log go.
+            self.unwritten.retain(|(s, _)| *s != pos.segment);
             self.segments.remove(&pos.segment);
             self.readers.remove(&pos.segment);
             self.remove_later(pos.segment);
@@ -467,6 +525,8 @@ impl QueueLog {
     /// and checked against its ack log so no record is settled twice (which would count a
     /// live record before `from` as settled and lose it at the next start).
     pub fn settle_from(&mut self, from: Position) -> Result<(), StoreError> {
+        // The ack log of `from`'s segment is read below: it must hold every ack so far.
+        self.flush()?;
         if self.head.id > from.segment && self.head.len > 0 {
             // The head takes appends: a fresh one lets it be settled whole like the others.
             self.roll()?;
@@ -512,6 +572,10 @@ impl QueueLog {
     }
 
     fn write_ack(&mut self, id: u32, offset: u32) -> Result<(), StoreError> {
+        self.write_ack_bytes(id, &offset.to_le_bytes())
+    }
+
+    fn write_ack_bytes(&mut self, id: u32, bytes: &[u8]) -> Result<(), StoreError> {
         let path = ack_path(&self.dir, id);
         let Some(seg) = self.segments.get_mut(&id) else {
             return Ok(());
@@ -525,7 +589,7 @@ impl QueueLog {
             seg.ack_log = Some(f);
         }
         match &mut seg.ack_log {
-            Some(f) => f.write_all(&offset.to_le_bytes()).map_err(io(&path)),
+            Some(f) => f.write_all(bytes).map_err(io(&path)),
             None => Ok(()),
         }
     }
@@ -553,7 +617,9 @@ impl QueueLog {
 
     /// Deletes the whole log (the queue was deleted): its directory is removed in the
     /// background (see [`crate::reaper`]).
-    pub fn destroy(self) {
+    pub fn destroy(mut self) {
+        // Nothing buffered is to be written into a directory about to go.
+        self.unwritten.clear();
         self.sync.reaper().remove(self.dir.clone());
     }
 
