@@ -431,6 +431,43 @@ def test_user_id_that_is_not_the_login_is_refused(broker):
     run_async(main())
 
 
+@divergence("x-queue-type is not validated; a quorum queue is a classic one (no x-delivery-count)")
+def test_quorum_queue_as_declared_by_the_tutorials(broker):
+    # RabbitMQ's current tutorials and aio-pika users declare work queues as quorum queues.
+    async def main():
+        conn = await aio_pika.connect(amqp_url(broker))
+        try:
+            ch = await conn.channel()
+            name = n("quorum")
+            q = await ch.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+            await ch.default_exchange.publish(
+                Message(b"task", delivery_mode=DeliveryMode.PERSISTENT), name)
+            async with q.iterator() as it:
+                first = await next_message(it)
+                assert (first.body, first.redelivered) == (b"task", False)
+                await first.reject(requeue=True)
+                again = await next_message(it)
+                # A quorum queue counts the deliveries of a message that came back.
+                assert (again.body, again.redelivered, again.headers.get("x-delivery-count")) == (
+                    b"task", True, 1)
+                await again.ack()
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed) as e:
+                await ch.declare_queue(name, durable=True, arguments={"x-queue-type": "classic"})
+            assert e.value.args == (
+                f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{name}' in vhost '/': "
+                "received 'classic' but current is 'quorum'",)
+            ch = await conn.channel()
+            await ch.queue_delete(name)
+            excl = n("quorum-excl")
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed) as e:
+                await ch.declare_queue(excl, exclusive=True, arguments={"x-queue-type": "quorum"})
+            assert e.value.args == (
+                f"PRECONDITION_FAILED - invalid property 'exclusive-owner' for queue '{excl}' in vhost '/'",)
+        finally:
+            await conn.close()
+    run_async(main())
+
+
 # ---------------------------------------------------------------------------------------
 # Exchanges
 

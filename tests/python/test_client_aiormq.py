@@ -10,7 +10,7 @@ import aiormq
 import pytest
 from aiormq import spec
 
-from conftest import amqp_url, run_async
+from conftest import amqp_url, divergence, run_async
 
 
 def n(prefix):
@@ -193,6 +193,31 @@ def test_channel_errors_close_the_channel_not_the_connection(broker):
             # The connection survived all of it.
             assert not conn.is_closed
             assert (await ch.queue_declare(mine, passive=True)).queue == mine
+    run_async(main())
+
+
+@divergence("redeclaring with an argument of another type is 'invalid arg', not 'inequivalent arg'")
+def test_redeclaring_with_an_argument_of_another_type_is_inequivalent(broker):
+    # A queue declared by one service with an integer TTL, then by another whose
+    # configuration gives the TTL as a string.
+    async def main():
+        async with aiormq.connect(amqp_url(broker)) as conn:
+            ch = await conn.channel()
+            q = n("ttl")
+            await ch.queue_declare(q, auto_delete=True, arguments={"x-message-ttl": 1000})
+            with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as e:
+                await ch.queue_declare(q, auto_delete=True, arguments={"x-message-ttl": "1000"})
+            assert e.value.args == (
+                f"PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '{q}' in vhost '/': "
+                "received '1000' but current is '1000'",)
+            # Declared first with the string, the value itself is refused.
+            ch = await conn.channel()
+            other = n("ttl-str")
+            with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as e:
+                await ch.queue_declare(other, auto_delete=True, arguments={"x-message-ttl": "1000"})
+            assert e.value.args == (
+                f"PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue '{other}' in vhost '/': "
+                '"expected integer, got longstr"',)
     run_async(main())
 
 

@@ -8,7 +8,7 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
 const amqp = require('amqplib');
-const { startBroker } = require('../broker');
+const { startBroker, divergence } = require('../broker');
 
 let broker;
 const open = [];
@@ -310,6 +310,82 @@ test('RPC with direct reply-to (amq.rabbitmq.reply-to)', async () => {
   assert.match(err.message, /PRECONDITION_FAILED - fast reply consumer does not exist/);
   await closeConn(clientConn);
   await closeConn(serverConn);
+});
+
+test('direct reply-to: the RPC server can check that its caller is still there', async () => {
+  await divergence('passive declare of amq.rabbitmq.reply-to.<token> is not declare-ok', async () => {
+    const serverConn = await connect();
+    const server = await serverConn.createChannel();
+    const rpcQueue = name('rpc-check');
+    await server.assertQueue(rpcQueue, { exclusive: true });
+    server.on('error', () => {});
+    let reportCheck;
+    const checked = new Promise((resolve) => {
+      reportCheck = resolve;
+    });
+    await server.consume(
+      rpcQueue,
+      async (msg) => {
+        try {
+          // checkQueue is a passive queue.declare of the reply-to name.
+          const ok = await server.checkQueue(msg.properties.replyTo);
+          server.sendToQueue(msg.properties.replyTo, Buffer.from('pong'));
+          reportCheck({ ok, replyTo: msg.properties.replyTo });
+        } catch (err) {
+          reportCheck({ err });
+        }
+      },
+      { noAck: true },
+    );
+    const clientConn = await connect();
+    const client = await clientConn.createChannel();
+    const c = collector(client);
+    await client.consume('amq.rabbitmq.reply-to', c.onMessage, { noAck: true });
+    client.sendToQueue(rpcQueue, Buffer.from('ping'), { replyTo: 'amq.rabbitmq.reply-to' });
+    const { ok, replyTo, err } = await checked;
+    if (err) throw err;
+    assert.deepEqual(ok, { queue: replyTo, messageCount: 0, consumerCount: 1 });
+    const [reply] = await c.next();
+    assert.deepEqual([reply.content.toString(), reply.fields.routingKey], ['pong', replyTo]);
+    await closeConn(clientConn);
+    await closeConn(serverConn);
+  });
+});
+
+test('small negotiated frames: a big message is split and joined in 4 KiB frames', async () => {
+  // maxFrameSize makes amqplib refuse any frame from the server above the negotiated size.
+  const small = await amqp.connect(`${broker.url}?frameMax=4096&maxFrameSize=4096`);
+  open.push(small);
+  assert.equal(small.connection.frameMax, 4096);
+  const ch = await small.createConfirmChannel();
+  const q = await ch.assertQueue('', { exclusive: true });
+  const body = Buffer.alloc(100000);
+  for (let i = 0; i < body.length; i++) body[i] = i % 251;
+  ch.sendToQueue(q.queue, body, { headers: { big: 'x'.repeat(3000) } });
+  await ch.waitForConfirms();
+  const c = collector(ch);
+  await ch.consume(q.queue, c.onMessage, { noAck: true });
+  const [msg] = await c.next();
+  assert.ok(msg.content.equals(body));
+  assert.equal(msg.properties.headers.big.length, 3000);
+  await closeConn(small);
+});
+
+test('heartbeats keep an idle connection open', async () => {
+  const conn = await amqp.connect(`${broker.url}?heartbeat=1`);
+  open.push(conn);
+  assert.equal(conn.connection.heartbeat, 1);
+  let closed = null;
+  conn.on('close', (err) => {
+    closed = err || 'closed';
+  });
+  conn.on('error', () => {});
+  // amqplib closes the connection when it hears nothing from the server for two intervals.
+  await new Promise((resolve) => setTimeout(resolve, 3500));
+  assert.equal(closed, null);
+  const ch = await conn.createChannel();
+  assert.match((await ch.assertQueue('', { exclusive: true })).queue, /^amq\.gen-/);
+  await closeConn(conn);
 });
 
 test('channel errors: codes, texts and the method that failed', async () => {
