@@ -241,3 +241,22 @@ def test_transactions(broker):
         assert ch.queue_declare(q, passive=True).message_count == 1
     finally:
         conn.close()
+
+
+@divergence("channel.flow(active=false) from the client is accepted")
+def test_channel_flow_from_the_client(broker):
+    conn = connect(broker)
+    try:
+        ch = conn.channel()
+        assert ch.flow(True) is True
+        # RabbitMQ 3.10 does not let a client stop deliveries with channel.flow: it closes
+        # the connection.
+        with pytest.raises(ex.AMQPNotImplementedError) as e:
+            ch.flow(False)
+        assert (e.value.reply_code, e.value.reply_text, e.value.method_name) == (
+            540, "NOT_IMPLEMENTED - active=false", "Channel.flow")
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
