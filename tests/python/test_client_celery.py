@@ -117,8 +117,10 @@ def test_a_task_that_retries_succeeds_on_a_later_attempt(celery):
     assert result.state == "FAILURE"
 
 
-def test_countdown_tasks_run_after_the_ones_sent_later(celery):
+def test_a_countdown_task_is_held_by_the_worker_and_then_run(celery):
     tasks, _, _ = celery
+    # The worker takes the ETA message at once and keeps it unacknowledged until it is due,
+    # raising its prefetch so that the tasks sent after it still arrive.
     later = tasks.add.apply_async((1, 1), countdown=1)
     now = [tasks.add.delay(i, 100) for i in range(3)]
     assert [r.get(timeout=30) for r in now] == [100, 101, 102]

@@ -6,7 +6,6 @@ restart.
 Every test also passes against RabbitMQ 3.10 (AMQP_TEST_PORT=5681, RABBITMQCTL for the
 restart test)."""
 
-import socket
 import uuid
 
 import pytest
