@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit + integration tests (lapin), then Python interop tests (pika)
-# against the real `ferrymq` binary. Installs what it needs (a venv with pinned clients).
+# Runs every test: Rust unit + integration tests (lapin), then the Python interop tests (pika,
+# aio-pika, aiormq, kombu, Celery, py-amqp) and the Node ones (amqplib) against the real
+# `ferrymq` binary. Installs what it needs (a venv and node_modules with pinned clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,10 @@ else
 fi
 
 FERRYMQ_BIN="$PWD/target/debug/ferrymq" .venv/bin/python -m pytest -q tests/python
+
+# amqplib on Node: exact versions from tests/node/package-lock.json.
+(
+    cd tests/node
+    npm ci --no-audit --no-fund --prefer-offline --loglevel=error
+    FERRYMQ_BIN="$PWD/../../target/debug/ferrymq" node --test --test-concurrency=1 test/
+)

@@ -58,6 +58,14 @@ class ExternalBroker:
     def ctl(self, *args):
         pytest.skip("needs RABBITMQCTL to change the broker at runtime")
 
+    def restart(self):
+        """RabbitMQ's application stopped and started again (`rabbitmqctl stop_app`, then
+        `start_app`): it closes every connection with 320 CONNECTION_FORCED, keeps durable
+        entities and persistent messages."""
+        cmd = _rabbitmqctl()
+        for action in ("stop_app", "start_app"):
+            subprocess.run(cmd + [action], check=True, capture_output=True, timeout=120)
+
     def stop(self):
         pass
 
@@ -65,15 +73,17 @@ class ExternalBroker:
 class Broker:
     external = False
 
-    def __init__(self, tmp_path: Path, extra_args=(), data_dir: Path = None, bind="127.0.0.1"):
+    def __init__(self, tmp_path: Path, extra_args=(), data_dir: Path = None, amqp_port: int = 0,
+                 bind="127.0.0.1"):
         args = list(extra_args)
+        self._restart_args = (tmp_path, tuple(extra_args), data_dir, bind)
         # bind=None leaves the broker's default listen address.
         bind_args = ["--bind", bind] if bind else []
         # Which listen lines to wait for: plain unless turned off, AMQPS when configured.
         want_plain = not any(a == "--plain-listener" and b == "false" for a, b in zip(args, args[1:]))
         want_tls = "--tls-certfile" in args
         self.proc = subprocess.Popen(
-            [_binary(), "server", *bind_args, "--amqp-port", "0",
+            [_binary(), "server", *bind_args, "--amqp-port", str(amqp_port),
              "--data-dir", str(data_dir or tmp_path / "data"), *args],
             stderr=subprocess.PIPE, text=True,
         )
@@ -109,6 +119,13 @@ class Broker:
 
     def ctl(self, *args):
         pytest.skip("no runtime administration command for FerryMQ in this suite yet")
+
+    def restart(self):
+        """Stops the broker (it closes every connection with 320 CONNECTION_FORCED) and starts
+        it again on the same port with the same data dir."""
+        self.stop()
+        tmp_path, extra_args, data_dir, bind = self._restart_args
+        self.__init__(tmp_path, extra_args, data_dir, amqp_port=self.port, bind=bind)
 
     def stop(self):
         self.proc.terminate()
@@ -499,3 +516,55 @@ def tls_broker(tmp_path):
     finally:
         for b in started:
             b.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Other client libraries (test_client_*.py)
+
+
+def against_ferrymq() -> bool:
+    """True when the tests run against the FerryMQ binary (AMQP_TEST_PORT unset)."""
+    return not os.environ.get("AMQP_TEST_PORT")
+
+
+def divergence(reason: str):
+    """Marks a test that passes against RabbitMQ 3.10 and fails against FerryMQ: an expected
+    failure (strict, so a fix shows up as XPASS and the mark must go) only against FerryMQ."""
+    return pytest.mark.xfail(against_ferrymq(), reason=f"FerryMQ divergence: {reason}", strict=True)
+
+
+def amqp_url(broker, vhost="") -> str:
+    """amqp://guest:guest@127.0.0.1:PORT/ (vhost "" is the default vhost "/")."""
+    return f"amqp://guest:guest@127.0.0.1:{broker.port}/{vhost}"
+
+
+def run_async(coro, timeout=30):
+    """Runs one asyncio test body in a fresh event loop, with a deadline."""
+    import asyncio
+
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def wait_until(predicate, timeout=10, interval=0.05, what="condition"):
+    """Polls `predicate` until it returns something truthy (returned) or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory):
+    """One broker shared by the tests of a module (FerryMQ, or the external one)."""
+    external = os.environ.get("AMQP_TEST_PORT")
+    b = ExternalBroker(int(external)) if external else Broker(tmp_path_factory.mktemp("broker"))
+    try:
+        yield b
+    finally:
+        b.stop()
