@@ -17,7 +17,7 @@ from aio_pika.patterns import JsonRPC, Master, RPC
 from aio_pika.patterns.master import RejectMessage
 from aio_pika.patterns.rpc import JsonRPCError
 
-from conftest import amqp_url, divergence, run_async
+from conftest import amqp_url, run_async
 
 
 def n(prefix):
@@ -106,7 +106,6 @@ def test_a_robust_channel_reopens_after_the_broker_closed_it(broker):
     run_async(main())
 
 
-@divergence("every persistent message recovered after a restart is marked redelivered")
 def test_after_a_restart_only_delivered_messages_are_marked_redelivered(broker):
     # Applications treat `redelivered` as "possibly processed before": after a restart only
     # the message that had been delivered (and not acknowledged) carries it.
@@ -431,7 +430,6 @@ def test_user_id_that_is_not_the_login_is_refused(broker):
     run_async(main())
 
 
-@divergence("x-queue-type is not validated; a quorum queue is a classic one (no x-delivery-count)")
 def test_quorum_queue_as_declared_by_the_tutorials(broker):
     # RabbitMQ's current tutorials and aio-pika users declare work queues as quorum queues.
     async def main():

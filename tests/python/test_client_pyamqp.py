@@ -9,7 +9,6 @@ import amqp
 import pytest
 from amqp import exceptions as ex
 
-from conftest import divergence
 
 # What RabbitMQ 3.10 advertises in connection.start's server properties.
 RABBITMQ_CAPABILITIES = {
@@ -69,7 +68,6 @@ def test_wrong_password_with_plain_is_refused(broker):
              "For details see the broker logfile.")
 
 
-@divergence("the refusal of an AMQPLAIN login names the mechanism PLAIN")
 def test_wrong_password_with_amqplain_names_amqplain(broker):
     # py-amqp (and so kombu and Celery) prefers AMQPLAIN when the server offers it.
     conn = connect(broker)
@@ -243,7 +241,6 @@ def test_transactions(broker):
         conn.close()
 
 
-@divergence("channel.flow(active=false) from the client is accepted")
 def test_channel_flow_from_the_client(broker):
     conn = connect(broker)
     try:

@@ -378,9 +378,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 format!("malformed {mechanism} response"),
             )
         })?;
-        if let Err(e) = self
-            .broker
-            .authenticate(&user, &pass, self.peer.ip().is_loopback())
+        if let Err(e) =
+            self.broker
+                .authenticate_with(&user, &pass, &mechanism, self.peer.ip().is_loopback())
         {
             // Debug formatting escapes control characters a peer may put in its user name.
             tracing::warn!(peer = %self.peer, user = ?user, "login refused: {e}");

@@ -242,6 +242,18 @@ impl Broker {
 
     /// Checks a login. `loopback` says whether the peer connected from a loopback address.
     pub fn authenticate(&self, username: &str, password: &str, loopback: bool) -> CoreResult<()> {
+        self.authenticate_with(username, password, "PLAIN", loopback)
+    }
+
+    /// [`Broker::authenticate`] for a client that logged in with `mechanism` (PLAIN or
+    /// AMQPLAIN): a refusal names it, as RabbitMQ's does.
+    pub fn authenticate_with(
+        &self,
+        username: &str,
+        password: &str,
+        mechanism: &str,
+        loopback: bool,
+    ) -> CoreResult<()> {
         let ok = self
             .identity
             .read()
@@ -249,7 +261,7 @@ impl Broker {
             .get(username)
             .is_some_and(|u| u.check_password(password));
         if !ok {
-            return Err(login_refused("PLAIN"));
+            return Err(login_refused(mechanism));
         }
         self.check_loopback(username, loopback)
     }

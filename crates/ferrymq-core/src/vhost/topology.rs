@@ -286,6 +286,15 @@ impl VHost {
         } else {
             name.to_string()
         };
+        let _t = self.topology.lock();
+        self.check_not_deleted()?;
+        // An existing queue is compared first, as RabbitMQ does: an argument of another
+        // type is "inequivalent", not "invalid".
+        if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
+            q.touch();
+            let c = q.counts();
+            return Ok((q, c, Pending::default()));
+        }
         let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
         cfg.check_properties(
             &name,
@@ -295,13 +304,6 @@ impl VHost {
             options.auto_delete,
             server_named,
         )?;
-        let _t = self.topology.lock();
-        self.check_not_deleted()?;
-        if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
-            q.touch();
-            let c = q.counts();
-            return Ok((q, c, Pending::default()));
-        }
         if let Some(max) = max_queues {
             if self.queue_count() as u64 >= max {
                 return Err(crate::session::queue_limit_reached(&name, &self.name, max));
