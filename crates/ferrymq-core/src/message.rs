@@ -64,7 +64,7 @@ pub struct Message {
     /// Routing keys besides `routing_key` from the `CC` and `BCC` headers; `None` for the
     /// messages that have neither (nearly all: the field costs no allocation then, and keeps
     /// the message in the same allocator size class).
-    extra_keys: Option<Box<Vec<String>>>,
+    extra_keys: Option<Box<ExtraKeys>>,
 }
 
 impl Message {
@@ -120,7 +120,7 @@ impl Message {
             return self;
         }
         let mut all = KeySet::new(self.routing_key());
-        all.extend(self.extra_keys.take().map(|k| *k).unwrap_or_default());
+        all.extend(self.extra_keys.take().map(|k| k.0).unwrap_or_default());
         all.extend(keys);
         self.extra_keys = all.finish();
         self
@@ -128,7 +128,7 @@ impl Message {
 
     /// Routing keys besides [`Message::routing_key`] the sender chose (`CC`, `BCC`).
     pub fn extra_keys(&self) -> &[String] {
-        self.extra_keys.as_deref().map_or(&[], Vec::as_slice)
+        self.extra_keys.as_deref().map_or(&[], |k| k.0.as_slice())
     }
 
     /// A message from decoded properties (messages the broker makes itself, and tests).
@@ -294,7 +294,7 @@ impl<'a> LazyHeaders<'a> {
 
 /// The string entries of the `CC` and `BCC` header arrays, without repeats or the routing
 /// key itself (each queue gets a message once however many keys lead to it).
-fn sender_selected_keys(raw_properties: &[u8], routing_key: &str) -> Option<Box<Vec<String>>> {
+fn sender_selected_keys(raw_properties: &[u8], routing_key: &str) -> Option<Box<ExtraKeys>> {
     let headers = decode_properties(raw_properties).ok()?.headers?;
     let mut keys = KeySet::new(routing_key);
     for name in ["CC", "BCC"] {
@@ -304,6 +304,9 @@ fn sender_selected_keys(raw_properties: &[u8], routing_key: &str) -> Option<Box<
     }
     keys.finish()
 }
+
+/// A message's extra routing keys, boxed behind a thin pointer so [`Message`] stays 48 bytes.
+struct ExtraKeys(Vec<String>);
 
 /// Routing keys in order, each once (a hash set: a frame can carry thousands of them).
 struct KeySet {
@@ -327,8 +330,8 @@ impl KeySet {
         }
     }
 
-    fn finish(self) -> Option<Box<Vec<String>>> {
-        (!self.keys.is_empty()).then(|| Box::new(self.keys))
+    fn finish(self) -> Option<Box<ExtraKeys>> {
+        (!self.keys.is_empty()).then(|| Box::new(ExtraKeys(self.keys)))
     }
 }
 
