@@ -380,7 +380,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         })?;
         if let Err(e) =
             self.broker
-                .authenticate_with(&user, &pass, &mechanism, self.peer.ip().is_loopback())
+                .authenticate_with(&user, &pass, mechanism, self.peer.ip().is_loopback())
         {
             // Debug formatting escapes control characters a peer may put in its user name.
             tracing::warn!(peer = %self.peer, user = ?user, "login refused: {e}");
