@@ -502,7 +502,8 @@ async fn a_client_may_resume_but_not_pause_its_deliveries_with_channel_flow() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(540), "{e}");
-    assert!(!c.status().connected());
+    // A connection error: the connection is gone, not only the channel.
+    assert!(c.create_channel().await.is_err());
     b.stop().await;
 }
 
