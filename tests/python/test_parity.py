@@ -375,3 +375,28 @@ def test_after_a_restart_only_messages_delivered_before_are_redelivered(tmp_path
         conn.close()
     finally:
         b.stop()
+
+
+def test_cc_keys_route_with_the_routing_key_before_the_alternate_exchange(broker):
+    # RabbitMQ routes all of a message's keys (routing key, CC, BCC) through an exchange at
+    # once: its alternate exchange takes the message only if no key leads anywhere.
+    conn = broker.connect()
+    ch = conn.channel()
+    x, ae = n("ccx"), n("ccae")
+    q, lost = n("ccq"), n("ccaeq")
+    ch.exchange_declare(ae, "fanout", auto_delete=True)
+    ch.exchange_declare(x, "direct", auto_delete=True, arguments={"alternate-exchange": ae})
+    for name in (q, lost):
+        ch.queue_declare(name, auto_delete=True)
+    ch.queue_bind(lost, ae)
+    ch.queue_bind(q, x, "a")
+    ch.confirm_delivery()
+    for rk, cc in (("a", ["nowhere"]), ("nowhere", ["a"]), ("a", ["a", "elsewhere"])):
+        ch.basic_publish(x, rk, b"m", pika.BasicProperties(headers={"CC": cc}))
+    ch.basic_publish(x, "a", b"m", pika.BasicProperties(headers={"BCC": ["nowhere"]}))
+    assert ch.queue_declare(q, passive=True).method.message_count == 4
+    assert ch.queue_declare(lost, passive=True).method.message_count == 0
+    # Nothing routes: then the alternate exchange has it.
+    ch.basic_publish(x, "none", b"m", pika.BasicProperties(headers={"CC": ["other"]}))
+    assert ch.queue_declare(lost, passive=True).method.message_count == 1
+    conn.close()

@@ -166,6 +166,27 @@ impl QueueConfig {
     /// PRECONDITION_FAILED naming the argument. Unknown `x-` arguments are ignored, as
     /// RabbitMQ ignores them.
     pub fn from_args(queue: &str, vhost: &str, args: &FieldTable) -> CoreResult<QueueConfig> {
+        QueueConfig::parse(queue, vhost, args, true)
+    }
+
+    /// [`QueueConfig::from_args`] for a queue restored from the saved definitions. Builds
+    /// before queue types were checked saved what they accepted: a classic queue with
+    /// `x-delivery-limit` (it worked on any queue), `x-queue-type: stream` or a quorum
+    /// queue with `x-max-priority` (both served as classic queues), an `x-queue-mode` or
+    /// `x-dead-letter-strategy` of any value (ignored). Refusing them now would keep the
+    /// broker from starting on its own data directory (and leave policies unapplied to the
+    /// queue), so the queue works as it did: an unsupported type as classic, arguments its
+    /// type refuses still applied, values not understood ignored.
+    pub fn from_stored_args(
+        queue: &str,
+        vhost: &str,
+        args: &FieldTable,
+    ) -> CoreResult<QueueConfig> {
+        QueueConfig::parse(queue, vhost, args, true)
+            .or_else(|_| QueueConfig::parse(queue, vhost, args, false))
+    }
+
+    fn parse(queue: &str, vhost: &str, args: &FieldTable, strict: bool) -> CoreResult<QueueConfig> {
         let mut c = QueueConfig::default();
         let mut dedup = false;
         let (mut cache_size, mut cache_ttl) = (None, None);
@@ -180,6 +201,7 @@ impl QueueConfig {
                 }
                 Some("classic") => QueueType::Classic,
                 Some("quorum") => QueueType::Quorum,
+                Some(_) if !strict => QueueType::Classic,
                 Some("stream") => {
                     return Err(bad(
                         "\"stream queues are not supported by FerryMQ yet\"".into()
@@ -190,7 +212,7 @@ impl QueueConfig {
         }
         for (k, v) in args.iter() {
             let bad = |reason: String| invalid(queue, vhost, k, reason);
-            if c.queue_type.refuses(k) {
+            if strict && c.queue_type.refuses(k) {
                 return Err(CoreError::InvalidArgument(format!(
                     "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}' of queue type {}",
                     c.queue_type.rabbit_name()
@@ -226,14 +248,17 @@ impl QueueConfig {
                     }
                 },
                 "x-dead-letter-strategy" => {
-                    c.dead_letter_strategy = match check_str(v)?.as_str() {
-                        "at-most-once" => DeadLetterStrategy::AtMostOnce,
-                        "at-least-once" => DeadLetterStrategy::AtLeastOnce,
-                        _ => return Err(bad("invalid_dlx_strategy".into())),
+                    c.dead_letter_strategy = match v.as_str() {
+                        Some("at-most-once") => DeadLetterStrategy::AtMostOnce,
+                        Some("at-least-once") => DeadLetterStrategy::AtLeastOnce,
+                        _ if !strict => DeadLetterStrategy::AtMostOnce,
+                        Some(_) => return Err(bad("invalid_dlx_strategy".into())),
+                        None => return Err(check_str(v).unwrap_err()),
                     }
                 }
                 "x-queue-mode" => match v.as_str() {
                     Some("default" | "lazy") => {}
+                    _ if !strict => {}
                     Some(other) => {
                         return Err(bad(format!("\"unsupported queue mode '{other}'\"")))
                     }

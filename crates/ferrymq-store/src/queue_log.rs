@@ -465,9 +465,10 @@ impl QueueLog {
     }
 
     /// Writes the buffered acks and delivered marks, one write per segment. Acks and marks
-    /// are buffered so a batch of them costs one syscall; the queue flushes at the end of
-    /// each ack batch and shortly after a delivery (its timer), and they are never fsynced
-    /// anyway: a lost ack is a redelivery, a lost mark a missing `redelivered` flag.
+    /// are buffered so a batch of acks costs one syscall; the queue flushes at the end of
+    /// each ack batch, before a marked delivery leaves it, and shortly after other
+    /// settlements (its timer). They are never fsynced: a lost ack is a redelivery, a mark
+    /// lost in a machine crash a missing `redelivered` flag.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         if self.unwritten.is_empty() {
             return Ok(());
@@ -510,8 +511,9 @@ impl QueueLog {
         };
         seg.acked += 1;
         if seg.acked >= seg.records && pos.segment != self.head.id {
-            // Its buffered entries are moot: the segment and its ack log go.
-            self.unwritten.retain(|(s, _)| *s != pos.segment);
+            // Written first: the files are unlinked later, in the background, and a crash
+            // before that must find every ack (else acked records come back).
+            self.flush()?;
             self.segments.remove(&pos.segment);
             self.readers.remove(&pos.segment);
             self.remove_later(pos.segment);
@@ -635,6 +637,8 @@ impl QueueLog {
         let prev = id - 1;
         if let Some(s) = self.segments.get(&prev) {
             if s.acked >= s.records {
+                // Its buffered acks first (see `ack`).
+                self.flush()?;
                 self.segments.remove(&prev);
                 self.readers.remove(&prev);
                 self.remove_later(prev);
@@ -857,6 +861,71 @@ mod tests {
         }
         assert_eq!(all.len() as u64, n);
         (log, all)
+    }
+
+    /// Holds removals (their directory sync) in `gated` until opened.
+    struct Gate {
+        gated: PathBuf,
+        open: parking_lot::Mutex<bool>,
+        cv: parking_lot::Condvar,
+    }
+
+    impl crate::sync::Syncer for Gate {
+        fn sync_file(&self, f: &File, _p: &Path) -> std::io::Result<()> {
+            f.sync_data()
+        }
+        fn sync_dir(&self, p: &Path) -> std::io::Result<()> {
+            let mut open = self.open.lock();
+            while p == self.gated && !*open {
+                self.cv.wait(&mut open);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_crash_before_a_fully_acked_segment_is_unlinked_brings_none_of_it_back() {
+        // The last acks of a segment were buffered, then dropped as moot when the segment
+        // was handed to the background remover: a crash before the unlink found its records
+        // without their acks, and acked messages came back.
+        let d = tempfile::tempdir().unwrap();
+        let (dir, decoys) = (d.path().join("q"), d.path().join("decoys"));
+        std::fs::create_dir_all(&decoys).unwrap();
+        std::fs::write(decoys.join("x"), b"x").unwrap();
+        let gate = Arc::new(Gate {
+            gated: decoys.clone(),
+            open: parking_lot::Mutex::new(false),
+            cv: parking_lot::Condvar::new(),
+        });
+        let sync = SyncGroup::start_with(FsyncPolicy::Never, gate.clone());
+        let (mut log, _) =
+            QueueLog::open(&dir, 4096, sync.clone(), Some(LogHealth::new("q"))).unwrap();
+        let mut pos = Vec::new();
+        while log.end().segment == log.first().segment {
+            pos.push(log.append(&[7u8; 100]).unwrap().0);
+        }
+        let kept = log.append(&[8u8; 100]).unwrap().0;
+        // The remover is busy (held) while the first segment is fully acked.
+        sync.reaper().remove(decoys.join("x"));
+        for p in pos.iter().filter(|p| p.segment != kept.segment) {
+            log.ack(*p).unwrap();
+        }
+        // A kill -9 now: nothing more is written, the remover has not unlinked anything.
+        let crashed = d.path().join("crashed");
+        std::fs::create_dir_all(&crashed).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), crashed.join(e.file_name())).unwrap();
+        }
+        *gate.open.lock() = true;
+        gate.cv.notify_all();
+        std::mem::forget(log);
+        let (_log, back) = open(&crashed, 4096);
+        assert_eq!(
+            back,
+            vec![vec![7u8; 100], vec![8u8; 100]],
+            "only the unacked records (the second segment's) come back"
+        );
     }
 
     #[test]

@@ -446,3 +446,55 @@ fn exported_definitions_are_rabbitmq_format_and_import_into_another_broker() {
         "imported and saved"
     );
 }
+
+#[test]
+fn queues_saved_with_arguments_their_type_now_refuses_still_come_back() {
+    // Before queue types were checked, a classic queue could have a delivery limit and
+    // `stream` or `quorum` queues were classic ones, whatever else they asked for. A data
+    // directory holding them must still open (the broker refused to start), and they must
+    // keep working as they did.
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let s = b.open_session("guest", "/", meta()).unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for name in ["limited", "stream", "prio"] {
+        s.declare_queue(name, durable.clone(), false).unwrap();
+    }
+    let props = crate::message::Properties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    let m = crate::message::Message::from_properties("", "limited", &props, bytes::Bytes::new());
+    s.publish("", Arc::new(m.unwrap())).unwrap();
+    drop(s);
+    b.persistence().unwrap().stop();
+    drop(b);
+    // Rewrite the definitions as the earlier version saved those declarations.
+    let defs_path = d.path().join("definitions.json");
+    let text = std::fs::read_to_string(&defs_path).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for q in doc["queues"].as_array_mut().unwrap() {
+        let args = match q["name"].as_str().unwrap() {
+            "limited" => serde_json::json!({"x-delivery-limit": 2, "x-queue-mode": "other"}),
+            "stream" => serde_json::json!({"x-queue-type": "stream"}),
+            _ => serde_json::json!({"x-queue-type": "quorum", "x-max-priority": 5}),
+        };
+        q["arguments"] = args;
+    }
+    std::fs::write(&defs_path, doc.to_string()).unwrap();
+    let p = Persistence::open(PersistConfig::new(d.path())).unwrap();
+    let b = Broker::open(BrokerConfig::default(), p).expect("the broker starts");
+    let v = b.vhost("/").unwrap();
+    let q = v.queue("limited", 1).unwrap();
+    assert_eq!(q.counts().messages, 1, "its message is back");
+    assert_eq!(
+        q.config().delivery_limit,
+        Some(2),
+        "and its limit still applies"
+    );
+    assert!(v.queue("stream", 1).is_ok());
+    assert_eq!(v.queue("prio", 1).unwrap().config().max_priority, Some(5));
+}

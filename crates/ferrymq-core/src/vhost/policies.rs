@@ -60,7 +60,7 @@ impl VHost {
     fn apply_policies(&self) {
         let policies = self.policies.read().clone();
         for q in self.queues() {
-            match QueueConfig::from_args(&q.name, &self.name, &q.options.arguments) {
+            match QueueConfig::from_stored_args(&q.name, &self.name, &q.options.arguments) {
                 Ok(cfg) => q.set_config(cfg.with_policy(
                     policy::effective(&policies, &q.name, true).map(|p| &p.definition),
                 )),

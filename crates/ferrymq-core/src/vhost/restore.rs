@@ -51,7 +51,10 @@ impl VHost {
             auto_delete: d.auto_delete,
             arguments: table_from_json(&d.arguments),
         };
-        let cfg = QueueConfig::from_args(&d.name, &self.name, &options.arguments)?;
+        if let Err(e) = QueueConfig::from_args(&d.name, &self.name, &options.arguments) {
+            tracing::warn!("{e}: restored as the version that saved it accepted it");
+        }
+        let cfg = QueueConfig::from_stored_args(&d.name, &self.name, &options.arguments)?;
         let inc = d.incarnation.as_deref();
         let (q, dir, n) = queue_factory::recover(p, &self.name, &d.name, inc, options, &cfg)?;
         let q = Arc::new(q);

@@ -6,7 +6,7 @@ use super::VHost;
 use crate::dead_letter::{cycle_queues, dead_letter_copy, DeadLetter};
 use crate::error::{CoreError, CoreResult};
 use crate::events::{DelayedRelease, QueueEvents};
-use crate::exchange::{Destination, Exchange, DELAY_HEADER};
+use crate::exchange::{Destination, Exchange, ExchangeKind, DELAY_HEADER};
 use crate::message::{LazyHeaders, Message};
 use crate::queue::{Enqueued, Queue};
 use crate::value::FieldValue;
@@ -73,15 +73,31 @@ impl VHost {
         routing_key: &str,
         headers: &LazyHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
+        self.route_keys(exchange, routing_key, &[], headers)
+    }
+
+    /// [`VHost::route`] with the keys a sender added (`CC`, `BCC`) too: every exchange on
+    /// the way routes all the keys at once, and its alternate exchange takes the message
+    /// only if none of them leads anywhere, as in RabbitMQ.
+    fn route_keys(
+        &self,
+        exchange: &Arc<Exchange>,
+        routing_key: &str,
+        extra: &[String],
+        headers: &LazyHeaders<'_>,
+    ) -> Vec<Arc<Queue>> {
+        let keys = || std::iter::once(routing_key).chain(extra.iter().map(String::as_str));
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.name.is_empty() {
-            if let Some(q) = self.queues.read().get(routing_key) {
-                queues.push(q.clone());
-            } else if let Some(q) = routing_key
-                .strip_prefix(REPLY_TO_PREFIX)
-                .and_then(|t| self.reply_queues.read().get(t).cloned())
-            {
-                queues.push(q);
+            let mut seen_queues = Seen::default();
+            for key in keys() {
+                let q = self.queues.read().get(key).cloned().or_else(|| {
+                    key.strip_prefix(REPLY_TO_PREFIX)
+                        .and_then(|t| self.reply_queues.read().get(t).cloned())
+                });
+                if let Some(q) = q.filter(|q| seen_queues.insert(Arc::as_ptr(q) as usize)) {
+                    queues.push(q);
+                }
             }
             return queues;
         }
@@ -95,26 +111,34 @@ impl VHost {
             if !visited.insert(Arc::as_ptr(&x) as usize) {
                 continue;
             }
-            dests.clear();
-            x.route_into(routing_key, headers, &mut dests);
+            // Fanout and headers exchanges do not look at keys: one pass routes them all
+            // (a publish with thousands of `CC` keys costs no more there).
+            let key_blind = matches!(x.kind, ExchangeKind::Fanout | ExchangeKind::Headers);
+            let mut routed = false;
+            for key in keys().take(if key_blind { 1 } else { usize::MAX }) {
+                dests.clear();
+                x.route_into(key, headers, &mut dests);
+                routed |= !dests.is_empty();
+                for d in dests.drain(..) {
+                    match d {
+                        Destination::Queue(q) => {
+                            if seen_queues.insert(Arc::as_ptr(&q) as usize) {
+                                queues.push(q);
+                            }
+                        }
+                        Destination::Exchange(e) => work.push(e),
+                    }
+                }
+            }
             // As RabbitMQ: the alternate exchange takes what the exchange itself could not
-            // route anywhere (not what its downstream exchanges dropped).
-            if dests.is_empty() {
+            // route anywhere by any of the message's keys (not what its downstream exchanges
+            // dropped).
+            if !routed {
                 if let Some(ae) = x
                     .alternate_exchange()
                     .and_then(|n| self.exchanges.read().get(&n).cloned())
                 {
                     work.push(ae);
-                }
-            }
-            for d in dests.drain(..) {
-                match d {
-                    Destination::Queue(q) => {
-                        if seen_queues.insert(Arc::as_ptr(&q) as usize) {
-                            queues.push(q);
-                        }
-                    }
-                    Destination::Exchange(e) => work.push(e),
                 }
             }
         }
@@ -129,20 +153,7 @@ impl VHost {
         message: &Message,
         headers: &LazyHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
-        let mut queues = self.route(x, message.routing_key(), headers);
-        if message.extra_keys().is_empty() {
-            return queues;
-        }
-        let mut seen: std::collections::HashSet<usize> =
-            queues.iter().map(|q| Arc::as_ptr(q) as usize).collect();
-        for key in message.extra_keys() {
-            for q in self.route(x, key, headers) {
-                if seen.insert(Arc::as_ptr(&q) as usize) {
-                    queues.push(q);
-                }
-            }
-        }
-        queues
+        self.route_keys(x, message.routing_key(), message.extra_keys(), headers)
     }
 
     /// Routes `message` through `x` and appends it to every target queue `accept` lets
