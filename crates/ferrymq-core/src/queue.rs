@@ -596,7 +596,8 @@ impl Queue {
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
             if ack_required {
-                // Marked before it can reach the client, so a crash never hides a delivery.
+                // Buffered, written within MARK_FLUSH_MS (or with the next acks): a mark per
+                // write would cost a syscall per delivery (docs/storage.md).
                 st.store.delivered(&msg);
             }
             match st.consumers[i].sink.deliver(self, msg, ack_required) {
