@@ -120,15 +120,17 @@ impl Message {
             return self;
         }
         let mut all = KeySet::new(self.routing_key());
-        all.extend(self.extra_keys.take().map(|k| k.0).unwrap_or_default());
+        if let Some(old) = self.extra_keys.take() {
+            all.extend(old.iter().map(str::to_string));
+        }
         all.extend(keys);
         self.extra_keys = all.finish();
         self
     }
 
     /// Routing keys besides [`Message::routing_key`] the sender chose (`CC`, `BCC`).
-    pub fn extra_keys(&self) -> &[String] {
-        self.extra_keys.as_deref().map_or(&[], |k| k.0.as_slice())
+    pub fn extra_keys(&self) -> &ExtraKeys {
+        self.extra_keys.as_deref().unwrap_or(ExtraKeys::none())
     }
 
     /// A message from decoded properties (messages the broker makes itself, and tests).
@@ -305,8 +307,38 @@ fn sender_selected_keys(raw_properties: &[u8], routing_key: &str) -> Option<Box<
     keys.finish()
 }
 
-/// A message's extra routing keys, boxed behind a thin pointer so [`Message`] stays 48 bytes.
-struct ExtraKeys(Vec<String>);
+/// A message's extra routing keys (`CC`, `BCC`), packed in one string with their end offsets:
+/// a header of thousands of short keys costs about its own size again, not a `String` each.
+/// Boxed behind a thin pointer so [`Message`] stays 48 bytes.
+#[derive(Debug, Default)]
+pub struct ExtraKeys {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl ExtraKeys {
+    /// No extra keys.
+    pub fn none() -> &'static ExtraKeys {
+        static NONE: ExtraKeys = ExtraKeys {
+            text: String::new(),
+            ends: Vec::new(),
+        };
+        &NONE
+    }
+
+    /// The keys, in the order the sender gave them, each once.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .filter_map(|(a, b)| self.text.get(a as usize..b as usize))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
 
 /// Routing keys in order, each once (a hash set: a frame can carry thousands of them).
 struct KeySet {
@@ -331,7 +363,16 @@ impl KeySet {
     }
 
     fn finish(self) -> Option<Box<ExtraKeys>> {
-        (!self.keys.is_empty()).then(|| Box::new(ExtraKeys(self.keys)))
+        if self.keys.is_empty() {
+            return None;
+        }
+        let mut packed = ExtraKeys::default();
+        for k in &self.keys {
+            packed.text.push_str(k);
+            // Keys come from one frame, far below 4 GiB in total.
+            packed.ends.push(packed.text.len() as u32);
+        }
+        Some(Box::new(packed))
     }
 }
 
@@ -557,6 +598,24 @@ mod tests {
         let long = "k".repeat(256);
         assert!(Message::new("", &long, b"\x00\x00", Bytes::new()).is_err());
         assert!(Message::new(&long, "k", b"\x00\x00", Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn cc_and_bcc_keys_are_kept_once_each_without_the_routing_key() {
+        let mut h = FieldTable::new();
+        let keys = |ks: &[&str]| FieldValue::Array(ks.iter().map(|k| FieldValue::string(*k)).collect());
+        h.insert("CC", keys(&["b", "a", "b", "c"]));
+        h.insert("BCC", keys(&["c", "d"]));
+        let props = Properties {
+            headers: Some(h),
+            ..Default::default()
+        };
+        let m = Message::from_properties("x", "a", &props, Bytes::new()).unwrap();
+        assert_eq!(m.extra_keys().iter().collect::<Vec<_>>(), ["b", "c", "d"]);
+        let m = m.with_extra_keys(vec!["e".into(), "b".into()]);
+        assert_eq!(m.extra_keys().iter().collect::<Vec<_>>(), ["b", "c", "d", "e"]);
+        let plain = Message::new("", "q", b"\x00\x00", Bytes::new()).unwrap();
+        assert!(plain.extra_keys().is_empty());
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::time::Instant;
 /// RabbitMQ's write it).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
-/// How soon after a delivery its buffered delivered mark is written (ms), when no ack or
-/// further deliveries flush it first.
+/// How soon buffered ack-log entries the queue wrote outside an ack batch (no-ack
+/// deliveries, drops) are written (ms), when nothing flushes them first.
 const MARK_FLUSH_MS: u64 = 5;
 
 /// Most messages one expiry pass under a queue's lock removes (see `QueueState::expire_due`).
@@ -596,9 +596,11 @@ impl Queue {
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
             if ack_required {
-                // Buffered, written within MARK_FLUSH_MS (or with the next acks): a mark per
-                // write would cost a syscall per delivery (docs/storage.md).
+                // Marked, and the mark written, before the delivery is handed to the
+                // connection (whose writer may send it at once, on another thread): a process
+                // crash never hides a delivery.
                 st.store.delivered(&msg);
+                st.store.flush();
             }
             match st.consumers[i].sink.deliver(self, msg, ack_required) {
                 Ok(()) => {
@@ -623,8 +625,8 @@ impl Queue {
         self.flush_soon(st);
     }
 
-    /// Has the timer write the store's buffered delivered marks shortly: a delivery held
-    /// by a slow consumer keeps its mark even if no ack comes before a crash.
+    /// Has the timer write what the store still buffers shortly (acks of no-ack deliveries
+    /// and other settlements outside an ack batch; delivered marks are written at once).
     fn flush_soon(self: &Arc<Self>, st: &mut QueueState) {
         if st.store.unflushed() {
             let at = now_ms() + MARK_FLUSH_MS;
@@ -649,7 +651,9 @@ impl Queue {
         }
         let out = msg.map(|msg| {
             if ack_required {
+                // Written before the caller can send it (see `dispatch_locked_at`).
                 st.store.delivered(&msg);
+                st.store.flush();
                 st.unacked += 1;
             } else {
                 st.settled(msg.seq());
@@ -945,6 +949,104 @@ mod tests {
         assert_eq!(again.seq(), 1);
         assert!(again.redelivered());
         assert_eq!(left, 2);
+    }
+
+    /// Delivered marks (ack-log entries with bit 31) on disk in `dir`'s ack logs now.
+    fn marks_on_disk(dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".ack"))
+            .map(|e| {
+                std::fs::read(e.path())
+                    .unwrap_or_default()
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .filter(|&e| e != u32::MAX && e & (1 << 31) != 0)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Notes, at each delivery, how many delivered marks the queue's ack logs hold.
+    struct MarkSink {
+        dir: std::path::PathBuf,
+        seen: Mutex<Vec<usize>>,
+    }
+
+    impl ConsumerSink for MarkSink {
+        fn has_credit(&self) -> bool {
+            true
+        }
+        fn deliver(
+            &self,
+            _q: &Arc<Queue>,
+            _m: QueuedMessage,
+            _ack: bool,
+        ) -> Result<(), SinkRefusal> {
+            self.seen.lock().push(marks_on_disk(&self.dir));
+            Ok(())
+        }
+        fn cancelled_by_server(&self) {}
+    }
+
+    #[test]
+    fn a_delivered_mark_is_written_before_the_delivery_leaves_the_queue() {
+        // The connection may write a delivery to its socket as soon as the sink has it: a
+        // mark still buffered in the process then is lost by a kill -9, and the message
+        // comes back after the restart without `redelivered` although it was delivered.
+        let d = tempfile::tempdir().unwrap();
+        let p = crate::persist::Persistence::open(crate::persist::PersistConfig {
+            fsync: ferrymq_store::FsyncPolicy::Never,
+            ..crate::persist::PersistConfig::new(d.path())
+        })
+        .unwrap();
+        let dir = d.path().join("q");
+        let health = ferrymq_store::LogHealth::new("q");
+        let store = crate::paged_store::PagedStore::new(p, Some(health), dir.clone());
+        let q = Arc::new(Queue::with_store(
+            "q",
+            "/",
+            QueueOptions {
+                durable: true,
+                ..QueueOptions::default()
+            },
+            None,
+            Box::new(store),
+            1,
+        ));
+        let persistent = Properties {
+            delivery_mode: Some(2),
+            ..Properties::default()
+        };
+        let m = || {
+            Arc::new(
+                Message::from_properties("", "q", &persistent, Bytes::from_static(b"x")).unwrap(),
+            )
+        };
+        q.publish(m());
+        q.get(true).expect("a message to get");
+        assert_eq!(
+            marks_on_disk(&dir),
+            1,
+            "basic.get: marked when the caller has it"
+        );
+        let s = Arc::new(MarkSink {
+            dir: dir.clone(),
+            seen: Mutex::new(Vec::new()),
+        });
+        q.add_consumer(ConsumerEntry::new("c", s.clone(), false, false, 1))
+            .unwrap();
+        for _ in 0..3 {
+            q.publish(m());
+        }
+        assert_eq!(
+            *s.seen.lock(),
+            vec![2, 3, 4],
+            "each mark on disk at its delivery"
+        );
     }
 
     /// Records how many dead letters, and how many body bytes, each hand-over carries.

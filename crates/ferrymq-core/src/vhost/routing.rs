@@ -73,7 +73,7 @@ impl VHost {
         routing_key: &str,
         headers: &LazyHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
-        self.route_keys(exchange, routing_key, &[], headers)
+        self.route_keys(exchange, routing_key, crate::message::ExtraKeys::none(), headers)
     }
 
     /// [`VHost::route`] with the keys a sender added (`CC`, `BCC`) too: every exchange on
@@ -83,10 +83,10 @@ impl VHost {
         &self,
         exchange: &Arc<Exchange>,
         routing_key: &str,
-        extra: &[String],
+        extra: &crate::message::ExtraKeys,
         headers: &LazyHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
-        let keys = || std::iter::once(routing_key).chain(extra.iter().map(String::as_str));
+        let keys = || std::iter::once(routing_key).chain(extra.iter());
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.name.is_empty() {
             let mut seen_queues = Seen::default();
