@@ -825,6 +825,9 @@ async fn consume(
     let (mut count, mut last_tag) = (0u64, 0u64);
     let mut acks = BytesMut::new();
     let started = Instant::now();
+    // Deliveries that arrived in the same read as consume-ok are already buffered: scan them
+    // before reading, or a consumer whose whole prefetch came that way would wait for ever.
+    let mut buffered = !rbuf.is_empty();
     loop {
         if a.consume_rate > 0 {
             // A slow consumer: it does not read before its rate allows more messages.
@@ -836,15 +839,17 @@ async fn consume(
                 }
             }
         }
-        tokio::select! {
-            r = rd.read_buf(&mut rbuf) => match r {
-                Ok(0) | Err(_) => {
-                    if s.stop.load(Ordering::Relaxed) { return Ok(()) }
-                    bail!("broker closed the socket");
-                }
-                Ok(_) => {}
-            },
-            _ = stop.changed() => return Ok(()),
+        if !std::mem::take(&mut buffered) {
+            tokio::select! {
+                r = rd.read_buf(&mut rbuf) => match r {
+                    Ok(0) | Err(_) => {
+                        if s.stop.load(Ordering::Relaxed) { return Ok(()) }
+                        bail!("broker closed the socket");
+                    }
+                    Ok(_) => {}
+                },
+                _ = stop.changed() => return Ok(()),
+            }
         }
         let before = count;
         let now = now_nanos();
