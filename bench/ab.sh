@@ -2,10 +2,12 @@
 # A/B of two broker builds on S1, S8 and S2 (bench/compare.sh's scenarios), side by side:
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]     (ROUNDS=5 by default)
+#   CLIENT=lapin bench/ab.sh OLD_BINARY NEW_BINARY S1 S8
 #
 # Each round starts both brokers on fresh data dirs (ports 5791/5792), runs the scenario
-# against each (which one goes first alternates), and stops them. The same perf client (the
-# new binary's) drives both. Prints every round and the medians with the ratio new/old.
+# against each (which one goes first alternates), and stops them. The same perf client drives
+# both: the new binary's `perf throughput`, or with CLIENT=lapin the lapin-perf binary beside
+# it (or LAPIN_PERF). Prints every round and the medians with the ratio new/old.
 # The machine is shared: read ratios of medians, not single rounds.
 set -euo pipefail
 OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]}
@@ -15,6 +17,11 @@ SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(S1 S8 S2)
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
+case ${CLIENT:-ferry} in
+    ferry) PERF=("$NEW" perf throughput) ;;
+    lapin) PERF=("${LAPIN_PERF:-$(dirname "$NEW")/lapin-perf}") ;;
+    *) echo "CLIENT must be ferry or lapin" >&2; exit 2 ;;
+esac
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -44,7 +51,7 @@ run_one() { # BIN PORT SCENARIO ROUND -> prints "rate cpu_us"
     local pid=$!
     wait_port "$port" || { cat "$WORK/broker-$port.log" >&2; exit 1; }
     # shellcheck disable=SC2046
-    "$NEW" perf throughput --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --quiet --cleanup \
+    "${PERF[@]}" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --quiet --cleanup \
         --queue-prefix "ab-$sc-$r" --broker-pid "$pid" $(args "$sc") | tail -n 1 |
         python3 -c 'import json,sys; j=json.load(sys.stdin); print(int(j["publish_rate"]), j["broker_cpu_us_per_msg"])'
     kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -5,8 +5,11 @@
 #
 #   bench/compare.sh                 # all scenarios, 3 rounds of 10 s
 #   ROUNDS=5 DURATION=20 bench/compare.sh S1 S4
+#   CLIENT=lapin bench/compare.sh S1 S8   # throughput scenarios driven by lapin (bench/lapin-perf)
 #
-# Environment: ROUNDS (3), DURATION seconds (10), PREFILL for S6 (1000000),
+# Environment: CLIENT for the throughput scenarios' publishers and consumers: ferry (default,
+# `ferrymq perf`'s pre-encoded, batched client) or lapin (one awaited publish at a time and
+# deliveries read one by one, as applications do); ROUNDS (3), DURATION seconds (10), PREFILL for S6 (1000000),
 # CONNECTIONS (10000), QUEUES (100000), BACKLOG for MEM (1000000), OUT directory for raw JSON (bench/results/<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,7 @@ CONNECTIONS=${CONNECTIONS:-10000}
 QUEUES=${QUEUES:-100000}
 BACKLOG=${BACKLOG:-1000000}
 OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
+CLIENT=${CLIENT:-ferry}
 RABBIT_PORT=${RABBIT_PORT:-5680}
 FERRY_PORT=${FERRY_PORT:-5690}
 SCENARIOS=("$@")
@@ -35,8 +39,14 @@ fi
 # (RabbitMQ sizes its handle limits at boot), so call RabbitMQ's own scripts directly.
 RMQ_BIN=/usr/lib/rabbitmq/bin
 [ -x "$RMQ_BIN/rabbitmq-server" ] || RMQ_BIN=$(dirname "$(command -v rabbitmq-server)")
-cargo build --release --quiet --bin ferrymq
 BIN=target/release/ferrymq
+case $CLIENT in
+    ferry) cargo build --release --quiet --bin ferrymq
+           PERF=("$BIN" perf throughput) ;;
+    lapin) cargo build --release --quiet --bin ferrymq --bin lapin-perf
+           PERF=(target/release/lapin-perf) ;;
+    *) echo "CLIENT must be ferry or lapin" >&2; exit 2 ;;
+esac
 
 RNODE=ferrybench@localhost
 export RABBITMQ_NODENAME=$RNODE RABBITMQ_NODE_PORT=$RABBIT_PORT RABBITMQ_DIST_PORT=$((RABBIT_PORT + 20000)) \
@@ -75,7 +85,7 @@ FERRY_PID=$!
 wait_port "$FERRY_PORT"
 wait_port "$RABBIT_PORT"
 RABBIT_PID=$("$RMQ_BIN/rabbitmqctl" -n "$RNODE" eval 'os:getpid().' | tr -dc '0-9')
-echo "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null) pid $RABBIT_PID; FerryMQ pid $FERRY_PID"
+echo "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null) pid $RABBIT_PID; FerryMQ pid $FERRY_PID; client $CLIENT"
 
 args_for() {
     case $1 in
@@ -99,7 +109,7 @@ run_one() { # scenario broker port pid round
         CONN) "$BIN" perf connections --uri "$uri" --count "$CONNECTIONS" --broker-pid "$pid" >"$f.log" 2>&1 || ok=$? ;;
         QUEUES) "$BIN" perf queues --uri "$uri" --count "$QUEUES" --broker-pid "$pid" --cleanup >"$f.log" 2>&1 || ok=$? ;;
         *) # shellcheck disable=SC2046
-           "$BIN" perf throughput --uri "$uri" --quiet --cleanup --queue-prefix "bench-$s" --broker-pid "$pid" $(args_for "$s") >"$f.log" 2>&1 || ok=$? ;;
+           "${PERF[@]}" --uri "$uri" --quiet --cleanup --queue-prefix "bench-$s" --broker-pid "$pid" $(args_for "$s") >"$f.log" 2>&1 || ok=$? ;;
     esac
     # A failed run is reported and left out of the medians; the comparison goes on.
     if [ "$ok" -eq 0 ]; then tail -n 1 "$f.log" >"$f"; else echo "  FAILED (exit $ok): $(tail -n 1 "$f.log")"; fi

@@ -1,7 +1,9 @@
 //! `ferrymq perf`: load scenarios in the spirit of RabbitMQ's PerfTest and lavinmqperf.
 //!
 //! The client side speaks AMQP through FerryMQ's own codec with pre-encoded frames, so that
-//! it costs less CPU per message than the broker it measures (it reports both).
+//! it costs less CPU per message than the broker it measures (it reports both). The
+//! throughput scenario can also be driven by another client library ([`LoadClient`]):
+//! bench/lapin-perf runs it with lapin as applications use it.
 
 mod client;
 mod connections;
@@ -13,7 +15,10 @@ mod uri;
 
 pub use procstat::raise_fd_limit;
 pub use stream::Target;
-pub use throughput::{run as run_throughput, ThroughputArgs, ThroughputReport};
+pub use throughput::{
+    histogram, run as run_throughput, run_with as run_throughput_with, FerryClient, LoadClient,
+    RunStats, ThroughputArgs, ThroughputReport,
+};
 pub use uri::AmqpUri;
 
 use clap::Subcommand;

@@ -10,6 +10,7 @@ use ferrymq_amqp::codec::methods::*;
 use ferrymq_amqp::codec::Method;
 use ferrymq_core::FieldTable;
 use hdrhistogram::Histogram;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,11 +123,13 @@ impl ThroughputArgs {
         Ok(())
     }
 
-    fn queue(&self, i: usize) -> String {
+    /// The queue publisher or consumer `i` uses.
+    pub fn queue(&self, i: usize) -> String {
         format!("{}-{}", self.queue_prefix, i % self.queues)
     }
 
-    fn exchange(&self) -> String {
+    /// The fanout exchange of `--fanout` runs.
+    pub fn exchange(&self) -> String {
         format!("{}-fanout", self.queue_prefix)
     }
 
@@ -225,8 +228,8 @@ impl ThroughputReport {
     }
 }
 
-#[derive(Default)]
-struct Shared {
+/// What a throughput run's publishers and consumers report into.
+pub struct RunStats {
     published: AtomicU64,
     confirmed: AtomicU64,
     nacked: AtomicU64,
@@ -234,16 +237,149 @@ struct Shared {
     publishers_done: AtomicU64,
     failed: Mutex<Option<String>>,
     stop: AtomicBool,
+    /// End-to-end latencies of the whole run, and of the current live-line window.
+    total: Mutex<Histogram<u64>>,
+    window: Mutex<Histogram<u64>>,
 }
 
-fn histogram() -> Histogram<u64> {
+impl RunStats {
+    fn new() -> Self {
+        RunStats {
+            published: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            nacked: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            publishers_done: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            total: Mutex::new(histogram()),
+            window: Mutex::new(histogram()),
+        }
+    }
+
+    /// Counts `n` publishes sent.
+    pub fn add_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a publisher's confirms, once it has its last ones.
+    pub fn add_confirms(&self, acked: u64, nacked: u64) {
+        self.confirmed.fetch_add(acked, Ordering::Relaxed);
+        self.nacked.fetch_add(nacked, Ordering::Relaxed);
+    }
+
+    /// Counts `n` deliveries.
+    pub fn add_consumed(&self, n: u64) {
+        self.consumed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Merges end-to-end latencies a consumer recorded (in a [`histogram`], in µs) and
+    /// clears them.
+    pub fn add_latencies(&self, latencies: &mut Histogram<u64>) {
+        let _ = self
+            .total
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&*latencies);
+        let _ = self
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&*latencies);
+        latencies.reset();
+    }
+
+    /// Whether the run has ended: a client whose connection then fails stops quietly.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// An empty latency histogram in microseconds (1 µs to 1 hour), as [`RunStats`] keeps.
+pub fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 hour with 3 significant digits; the bounds are constants, so this cannot fail.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
 }
 
-/// Runs the scenario. `live` prints a line per second.
+/// The client a throughput run's publishers and consumers use: the built-in lean client
+/// ([`FerryClient`]), or a client library as applications use it (bench/lapin-perf), to
+/// measure what ordinary clients cost the broker. Topology, prefill and cleanup always use
+/// the lean client.
+pub trait LoadClient: Send + Sync + 'static {
+    /// An open connection, ready for one publisher or consumer.
+    type Conn: Send + 'static;
+    /// Opens a connection to the run's broker.
+    fn connect(
+        &self,
+        args: &ThroughputArgs,
+        target: &Target,
+    ) -> impl Future<Output = anyhow::Result<Self::Conn>> + Send;
+    /// Publishes as publisher `index` until `stop` turns true (or `--pmessages` are sent).
+    fn publish(
+        conn: Self::Conn,
+        args: ThroughputArgs,
+        index: usize,
+        stats: Arc<RunStats>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
+    /// Consumes from `queue` until `stop` turns true.
+    fn consume(
+        conn: Self::Conn,
+        args: ThroughputArgs,
+        queue: String,
+        stats: Arc<RunStats>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
+}
+
+/// `ferrymq perf`'s own client: pre-encoded publishes, many per write, and a frame scanner
+/// that allocates nothing, so that it costs less CPU than the broker it measures.
+pub struct FerryClient;
+
+impl LoadClient for FerryClient {
+    type Conn = Conn;
+
+    fn connect(
+        &self,
+        _args: &ThroughputArgs,
+        target: &Target,
+    ) -> impl Future<Output = anyhow::Result<Conn>> + Send {
+        Conn::open(target)
+    }
+
+    async fn publish(
+        conn: Conn,
+        args: ThroughputArgs,
+        index: usize,
+        stats: Arc<RunStats>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        publish(conn, &args, index, &stats, stop).await
+    }
+
+    async fn consume(
+        conn: Conn,
+        args: ThroughputArgs,
+        queue: String,
+        stats: Arc<RunStats>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        consume(conn, &args, &queue, &stats, stop).await
+    }
+}
+
+/// Runs the scenario with the built-in client. `live` prints a line per second.
 pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputReport> {
+    run_with(a, live, &FerryClient).await
+}
+
+/// Runs the scenario with `client`'s publishers and consumers.
+pub async fn run_with<C: LoadClient>(
+    a: &ThroughputArgs,
+    live: bool,
+    client: &C,
+) -> anyhow::Result<ThroughputReport> {
     a.validate()?;
     let uri = Target::new(&a.uri, a.cacert.as_deref())?;
     setup_topology(a, &uri).await?;
@@ -251,24 +387,17 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
         prefill(a, &uri).await?;
     }
 
-    let shared = Arc::new(Shared::default());
-    let total_hist = Arc::new(Mutex::new(histogram()));
-    let window_hist = Arc::new(Mutex::new(histogram()));
+    let shared = Arc::new(RunStats::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut consumers = Vec::new();
     if !a.publish_only {
         for j in 0..a.consumers {
-            let c = Conn::open(&uri).await?;
-            let (a, q) = (a.clone(), a.queue(j));
-            let (s, th, wh, rx) = (
-                shared.clone(),
-                total_hist.clone(),
-                window_hist.clone(),
-                stop_rx.clone(),
-            );
+            let c = client.connect(a, &uri).await?;
+            let s = shared.clone();
+            let task = C::consume(c, a.clone(), a.queue(j), s.clone(), stop_rx.clone());
             consumers.push(tokio::spawn(async move {
-                if let Err(e) = consume(c, &a, &q, &s, &th, &wh, rx).await {
+                if let Err(e) = task.await {
                     s.failed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -283,11 +412,11 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
     let mut publishers = Vec::new();
     if !a.consume_only {
         for i in 0..a.publishers {
-            let c = Conn::open(&uri).await?;
-            let (a, i) = (a.clone(), i);
-            let (s, rx) = (shared.clone(), stop_rx.clone());
+            let c = client.connect(a, &uri).await?;
+            let s = shared.clone();
+            let task = C::publish(c, a.clone(), i, s.clone(), stop_rx.clone());
             publishers.push(tokio::spawn(async move {
-                if let Err(e) = publish(c, &a, i, &s, rx).await {
+                if let Err(e) = task.await {
                     s.failed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -334,7 +463,7 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
         if live && !a.quiet && (now >= next_line || done) {
             let published = shared.published.load(Ordering::Relaxed);
             let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
-            let mut w = window_hist.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
             let lat = if w.is_empty() {
                 String::new()
             } else {
@@ -373,7 +502,7 @@ pub async fn run(a: &ThroughputArgs, live: bool) -> anyhow::Result<ThroughputRep
     if a.cleanup {
         delete_queues(a, &uri).await?;
     }
-    let h = total_hist.lock().unwrap_or_else(|p| p.into_inner());
+    let h = shared.total.lock().unwrap_or_else(|p| p.into_inner());
     let q = |x: f64| {
         if h.is_empty() {
             0
@@ -526,7 +655,7 @@ async fn publish(
     mut c: Conn,
     a: &ThroughputArgs,
     index: usize,
-    s: &Shared,
+    s: &RunStats,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     if a.confirm > 0 {
@@ -638,7 +767,7 @@ async fn publish(
         wr.send_all(&out).await.context("publish write")?;
         out.clear();
         sent += n;
-        s.published.fetch_add(n, Ordering::Relaxed);
+        s.add_published(n);
     }
     if a.confirm > 0 {
         // Wait for the last confirms so counts are exact (bounded: the broker may be stopping).
@@ -649,10 +778,10 @@ async fn publish(
         {
             let _ = tokio::time::timeout(Duration::from_millis(50), room.notified()).await;
         }
-        s.confirmed
-            .fetch_add(acked.load(Ordering::Relaxed).min(sent), Ordering::Relaxed);
-        s.nacked
-            .fetch_add(reader.1.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.add_confirms(
+            acked.load(Ordering::Relaxed).min(sent),
+            reader.1.load(Ordering::Relaxed),
+        );
     }
     reader.0.abort();
     Ok(())
@@ -662,9 +791,7 @@ async fn consume(
     mut c: Conn,
     a: &ThroughputArgs,
     queue: &str,
-    s: &Shared,
-    total: &Mutex<Histogram<u64>>,
-    window: &Mutex<Histogram<u64>>,
+    s: &RunStats,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let no_ack = a.ack_every == 0;
@@ -698,6 +825,9 @@ async fn consume(
     let (mut count, mut last_tag) = (0u64, 0u64);
     let mut acks = BytesMut::new();
     let started = Instant::now();
+    // Deliveries that arrived in the same read as consume-ok are already buffered: scan them
+    // before reading, or a consumer whose whole prefetch came that way would wait for ever.
+    let mut buffered = !rbuf.is_empty();
     loop {
         if a.consume_rate > 0 {
             // A slow consumer: it does not read before its rate allows more messages.
@@ -709,15 +839,17 @@ async fn consume(
                 }
             }
         }
-        tokio::select! {
-            r = rd.read_buf(&mut rbuf) => match r {
-                Ok(0) | Err(_) => {
-                    if s.stop.load(Ordering::Relaxed) { return Ok(()) }
-                    bail!("broker closed the socket");
-                }
-                Ok(_) => {}
-            },
-            _ = stop.changed() => return Ok(()),
+        if !std::mem::take(&mut buffered) {
+            tokio::select! {
+                r = rd.read_buf(&mut rbuf) => match r {
+                    Ok(0) | Err(_) => {
+                        if s.stop.load(Ordering::Relaxed) { return Ok(()) }
+                        bail!("broker closed the socket");
+                    }
+                    Ok(_) => {}
+                },
+                _ = stop.changed() => return Ok(()),
+            }
         }
         let before = count;
         let now = now_nanos();
@@ -749,10 +881,8 @@ async fn consume(
             acks.clear();
         }
         if count != before {
-            s.consumed.fetch_add(count - before, Ordering::Relaxed);
-            let _ = total.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
-            let _ = window.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
-            local.reset();
+            s.add_consumed(count - before);
+            s.add_latencies(&mut local);
         }
     }
 }
