@@ -603,7 +603,8 @@ mod tests {
     #[test]
     fn cc_and_bcc_keys_are_kept_once_each_without_the_routing_key() {
         let mut h = FieldTable::new();
-        let keys = |ks: &[&str]| FieldValue::Array(ks.iter().map(|k| FieldValue::string(*k)).collect());
+        let keys =
+            |ks: &[&str]| FieldValue::Array(ks.iter().map(|k| FieldValue::string(*k)).collect());
         h.insert("CC", keys(&["b", "a", "b", "c"]));
         h.insert("BCC", keys(&["c", "d"]));
         let props = Properties {
@@ -613,7 +614,10 @@ mod tests {
         let m = Message::from_properties("x", "a", &props, Bytes::new()).unwrap();
         assert_eq!(m.extra_keys().iter().collect::<Vec<_>>(), ["b", "c", "d"]);
         let m = m.with_extra_keys(vec!["e".into(), "b".into()]);
-        assert_eq!(m.extra_keys().iter().collect::<Vec<_>>(), ["b", "c", "d", "e"]);
+        assert_eq!(
+            m.extra_keys().iter().collect::<Vec<_>>(),
+            ["b", "c", "d", "e"]
+        );
         let plain = Message::new("", "q", b"\x00\x00", Bytes::new()).unwrap();
         assert!(plain.extra_keys().is_empty());
     }

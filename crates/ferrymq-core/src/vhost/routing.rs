@@ -73,7 +73,12 @@ impl VHost {
         routing_key: &str,
         headers: &LazyHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
-        self.route_keys(exchange, routing_key, crate::message::ExtraKeys::none(), headers)
+        self.route_keys(
+            exchange,
+            routing_key,
+            crate::message::ExtraKeys::none(),
+            headers,
+        )
     }
 
     /// [`VHost::route`] with the keys a sender added (`CC`, `BCC`) too: every exchange on
