@@ -344,37 +344,27 @@ def test_a_passive_declare_keeps_an_expiring_queue_alive(broker):
     conn.close()
 
 
-def test_after_a_restart_only_messages_delivered_before_are_redelivered(tmp_path):
-    import os
-    from conftest import Broker
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("restarts the broker it started")
-    data = tmp_path / "data"
-    b = Broker(tmp_path, data_dir=data)
-    try:
-        conn = b.connect()
-        ch = conn.channel()
-        ch.queue_declare("backlog", durable=True)
-        ch.confirm_delivery()
-        for body in (b"1", b"2", b"3"):
-            ch.basic_publish("", "backlog", body, pika.BasicProperties(delivery_mode=2))
-        m, _, body = ch.basic_get("backlog")  # delivered, never acked
-        assert body == b"1" and not m.redelivered
-        ch.basic_get("backlog", auto_ack=True)  # "2": settled, gone
-    finally:
-        b.stop()
-    b = Broker(tmp_path, data_dir=data)
-    try:
-        conn = b.connect()
-        ch = conn.channel()
-        got = []
-        for _ in range(2):
-            m, _, body = ch.basic_get("backlog", auto_ack=True)
-            got.append((body, m.redelivered))
-        assert got == [(b"1", True), (b"3", False)]
-        conn.close()
-    finally:
-        b.stop()
+def test_after_a_restart_only_messages_delivered_before_are_redelivered(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    q = n("backlog")
+    ch.queue_declare(q, durable=True)
+    ch.confirm_delivery()
+    for body in (b"1", b"2", b"3"):
+        ch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2))
+    m, _, body = ch.basic_get(q)  # delivered, never acked
+    assert body == b"1" and not m.redelivered
+    ch.basic_get(q, auto_ack=True)  # "2": settled, gone
+    broker.restart()
+    conn = broker.connect()
+    ch = conn.channel()
+    got = []
+    for _ in range(2):
+        m, _, body = ch.basic_get(q, auto_ack=True)
+        got.append((body, m.redelivered))
+    assert got == [(b"1", True), (b"3", False)]
+    ch.queue_delete(q)
+    conn.close()
 
 
 def test_cc_keys_route_with_the_routing_key_before_the_alternate_exchange(broker):

@@ -8,8 +8,6 @@ import uuid
 import pika
 import pytest
 
-from conftest import Broker
-
 CLOSED = (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker)
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -156,28 +154,18 @@ def test_global_prefetch_is_refused_for_quorum_consumers(broker):
     conn.close()
 
 
-def test_transient_messages_survive_a_restart(tmp_path):
-    import os
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("restarts the broker it started")
-    data = tmp_path / "data"
-    b = Broker(tmp_path, data_dir=data)
-    try:
-        conn = b.connect()
-        ch = conn.channel()
-        ch.queue_declare("jobs", durable=True, arguments=QUORUM)
-        ch.confirm_delivery()
-        ch.basic_publish("", "jobs", b"transient", pika.BasicProperties(delivery_mode=1))
-        ch.basic_publish("", "jobs", b"persistent", pika.BasicProperties(delivery_mode=2))
-        conn.close()
-    finally:
-        b.stop()
-    b = Broker(tmp_path, data_dir=data)
-    try:
-        conn = b.connect()
-        ch = conn.channel()
-        bodies = [get_waiting(ch, "jobs", auto_ack=True)[2] for _ in range(2)]
-        assert bodies == [b"transient", b"persistent"]
-        conn.close()
-    finally:
-        b.stop()
+def test_transient_messages_survive_a_restart(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    q = n("jobs")
+    ch.queue_declare(q, durable=True, arguments=QUORUM)
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"transient", pika.BasicProperties(delivery_mode=1))
+    ch.basic_publish("", q, b"persistent", pika.BasicProperties(delivery_mode=2))
+    broker.restart()
+    conn = broker.connect()
+    ch = conn.channel()
+    bodies = [get_waiting(ch, q, auto_ack=True)[2] for _ in range(2)]
+    assert bodies == [b"transient", b"persistent"]
+    ch.queue_delete(q)
+    conn.close()
