@@ -596,11 +596,10 @@ impl Queue {
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
             if ack_required {
-                // Marked, and the mark written, before the delivery is handed to the
-                // connection (whose writer may send it at once, on another thread): a process
-                // crash never hides a delivery.
+                // Marked (the store writes the mark at once) before the delivery is handed
+                // to the connection, whose writer may send it at once on another thread: a
+                // process crash never hides a delivery.
                 st.store.delivered(&msg);
-                st.store.flush();
             }
             match st.consumers[i].sink.deliver(self, msg, ack_required) {
                 Ok(()) => {
@@ -653,7 +652,6 @@ impl Queue {
             if ack_required {
                 // Written before the caller can send it (see `dispatch_locked_at`).
                 st.store.delivered(&msg);
-                st.store.flush();
                 st.unacked += 1;
             } else {
                 st.settled(msg.seq());

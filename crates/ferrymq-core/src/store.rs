@@ -25,8 +25,8 @@ pub trait MessageStore: Send {
     /// Puts a delivered-but-unacked message back at its original position.
     fn requeue(&mut self, msg: QueuedMessage);
     /// Records that `msg`, just taken from the head, goes to a consumer that must
-    /// acknowledge it: a store that keeps it across restarts remembers that, so only such
-    /// messages come back `redelivered`.
+    /// acknowledge it: a store that keeps it across restarts writes that down before
+    /// returning, so only such messages come back `redelivered`.
     fn delivered(&mut self, _msg: &QueuedMessage) {}
     /// Writes what the store buffered of acks and delivered marks (see
     /// [`MessageStore::unflushed`]).

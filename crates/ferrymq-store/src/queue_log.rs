@@ -442,13 +442,15 @@ impl QueueLog {
     }
 
     /// Records that the record at `pos` was delivered to a consumer that must acknowledge
-    /// it. Like acks, marks are written to the OS without fsync: a mark lost in a machine
-    /// crash only loses the `redelivered` flag of a message delivered just before.
+    /// it. Written at once (with the acks buffered so far), so a process crash after the
+    /// delivery left never loses it; not fsynced: a machine crash may lose the
+    /// `redelivered` flag of a message delivered just before.
     pub fn mark_delivered(&mut self, pos: Position) -> Result<(), StoreError> {
         if !self.segments.contains_key(&pos.segment) {
             return Ok(());
         }
-        self.buffer_entry(pos.segment, pos.offset | DELIVERED)
+        self.unwritten.push((pos.segment, pos.offset | DELIVERED));
+        self.flush()
     }
 
     fn buffer_entry(&mut self, segment: u32, entry: u32) -> Result<(), StoreError> {
