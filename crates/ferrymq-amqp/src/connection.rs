@@ -6,6 +6,7 @@ use crate::codec::frame::{decode_frame, encode_heartbeat, FrameError, FRAME_MIN_
 use crate::codec::methods::*;
 use crate::codec::{CodecError, Frame, Method, PROTOCOL_HEADER};
 use crate::error::{code, AmqpError};
+use crate::low_water::LowWater;
 use crate::outbox::{Outbox, WriterEvent};
 use crate::server::AmqpConfig;
 use crate::tls::ClientCert;
@@ -78,15 +79,19 @@ pub(crate) async fn serve(
     match tls {
         // Plain TCP keeps tokio's lock-free owned halves.
         None => {
+            let lw = cfg
+                .receive_batching
+                .then(|| LowWater::new(std::os::fd::AsRawFd::as_raw_fd(&stream)));
             let (rd, wr) = stream.into_split();
-            serve_stream(rd, wr, None, deadline, peer, broker, cfg, shutdown).await;
+            serve_stream(rd, wr, None, lw, deadline, peer, broker, cfg, shutdown).await;
         }
         Some(tls) => {
             let Some((stream, cert)) = crate::tls::accept(stream, tls, deadline, peer).await else {
                 return;
             };
+            // rustls reads whole records itself; the low-water mark is for plain sockets.
             let (rd, wr) = tokio::io::split(stream);
-            serve_stream(rd, wr, cert, deadline, peer, broker, cfg, shutdown).await;
+            serve_stream(rd, wr, cert, None, deadline, peer, broker, cfg, shutdown).await;
         }
     }
 }
@@ -97,6 +102,7 @@ async fn serve_stream<R, W>(
     rd: R,
     wr: W,
     client_cert: Option<ClientCert>,
+    low_water: Option<LowWater>,
     deadline: Instant,
     peer: SocketAddr,
     broker: Arc<Broker>,
@@ -127,6 +133,7 @@ async fn serve_stream<R, W>(
         user: String::new(),
         caps: ClientCaps::default(),
         client_cert,
+        low_water,
         wev_rx,
         shutdown,
     };
@@ -155,6 +162,8 @@ struct Connection<R> {
     caps: ClientCaps,
     /// The verified TLS client certificate, if any: what EXTERNAL logs in with.
     client_cert: Option<ClientCert>,
+    /// The receive low-water mark of a plain TCP socket (ADR 0013); None over TLS.
+    low_water: Option<LowWater>,
     wev_rx: mpsc::UnboundedReceiver<WriterEvent>,
     shutdown: watch::Receiver<bool>,
 }
@@ -458,6 +467,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     async fn run(&mut self, mut ctx: ConnCtx, mut ev_rx: mpsc::UnboundedReceiver<ConnEvent>) {
         let mut channels: HashMap<u16, Channel> = HashMap::new();
         let end = self.main_loop(&mut ctx, &mut channels, &mut ev_rx).await;
+        // What follows waits for single small frames (close-ok) or the peer's FIN.
+        if let Some(lw) = self.low_water.as_mut() {
+            lw.lower();
+        }
         let client_closed = matches!(end, End::ClientClosed);
         if let End::Close(e) = end {
             self.close_with(e, &mut channels, Some(&ctx)).await;
@@ -507,6 +520,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A frame that must wait until its channel's held replies are out.
         let mut waiting: Option<Frame> = None;
+        // When a raised receive low-water mark must come down (watched only while raised).
+        let mut low_water_due = Box::pin(tokio::time::sleep_until(Instant::now()));
         loop {
             // Process every complete frame already buffered.
             loop {
@@ -558,6 +573,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             if hold_reads && !held {
                 held = true;
+                // Not reading is our choice now: a deadline must not take it for a peer
+                // that waits for an answer (ADR 0013).
+                if let Some(lw) = self.low_water.as_mut() {
+                    lw.lower();
+                }
             } else if !hold_reads && held {
                 // The peer's silence while held was our doing: restart the clock.
                 held = false;
@@ -590,9 +610,20 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 r = self.rd.read_buf(&mut self.rbuf), if !hold_reads => {
                     match r {
                         Ok(0) | Err(_) => return End::Done,
-                        Ok(_) => last_recv = Instant::now(),
+                        Ok(n) => {
+                            last_recv = Instant::now();
+                            let writes = self.out.writes();
+                            if let Some(due) = self.low_water.as_mut().and_then(|l| l.after_read(n, last_recv, writes)) {
+                                low_water_due.as_mut().reset(due);
+                            }
+                        }
                     }
                     self.refill_read_buffer();
+                }
+                () = &mut low_water_due, if self.low_water.as_ref().is_some_and(LowWater::raised) => {
+                    if let Some(next) = self.low_water.as_mut().and_then(|l| l.on_deadline(Instant::now())) {
+                        low_water_due.as_mut().reset(next);
+                    }
                 }
                 Some(ev) = ev_rx.recv() => match ev {
                     ConnEvent::ServerCancel { channel, tag } => {

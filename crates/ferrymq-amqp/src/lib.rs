@@ -6,6 +6,7 @@ pub mod codec;
 mod connection;
 mod erlang_text;
 pub mod error;
+mod low_water;
 mod outbox;
 pub mod server;
 pub mod tls;

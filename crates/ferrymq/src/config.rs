@@ -49,6 +49,9 @@ pub struct Config {
     /// Seconds a client has to complete the AMQP handshake (RabbitMQ's
     /// `handshake_timeout`).
     pub handshake_timeout: u64,
+    /// Whether plain AMQP connections that stream small frames are read in batches (their
+    /// socket's receive low-water mark raised): less broker CPU, up to ~2 ms more latency.
+    pub receive_batching: bool,
     /// Most consumers one channel may have (RabbitMQ's `consumer_max_per_channel`); 0 means
     /// no limit.
     pub consumer_max_per_channel: usize,
@@ -153,6 +156,7 @@ impl Default for Config {
             consumer_timeout: 30 * 60 * 1000,
             consumer_max_per_channel: 0,
             handshake_timeout: 10,
+            receive_batching: true,
             load_definitions: None,
             syncer: Default::default(),
         }
@@ -253,6 +257,9 @@ mod tests {
         let c: Config = toml::from_str("fsync = \"never\"\nsegment_size = 1048576").unwrap();
         assert_eq!((c.fsync, c.segment_size), (FsyncSetting::Never, 1 << 20));
         assert!(toml::from_str::<Config>("fsync = \"sometimes\"").is_err());
+        assert!(Config::default().receive_batching);
+        let c: Config = toml::from_str("receive_batching = false").unwrap();
+        assert!(!c.receive_batching);
     }
 
     #[test]

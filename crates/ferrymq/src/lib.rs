@@ -94,6 +94,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         channel_max: cfg.channel_max,
         heartbeat: cfg.heartbeat,
         handshake_timeout: std::time::Duration::from_secs(cfg.handshake_timeout),
+        receive_batching: cfg.receive_batching,
     };
     let tls = match cfg.tls.settings() {
         Some(s) => Some(ServerTls::load(s).context("cannot set up TLS")?),
