@@ -658,6 +658,10 @@ impl MessageStore for PagedStore {
         }
     }
 
+    fn synced(&self) -> u64 {
+        self.persist.sync().synced()
+    }
+
     fn hold(&mut self, seq: u64, reason: DeathReason) {
         if !self.durable {
             return;

@@ -47,6 +47,8 @@ const HELD_TOPOLOGY_DELAY_MS: u64 = 20;
 /// How soon after a restart recovered held dead letters are first tried (ms): after the
 /// vhost's bindings are restored.
 const HELD_RESTORE_DELAY_MS: u64 = 500;
+/// How often a queue whose forwarded letters wait for their targets' fsync checks (ms).
+const HELD_SYNC_POLL_MS: u64 = 2;
 /// Most held dead letters one retry round tries; the next round starts where it stopped.
 const HELD_RETRY_BATCH: usize = 1024;
 
@@ -86,6 +88,10 @@ struct Held {
     /// `fresh` is a timer's retry round: if it made progress, the next round follows at
     /// once (a large backlog drains), else after [`HELD_RETRY_MS`].
     in_round: bool,
+    /// Letters every target took, waiting for the targets' group commit (the writes to
+    /// wait for) before the original is acked: a machine crash then cannot keep the ack
+    /// and lose the copy.
+    syncing: Vec<(u64, ferrymq_store::Pending)>,
 }
 
 /// Declaration options of a queue.
@@ -333,6 +339,14 @@ impl QueueState {
                 return Some(m);
             }
             self.dead_letter_taken(seq, m.message, DeathReason::Expired);
+        }
+    }
+
+    /// Forgets held letter `seq`: its copy is in every target. Acks its record.
+    fn release_held(&mut self, seq: u64) {
+        if let Some(h) = self.held.letters.remove(&seq) {
+            self.held.bytes = self.held.bytes.saturating_sub(h.message.body_size());
+            self.store.ack(seq);
         }
     }
 
@@ -647,6 +661,33 @@ impl Queue {
         self.arm(st, at);
     }
 
+    /// Acks the held letters whose copies' writes are now durable; those a failed sync lost
+    /// are forwarded again (to every target: a failed log refuses them until a restart).
+    fn settle_synced(self: &Arc<Self>, st: &mut QueueState, now: u64) {
+        let synced = st.store.synced();
+        let mut waiting = std::mem::take(&mut st.held.syncing);
+        waiting.retain(|(seq, pending)| {
+            if pending.ticket() > synced {
+                return true;
+            }
+            if !pending.lost() {
+                st.release_held(*seq);
+            } else if let Some(h) = st.held.letters.get_mut(seq) {
+                h.sending = false;
+                h.done.clear();
+                st.held.retry_at = Some(now);
+            }
+            false
+        });
+        st.held.syncing = waiting;
+        if !st.held.syncing.is_empty() {
+            self.arm(st, now + HELD_SYNC_POLL_MS);
+        }
+        if st.held.retry_at.is_some_and(|t| t <= now) {
+            self.arm(st, now);
+        }
+    }
+
     /// The vhost's topology changed (an exchange or queue declared, a binding added): held
     /// dead letters that found no way are tried again shortly.
     pub fn retry_held_soon(self: &Arc<Self>) {
@@ -745,30 +786,41 @@ impl Queue {
                 c.map(Arc::new)
             });
             // No copy: through too many queues already, dropped (and logged) as at most once.
+            let mut pending = ferrymq_store::Pending::default();
             let taken = copy
                 .as_ref()
-                .is_none_or(|c| home.forward_held(c, &mut done));
-            results.push((seq, taken, copy, done));
+                .is_none_or(|c| home.forward_held(c, &mut done, &mut pending));
+            results.push((seq, taken, copy, done, pending));
         }
         drop(reset);
         let mut st = self.state.lock();
         let mut left = false;
         let mut progress = false;
-        for (seq, taken, copy, done) in results {
+        let synced = st.store.synced();
+        for (seq, taken, copy, done, pending) in results {
             progress |= taken;
-            if taken {
-                if let Some(h) = st.held.letters.remove(&seq) {
-                    st.held.bytes = st.held.bytes.saturating_sub(h.message.body_size());
-                    st.store.ack(seq);
+            if taken && pending.ticket() > synced {
+                // Acked once the copies are on disk; still `sending`, so no retry meanwhile.
+                if let Some(h) = st.held.letters.get_mut(&seq) {
+                    h.copy = copy;
+                    h.done = done;
+                    st.held.syncing.push((seq, pending));
                 }
+            } else if taken && !pending.lost() {
+                st.release_held(seq);
             } else if let Some(h) = st.held.letters.get_mut(&seq) {
                 h.sending = false;
                 h.copy = copy;
-                h.done = done;
+                // Taken but lost to a failed sync: offered to every target again.
+                h.done = if taken { Vec::new() } else { done };
                 left = true;
             }
         }
         st.store.flush();
+        if !st.held.syncing.is_empty() {
+            let at = now_ms() + HELD_SYNC_POLL_MS;
+            self.arm(&mut st, at);
+        }
         if round && progress && !st.held.letters.is_empty() && !st.deleted {
             let at = now_ms();
             self.arm_retry(&mut st, at);
@@ -1140,6 +1192,9 @@ impl Timed for Queue {
         };
         if let Some(at) = next {
             self.arm(&mut st, at);
+        }
+        if !st.held.syncing.is_empty() {
+            self.settle_synced(&mut st, now);
         }
         if let Some(at) = st.held.retry_at {
             if at <= now {

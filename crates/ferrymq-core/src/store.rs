@@ -43,6 +43,11 @@ pub trait MessageStore: Send {
     /// restarts marks it, with the reason (written by the next [`MessageStore::flush`]),
     /// and keeps its record until [`MessageStore::ack`].
     fn hold(&mut self, _seq: u64, _reason: DeathReason) {}
+    /// The highest group-commit ticket known durable (`u64::MAX` for a store that waits for
+    /// nothing): a held dead letter is acked once its targets' writes are this far.
+    fn synced(&self) -> u64 {
+        u64::MAX
+    }
     /// As [`MessageStore::remove`], for a message held as an at-least-once dead letter: its
     /// record is kept (and marked, see [`MessageStore::hold`]) until [`MessageStore::ack`].
     fn remove_held(&mut self, seq: u64, _reason: DeathReason) -> Option<QueuedMessage> {

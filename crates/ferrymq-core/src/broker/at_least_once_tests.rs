@@ -303,3 +303,58 @@ fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_releases_them() {
         "dead-lettered at most once (dropped: no route)"
     );
 }
+
+#[test]
+fn the_source_forgets_a_letter_only_once_the_targets_write_is_durable() {
+    // The target's fsync fails: its copy is not durable, so the source keeps the letter
+    // (a machine crash must not keep the source's ack and lose the copy).
+    let d = tempfile::tempdir().unwrap();
+    let syncer = Arc::new(ferrymq_store::FailingSync::default());
+    let open_failing = || {
+        let mut c = PersistConfig::new(d.path());
+        c.syncer = crate::SyncerRef(syncer.clone());
+        Broker::open(BrokerConfig::default(), Persistence::open(c).unwrap()).unwrap()
+    };
+    let b = open_failing();
+    let v = b.vhost("/").unwrap();
+    v.declare_exchange(
+        "dlx",
+        "fanout",
+        ExchangeOptions {
+            durable: true,
+            ..ExchangeOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    let durable = QueueOptions {
+        durable: true,
+        ..QueueOptions::default()
+    };
+    let t = declare(&v, "t", durable);
+    v.bind_queue("t", "dlx", "", FieldTable::new(), 1).unwrap();
+    let src = declare(&v, "src", alo("dlx", &[]));
+    put(&v, "src", "a");
+    let hash = t
+        .dir()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    syncer.fail(&hash, 1);
+    reject_head(&src);
+    wait("the target took it in memory", || t.counts().messages == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.held(), 1, "not forgotten: the target's write was lost");
+    drop((v, src, t));
+    // After a restart the target's log works again: the letter goes there, and only then
+    // is it gone from the source.
+    b.persistence().unwrap().stop();
+    drop(b);
+    let b = open_failing();
+    let v = b.vhost("/").unwrap();
+    let (src, t) = (v.queue("src", 1).unwrap(), v.queue("t", 1).unwrap());
+    wait("forwarded after the restart", || src.held() == 0);
+    assert!(t.counts().messages >= 1);
+}

@@ -454,7 +454,12 @@ impl QueueEvents for VHost {
         }
     }
 
-    fn forward_held(&self, copy: &Arc<Message>, done: &mut Vec<String>) -> bool {
+    fn forward_held(
+        &self,
+        copy: &Arc<Message>,
+        done: &mut Vec<String>,
+        pending: &mut Pending,
+    ) -> bool {
         let Ok(x) = self.exchange(copy.exchange()) else {
             // No dead-letter exchange (yet): kept, tried again when one is declared.
             return false;
@@ -474,9 +479,14 @@ impl QueueEvents for VHost {
                 continue;
             }
             // `publish` returns once the copy is in the target's log (a durable target, a
-            // persistent copy): the caller acks the original only after that.
+            // persistent copy); the caller acks the original once that write is fsynced.
             match q.publish(copy.clone()) {
-                Enqueued::Accepted(_) => done.push(q.name.clone()),
+                Enqueued::Accepted(t) => {
+                    if let (Some(t), Some(h)) = (t, q.health()) {
+                        pending.add(t, h.clone());
+                    }
+                    done.push(q.name.clone());
+                }
                 Enqueued::Refused => all = false,
             }
         }
