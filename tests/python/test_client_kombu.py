@@ -254,3 +254,42 @@ def test_publish_with_retry_survives_a_broker_restart(broker):
         got = collect(conn, [q], 2)
         assert sorted(m.payload["seq"] for _, m in got) == [1, 2]
         q(conn.default_channel).delete()
+
+
+def test_native_delayed_delivery_over_quorum_queues_delivers_a_countdown_message(broker):
+    # Celery's native delayed delivery (kombu.transport.native_delayed_delivery): 28 quorum
+    # queues of TTL 2^level s dead-lettering at least once (with reject-publish) down a
+    # chain of topic exchanges; a message's routing key spells its delay in binary.
+    from kombu.transport.native_delayed_delivery import (
+        bind_queue_to_native_delayed_delivery_exchange, calculate_routing_key,
+        declare_native_delayed_delivery_exchanges_and_queues, level_name)
+    prefix = n("ndd")
+    tasks = Exchange(n("tasks"), "topic", durable=True)
+    q = Queue(n("tasks"), tasks, routing_key="work", durable=True)
+    with connect(broker) as conn:
+        declare_native_delayed_delivery_exchanges_and_queues(conn, "quorum", prefix)
+        q(conn.default_channel).declare()
+        bind_queue_to_native_delayed_delivery_exchange(conn, q, prefix)
+        producer = conn.Producer(serializer="json")
+        producer.publish({"task": "later"}, exchange=level_name(27, prefix),
+                         routing_key=calculate_routing_key(3, "work"),
+                         delivery_mode="persistent")
+        ch = conn.default_channel
+        # Through level 1 (2 s) and level 0 (1 s), then the delivery exchange: polled with a
+        # deadline, nothing is timed.
+        import time
+        deadline = time.monotonic() + 30
+        while True:
+            m = q(ch).get(no_ack=True)
+            if m:
+                break
+            assert time.monotonic() < deadline, "the delayed message never arrived"
+            time.sleep(0.1)
+        assert m.decode() == {"task": "later"}
+        assert [d["reason"] for d in m.headers["x-death"]] == ["expired", "expired"]
+        q(ch).delete()
+        for level in range(28):
+            ch.queue_delete(level_name(level, prefix))
+            ch.exchange_delete(level_name(level, prefix))
+        ch.exchange_delete(f"{prefix}_celery_delayed_delivery")
+        tasks(ch).delete()

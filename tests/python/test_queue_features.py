@@ -111,6 +111,7 @@ def test_max_length_drop_head_and_priority(broker):
 
 @pytest.mark.parametrize("arg,value,reason", [
     ("x-message-ttl", -1, "{value_negative,-1}"),
+    ("x-message-ttl", 315360000001, "{value_too_large,315360000001}"),  # past ten years
     ("x-max-length", "ten", "expected integer, got longstr"),
     ("x-max-priority", 256, "{max_value_exceeded,256}"),
     ("x-expires", 0, "{value_zero,0}"),

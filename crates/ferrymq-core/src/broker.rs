@@ -376,3 +376,6 @@ pub fn login_refused(mechanism: &str) -> CoreError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod at_least_once_tests;

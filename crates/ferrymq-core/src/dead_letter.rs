@@ -36,6 +36,26 @@ impl DeathReason {
             DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
+
+    /// The code a held mark stores the reason as (see docs/storage.md).
+    pub fn code(self) -> u8 {
+        match self {
+            DeathReason::Rejected => 0,
+            DeathReason::Expired => 1,
+            DeathReason::Maxlen => 2,
+            DeathReason::DeliveryLimit => 3,
+        }
+    }
+
+    /// The reason a held mark's code stands for; unknown codes read as `rejected`.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => DeathReason::Expired,
+            2 => DeathReason::Maxlen,
+            3 => DeathReason::DeliveryLimit,
+            _ => DeathReason::Rejected,
+        }
+    }
 }
 
 /// A message leaving a queue to be dead-lettered.

@@ -20,6 +20,22 @@ pub trait QueueEvents: Send + Sync {
     );
     /// The queue was unused for its `x-expires`: delete it.
     fn expired(&self, queue: &Arc<Queue>);
+    /// Offers an at-least-once dead-letter copy to the queues it routes to through its
+    /// exchange, except those named in `done` (they took it before; each that takes it now
+    /// is added, and the group-commit tickets of durable targets' writes to `pending`). True
+    /// once every target has it; false if it routes nowhere or a target refused it (it is
+    /// then tried again later). Called with no queue lock held.
+    fn forward_held(
+        &self,
+        _copy: &Arc<Message>,
+        _done: &mut Vec<String>,
+        _pending: &mut ferrymq_store::Pending,
+    ) -> bool {
+        false
+    }
+    /// `queue` holds dead letters that could not be forwarded yet: call its
+    /// [`Queue::retry_held_soon`] when the topology changes.
+    fn holding(&self, _queue: &Arc<Queue>) {}
 }
 
 /// Where a delayed-message exchange sends a message once its delay has passed.

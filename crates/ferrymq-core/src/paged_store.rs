@@ -13,12 +13,13 @@
 //! Record payload: `[flags u8][seq u64 LE]([deadline u64 LE])[message record]`, the
 //! deadline in wall-clock ms when flag bit 1 is set (see `docs/storage.md`).
 
+use crate::dead_letter::DeathReason;
 use crate::expiry::{from_wall, now_ms, to_wall};
 use crate::message::{Message, QueuedMessage};
 use crate::persist::Persistence;
 use crate::store::MessageStore;
 use ferrymq_store::{LogHealth, Position, QueueLog, StoreError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -76,6 +77,9 @@ pub struct PagedStore {
     /// The queue's message TTL at recovery: records written before deadlines were stored got
     /// their deadline from it (and their own `expiration`).
     legacy_ttl: Option<u64>,
+    /// Records of held dead letters taken out of the paged tail (they expired there): a
+    /// purge, which settles the tail without reading it, must keep them.
+    held_paged: HashSet<Position>,
     /// The queue was deleted: its log must never be opened (created) again.
     destroyed: bool,
     bytes: usize,
@@ -159,6 +163,9 @@ pub struct Recovered {
     /// (sequence number, deadline on [`now_ms`]'s clock) of every recovered message that
     /// has one.
     pub deadlines: Vec<(u64, u64)>,
+    /// At-least-once dead letters held when the broker stopped, numbered after the `count`
+    /// ready ones: not ready, to be dead-lettered again (then acked by sequence number).
+    pub held: Vec<(QueuedMessage, DeathReason)>,
 }
 
 impl PagedStore {
@@ -186,6 +193,7 @@ impl PagedStore {
             inflight: VecDeque::new(),
             paged_deadlines: HashMap::new(),
             legacy_ttl: None,
+            held_paged: HashSet::new(),
             destroyed: false,
             bytes: 0,
             scratch: Vec::new(),
@@ -216,6 +224,7 @@ impl PagedStore {
                 store,
                 count: 0,
                 deadlines: Vec::new(),
+                held: Vec::new(),
             });
         }
         let mut dropped = Vec::new();
@@ -252,7 +261,24 @@ impl PagedStore {
             log.ack(*pos)?;
         }
         let count = n - dropped.len() as u64;
+        let mut held = Vec::new();
+        let mut inflight = VecDeque::new();
+        for (pos, code, payload) in log.take_held() {
+            match parse(&payload) {
+                Some((head, m)) if head.flags & FLAG_PERSISTENT != 0 => {
+                    let seq = first_seq + count + held.len() as u64;
+                    inflight.push_back((seq, pos));
+                    held.push((
+                        QueuedMessage::new(seq, Arc::new(m)),
+                        DeathReason::from_code(code),
+                    ));
+                }
+                // Transient (dropped at a restart like the others) or unreadable.
+                _ => log.ack(pos)?,
+            }
+        }
         let mut store = PagedStore::new(persist, Some(health), dir);
+        store.inflight = inflight;
         store.recovered_seq = first_seq;
         store.cursor = log.first();
         store.paged = count;
@@ -263,6 +289,7 @@ impl PagedStore {
             store,
             count,
             deadlines,
+            held,
         })
     }
 
@@ -619,6 +646,9 @@ impl MessageStore for PagedStore {
             _ => self.inflight.binary_search_by_key(&seq, |(s, _)| *s).ok(),
         };
         if let Some((_, pos)) = found.and_then(|i| self.inflight.remove(i)) {
+            if !self.held_paged.is_empty() {
+                self.held_paged.remove(&pos);
+            }
             if let Some(log) = self.log.as_mut() {
                 if let Err(e) = log.ack(pos) {
                     // The message comes back after a restart: a redelivery, not a loss.
@@ -626,6 +656,70 @@ impl MessageStore for PagedStore {
                 }
             }
         }
+    }
+
+    fn synced(&self) -> u64 {
+        self.persist.sync().synced()
+    }
+
+    fn hold(&mut self, seq: u64, reason: DeathReason) {
+        if !self.durable {
+            return;
+        }
+        let Ok(i) = self.inflight.binary_search_by_key(&seq, |(s, _)| *s) else {
+            return;
+        };
+        if let (Some(&(_, pos)), Some(log)) = (self.inflight.get(i), self.log.as_mut()) {
+            if let Err(e) = log.mark_held(pos, reason.code()) {
+                // After a restart it is ready again: dead-lettered again, not lost.
+                tracing::warn!(
+                    "{}: cannot record a held dead letter: {e}",
+                    self.dir.display()
+                );
+            }
+        }
+    }
+
+    fn remove_held(&mut self, seq: u64, reason: DeathReason) -> Option<QueuedMessage> {
+        let (m, pos) = match crate::store::take_out(&mut self.ram, seq) {
+            Some((i, m)) => {
+                let pos = self
+                    .ram_pos
+                    .get_mut(i)
+                    .map_or(NO_RECORD, |p| std::mem::replace(p, NO_RECORD));
+                self.dead += 1;
+                self.ram_sub(cost(&m));
+                self.bytes = self.bytes.saturating_sub(m.message.body_size());
+                (m, pos)
+            }
+            None => {
+                let d = self.paged_deadlines.remove(&seq)?;
+                self.paged = self.paged.saturating_sub(1);
+                self.bytes = self.bytes.saturating_sub(d.counted);
+                let read = self.log.as_mut()?.read(d.pos);
+                let Some((_, msg)) = read.ok().and_then(|p| parse(&p)) else {
+                    tracing::error!(
+                        "{}: an expired message at segment {} offset {} could not be read back",
+                        self.dir.display(),
+                        d.pos.segment,
+                        d.pos.offset
+                    );
+                    if let Some(log) = self.log.as_mut() {
+                        let _ = log.ack(d.pos);
+                    }
+                    return None;
+                };
+                self.held_paged.insert(d.pos);
+                (QueuedMessage::new(seq, Arc::new(msg)), d.pos)
+            }
+        };
+        if pos != NO_RECORD {
+            // Kept until the copy reached its targets, acked by sequence number then.
+            let at = self.inflight.partition_point(|(s, _)| *s < seq);
+            self.inflight.insert(at, (seq, pos));
+            self.hold(seq, reason);
+        }
+        Some(m)
     }
 
     fn discard(&mut self, seq: u64) -> bool {
@@ -677,7 +771,8 @@ impl MessageStore for PagedStore {
             // in one go, without reading the backlog back.
             let from = self.cursor;
             if let Some(log) = self.log.as_mut() {
-                if let Err(e) = crate::blocking::run(|| log.settle_from(from)) {
+                let keep = &self.held_paged;
+                if let Err(e) = crate::blocking::run(|| log.settle_from_keeping(from, keep)) {
                     // The messages come back after a restart: a redelivery, not a loss.
                     tracing::warn!("{}: cannot record a purge: {e}", self.dir.display());
                 }
@@ -708,6 +803,7 @@ impl MessageStore for PagedStore {
         self.dead = 0;
         self.paged = 0;
         self.inflight.clear();
+        self.held_paged.clear();
         self.paged_deadlines.clear();
         // Removed in the background, not under the queue's lock (see `ferrymq_store::reaper`).
         match self.log.take() {
@@ -858,6 +954,66 @@ mod tests {
         let want: Vec<u64> = (1..=300).filter(|q| !expired.contains(q)).collect();
         assert_eq!(got, want, "the expired ones are not delivered");
         assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn held_dead_letters_from_ram_and_the_paged_tail_survive_a_purge_and_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        let far = now_ms() + 3_600_000;
+        {
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            );
+            for seq in 1..=300 {
+                s.push(msg(seq, true), Some(far)).unwrap();
+            }
+            assert!(s.paged > 200, "most of the tail is on disk only");
+            // Held: a delivered one (rejected), one expiring in RAM, one in the paged tail.
+            let first = s.shift().unwrap();
+            s.delivered(&first);
+            s.hold(first.seq(), DeathReason::Rejected);
+            assert!(s.remove_held(2, DeathReason::Expired).is_some());
+            let paged = s.remove_held(290, DeathReason::Expired).unwrap();
+            assert_eq!(body(&paged), "290");
+            // The purge settles the rest of the tail without reading it, except the held.
+            assert_eq!(s.purge(&mut |_| {}), 297);
+            s.flush();
+            s.sync_and_wait_reaper();
+        }
+        let r = PagedStore::recover(
+            persistence(d.path()),
+            LogHealth::new("q"),
+            dir.clone(),
+            1,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.count, 0, "nothing ready");
+        let held: Vec<(u64, String, DeathReason)> = r
+            .held
+            .iter()
+            .map(|(m, why)| (m.seq(), body(m), *why))
+            .collect();
+        assert_eq!(
+            held,
+            vec![
+                (1, "1".into(), DeathReason::Rejected),
+                (2, "2".into(), DeathReason::Expired),
+                (3, "290".into(), DeathReason::Expired)
+            ]
+        );
+        // Forwarded: acked by sequence number, gone at the next start.
+        let mut s = r.store;
+        for seq in 1..=3 {
+            s.ack(seq);
+        }
+        drop(s);
+        let r =
+            PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
+        assert_eq!((r.count, r.held.len()), (0, 0));
     }
 
     #[test]

@@ -10,13 +10,15 @@ use crate::error::{CoreError, CoreResult};
 use crate::events::QueueEvents;
 use crate::expiry::{instant_of, now_ms, Deadlines};
 use crate::message::{Message, QueuedMessage};
-use crate::queue_config::{Overflow, QueueConfig, QueueType};
+use crate::queue_config::{DeadLetterStrategy, Overflow, QueueConfig, QueueType};
 use crate::store::{MemoryStore, MessageStore};
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
 use crate::ConnectionId;
 use ferrymq_store::{LogHealth, StoreError};
 use parking_lot::Mutex;
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
@@ -33,6 +35,64 @@ const MARK_FLUSH_MS: u64 = 5;
 const EXPIRE_BATCH: usize = 1024;
 /// Most body bytes of dead letters one expiry pass collects before the lock is released.
 const EXPIRE_BATCH_BYTES: usize = 1 << 20;
+
+/// How long a held dead letter that found no way waits before it is tried again (ms), unless
+/// the vhost's topology changes first. RabbitMQ's dead-letter worker waits
+/// `dead_letter_worker_publisher_confirm_timeout` (180 s by default); a few seconds keeps
+/// retries cheap (one routing per letter) while users see the letter soon.
+pub const HELD_RETRY_MS: u64 = 2000;
+/// How soon after a topology change (declare, bind) held dead letters are tried again (ms):
+/// a burst of declarations costs one retry.
+const HELD_TOPOLOGY_DELAY_MS: u64 = 20;
+/// How soon after a restart recovered held dead letters are first tried (ms): after the
+/// vhost's bindings are restored.
+const HELD_RESTORE_DELAY_MS: u64 = 500;
+/// How often a queue whose forwarded letters wait for their targets' fsync checks (ms).
+const HELD_SYNC_POLL_MS: u64 = 2;
+/// Most held dead letters one retry round tries; the next round starts where it stopped.
+const HELD_RETRY_BATCH: usize = 1024;
+
+thread_local! {
+    /// Set while this thread forwards held dead letters: a target that in turn holds one
+    /// leaves it to the timer instead of forwarding it nested (a chain of queues must not
+    /// grow the stack).
+    static FORWARDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A dead letter an at-least-once queue keeps until its copy reached every target.
+struct HeldLetter {
+    message: Arc<Message>,
+    reason: DeathReason,
+    /// The dead-lettered copy, built at the first attempt (so retries keep its `x-death`).
+    copy: Option<Arc<Message>>,
+    /// Target queues that took the copy already: a retry does not give it to them again.
+    done: Vec<String>,
+    /// Being forwarded right now (outside the lock): no second attempt meanwhile.
+    sending: bool,
+}
+
+/// The held dead letters of an at-least-once quorum queue. Not ready, not in
+/// `message_count`, but counted against the queue's length limits, as in RabbitMQ.
+#[derive(Default)]
+struct Held {
+    letters: BTreeMap<u64, HeldLetter>,
+    bytes: usize,
+    /// Held under the lock just now, forwarded once it is released.
+    fresh: Vec<u64>,
+    /// When the letters not taken yet are tried again (ms).
+    retry_at: Option<u64>,
+    /// Where the next retry round starts.
+    cursor: u64,
+    /// The vhost knows to retry us when its topology changes.
+    registered: bool,
+    /// `fresh` is a timer's retry round: if it made progress, the next round follows at
+    /// once (a large backlog drains), else after [`HELD_RETRY_MS`].
+    in_round: bool,
+    /// Letters every target took, waiting for the targets' group commit (the writes to
+    /// wait for) before the original is acked: a machine crash then cannot keep the ack
+    /// and lose the copy.
+    syncing: Vec<(u64, ferrymq_store::Pending)>,
+}
 
 /// Declaration options of a queue.
 #[derive(Debug, Clone, Default)]
@@ -123,9 +183,48 @@ struct QueueState {
     timer_at: Option<u64>,
     /// Messages to dead-letter once the lock is released.
     dead: Vec<DeadLetter>,
+    /// At-least-once dead letters waiting for their targets.
+    held: Held,
 }
 
 impl QueueState {
+    /// Whether dead letters are held until their targets took them (a quorum queue with
+    /// `x-dead-letter-strategy: at-least-once`, in effect only with `reject-publish`).
+    fn at_least_once(&self) -> bool {
+        self.cfg.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+            && self.cfg.queue_type == QueueType::Quorum
+            && self.cfg.dead_letter_exchange.is_some()
+    }
+
+    /// Dead-letters message `seq`, already out of the ready messages (delivered, or taken at
+    /// the head): held with its record kept (at-least-once), or settled and handed over.
+    fn dead_letter_taken(&mut self, seq: u64, message: Arc<Message>, reason: DeathReason) {
+        if self.at_least_once() {
+            self.store.hold(seq, reason);
+            self.deadlines.forget(seq);
+            self.keep(seq, message, reason);
+        } else {
+            self.settled(seq);
+            self.dead_letter(message, reason);
+        }
+    }
+
+    /// Holds `message` (its record marked held by the store) until its copy is taken.
+    fn keep(&mut self, seq: u64, message: Arc<Message>, reason: DeathReason) {
+        self.held.bytes += message.body_size();
+        self.held.letters.insert(
+            seq,
+            HeldLetter {
+                message,
+                reason,
+                copy: None,
+                done: Vec::new(),
+                sending: false,
+            },
+        );
+        self.held.fresh.push(seq);
+    }
+
     /// Sends `message` to the dead-letter exchange, if the queue has one; otherwise it is
     /// dropped, as in RabbitMQ.
     fn dead_letter(&mut self, message: Arc<Message>, reason: DeathReason) {
@@ -148,6 +247,7 @@ impl QueueState {
             return false;
         }
         let dead_lettered = self.cfg.dead_letter_exchange.is_some();
+        let held = self.at_least_once();
         let due = self.deadlines.take_due_up_to(now, EXPIRE_BATCH);
         let mut bytes = 0;
         let mut rest = due.into_iter();
@@ -159,10 +259,17 @@ impl QueueState {
                 }
                 continue;
             }
-            if let Some(m) = self.store.remove(seq) {
+            let taken = match held {
+                true => self.store.remove_held(seq, DeathReason::Expired),
+                false => self.store.remove(seq),
+            };
+            if let Some(m) = taken {
                 self.deadlines.forget(seq);
                 bytes += m.message.body_size();
-                self.dead_letter(m.message, DeathReason::Expired);
+                match held {
+                    true => self.keep(seq, m.message, DeathReason::Expired),
+                    false => self.dead_letter(m.message, DeathReason::Expired),
+                }
                 if bytes >= EXPIRE_BATCH_BYTES {
                     break;
                 }
@@ -186,10 +293,7 @@ impl QueueState {
         }
         while self.cfg.over(self.store.len(), self.store.bytes()) {
             let Some(m) = self.store.shift() else { break };
-            let seq = m.seq();
-            self.store.ack(seq);
-            self.deadlines.forget(seq);
-            self.dead_letter(m.message, DeathReason::Maxlen);
+            self.dead_letter_taken(m.seq(), m.message, DeathReason::Maxlen);
         }
     }
 
@@ -234,10 +338,35 @@ impl QueueState {
             if !self.deadlines.is_due(seq, t) {
                 return Some(m);
             }
-            self.store.ack(seq);
-            self.deadlines.forget(seq);
-            self.dead_letter(m.message, DeathReason::Expired);
+            self.dead_letter_taken(seq, m.message, DeathReason::Expired);
         }
+    }
+
+    /// Forgets held letter `seq`: its copy is in every target. Acks its record.
+    fn release_held(&mut self, seq: u64) {
+        if let Some(h) = self.held.letters.remove(&seq) {
+            self.held.bytes = self.held.bytes.saturating_sub(h.message.body_size());
+            self.store.ack(seq);
+        }
+    }
+
+    /// The next [`HELD_RETRY_BATCH`] held letters to try again, from where the last round
+    /// stopped (wrapping around), so a large stuck backlog is tried evenly, not spun on.
+    fn retry_round(&mut self) -> Vec<u64> {
+        let from = self.held.cursor;
+        let mut out: Vec<u64> = self
+            .held
+            .letters
+            .range(from..)
+            .map(|(s, _)| *s)
+            .take(HELD_RETRY_BATCH)
+            .collect();
+        if out.len() < HELD_RETRY_BATCH {
+            let more = HELD_RETRY_BATCH - out.len();
+            out.extend(self.held.letters.range(..from).map(|(s, _)| *s).take(more));
+        }
+        self.held.cursor = out.last().map_or(0, |s| s + 1);
+        out
     }
 
     fn settled(&mut self, seq: u64) {
@@ -345,6 +474,7 @@ impl Queue {
                 last_used: now_ms(),
                 timer_at: None,
                 dead: Vec::new(),
+                held: Held::default(),
             }),
         }
     }
@@ -385,6 +515,25 @@ impl Queue {
         self
     }
 
+    /// The same queue with the at-least-once dead letters its store recovered as held: they
+    /// are forwarded again shortly after it is attached, not delivered to its consumers.
+    pub fn with_held(self, held: Vec<(QueuedMessage, DeathReason)>) -> Self {
+        {
+            let mut st = self.state.lock();
+            for (m, reason) in held {
+                let seq = m.seq();
+                st.keep(seq, m.message, reason);
+            }
+            st.held.fresh.clear();
+        }
+        self
+    }
+
+    /// How many dead letters the queue holds until their targets take them.
+    pub fn held(&self) -> usize {
+        self.state.lock().held.letters.len()
+    }
+
     /// Its durable log's health, if it has one: a publish accepted with a ticket is kept once
     /// group commit reaches it, unless this log failed.
     pub fn health(&self) -> Option<&Arc<LogHealth>> {
@@ -421,6 +570,22 @@ impl Queue {
             (Some(c), None) => Some(DedupCache::new(c)),
         };
         st.cfg = cfg;
+        if !st.held.letters.is_empty() {
+            if !st.at_least_once() {
+                // No longer at-least-once (a policy changed): what was held is dead-lettered
+                // at most once now, as RabbitMQ does when the strategy changes.
+                let letters = std::mem::take(&mut st.held.letters);
+                st.held = Held::default();
+                for (seq, h) in letters {
+                    st.store.ack(seq);
+                    st.dead_letter(h.message, h.reason);
+                }
+                st.store.flush();
+            } else if initial {
+                let at = now_ms() + HELD_RESTORE_DELAY_MS;
+                self.arm_retry(&mut st, at);
+            }
+        }
         st.drop_head_over_limits();
         if let Some(e) = st.cfg.expires {
             let at = st.last_used.saturating_add(e);
@@ -487,9 +652,57 @@ impl Queue {
         timers::schedule(instant_of(at), me);
     }
 
-    /// Releases the lock, then republishes the dead letters collected under it.
+    /// Has held dead letters tried again at `at` (ms), unless a retry is due earlier.
+    fn arm_retry(self: &Arc<Self>, st: &mut QueueState, at: u64) {
+        if st.held.retry_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        st.held.retry_at = Some(at);
+        self.arm(st, at);
+    }
+
+    /// Acks the held letters whose copies' writes are now durable; those a failed sync lost
+    /// are forwarded again (to every target: a failed log refuses them until a restart).
+    fn settle_synced(self: &Arc<Self>, st: &mut QueueState, now: u64) {
+        let synced = st.store.synced();
+        let mut waiting = std::mem::take(&mut st.held.syncing);
+        waiting.retain(|(seq, pending)| {
+            if pending.ticket() > synced {
+                return true;
+            }
+            if !pending.lost() {
+                st.release_held(*seq);
+            } else if let Some(h) = st.held.letters.get_mut(seq) {
+                h.sending = false;
+                h.done.clear();
+                st.held.retry_at = Some(now);
+            }
+            false
+        });
+        st.held.syncing = waiting;
+        if !st.held.syncing.is_empty() {
+            self.arm(st, now + HELD_SYNC_POLL_MS);
+        }
+        if st.held.retry_at.is_some_and(|t| t <= now) {
+            self.arm(st, now);
+        }
+    }
+
+    /// The vhost's topology changed (an exchange or queue declared, a binding added): held
+    /// dead letters that found no way are tried again shortly.
+    pub fn retry_held_soon(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        st.held.registered = false;
+        if !st.held.letters.is_empty() && !st.deleted {
+            let at = now_ms() + HELD_TOPOLOGY_DELAY_MS;
+            self.arm_retry(&mut st, at);
+        }
+    }
+
+    /// Releases the lock, then republishes the dead letters collected under it and
+    /// forwards the ones newly held.
     fn unlock_and_flush(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
-        if st.dead.is_empty() {
+        if st.dead.is_empty() && st.held.fresh.is_empty() {
             return;
         }
         let letters = std::mem::take(&mut st.dead);
@@ -497,11 +710,128 @@ impl Queue {
             st.cfg.dead_letter_exchange.clone(),
             st.cfg.dead_letter_routing_key.clone(),
         );
-        drop(st);
+        if st.held.fresh.is_empty() {
+            drop(st);
+        } else {
+            let fresh = std::mem::take(&mut st.held.fresh);
+            let round = std::mem::take(&mut st.held.in_round);
+            self.forward_held(st, fresh, round);
+        }
+        if letters.is_empty() {
+            return;
+        }
         let (Some(dlx), Some(home)) = (dlx, self.home.get().and_then(Weak::upgrade)) else {
             return;
         };
         home.dead_letter(&self.name, &dlx, dlrk.as_deref(), letters);
+    }
+
+    /// Forwards the held dead letters `seqs` to their targets with the lock released, then
+    /// settles those every target took: for a durable target the copy is written to its log
+    /// before the ack of the original is, so a crash in between keeps both (a duplicate,
+    /// never a loss). The others are tried again on the timer, or when the topology changes.
+    fn forward_held(
+        self: &Arc<Self>,
+        mut st: parking_lot::MutexGuard<'_, QueueState>,
+        seqs: Vec<u64>,
+        round: bool,
+    ) {
+        let home = self.home.get().and_then(Weak::upgrade);
+        let (Some(home), Some(dlx)) = (home, st.cfg.dead_letter_exchange.clone()) else {
+            return;
+        };
+        if FORWARDING.get() {
+            // Caused by forwarding another letter on this thread: left to the timer.
+            let at = now_ms();
+            self.arm_retry(&mut st, at);
+            return;
+        }
+        let dlrk = st.cfg.dead_letter_routing_key.clone();
+        let mut batch = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(h) = st.held.letters.get_mut(&seq).filter(|h| !h.sending) {
+                h.sending = true;
+                let done = std::mem::take(&mut h.done);
+                batch.push((seq, h.message.clone(), h.reason, h.copy.clone(), done));
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        // Their held marks are written before any copy reaches a target.
+        st.store.flush();
+        drop(st);
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                FORWARDING.set(false);
+            }
+        }
+        FORWARDING.set(true);
+        let reset = Reset;
+        let mut results = Vec::with_capacity(batch.len());
+        for (seq, message, reason, copy, mut done) in batch {
+            let copy = copy.or_else(|| {
+                let letter = DeadLetter {
+                    message,
+                    reason,
+                    counted: true,
+                };
+                let c = crate::dead_letter::dead_letter_copy(
+                    &letter,
+                    &self.name,
+                    &dlx,
+                    dlrk.as_deref(),
+                );
+                c.map(Arc::new)
+            });
+            // No copy: through too many queues already, dropped (and logged) as at most once.
+            let mut pending = ferrymq_store::Pending::default();
+            let taken = copy
+                .as_ref()
+                .is_none_or(|c| home.forward_held(c, &mut done, &mut pending));
+            results.push((seq, taken, copy, done, pending));
+        }
+        drop(reset);
+        let mut st = self.state.lock();
+        let mut left = false;
+        let mut progress = false;
+        let synced = st.store.synced();
+        for (seq, taken, copy, done, pending) in results {
+            progress |= taken;
+            if taken && pending.ticket() > synced {
+                // Acked once the copies are on disk; still `sending`, so no retry meanwhile.
+                if let Some(h) = st.held.letters.get_mut(&seq) {
+                    h.copy = copy;
+                    h.done = done;
+                    st.held.syncing.push((seq, pending));
+                }
+            } else if taken && !pending.lost() {
+                st.release_held(seq);
+            } else if let Some(h) = st.held.letters.get_mut(&seq) {
+                h.sending = false;
+                h.copy = copy;
+                // Taken but lost to a failed sync: offered to every target again.
+                h.done = if taken { Vec::new() } else { done };
+                left = true;
+            }
+        }
+        st.store.flush();
+        if !st.held.syncing.is_empty() {
+            let at = now_ms() + HELD_SYNC_POLL_MS;
+            self.arm(&mut st, at);
+        }
+        if round && progress && !st.held.letters.is_empty() && !st.deleted {
+            let at = now_ms();
+            self.arm_retry(&mut st, at);
+        } else if left && !st.deleted {
+            let at = now_ms() + HELD_RETRY_MS;
+            self.arm_retry(&mut st, at);
+            if !st.held.registered {
+                st.held.registered = true;
+                home.holding(self);
+            }
+        }
     }
 
     /// Appends a message and delivers it if a consumer can take it.
@@ -517,11 +847,7 @@ impl Queue {
                 }
             }
         }
-        if st.cfg.overflow != Overflow::DropHead
-            && !st
-                .cfg
-                .fits(st.store.len(), st.store.bytes(), message.body_size())
-        {
+        if st.cfg.overflow != Overflow::DropHead && !Self::room(&st, message.body_size()) {
             if st.cfg.overflow == Overflow::RejectPublishDlx {
                 st.dead_letter(message, DeathReason::Maxlen);
             }
@@ -571,6 +897,19 @@ impl Queue {
         st.drop_head_over_limits();
         self.unlock_and_flush(st);
         Enqueued::Accepted(ticket)
+    }
+
+    /// Whether a message of `bytes` body bytes may be published under a length limit. A
+    /// quorum queue refuses only once it is over the limit, counting its held dead letters
+    /// (RabbitMQ 3.10: a queue of `x-max-length` 2 takes a third message, not a fourth).
+    fn room(st: &QueueState, bytes: usize) -> bool {
+        let (len, total) = (st.store.len(), st.store.bytes());
+        if st.cfg.queue_type == QueueType::Quorum {
+            return !st
+                .cfg
+                .over(len + st.held.letters.len(), total + st.held.bytes);
+        }
+        st.cfg.fits(len, total, bytes)
     }
 
     /// Delivers ready messages to consumers that have credit. Called by protocol code when a
@@ -679,9 +1018,10 @@ impl Queue {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(msgs.len());
         for m in msgs {
-            st.settled(m.seq());
-            if !st.deleted {
-                st.dead_letter(m.message, DeathReason::Rejected);
+            if st.deleted {
+                st.settled(m.seq());
+            } else {
+                st.dead_letter_taken(m.seq(), m.message, DeathReason::Rejected);
             }
         }
         st.store.flush();
@@ -706,8 +1046,7 @@ impl Queue {
                 .delivery_limit
                 .is_some_and(|l| u64::from(m.returns()) > l)
             {
-                st.settled(seq);
-                st.dead_letter(m.message, DeathReason::DeliveryLimit);
+                st.dead_letter_taken(seq, m.message, DeathReason::DeliveryLimit);
                 continue;
             }
             if st.cfg.queue_type == QueueType::Quorum {
@@ -716,8 +1055,7 @@ impl Queue {
                 }
             }
             if st.deadlines.is_due(seq, now) {
-                st.settled(seq);
-                st.dead_letter(m.message, DeathReason::Expired);
+                st.dead_letter_taken(seq, m.message, DeathReason::Expired);
                 continue;
             }
             st.store.requeue(m);
@@ -809,6 +1147,8 @@ impl Queue {
             let n = st.store.len();
             st.store.destroy();
             st.deadlines.clear();
+            // Held dead letters go with the queue, as in RabbitMQ.
+            st.held = Held::default();
             let cs = std::mem::take(&mut st.consumers);
             (n, cs)
         };
@@ -852,6 +1192,19 @@ impl Timed for Queue {
         };
         if let Some(at) = next {
             self.arm(&mut st, at);
+        }
+        if !st.held.syncing.is_empty() {
+            self.settle_synced(&mut st, now);
+        }
+        if let Some(at) = st.held.retry_at {
+            if at <= now {
+                st.held.retry_at = None;
+                let round = st.retry_round();
+                st.held.fresh.extend(round);
+                st.held.in_round = true;
+            } else {
+                self.arm(&mut st, at);
+            }
         }
         st.store.flush();
         self.unlock_and_flush(st);

@@ -98,6 +98,9 @@ pub struct DedupConfig {
     pub cache_ttl: Option<u64>,
 }
 
+/// Largest `x-message-ttl` RabbitMQ accepts (ms): ten years of 365 days.
+pub const MAX_MESSAGE_TTL: u64 = 315_360_000_000;
+
 /// Default number of deduplication keys remembered when `x-cache-size` is not given.
 pub const DEFAULT_DEDUP_CACHE: usize = 100_000;
 
@@ -106,8 +109,11 @@ pub const DEFAULT_DEDUP_CACHE: usize = 100_000;
 pub struct QueueConfig {
     /// Classic or quorum (`x-queue-type`); fixed at declaration.
     pub queue_type: QueueType,
-    /// How dead letters leave a quorum queue (`x-dead-letter-strategy`).
+    /// How dead letters leave a quorum queue (`x-dead-letter-strategy`), in effect.
     pub dead_letter_strategy: DeadLetterStrategy,
+    /// The strategy the declaration asked for, if it named one: a policy's `overflow` may
+    /// make an at-least-once request take effect after all.
+    pub dead_letter_strategy_declared: Option<DeadLetterStrategy>,
     /// Per-queue message TTL in ms (`x-message-ttl`).
     pub message_ttl: Option<u64>,
     /// Queue expiry after this many ms unused (`x-expires`).
@@ -229,7 +235,13 @@ impl QueueConfig {
             };
             match k.as_str() {
                 "x-message-ttl" => {
-                    c.message_ttl = Some(check_int(v, 0, u32::MAX as i64).map_err(bad)?)
+                    // RabbitMQ's bound is ten years (Celery's native delayed delivery
+                    // declares TTLs up to 2^27 s, beyond u32 milliseconds).
+                    let ttl = check_int(v, 0, i64::MAX).map_err(bad)?;
+                    if ttl > MAX_MESSAGE_TTL {
+                        return Err(bad(format!("{{value_too_large,{ttl}}}")));
+                    }
+                    c.message_ttl = Some(ttl)
                 }
                 "x-expires" => c.expires = Some(check_int(v, 1, u32::MAX as i64).map_err(bad)?),
                 "x-max-length" => c.max_length = Some(check_int(v, 0, i64::MAX).map_err(bad)?),
@@ -249,8 +261,14 @@ impl QueueConfig {
                 },
                 "x-dead-letter-strategy" => {
                     c.dead_letter_strategy = match v.as_str() {
-                        Some("at-most-once") => DeadLetterStrategy::AtMostOnce,
-                        Some("at-least-once") => DeadLetterStrategy::AtLeastOnce,
+                        Some("at-most-once") => {
+                            c.dead_letter_strategy_declared = Some(DeadLetterStrategy::AtMostOnce);
+                            DeadLetterStrategy::AtMostOnce
+                        }
+                        Some("at-least-once") => {
+                            c.dead_letter_strategy_declared = Some(DeadLetterStrategy::AtLeastOnce);
+                            DeadLetterStrategy::AtLeastOnce
+                        }
                         _ if !strict => DeadLetterStrategy::AtMostOnce,
                         Some(_) => return Err(bad("invalid_dlx_strategy".into())),
                         None => return Err(check_str(v).unwrap_err()),
@@ -343,6 +361,22 @@ impl QueueConfig {
                 self.overflow = o;
             }
         }
+        if self.queue_type == QueueType::Quorum {
+            // The declared strategy wins over the policy's, as in RabbitMQ; either takes
+            // effect only with `reject-publish`, wherever that came from.
+            let wanted = self.dead_letter_strategy_declared.or_else(|| {
+                match text("dead-letter-strategy").as_deref() {
+                    Some("at-least-once") => Some(DeadLetterStrategy::AtLeastOnce),
+                    _ => None,
+                }
+            });
+            if wanted == Some(DeadLetterStrategy::AtLeastOnce) {
+                self.dead_letter_strategy = match self.overflow {
+                    Overflow::RejectPublish => DeadLetterStrategy::AtLeastOnce,
+                    _ => DeadLetterStrategy::AtMostOnce,
+                };
+            }
+        }
         self
     }
 
@@ -420,6 +454,9 @@ pub fn validate_policy_definition(def: &Map<String, Value>) -> CoreResult<()> {
                 v.is_string()
             }
             "overflow" => v.as_str().and_then(Overflow::parse).is_some(),
+            "dead-letter-strategy" => {
+                matches!(v.as_str(), Some("at-most-once" | "at-least-once"))
+            }
             "queue-mode" => v.is_string(),
             _ => {
                 return Err(CoreError::InvalidArgument(format!(
@@ -452,6 +489,11 @@ mod tests {
     fn bad_arguments_are_named() {
         for (k, v, want) in [
             ("x-message-ttl", FieldValue::I32(-1), "{value_negative,-1}"),
+            (
+                "x-message-ttl",
+                FieldValue::I64(315_360_000_001),
+                "{value_too_large,315360000001}",
+            ),
             (
                 "x-max-priority",
                 FieldValue::I32(256),
@@ -520,5 +562,50 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max-length"));
+    }
+
+    #[test]
+    fn at_least_once_needs_reject_publish_from_the_arguments_or_a_policy() {
+        let quorum = |extra: &[(&str, FieldValue)]| {
+            let mut a = vec![("x-queue-type", FieldValue::string("quorum"))];
+            a.extend(extra.iter().cloned());
+            QueueConfig::from_args("q", "/", &args(&a)).unwrap()
+        };
+        let alo = (
+            "x-dead-letter-strategy",
+            FieldValue::string("at-least-once"),
+        );
+        let amo = ("x-dead-letter-strategy", FieldValue::string("at-most-once"));
+        let rp = ("x-overflow", FieldValue::string("reject-publish"));
+        assert_eq!(
+            quorum(&[alo.clone(), rp.clone()]).dead_letter_strategy,
+            DeadLetterStrategy::AtLeastOnce
+        );
+        let fallback = quorum(std::slice::from_ref(&alo));
+        assert_eq!(
+            fallback.dead_letter_strategy,
+            DeadLetterStrategy::AtMostOnce
+        );
+        let policy = |json: &str| -> Map<String, Value> { serde_json::from_str(json).unwrap() };
+        // The policy's overflow makes the declared strategy take effect.
+        let p = policy(r#"{"overflow": "reject-publish"}"#);
+        assert_eq!(
+            fallback.with_policy(Some(&p)).dead_letter_strategy,
+            DeadLetterStrategy::AtLeastOnce
+        );
+        // Both from a policy; a declared at-most-once wins over the policy.
+        let p =
+            policy(r#"{"overflow": "reject-publish", "dead-letter-strategy": "at-least-once"}"#);
+        assert!(validate_policy_definition(&p).is_ok());
+        assert_eq!(
+            quorum(&[]).with_policy(Some(&p)).dead_letter_strategy,
+            DeadLetterStrategy::AtLeastOnce
+        );
+        assert_eq!(
+            quorum(&[amo]).with_policy(Some(&p)).dead_letter_strategy,
+            DeadLetterStrategy::AtMostOnce
+        );
+        let bad = policy(r#"{"dead-letter-strategy": "exactly-once"}"#);
+        assert!(validate_policy_definition(&bad).is_err());
     }
 }

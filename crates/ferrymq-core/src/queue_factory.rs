@@ -131,6 +131,7 @@ pub fn recover(
             .map_err(|e| CoreError::Internal(e.to_string()))
     };
     let mut deadlines = Vec::new();
+    let mut held = Vec::new();
     let (store, n): (Box<dyn MessageStore>, u64) = match cfg.max_priority {
         Some(max) => {
             let mut levels: Vec<Box<dyn MessageStore>> = Vec::new();
@@ -147,13 +148,16 @@ pub fn recover(
         None => {
             let r = recover(dir.clone(), 1)?;
             deadlines = r.deadlines;
-            (Box::new(r.store), r.count)
+            held = r.held;
+            // Held dead letters are numbered after the ready messages.
+            (Box::new(r.store), r.count + held.len() as u64)
         }
     };
     let q = Queue::with_store(name, vhost, options, None, store, n + 1)
         .with_health(Some(health))
         .with_files(dir.clone(), incarnation.map(str::to_string))
-        .with_deadlines(deadlines);
+        .with_deadlines(deadlines)
+        .with_held(held);
     Ok((q, dir, n))
 }
 

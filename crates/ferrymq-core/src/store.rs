@@ -5,6 +5,7 @@
 //! directory, and tests); `PagedStore` (paged_store.rs) writes persistent messages of durable
 //! queues to disk and pages any queue's tail out under memory pressure.
 
+use crate::dead_letter::DeathReason;
 use crate::message::QueuedMessage;
 use ferrymq_store::StoreError;
 use std::collections::VecDeque;
@@ -37,6 +38,21 @@ pub trait MessageStore: Send {
     }
     /// Records that a delivered message was acknowledged (or otherwise finished with).
     fn ack(&mut self, seq: u64);
+    /// Records that `seq`, already taken from the ready messages (delivered, or expired at
+    /// the head), is held as an at-least-once dead letter: a store that keeps it across
+    /// restarts marks it, with the reason (written by the next [`MessageStore::flush`]),
+    /// and keeps its record until [`MessageStore::ack`].
+    fn hold(&mut self, _seq: u64, _reason: DeathReason) {}
+    /// The highest group-commit ticket known durable (`u64::MAX` for a store that waits for
+    /// nothing): a held dead letter is acked once its targets' writes are this far.
+    fn synced(&self) -> u64 {
+        u64::MAX
+    }
+    /// As [`MessageStore::remove`], for a message held as an at-least-once dead letter: its
+    /// record is kept (and marked, see [`MessageStore::hold`]) until [`MessageStore::ack`].
+    fn remove_held(&mut self, seq: u64, _reason: DeathReason) -> Option<QueuedMessage> {
+        self.remove(seq)
+    }
     /// Takes a ready message out of the middle of the queue (it expired), wherever it is:
     /// in memory, or paged out to disk (pushed with a deadline). `None` when it is not ready
     /// (delivered and unacked) or gone.

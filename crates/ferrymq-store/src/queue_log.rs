@@ -9,7 +9,10 @@
 //! An ack log may also hold `u32::MAX`: every record of that segment is settled (a purge),
 //! and delivered marks: an offset with bit 31 set (offsets stay below 2^30, segments being
 //! at most 1 GiB) says the record was delivered to a consumer that had to acknowledge it,
-//! so it comes back `redelivered` after a restart and the others do not.
+//! so it comes back `redelivered` after a restart and the others do not. A held mark (bit 30
+//! set, bit 31 clear, preceded by a reason entry `0xFFFF_FFF0 + reason`) says the record was
+//! dead-lettered at least once and waits for its copy to reach the targets: it is not ready
+//! after a restart but handed back with its reason (see [`QueueLog::take_held`]).
 //!
 //! Recovery is records minus acks. A segment whose every record is acked (and that is no
 //! longer written to) is deleted with its ack log, so disk use falls as consumers catch up.
@@ -42,6 +45,15 @@ const READ_CHUNK: usize = 256 * 1024;
 const SETTLED_ALL: u32 = u32::MAX;
 /// Bit marking an ack-log entry as a delivered mark rather than an ack.
 const DELIVERED: u32 = 1 << 31;
+/// Bit marking an ack-log entry as a held mark: the record left the queue to be
+/// dead-lettered at least once and is kept until its copy reached every target. Bit 31
+/// clear, so older builds read it as an ack of an offset no record has (a record must fit
+/// below 2^30), i.e. ignore it.
+const HELD: u32 = 1 << 30;
+/// The entry written just before a held mark, carrying its reason (`REASON + code`,
+/// codes below 16). Bit 31 set: older builds read it as a delivered mark of an offset no
+/// record has. A reason entry a tear left without its held mark is ignored.
+const REASON: u32 = 0xFFFF_FFF0;
 /// Records read per batch while settling a purged segment record by record.
 const SETTLE_BATCH: usize = 4096;
 
@@ -57,6 +69,9 @@ struct Segment {
     corrupt: HashMap<u32, u32>,
     /// Unacked records found marked delivered when the log was opened.
     delivered: HashSet<u32>,
+    /// Unacked records found held (offset, reason code, payload) when the log was opened,
+    /// until [`QueueLog::take_held`] takes them.
+    held: Vec<(u32, u8, Vec<u8>)>,
 }
 
 impl Segment {
@@ -69,6 +84,7 @@ impl Segment {
             skip: HashSet::new(),
             corrupt: HashMap::new(),
             delivered: HashSet::new(),
+            held: Vec::new(),
         }
     }
 }
@@ -180,7 +196,7 @@ impl QueueLog {
                 remove_segment(dir, id)?;
                 continue;
             }
-            ready += u64::from(seg.records - seg.acked);
+            ready += u64::from(seg.records - seg.acked) - seg.held.len() as u64;
             segments.insert(id, seg);
         }
         // Always append to a fresh segment: a recovered one may end where a record was cut.
@@ -453,6 +469,39 @@ impl QueueLog {
         self.flush()
     }
 
+    /// Records that the record at `pos` left the queue to be dead-lettered at least once for
+    /// `reason` (a code below 16) and must be kept until its copy has reached its targets
+    /// (then it is [`QueueLog::ack`]ed). Buffered like an ack: the queue flushes before it
+    /// hands the copy to a target. A mark lost in a crash only makes the message ready
+    /// again (a duplicate if its copy was forwarded), never lost: its record stays.
+    pub fn mark_held(&mut self, pos: Position, reason: u8) -> Result<(), StoreError> {
+        if !self.segments.contains_key(&pos.segment) {
+            return Ok(());
+        }
+        // In one flush (one write per segment): the reason entry first, so a write cut
+        // short leaves at most a reason without its mark, which recovery ignores.
+        self.unwritten
+            .push((pos.segment, REASON + u32::from(reason & 0xF)));
+        self.unwritten.push((pos.segment, pos.offset | HELD));
+        if self.unwritten.len() >= UNWRITTEN_MAX {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// The records found held when the log was opened (position, reason code, payload), in
+    /// log order; each is returned once. They are not counted as ready nor read by
+    /// [`QueueLog::read_batch`]; ack each once its copy has reached its targets.
+    pub fn take_held(&mut self) -> Vec<(Position, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (&segment, seg) in self.segments.iter_mut() {
+            for (offset, reason, payload) in seg.held.drain(..) {
+                out.push((Position { segment, offset }, reason, payload));
+            }
+        }
+        out
+    }
+
     fn buffer_entry(&mut self, segment: u32, entry: u32) -> Result<(), StoreError> {
         self.unwritten.push((segment, entry));
         if self.unwritten.len() >= UNWRITTEN_MAX {
@@ -529,6 +578,16 @@ impl QueueLog {
     /// and checked against its ack log so no record is settled twice (which would count a
     /// live record before `from` as settled and lose it at the next start).
     pub fn settle_from(&mut self, from: Position) -> Result<(), StoreError> {
+        self.settle_from_keeping(from, &HashSet::new())
+    }
+
+    /// [`QueueLog::settle_from`], except the records at `keep` (held dead letters taken out
+    /// of the paged tail): a segment holding one is settled record by record, not whole.
+    pub fn settle_from_keeping(
+        &mut self,
+        from: Position,
+        keep: &HashSet<Position>,
+    ) -> Result<(), StoreError> {
         // The ack log of `from`'s segment is read below: it must hold every ack so far.
         self.flush()?;
         if self.head.id > from.segment && self.head.len > 0 {
@@ -541,12 +600,33 @@ impl QueueLog {
             .map(|(&id, _)| id)
             .filter(|&id| id != self.head.id)
             .collect();
+        let mut partial = vec![from];
         for id in later {
+            if keep.iter().any(|p| p.segment == id) {
+                partial.push(Position {
+                    segment: id,
+                    offset: 0,
+                });
+                continue;
+            }
             self.write_ack(id, SETTLED_ALL)?;
             self.segments.remove(&id);
             self.readers.remove(&id);
             self.remove_later(id);
         }
+        for at in partial {
+            self.settle_segment_from(at, keep)?;
+        }
+        Ok(())
+    }
+
+    /// Settles, one by one, the records of `from`'s segment at or after `from` that its ack
+    /// log does not settle yet and `keep` does not name.
+    fn settle_segment_from(
+        &mut self,
+        from: Position,
+        keep: &HashSet<Position>,
+    ) -> Result<(), StoreError> {
         if !self.segments.contains_key(&from.segment) {
             return Ok(());
         }
@@ -564,7 +644,10 @@ impl QueueLog {
             let (batch, next) = self.read_batch(at, SETTLE_BATCH, usize::MAX)?;
             let full = batch.len() == SETTLE_BATCH;
             for (pos, _) in batch {
-                if pos.segment == from.segment && !acked.contains(&pos.offset) {
+                if pos.segment == from.segment
+                    && !acked.contains(&pos.offset)
+                    && !keep.contains(&pos)
+                {
                     self.ack(pos)?;
                 }
             }
@@ -740,16 +823,27 @@ fn recover_segment(
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let mut acked: HashSet<u32> = HashSet::new();
     let mut delivered: HashSet<u32> = HashSet::new();
+    let mut held: HashMap<u32, u8> = HashMap::new();
     match std::fs::read(ack_path(dir, id)) {
         Ok(b) => {
             let whole = b.len() - b.len() % 4;
             if whole < b.len() {
                 cut_ack_log(dir, id, whole)?;
             }
+            // A reason entry applies to the entry right after it only.
+            let mut reason = None;
             for c in b[..whole].chunks_exact(4) {
                 let e = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                if e != SETTLED_ALL && e & DELIVERED != 0 {
+                let pending = reason.take();
+                if e == SETTLED_ALL {
+                    acked.insert(e);
+                } else if e >= REASON {
+                    reason = Some((e - REASON) as u8);
+                } else if e & DELIVERED != 0 {
                     delivered.insert(e & !DELIVERED);
+                } else if e & HELD != 0 {
+                    // Without its reason entry (cut off): `0`, rejected, the likeliest.
+                    held.insert(e & !HELD, pending.unwrap_or(0));
                 } else {
                     acked.insert(e);
                 }
@@ -773,10 +867,16 @@ fn recover_segment(
                         segment: id,
                         offset: off as u32,
                     };
-                    if delivered.contains(&(off as u32)) {
-                        seg.delivered.insert(off as u32);
+                    if let Some(&r) = held.get(&(off as u32)) {
+                        // Not ready: skipped by reads, handed to the queue by `take_held`.
+                        seg.skip.insert(off as u32);
+                        seg.held.push((off as u32, r, payload.to_vec()));
+                    } else {
+                        if delivered.contains(&(off as u32)) {
+                            seg.delivered.insert(off as u32);
+                        }
+                        visit(at, payload);
                     }
-                    visit(at, payload);
                 }
                 off = next;
             }
@@ -928,6 +1028,91 @@ mod tests {
             vec![vec![7u8; 100], vec![8u8; 100]],
             "only the unacked records (the second segment's) come back"
         );
+    }
+
+    #[test]
+    fn held_records_come_back_held_with_their_reason_not_ready_until_acked() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 4096);
+        let pos: Vec<Position> = (0..4u8).map(|i| log.append(&[i; 20]).unwrap().0).collect();
+        log.mark_delivered(pos[1]).unwrap();
+        log.mark_held(pos[1], 3).unwrap();
+        log.mark_held(pos[2], 1).unwrap();
+        drop(log);
+        let (mut log, ready) = open(d.path(), 4096);
+        assert_eq!(
+            ready,
+            vec![vec![0u8; 20], vec![3u8; 20]],
+            "held ones are not ready"
+        );
+        let held = log.take_held();
+        assert_eq!(
+            held.iter()
+                .map(|(p, r, b)| (*p, *r, b[0]))
+                .collect::<Vec<_>>(),
+            vec![(pos[1], 3, 1), (pos[2], 1, 2)]
+        );
+        assert!(log.take_held().is_empty(), "handed over once");
+        log.ack(pos[1]).unwrap();
+        drop(log);
+        let (mut log, ready) = open(d.path(), 4096);
+        assert_eq!(ready.len(), 2);
+        assert_eq!(
+            log.take_held().len(),
+            1,
+            "the acked one is gone, the other still held"
+        );
+    }
+
+    #[test]
+    fn a_held_mark_cut_from_its_reason_reads_as_rejected_and_a_lone_reason_is_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 4096);
+        let a = log.append(&[1; 20]).unwrap().0;
+        let b = log.append(&[2; 20]).unwrap().0;
+        drop(log);
+        // A held mark with no reason entry before it, then a reason entry whose mark was
+        // cut off (a torn write): `b` stays ready.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(ack_path(d.path(), a.segment))
+            .unwrap();
+        f.write_all(&(a.offset | HELD).to_le_bytes()).unwrap();
+        f.write_all(&(REASON + 1).to_le_bytes()).unwrap();
+        drop(f);
+        let (mut log, ready) = open(d.path(), 4096);
+        assert_eq!(ready, vec![vec![2u8; 20]]);
+        assert_eq!(
+            log.take_held()
+                .iter()
+                .map(|h| (h.0, h.1))
+                .collect::<Vec<_>>(),
+            vec![(a, 0)]
+        );
+        let _ = b;
+    }
+
+    #[test]
+    fn settling_a_purged_tail_keeps_the_held_records_in_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(d.path(), 4096);
+        let pos: Vec<Position> = (0..300u32)
+            .map(|i| log.append(&i.to_le_bytes().repeat(10)).unwrap().0)
+            .collect();
+        // One held record in the first segment of the tail, one in a later segment.
+        let keep: HashSet<Position> = [pos[10], pos[250]].into_iter().collect();
+        for p in &keep {
+            log.mark_held(*p, 1).unwrap();
+        }
+        log.settle_from_keeping(pos[5], &keep).unwrap();
+        log.sync.reaper().wait_idle();
+        drop(log);
+        let (mut log, ready) = open(d.path(), 4096);
+        assert_eq!(ready.len(), 5, "the records before the purge point");
+        let mut held: Vec<Position> = log.take_held().into_iter().map(|h| h.0).collect();
+        held.sort();
+        assert_eq!(held, vec![pos[10], pos[250]]);
     }
 
     #[test]

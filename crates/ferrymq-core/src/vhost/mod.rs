@@ -46,6 +46,9 @@ pub struct VHost {
     deleted: std::sync::atomic::AtomicBool,
     /// Itself, handed to queues and delayed exchanges that report back to the vhost.
     me: Weak<VHost>,
+    /// Queues holding at-least-once dead letters that found no way yet: retried when the
+    /// topology changes. Empty (one uncontended lock per declaration) unless some do.
+    held_queues: parking_lot::Mutex<Vec<Weak<Queue>>>,
 }
 
 fn not_found_queue(name: &str, vhost: &str) -> CoreError {
@@ -93,6 +96,7 @@ impl VHost {
             policies: RwLock::new(Vec::new()),
             topology: ReentrantMutex::new(()),
             deleted: std::sync::atomic::AtomicBool::new(false),
+            held_queues: parking_lot::Mutex::new(Vec::new()),
             me,
         };
         let durable = ExchangeOptions {

@@ -361,6 +361,23 @@ impl VHost {
     }
 }
 
+impl VHost {
+    /// An exchange, queue or binding was added: queues holding dead letters that found no
+    /// way try them again shortly (on the timer thread, not under the caller's locks).
+    pub(crate) fn topology_changed(&self) {
+        let waiting = {
+            let mut h = self.held_queues.lock();
+            if h.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *h)
+        };
+        for q in waiting.iter().filter_map(std::sync::Weak::upgrade) {
+            q.retry_held_soon();
+        }
+    }
+}
+
 impl DelayedRelease for VHost {
     /// Routes a message whose delay on `x` has passed, as `x`'s `x-delayed-type` routes.
     fn release(&self, x: &Arc<Exchange>, message: Arc<Message>) {
@@ -435,6 +452,51 @@ impl QueueEvents for VHost {
             }
             copies += self.republish_dead(job);
         }
+    }
+
+    fn forward_held(
+        &self,
+        copy: &Arc<Message>,
+        done: &mut Vec<String>,
+        pending: &mut Pending,
+    ) -> bool {
+        let Ok(x) = self.exchange(copy.exchange()) else {
+            // No dead-letter exchange (yet): kept, tried again when one is declared.
+            return false;
+        };
+        let headers = LazyHeaders::of(copy);
+        let cycle = cycle_queues(copy);
+        let mut targets = self.route_message(&x, copy, &headers);
+        // A queue that would close a cycle with no rejection in it is no target (RabbitMQ
+        // drops the copy for it); a letter with no other target stays held.
+        targets.retain(|q| !cycle.contains(&q.name));
+        if targets.is_empty() {
+            return !done.is_empty();
+        }
+        let mut all = true;
+        for q in targets {
+            if done.iter().any(|d| *d == q.name) {
+                continue;
+            }
+            // `publish` returns once the copy is in the target's log (a durable target, a
+            // persistent copy); the caller acks the original once that write is fsynced.
+            match q.publish(copy.clone()) {
+                Enqueued::Accepted(t) => {
+                    if let (Some(t), Some(h)) = (t, q.health()) {
+                        pending.add(t, h.clone());
+                    }
+                    done.push(q.name.clone());
+                }
+                Enqueued::Refused => all = false,
+            }
+        }
+        all
+    }
+
+    fn holding(&self, queue: &Arc<Queue>) {
+        let mut h = self.held_queues.lock();
+        // Dead entries go when the list is next taken; bounded by the queues that hold.
+        h.push(Arc::downgrade(queue));
     }
 
     fn expired(&self, q: &Arc<Queue>) {

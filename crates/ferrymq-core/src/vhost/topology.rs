@@ -116,6 +116,7 @@ impl VHost {
             },
             || self.exchanges.write().insert(name.to_string(), x.clone()),
         )?;
+        self.topology_changed();
         Ok(saved)
     }
 
@@ -321,6 +322,7 @@ impl VHost {
         let q = Arc::new(q);
         self.queues.write().insert(name, q.clone());
         self.attach_queue(&q, cfg);
+        self.topology_changed();
         let counts = QueueCounts {
             messages: 0,
             unacked: 0,
@@ -477,11 +479,12 @@ impl VHost {
         check_binding_args(&x, &args)?;
         let dest = Destination::Queue(q);
         let def = self.binding_def(exchange, &dest, key, &args);
-        self.persist_then(
+        let (_, saved) = self.persist_then(
             |p| def.map_or(Ok(Pending::default()), |d| p.binding_added(d)),
             || x.bind(dest, key, args),
-        )
-        .map(|(_, saved)| saved)
+        )?;
+        self.topology_changed();
+        Ok(saved)
     }
 
     /// queue.unbind. Unbinding a binding that does not exist succeeds.
@@ -538,11 +541,12 @@ impl VHost {
         check_binding_args(&s, &args)?;
         let dest = Destination::Exchange(d);
         let def = self.binding_def(source, &dest, key, &args);
-        self.persist_then(
+        let (_, saved) = self.persist_then(
             |p| def.map_or(Ok(Pending::default()), |d| p.binding_added(d)),
             || s.bind(dest, key, args),
-        )
-        .map(|(_, saved)| saved)
+        )?;
+        self.topology_changed();
+        Ok(saved)
     }
 
     /// exchange.unbind.
