@@ -278,6 +278,8 @@ impl PagedStore {
             }
         }
         let mut store = PagedStore::new(persist, Some(health), dir);
+        // Their records lie among the ready ones, after the cursor: a purge must keep them.
+        store.held_paged = inflight.iter().map(|&(_, pos)| pos).collect();
         store.inflight = inflight;
         store.recovered_seq = first_seq;
         store.cursor = log.first();
@@ -1014,6 +1016,54 @@ mod tests {
         let r =
             PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
         assert_eq!((r.count, r.held.len()), (0, 0));
+    }
+
+    #[test]
+    fn held_dead_letters_recovered_among_ready_ones_survive_a_purge_after_the_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        let far = now_ms() + 3_600_000;
+        let recover = || {
+            PagedStore::recover(
+                persistence(d.path()),
+                LogHealth::new("q"),
+                dir.clone(),
+                1,
+                None,
+            )
+            .unwrap()
+        };
+        {
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            );
+            for seq in 1..=300 {
+                s.push(msg(seq, true), Some(far)).unwrap();
+            }
+            // Held deep in the tail: in later segments than the first ready record.
+            for seq in [150, 250, 290] {
+                assert!(s.remove_held(seq, DeathReason::Expired).is_some());
+            }
+            s.flush();
+        }
+        let r = recover();
+        assert_eq!((r.count, r.held.len()), (297, 3));
+        // The held letters are not forwarded yet (no route) when the queue is purged.
+        let mut s = r.store;
+        assert_eq!(s.purge(&mut |_| {}), 297);
+        s.flush();
+        s.sync_and_wait_reaper();
+        drop(s);
+        let r = recover();
+        let held: Vec<String> = r.held.iter().map(|(m, _)| body(m)).collect();
+        assert_eq!(r.count, 0);
+        assert_eq!(
+            held,
+            vec!["150", "250", "290"],
+            "a purge keeps held letters"
+        );
     }
 
     #[test]
