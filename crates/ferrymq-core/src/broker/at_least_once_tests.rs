@@ -11,16 +11,7 @@ use crate::vhost::VHost;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
-fn open(d: &std::path::Path) -> Arc<Broker> {
-    let p = Persistence::open(PersistConfig::new(d)).unwrap();
-    Broker::open(BrokerConfig::default(), p).unwrap()
-}
-
-fn reopen(b: Arc<Broker>, d: &std::path::Path) -> Arc<Broker> {
-    b.persistence().unwrap().stop();
-    drop(b);
-    open(d)
-}
+use super::tests::{open, reopen};
 
 /// Arguments of a quorum queue dead-lettering at least once into `dlx`.
 fn alo(dlx: &str, extra: &[(&str, FieldValue)]) -> QueueOptions {

@@ -66,12 +66,14 @@ fn vhost_access_needs_permissions() {
     assert!(b.open_session("guest", "/other", meta()).is_ok());
 }
 
-fn open(d: &std::path::Path) -> Arc<Broker> {
+/// A broker on the data dir `d` (shared with the at-least-once tests).
+pub(super) fn open(d: &std::path::Path) -> Arc<Broker> {
     let p = Persistence::open(PersistConfig::new(d)).unwrap();
     Broker::open(BrokerConfig::default(), p).unwrap()
 }
 
-fn reopen(b: Arc<Broker>, d: &std::path::Path) -> Arc<Broker> {
+/// Stops `b` and opens its data dir `d` again: a restart.
+pub(super) fn reopen(b: Arc<Broker>, d: &std::path::Path) -> Arc<Broker> {
     b.persistence().unwrap().stop();
     drop(b);
     open(d)
