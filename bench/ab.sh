@@ -46,7 +46,10 @@ wait_port() {
 run_one() { # BIN PORT SCENARIO ROUND -> prints "rate cpu_us"
     local bin=$1 port=$2 sc=$3 r=$4
     local dir="$WORK/d-$port-$r-$sc"
-    "$bin" server --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level warn \
+    # Builds from before the HTTP API have no such flag; newer ones must not collide on 15672.
+    local mgmt=()
+    "$bin" server --help 2>/dev/null | grep -q -- --management-port && mgmt=(--management-port 0)
+    "$bin" server "${mgmt[@]}" --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level warn \
         >"$WORK/broker-$port.log" 2>&1 &
     local pid=$!
     wait_port "$port" || { cat "$WORK/broker-$port.log" >&2; exit 1; }

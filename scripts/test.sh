@@ -19,6 +19,10 @@ else
     cargo test --workspace
 fi
 
+# RabbitMQ's own management client, for the HTTP API tests (tests/python/test_management.py).
+RABBITMQADMIN="$(scripts/fetch-rabbitmqadmin.sh)"
+export RABBITMQADMIN
+
 FERRYMQ_BIN="$PWD/target/debug/ferrymq" .venv/bin/python -m pytest -q tests/python
 
 # amqplib on Node: exact versions from tests/node/package-lock.json.

@@ -48,6 +48,8 @@ class ExternalBroker:
 
     def __init__(self, port: int):
         self.port = port
+        # The reference broker's management listener (rabbitmq_management), if any.
+        self.http_port = int(os.environ.get("MGMT_TEST_PORT", "15672"))
 
     def params(self, user="guest", password="guest", vhost="/", **kwargs) -> pika.ConnectionParameters:
         return _params(self.port, user, password, vhost, **kwargs)
@@ -82,13 +84,15 @@ class Broker:
         # Which listen lines to wait for: plain unless turned off, AMQPS when configured.
         want_plain = not any(a == "--plain-listener" and b == "false" for a, b in zip(args, args[1:]))
         want_tls = "--tls-certfile" in args
+        want_http = not any(a == "--management-listener" and b == "false" for a, b in zip(args, args[1:]))
         self.proc = subprocess.Popen(
-            [_binary(), "server", *bind_args, "--amqp-port", str(amqp_port),
+            [_binary(), "server", *bind_args, "--amqp-port", str(amqp_port), "--management-port", "0",
              "--data-dir", str(data_dir or tmp_path / "data"), *args],
             stderr=subprocess.PIPE, text=True,
         )
         self.port = None
         self.tls_port = None
+        self.http_port = None
         self.log = []
         ready = threading.Event()
 
@@ -102,7 +106,11 @@ class Broker:
                 m = re.search(r"AMQPS listening on \S+:(\d+)", line)
                 if m and self.tls_port is None:
                     self.tls_port = int(m.group(1))
-                if (self.port or not want_plain) and (self.tls_port or not want_tls):
+                m = re.search(r"HTTP API listening on \S+:(\d+)", line)
+                if m and self.http_port is None:
+                    self.http_port = int(m.group(1))
+                if ((self.port or not want_plain) and (self.tls_port or not want_tls)
+                        and (self.http_port or not want_http)):
                     ready.set()
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + 30

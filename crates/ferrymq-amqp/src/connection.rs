@@ -13,6 +13,7 @@ use crate::tls::ClientCert;
 use bytes::BytesMut;
 use ferrymq_core::connections::ConnectionMeta;
 use ferrymq_core::flow::ConnectionState;
+use ferrymq_core::stats::ConnectionStats;
 use ferrymq_core::{Broker, CoreError, FieldTable, FieldValue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let deadline = Instant::now() + cfg.handshake_timeout;
     match tls {
         // Plain TCP keeps tokio's lock-free owned halves.
@@ -83,7 +85,18 @@ pub(crate) async fn serve(
                 .receive_batching
                 .then(|| LowWater::new(std::os::fd::AsRawFd::as_raw_fd(&stream)));
             let (rd, wr) = stream.into_split();
-            serve_stream(rd, wr, None, lw, deadline, peer, broker, cfg, shutdown).await;
+            serve_stream(
+                rd,
+                wr,
+                None,
+                lw,
+                deadline,
+                (peer, local, false),
+                broker,
+                cfg,
+                shutdown,
+            )
+            .await;
         }
         Some(tls) => {
             let Some((stream, cert)) = crate::tls::accept(stream, tls, deadline, peer).await else {
@@ -91,7 +104,18 @@ pub(crate) async fn serve(
             };
             // rustls reads whole records itself; the low-water mark is for plain sockets.
             let (rd, wr) = tokio::io::split(stream);
-            serve_stream(rd, wr, cert, None, deadline, peer, broker, cfg, shutdown).await;
+            serve_stream(
+                rd,
+                wr,
+                cert,
+                None,
+                deadline,
+                (peer, local, true),
+                broker,
+                cfg,
+                shutdown,
+            )
+            .await;
         }
     }
 }
@@ -104,7 +128,7 @@ async fn serve_stream<R, W>(
     client_cert: Option<ClientCert>,
     low_water: Option<LowWater>,
     deadline: Instant,
-    peer: SocketAddr,
+    (peer, local, tls): (SocketAddr, Option<SocketAddr>, bool),
     broker: Arc<Broker>,
     cfg: Arc<AmqpConfig>,
     shutdown: watch::Receiver<bool>,
@@ -114,9 +138,11 @@ async fn serve_stream<R, W>(
 {
     let out = Arc::new(Outbox::new(cfg.frame_max));
     let (wev_tx, wev_rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(ConnectionStats::default());
     let writer = {
         let out = out.clone();
-        tokio::spawn(async move { out.run_writer(wr, wev_tx).await })
+        let stats = stats.clone();
+        tokio::spawn(async move { out.run_writer(wr, wev_tx, stats).await })
     };
     let mut conn = Connection {
         rd,
@@ -127,6 +153,11 @@ async fn serve_stream<R, W>(
         broker,
         cfg,
         peer,
+        local,
+        tls,
+        client_properties: FieldTable::default(),
+        mechanism: String::new(),
+        stats,
         frame_max: FRAME_MIN_SIZE,
         channel_max: 0,
         heartbeat: 0,
@@ -155,6 +186,16 @@ struct Connection<R> {
     broker: Arc<Broker>,
     cfg: Arc<AmqpConfig>,
     peer: SocketAddr,
+    /// The address the client connected to (management API).
+    local: Option<SocketAddr>,
+    /// Whether the connection came over the AMQPS listener.
+    tls: bool,
+    /// What the client said about itself at start-ok (management API).
+    client_properties: FieldTable,
+    /// The SASL mechanism it logged in with.
+    mechanism: String,
+    /// Counters the management API reads (bytes here, messages in the channels).
+    stats: Arc<ConnectionStats>,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -270,6 +311,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             ));
         };
         self.caps = read_caps(&so.client_properties);
+        self.mechanism = so.mechanism.clone();
+        // Bounded: before tune-ok frames are at most the AMQP minimum size.
+        self.client_properties = so.client_properties;
         if so.mechanism == "EXTERNAL" {
             self.user = self.login_external()?;
         } else {
@@ -341,6 +385,14 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let meta = ConnectionMeta {
             peer: Some(self.peer),
             protocol: "AMQP 0-9-1",
+            local: self.local,
+            tls: self.tls,
+            client_properties: std::mem::take(&mut self.client_properties),
+            auth_mechanism: std::mem::take(&mut self.mechanism),
+            frame_max: self.frame_max,
+            channel_max: self.channel_max,
+            heartbeat: self.heartbeat,
+            stats: self.stats.clone(),
         };
         let session = self
             .broker
@@ -612,6 +664,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         Ok(0) | Err(_) => return End::Done,
                         Ok(n) => {
                             last_recv = Instant::now();
+                            ConnectionStats::bump(&self.stats.recv_oct, n as u64);
+                            ConnectionStats::bump(&self.stats.recv_cnt, 1);
                             let writes = self.out.writes();
                             if let Some(due) = self.low_water.as_mut().and_then(|l| l.after_read(n, last_recv, writes)) {
                                 low_water_due.as_mut().reset(due);

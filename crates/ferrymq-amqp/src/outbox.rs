@@ -7,10 +7,12 @@
 use crate::codec::frame::{body_frames, encode_deliver, encode_header, encode_method, FRAME_END};
 use crate::codec::Method;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ferrymq_core::stats::ConnectionStats;
 use ferrymq_core::Message;
 use parking_lot::Mutex;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
@@ -184,6 +186,7 @@ impl Outbox {
         &self,
         mut sock: W,
         events: mpsc::UnboundedSender<WriterEvent>,
+        stats: Arc<ConnectionStats>,
     ) {
         loop {
             let batch = {
@@ -198,6 +201,7 @@ impl Outbox {
                 self.notify.notified().await;
                 continue;
             }
+            let bytes: usize = batch.iter().map(Bytes::len).sum();
             if let Err(e) = write_all_vectored(&mut sock, batch).await {
                 tracing::debug!("connection write failed: {e}");
                 self.inner.lock().dead = true;
@@ -205,6 +209,8 @@ impl Outbox {
                 return;
             }
             self.writes.fetch_add(1, Ordering::Relaxed);
+            ConnectionStats::bump(&stats.send_oct, bytes as u64);
+            ConnectionStats::bump(&stats.send_cnt, 1);
             let left = self.inner.lock().len();
             self.pending.store(left, Ordering::SeqCst);
             if left < HIGH_WATER / 2 && self.congested_hit.swap(false, Ordering::SeqCst) {

@@ -9,6 +9,7 @@ fn topic(c: &mut Criterion) {
     let meta = ConnectionMeta {
         peer: None,
         protocol: "bench",
+        ..Default::default()
     };
     let s = b.open_session("guest", "/", meta).unwrap();
     s.declare_queue("q", QueueOptions::default(), false)

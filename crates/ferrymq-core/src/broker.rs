@@ -344,6 +344,62 @@ impl Broker {
         Ok(Session::new(self.clone(), v, info, tags))
     }
 
+    /// A session for one management (HTTP API) request by authenticated `user` on `vhost`:
+    /// the same permission checks as a client connection's, but not listed among the
+    /// connections nor counted against connection limits (as RabbitMQ's HTTP API).
+    pub fn api_session(self: &Arc<Self>, user: &str, vhost: &str) -> CoreResult<Session> {
+        let v = self
+            .vhost(vhost)
+            .ok_or_else(|| CoreError::NotFound(format!("no vhost '{vhost}'")))?;
+        let (tags, permitted) = {
+            let id = self.identity.read();
+            let permitted = id
+                .permissions
+                .contains_key(&(user.to_string(), vhost.to_string()));
+            let tags = id
+                .users
+                .get(user)
+                .map(|u| u.tags.clone())
+                .unwrap_or_default();
+            (tags, permitted)
+        };
+        if !permitted {
+            return Err(CoreError::VHostAccessRefused(format!(
+                "access to vhost '{vhost}' refused for user '{user}'"
+            )));
+        }
+        let meta = crate::connections::ConnectionMeta {
+            protocol: "HTTP",
+            ..Default::default()
+        };
+        let info = crate::connections::ConnectionInfo::unlisted(
+            self.next_connection_id(),
+            user,
+            vhost,
+            meta,
+        );
+        Ok(Session::new(self.clone(), v, Arc::new(info), tags))
+    }
+
+    /// Message and byte counters of every connection to `vhost` (all with `None`), the
+    /// closed ones included.
+    pub fn connection_totals(&self, vhost: Option<&str>) -> crate::stats::ConnectionTotals {
+        self.connections.lock().totals(vhost)
+    }
+
+    /// Whether `user` has permissions on `vhost` (may use it at all).
+    pub fn may_use_vhost(&self, user: &str, vhost: &str) -> bool {
+        self.identity
+            .read()
+            .permissions
+            .contains_key(&(user.to_string(), vhost.to_string()))
+    }
+
+    /// A user's tags, `None` if there is no such user.
+    pub fn user_tags(&self, user: &str) -> Option<Vec<String>> {
+        self.identity.read().users.get(user).map(|u| u.tags.clone())
+    }
+
     /// A fresh connection id.
     pub fn next_connection_id(&self) -> ConnectionId {
         self.next_connection.fetch_add(1, Ordering::Relaxed)

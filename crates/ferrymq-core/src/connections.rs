@@ -5,6 +5,8 @@
 use crate::error::{CoreError, CoreResult};
 use crate::flow::ConnectionState;
 use crate::limits::{UserLimits, VHostLimits};
+use crate::stats::{ConnectionStats, ConnectionTotals};
+use crate::value::FieldTable;
 use crate::ConnectionId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,12 +15,28 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What a protocol crate knows about a connection when it opens a session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectionMeta {
     /// The client's address, when it came over the network.
     pub peer: Option<SocketAddr>,
     /// Protocol name as the management API shows it, e.g. `AMQP 0-9-1`.
     pub protocol: &'static str,
+    /// The broker address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// Whether the connection is encrypted (TLS).
+    pub tls: bool,
+    /// What the client said about itself (AMQP's client properties).
+    pub client_properties: FieldTable,
+    /// How it logged in (SASL mechanism).
+    pub auth_mechanism: String,
+    /// Negotiated largest frame.
+    pub frame_max: u32,
+    /// Negotiated most channels.
+    pub channel_max: u16,
+    /// Negotiated heartbeat interval in seconds (0: none).
+    pub heartbeat: u16,
+    /// Its message and byte counters, shared with the protocol's tasks that count.
+    pub stats: Arc<ConnectionStats>,
 }
 
 /// One live connection as the broker sees it.
@@ -32,12 +50,34 @@ pub struct ConnectionInfo {
     pub vhost: String,
     /// Where it comes from and how.
     pub meta: ConnectionMeta,
+    /// When it opened (ms since the Unix epoch).
+    pub connected_at: u64,
     channels: AtomicU64,
     state: AtomicU8,
     kill: watch::Sender<Option<String>>,
 }
 
 impl ConnectionInfo {
+    /// A connection that is not listed nor counted against limits: what an HTTP API call
+    /// works through.
+    pub(crate) fn unlisted(
+        id: ConnectionId,
+        user: &str,
+        vhost: &str,
+        meta: ConnectionMeta,
+    ) -> Self {
+        ConnectionInfo {
+            id,
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            meta,
+            connected_at: crate::expiry::wall_ms(),
+            channels: AtomicU64::new(0),
+            state: AtomicU8::new(0),
+            kill: watch::channel(None).0,
+        }
+    }
+
     /// Open channels of this connection.
     pub fn channels(&self) -> u64 {
         self.channels.load(Ordering::Relaxed)
@@ -72,6 +112,8 @@ pub(crate) struct Registry {
     per_vhost: HashMap<String, u64>,
     per_user: HashMap<String, u64>,
     user_channels: HashMap<String, u64>,
+    /// Counters of closed connections per vhost, so totals do not drop when one closes.
+    retired: HashMap<String, ConnectionTotals>,
 }
 
 fn dec(m: &mut HashMap<String, u64>, k: &str) {
@@ -109,15 +151,7 @@ impl Registry {
                 )));
             }
         }
-        let info = Arc::new(ConnectionInfo {
-            id,
-            user: user.to_string(),
-            vhost: vhost.to_string(),
-            meta,
-            channels: AtomicU64::new(0),
-            state: AtomicU8::new(0),
-            kill: watch::channel(None).0,
-        });
+        let info = Arc::new(ConnectionInfo::unlisted(id, user, vhost, meta));
         *self.per_vhost.entry(vhost.to_string()).or_default() += 1;
         *self.per_user.entry(user.to_string()).or_default() += 1;
         self.conns.insert(id, info.clone());
@@ -131,6 +165,10 @@ impl Registry {
         };
         dec(&mut self.per_vhost, &info.vhost);
         dec(&mut self.per_user, &info.user);
+        self.retired
+            .entry(info.vhost.clone())
+            .or_default()
+            .add(&info.meta.stats.totals());
         for _ in 0..info.channels() {
             dec(&mut self.user_channels, &info.user);
         }
@@ -169,6 +207,28 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<ConnectionInfo>> {
         self.conns.values().cloned().collect()
     }
+
+    /// Counters of every connection of `vhost` (all vhosts with `None`), closed ones
+    /// included.
+    pub fn totals(&self, vhost: Option<&str>) -> ConnectionTotals {
+        let mut t = ConnectionTotals::default();
+        for (v, r) in &self.retired {
+            if vhost.is_none_or(|x| x == v) {
+                t.add(r);
+            }
+        }
+        for c in self.conns.values() {
+            if vhost.is_none_or(|x| x == c.vhost) {
+                t.add(&c.meta.stats.totals());
+            }
+        }
+        t
+    }
+
+    /// Forgets the closed connections' counters of a deleted vhost.
+    pub fn forget_vhost(&mut self, vhost: &str) {
+        self.retired.remove(vhost);
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +239,7 @@ mod tests {
         ConnectionMeta {
             peer: None,
             protocol: "test",
+            ..Default::default()
         }
     }
 

@@ -32,6 +32,7 @@ pub mod queue;
 pub mod queue_config;
 pub mod queue_factory;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod timers;
 pub mod value;

@@ -11,6 +11,7 @@ use crate::events::QueueEvents;
 use crate::expiry::{instant_of, now_ms, Deadlines};
 use crate::message::{Message, QueuedMessage};
 use crate::queue_config::{DeadLetterStrategy, Overflow, QueueConfig, QueueType};
+use crate::stats::QueueStats;
 use crate::store::{MemoryStore, MessageStore};
 use crate::timers::{self, Timed};
 use crate::value::{FieldTable, FieldValue};
@@ -185,6 +186,8 @@ struct QueueState {
     dead: Vec<DeadLetter>,
     /// At-least-once dead letters waiting for their targets.
     held: Held,
+    /// Counters for the management API.
+    stats: QueueStats,
 }
 
 impl QueueState {
@@ -414,6 +417,38 @@ pub enum Enqueued {
     Refused,
 }
 
+/// A consumer as the management API lists it.
+#[derive(Debug, Clone)]
+pub struct ConsumerView {
+    /// Its tag.
+    pub tag: String,
+    /// The connection it belongs to.
+    pub connection: ConnectionId,
+    /// Whether deliveries wait for an ack.
+    pub ack_required: bool,
+    /// Whether it consumes exclusively.
+    pub exclusive: bool,
+    /// Its `x-priority`.
+    pub priority: i32,
+}
+
+/// A queue's counts, counters and consumers, read at one instant.
+#[derive(Debug, Clone)]
+pub struct QueueSnapshot {
+    /// Ready, unacked and consumer counts.
+    pub counts: QueueCounts,
+    /// Body bytes of the ready messages.
+    pub ready_bytes: usize,
+    /// At-least-once dead letters still held.
+    pub held: usize,
+    /// Message counters.
+    pub stats: QueueStats,
+    /// Attached consumers.
+    pub consumers: Vec<ConsumerView>,
+    /// With no consumers, when it was last used (ms since the epoch).
+    pub idle_since: Option<u64>,
+}
+
 /// Counts reported by queue.declare and the management views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {
@@ -475,6 +510,7 @@ impl Queue {
                 timer_at: None,
                 dead: Vec::new(),
                 held: Held::default(),
+                stats: QueueStats::default(),
             }),
         }
     }
@@ -606,6 +642,48 @@ impl Queue {
     /// The queue's own consumer timeout in ms (`x-consumer-timeout` or a policy), if any.
     pub fn consumer_timeout(&self) -> Option<u64> {
         self.state.lock().cfg.consumer_timeout
+    }
+
+    /// Counts and counters at one instant, without the consumer list (what rate sampling
+    /// reads every few seconds from every queue).
+    pub fn stats(&self) -> (QueueCounts, QueueStats) {
+        let st = self.state.lock();
+        let counts = QueueCounts {
+            messages: st.store.len(),
+            unacked: st.unacked,
+            consumers: st.consumers.len(),
+        };
+        (counts, st.stats)
+    }
+
+    /// What the management API shows of the queue, read under its lock at once.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let st = self.state.lock();
+        QueueSnapshot {
+            counts: QueueCounts {
+                messages: st.store.len(),
+                unacked: st.unacked,
+                consumers: st.consumers.len(),
+            },
+            ready_bytes: st.store.bytes(),
+            held: st.held.letters.len(),
+            stats: st.stats,
+            consumers: st
+                .consumers
+                .iter()
+                .map(|c| ConsumerView {
+                    tag: c.tag.clone(),
+                    connection: c.connection,
+                    ack_required: !c.no_ack,
+                    exclusive: c.exclusive,
+                    priority: c.priority,
+                })
+                .collect(),
+            idle_since: st
+                .consumers
+                .is_empty()
+                .then(|| crate::expiry::to_wall(st.last_used)),
+        }
     }
 
     /// Ready, unacked and consumer counts.
@@ -881,6 +959,7 @@ impl Queue {
                 return Enqueued::Refused;
             }
         };
+        st.stats.publish += 1;
         if let Some(at) = deadline {
             st.deadlines.add(seq, at);
             self.arm(&mut st, at);
@@ -934,6 +1013,7 @@ impl Queue {
             };
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
+            let again = msg.redelivered();
             if ack_required {
                 // Marked (the store writes the mark at once) before the delivery is handed
                 // to the connection, whose writer may send it at once on another thread: a
@@ -944,9 +1024,12 @@ impl Queue {
                 Ok(()) => {
                     if ack_required {
                         st.unacked += 1;
+                        st.stats.deliver += 1;
                     } else {
                         st.settled(seq);
+                        st.stats.deliver_no_ack += 1;
                     }
+                    st.stats.redeliver += u64::from(again);
                 }
                 Err(SinkRefusal::Busy(m)) => {
                     // Credit went between the check and the delivery (another queue took
@@ -992,11 +1075,15 @@ impl Queue {
                 // Written before the caller can send it (see `dispatch_locked_at`).
                 st.store.delivered(&msg);
                 st.unacked += 1;
+                st.stats.get += 1;
             } else {
                 st.settled(msg.seq());
+                st.stats.get_no_ack += 1;
             }
+            st.stats.redeliver += u64::from(msg.redelivered());
             (msg, st.store.len())
         });
+        st.stats.get_empty += u64::from(out.is_none());
         self.flush_soon(&mut st);
         self.unlock_and_flush(st);
         out
@@ -1010,6 +1097,7 @@ impl Queue {
         }
         st.store.flush();
         st.unacked = st.unacked.saturating_sub(seqs.len());
+        st.stats.ack += seqs.len() as u64;
     }
 
     /// Settles delivered messages a consumer rejected without requeueing: they are

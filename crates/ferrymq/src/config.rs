@@ -17,6 +17,8 @@ pub struct Config {
     pub plain_listener: bool,
     /// The AMQPS listener: on when `tls.certfile` and `tls.keyfile` are set.
     pub tls: TlsConfig,
+    /// The `[management]` table: the HTTP API listener.
+    pub management: ManagementConfig,
     /// Where data is kept.
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `ferrymq=debug`.
@@ -113,6 +115,25 @@ impl TlsConfig {
     }
 }
 
+/// The `[management]` table: the HTTP API (RabbitMQ's `management.tcp.port`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Whether the HTTP API listener runs.
+    pub listener: bool,
+    /// Its port (0 picks a free one).
+    pub port: u16,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        ManagementConfig {
+            listener: true,
+            port: 15672,
+        }
+    }
+}
+
 /// The `tls.verify` setting (RabbitMQ's `ssl_options.verify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -142,6 +163,7 @@ impl Default for Config {
             amqp_port: 5672,
             plain_listener: true,
             tls: TlsConfig::default(),
+            management: ManagementConfig::default(),
             data_dir: PathBuf::from("./ferrymq-data"),
             log_level: "info".into(),
             frame_max: 131_072,
@@ -260,6 +282,11 @@ mod tests {
         assert!(Config::default().receive_batching);
         let c: Config = toml::from_str("receive_batching = false").unwrap();
         assert!(!c.receive_batching);
+        let d = Config::default().management;
+        assert_eq!((d.listener, d.port), (true, 15672));
+        let c: Config = toml::from_str("[management]\nport = 15999\nlistener = false").unwrap();
+        assert_eq!((c.management.listener, c.management.port), (false, 15999));
+        assert!(toml::from_str::<Config>("[management]\nprot = 1").is_err());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Running {
     pub amqp_addr: Option<SocketAddr>,
     /// Where the AMQPS listener is bound (`None` without a TLS certificate).
     pub amqps_addr: Option<SocketAddr>,
+    /// Where the HTTP API listens (`None` with the management listener off).
+    pub management_addr: Option<SocketAddr>,
     /// The resource alarm monitor (thresholds can be changed at runtime).
     pub alarms: alarms::AlarmMonitor,
     tls: Option<Arc<ServerTls>>,
@@ -128,6 +130,36 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         amqps_addr = Some(bound);
         servers.push(server);
     }
+    let mut listeners: Vec<ferrymq_mgmt::ListenerInfo> = Vec::new();
+    if let Some(a) = amqp_addr {
+        listeners.push(ferrymq_mgmt::ListenerInfo {
+            protocol: "amqp".into(),
+            addr: a,
+        });
+    }
+    if let Some(a) = amqps_addr {
+        listeners.push(ferrymq_mgmt::ListenerInfo {
+            protocol: "amqp/ssl".into(),
+            addr: a,
+        });
+    }
+    let mut mgmt = None;
+    let mut management_addr = None;
+    if cfg.management.listener {
+        let addr = listen_addr(cfg, cfg.management.port)?;
+        let l = listen::bind(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        let bound = l.local_addr()?;
+        listeners.push(ferrymq_mgmt::ListenerInfo {
+            protocol: "http".into(),
+            addr: bound,
+        });
+        let api = ferrymq_mgmt::Api::new(broker.clone(), listeners);
+        let server = ferrymq_mgmt::MgmtServer::from_listener(l, api)
+            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        tracing::info!("HTTP API listening on {bound}");
+        management_addr = Some(bound);
+        mgmt = Some(server);
+    }
     let alarms = alarms::AlarmMonitor::spawn(
         broker.clone(),
         cfg.data_dir.clone(),
@@ -137,10 +169,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         },
     );
     let (tx, rx) = watch::channel(false);
-    let tasks = servers
+    let mut tasks: Vec<JoinHandle<()>> = servers
         .into_iter()
         .map(|s| tokio::spawn(s.run(rx.clone())))
         .collect();
+    if let Some(m) = mgmt {
+        tasks.push(tokio::spawn(m.run(rx.clone())));
+    }
     if let Some(tls) = &tls {
         if cfg.tls.reload_interval > 0 {
             let every = std::time::Duration::from_secs(cfg.tls.reload_interval);
@@ -151,6 +186,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         broker,
         amqp_addr,
         amqps_addr,
+        management_addr,
         alarms,
         tls,
         shutdown: tx,

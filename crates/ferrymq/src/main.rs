@@ -62,6 +62,12 @@ struct ServerArgs {
     /// With verify_peer, refuse AMQPS clients that send no certificate [default: false].
     #[arg(long, value_name = "BOOL")]
     tls_fail_if_no_peer_cert: Option<bool>,
+    /// HTTP API (management) port; 0 picks a free port [default: 15672].
+    #[arg(long, value_name = "PORT")]
+    management_port: Option<u16>,
+    /// Run the HTTP API (management) listener [default: true].
+    #[arg(long, value_name = "BOOL")]
+    management_listener: Option<bool>,
     /// Data directory [default: ./ferrymq-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -139,6 +145,12 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.tls_fail_if_no_peer_cert {
         cfg.tls.fail_if_no_peer_cert = v;
+    }
+    if let Some(v) = a.management_port {
+        cfg.management.port = v;
+    }
+    if let Some(v) = a.management_listener {
+        cfg.management.listener = v;
     }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;

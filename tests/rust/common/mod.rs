@@ -72,6 +72,8 @@ impl ServerProcess {
                 "127.0.0.1",
                 "--amqp-port",
                 "0",
+                "--management-port",
+                "0",
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -176,6 +178,10 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestBroker {
     let mut cfg = Config {
         bind: "127.0.0.1".into(),
         amqp_port: 0,
+        management: ferrymq::config::ManagementConfig {
+            listener: true,
+            port: 0,
+        },
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };

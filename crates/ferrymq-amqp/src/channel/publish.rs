@@ -7,6 +7,7 @@ use crate::codec::methods::*;
 use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use bytes::{Bytes, BytesMut};
+use ferrymq_core::stats::ConnectionStats;
 use ferrymq_core::vhost::{PublishOutcome, REPLY_TO_PREFIX};
 use ferrymq_core::wire::PropertySummary;
 use ferrymq_core::Pending;
@@ -273,6 +274,18 @@ impl Channel {
         outcome: PublishOutcome,
     ) -> Result<Pending, AmqpError> {
         let ch = self.id;
+        let stats = &ctx.session.info().meta.stats;
+        ConnectionStats::bump(&stats.publish, 1);
+        if outcome.routed == 0 && outcome.refused == 0 {
+            let c = match p.mandatory {
+                true => &stats.return_unroutable,
+                false => &stats.drop_unroutable,
+            };
+            ConnectionStats::bump(c, 1);
+        }
+        if self.confirm.is_some() {
+            ConnectionStats::bump(&stats.confirm, 1);
+        }
         if !outcome.pending.is_empty() {
             // Every copy written counts against the connection's flow credit.
             let bytes = msg.body_size() as u64 * outcome.routed as u64;

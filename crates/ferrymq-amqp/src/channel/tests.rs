@@ -33,6 +33,7 @@ fn open_as(broker: &Arc<Broker>, user: &str) -> Conn {
     let meta = ConnectionMeta {
         peer: None,
         protocol: "test",
+        ..Default::default()
     };
     let session = broker.open_session(user, "/", meta).unwrap();
     let (events, rx) = mpsc::unbounded_channel();

@@ -328,6 +328,7 @@ impl Broker {
             v
         };
         self.close_connections(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
+        self.connections.lock().forget_vhost(name);
         v.destroy();
         Ok(())
     }

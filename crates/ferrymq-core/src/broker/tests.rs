@@ -12,6 +12,7 @@ fn meta() -> ConnectionMeta {
     ConnectionMeta {
         peer: None,
         protocol: "test",
+        ..Default::default()
     }
 }
 

@@ -14,6 +14,7 @@ fn meta() -> ConnectionMeta {
     ConnectionMeta {
         peer: None,
         protocol: "test",
+        ..Default::default()
     }
 }
 

@@ -133,8 +133,8 @@ impl VHost {
         Ok(q)
     }
 
-    /// The named queue, whoever owns it.
-    pub(crate) fn find_queue(&self, name: &str) -> CoreResult<Arc<Queue>> {
+    /// The named queue, whoever owns it (management views list exclusive queues too).
+    pub fn find_queue(&self, name: &str) -> CoreResult<Arc<Queue>> {
         self.queues
             .read()
             .get(name)

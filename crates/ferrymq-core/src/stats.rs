@@ -1,0 +1,126 @@
+//! Message counters the management API and metrics read: per queue (kept under the queue's
+//! own lock, so counting costs no atomic operation on the delivery path) and per connection
+//! (atomics written by the connection's own task). Rates are derived from them by sampling
+//! (in `ferrymq-mgmt`); the broker itself keeps only totals.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a queue has done since it was declared (or the broker started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages enqueued (publishes and dead letters routed to it).
+    pub publish: u64,
+    /// Deliveries to consumers that acknowledge.
+    pub deliver: u64,
+    /// Deliveries to no-ack consumers.
+    pub deliver_no_ack: u64,
+    /// `basic.get` answers that need an ack.
+    pub get: u64,
+    /// `basic.get` answers settled on sending.
+    pub get_no_ack: u64,
+    /// `basic.get` of an empty queue.
+    pub get_empty: u64,
+    /// Deliveries and gets of messages seen before (requeued or recovered as delivered).
+    pub redeliver: u64,
+    /// Acknowledgements.
+    pub ack: u64,
+}
+
+impl QueueStats {
+    /// Deliveries and gets of every kind, as RabbitMQ's `deliver_get`.
+    pub fn deliver_get(&self) -> u64 {
+        self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
+    }
+
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, other: &QueueStats) {
+        self.publish += other.publish;
+        self.deliver += other.deliver;
+        self.deliver_no_ack += other.deliver_no_ack;
+        self.get += other.get;
+        self.get_no_ack += other.get_no_ack;
+        self.get_empty += other.get_empty;
+        self.redeliver += other.redeliver;
+        self.ack += other.ack;
+    }
+}
+
+/// Counters of one connection, written by its own task (so the relaxed adds never contend)
+/// and read by the management API.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Messages published by the client.
+    pub publish: AtomicU64,
+    /// Publisher confirms sent (acks and nacks).
+    pub confirm: AtomicU64,
+    /// Mandatory messages returned as unroutable.
+    pub return_unroutable: AtomicU64,
+    /// Messages that routed nowhere and were dropped.
+    pub drop_unroutable: AtomicU64,
+    /// Bytes read from the socket.
+    pub recv_oct: AtomicU64,
+    /// Reads from the socket.
+    pub recv_cnt: AtomicU64,
+    /// Bytes written to the socket.
+    pub send_oct: AtomicU64,
+    /// Writes to the socket.
+    pub send_cnt: AtomicU64,
+}
+
+/// A plain copy of [`ConnectionStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTotals {
+    /// See [`ConnectionStats::publish`].
+    pub publish: u64,
+    /// See [`ConnectionStats::confirm`].
+    pub confirm: u64,
+    /// See [`ConnectionStats::return_unroutable`].
+    pub return_unroutable: u64,
+    /// See [`ConnectionStats::drop_unroutable`].
+    pub drop_unroutable: u64,
+    /// See [`ConnectionStats::recv_oct`].
+    pub recv_oct: u64,
+    /// See [`ConnectionStats::recv_cnt`].
+    pub recv_cnt: u64,
+    /// See [`ConnectionStats::send_oct`].
+    pub send_oct: u64,
+    /// See [`ConnectionStats::send_cnt`].
+    pub send_cnt: u64,
+}
+
+impl ConnectionStats {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn totals(&self) -> ConnectionTotals {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ConnectionTotals {
+            publish: l(&self.publish),
+            confirm: l(&self.confirm),
+            return_unroutable: l(&self.return_unroutable),
+            drop_unroutable: l(&self.drop_unroutable),
+            recv_oct: l(&self.recv_oct),
+            recv_cnt: l(&self.recv_cnt),
+            send_oct: l(&self.send_oct),
+            send_cnt: l(&self.send_cnt),
+        }
+    }
+}
+
+impl ConnectionTotals {
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, o: &ConnectionTotals) {
+        self.publish += o.publish;
+        self.confirm += o.confirm;
+        self.return_unroutable += o.return_unroutable;
+        self.drop_unroutable += o.drop_unroutable;
+        self.recv_oct += o.recv_oct;
+        self.recv_cnt += o.recv_cnt;
+        self.send_oct += o.send_oct;
+        self.send_cnt += o.send_cnt;
+    }
+}

@@ -1,0 +1,140 @@
+//! FerryMQ's management plane: an HTTP API with RabbitMQ's paths, JSON fields, status codes
+//! and error bodies (so rabbitmqadmin, monitoring agents and scripts written for RabbitMQ's
+//! management plugin work unchanged), served on one listener (15672 by default).
+//!
+//! Handlers authenticate the caller (basic auth against the broker's users, tags as in
+//! RabbitMQ) and do the work through the core: administration through the broker's admin
+//! API, everything inside a vhost through a [`ferrymq_core::Session`] opened for the caller,
+//! so permissions are checked in the same place as for AMQP clients.
+
+pub mod auth;
+pub mod error;
+pub mod paging;
+pub mod rates;
+mod routes;
+pub mod views;
+
+use auth::Caller;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use error::{ApiError, ApiResult};
+use ferrymq_core::Broker;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A listener the overview reports.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// `amqp`, `amqp/ssl`, `http`, ...
+    pub protocol: String,
+    /// Where it is bound.
+    pub addr: SocketAddr,
+}
+
+/// What the handlers share.
+pub struct Api {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// Sampled message rates.
+    pub rates: Arc<rates::Rates>,
+    /// The node name shown in every object (`ferrymq@host`).
+    pub node: String,
+    /// The broker's listeners, this one included.
+    pub listeners: Vec<ListenerInfo>,
+    /// When the broker started (ms since the epoch).
+    pub started_at: u64,
+}
+
+impl Api {
+    /// Shared state for a broker.
+    pub fn new(broker: Arc<Broker>, listeners: Vec<ListenerInfo>) -> Arc<Api> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        Arc::new(Api {
+            broker,
+            rates: Arc::new(rates::Rates::default()),
+            node: format!("ferrymq@{host}"),
+            listeners,
+            started_at: ferrymq_core::expiry::wall_ms(),
+        })
+    }
+}
+
+impl FromRequestParts<Arc<Api>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> ApiResult<Caller> {
+        // Without the peer address (in-process tests) the caller counts as remote, so
+        // loopback-only users stay refused.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        auth::authenticate(&api.broker, &parts.headers, peer)
+    }
+}
+
+/// Runs `f` on a blocking thread: admin changes wait for group commit, and lists walk every
+/// queue, neither of which may hold up the runtime's workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("request failed: {e}")))?
+}
+
+/// The HTTP API's routes for `api`.
+pub fn router(api: Arc<Api>) -> axum::Router {
+    routes::router(api)
+}
+
+/// A bound management listener.
+pub struct MgmtServer {
+    listener: TcpListener,
+    api: Arc<Api>,
+}
+
+impl MgmtServer {
+    /// Serves the API on an already bound listener.
+    pub fn from_listener(listener: std::net::TcpListener, api: Arc<Api>) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(MgmtServer {
+            listener: TcpListener::from_std(listener)?,
+            api,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves requests (and samples rates) until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let sampler = tokio::spawn(
+            self.api
+                .rates
+                .clone()
+                .run(self.api.broker.clone(), shutdown.clone()),
+        );
+        let app = router(self.api).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(self.listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!("management listener failed: {e}");
+        }
+        sampler.abort();
+    }
+}
