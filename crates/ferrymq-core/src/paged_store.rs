@@ -1074,6 +1074,74 @@ mod tests {
     }
 
     #[test]
+    fn a_power_loss_that_drops_unsynced_held_marks_or_acks_never_loses_the_letter() {
+        // Held marks and acks are written but not fsynced: a power loss may keep any prefix
+        // of the ack log. Whatever prefix survives, each letter is ready or held again
+        // (forwarded again: a duplicate at worst), never gone.
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        let ack_log = dir.join("0000000001.ack");
+        let (marks_end, full) = {
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            )
+            .keeping_all(true);
+            for seq in 1..=2 {
+                s.push(msg(seq, true), None).unwrap();
+            }
+            for _ in 1..=2 {
+                s.shift().unwrap();
+            }
+            s.hold(1, DeathReason::Expired);
+            s.hold(2, DeathReason::Rejected);
+            s.flush();
+            let marks_end = std::fs::metadata(&ack_log).unwrap().len();
+            // Letter 2's copy reached its targets (and was fsynced there): acked.
+            s.ack(2);
+            s.flush();
+            let full = std::fs::read(&ack_log).unwrap();
+            (marks_end, full)
+        };
+        let recover_with = |kept: u64| {
+            let mut bytes = full.clone();
+            bytes.truncate(kept as usize);
+            std::fs::write(&ack_log, &bytes).unwrap();
+            let r = PagedStore::recover(
+                persistence(d.path()),
+                LogHealth::new("q"),
+                dir.clone(),
+                1,
+                None,
+            )
+            .unwrap();
+            let held: Vec<DeathReason> = r.held.iter().map(|h| h.1).collect();
+            (r.count, held)
+        };
+        assert_eq!(
+            recover_with(0),
+            (2, vec![]),
+            "marks lost: both ready again (2 is also in its targets: a duplicate)"
+        );
+        assert_eq!(
+            recover_with(4),
+            (2, vec![]),
+            "a reason entry without its mark is ignored: ready again"
+        );
+        assert_eq!(
+            recover_with(marks_end),
+            (0, vec![DeathReason::Expired, DeathReason::Rejected]),
+            "the ack lost: both held again, 2 forwarded again (a duplicate)"
+        );
+        assert_eq!(
+            recover_with(full.len() as u64),
+            (0, vec![DeathReason::Expired]),
+            "nothing lost: 2 settled (its copy was fsynced before the ack was written)"
+        );
+    }
+
+    #[test]
     fn held_dead_letters_recovered_among_ready_ones_survive_a_purge_after_the_restart() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("q");

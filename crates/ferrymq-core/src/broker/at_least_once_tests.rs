@@ -536,3 +536,34 @@ fn switching_to_another_dead_letter_exchange_sends_held_letters_there() {
     });
     wait("and the source lets go", || src.held() == 0);
 }
+
+#[test]
+fn a_paged_backlog_expiring_into_the_held_set_stays_on_disk() {
+    // Paged out beyond a 1,000-byte budget, then expired with no route: held without being
+    // read back into RAM (each attempt reads a chunk and lets go of it again).
+    let d = tempfile::tempdir().unwrap();
+    let p = Persistence::open(PersistConfig {
+        queue_ram_budget: 1000,
+        ..PersistConfig::new(d.path())
+    })
+    .unwrap();
+    let b = Broker::open(BrokerConfig::default(), p).unwrap();
+    let v = b.vhost("/").unwrap();
+    let ttl = ("x-message-ttl", FieldValue::I32(200));
+    let src = declare(&v, "src", alo("dlx", &[ttl]));
+    const N: usize = 500;
+    for _ in 0..N {
+        v.publish(&v.exchange("").unwrap(), sized("src", 1000))
+            .unwrap();
+    }
+    wait("all expire into the held set", || src.held() == N);
+    wait("their first attempts let go of them", || {
+        src.held_in_ram() == 0
+    });
+    assert_eq!(src.counts().messages, 0);
+    let t = route(&v, "dlx", "t");
+    wait("all arrive", || src.held() == 0);
+    assert_eq!(t.counts().messages, N);
+    let (m, _) = t.get(false).unwrap();
+    assert_eq!(death(&m.message), ("src".into(), "expired".into(), 1));
+}
