@@ -786,12 +786,14 @@ impl Queue {
         if st.held.fresh.is_empty() {
             drop(st);
         } else if timer {
-            if !st.held.worker_queued {
-                st.held.worker_queued = true;
+            let submit = !std::mem::replace(&mut st.held.worker_queued, true);
+            // Submitted with the lock released: without its thread, `submit` runs the job
+            // here, and the job takes the lock.
+            drop(st);
+            if submit {
                 let me = Arc::clone(self);
                 crate::held_worker::submit(move || me.run_held_job());
             }
-            drop(st);
         } else {
             let fresh = std::mem::take(&mut st.held.fresh);
             let round = std::mem::take(&mut st.held.in_round);

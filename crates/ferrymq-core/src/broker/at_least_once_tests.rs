@@ -277,7 +277,7 @@ fn held_letters_survive_a_restart_keep_their_reason_and_are_not_redelivered() {
 }
 
 #[test]
-fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_releases_them() {
+fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_deletes_them() {
     let v = VHost::new("/");
     let src = declare(&v, "src", alo("dlx", &[]));
     put(&v, "src", "held");
@@ -291,7 +291,7 @@ fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_releases_them() {
     assert_eq!(
         src.held(),
         0,
-        "dead-lettered at most once (dropped: no route)"
+        "deleted, as RabbitMQ does when the strategy leaves at-least-once"
     );
 }
 
