@@ -85,6 +85,26 @@ pub fn dead_letter_copy(
     exchange: &str,
     routing_key: Option<&str>,
 ) -> Option<Message> {
+    dead_letter_copy_at(letter, queue, exchange, routing_key, now_secs())
+}
+
+/// The time a new `x-death` entry records: seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// [`dead_letter_copy`] with the `x-death` entry's `time` given (seconds since the Unix
+/// epoch): an at-least-once letter's copy is rebuilt from its record at each attempt, and
+/// must carry the same `x-death` each time (RabbitMQ counts one death, at one time).
+pub fn dead_letter_copy_at(
+    letter: &DeadLetter,
+    queue: &str,
+    exchange: &str,
+    routing_key: Option<&str>,
+    time: u64,
+) -> Option<Message> {
     let (msg, reason) = (&*letter.message, letter.reason);
     let mut props = msg.properties();
     let mut headers = props.headers.take().unwrap_or_default();
@@ -122,14 +142,11 @@ pub fn dead_letter_copy(
             e
         }
         None => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             let mut t = FieldTable::new();
             t.insert("count", FieldValue::I64(1));
             t.insert("reason", FieldValue::string(reason.as_str()));
             t.insert("queue", FieldValue::string(queue));
-            t.insert("time", FieldValue::Timestamp(now));
+            t.insert("time", FieldValue::Timestamp(time));
             t.insert("exchange", FieldValue::string(msg.exchange()));
             // The keys it was routed with: its own and those its sender chose in `CC`
             // (`BCC` was removed on arrival).

@@ -22,6 +22,7 @@ pub mod events;
 pub mod exchange;
 pub mod expiry;
 pub mod flow;
+pub mod held_worker;
 pub mod limits;
 pub mod message;
 pub mod paged_store;

@@ -17,7 +17,7 @@ use crate::dead_letter::DeathReason;
 use crate::expiry::{from_wall, now_ms, to_wall};
 use crate::message::{Message, QueuedMessage};
 use crate::persist::Persistence;
-use crate::store::MessageStore;
+use crate::store::{HeldOut, MessageStore};
 use ferrymq_store::{LogHealth, Position, QueueLog, StoreError};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -164,8 +164,10 @@ pub struct Recovered {
     /// has one.
     pub deadlines: Vec<(u64, u64)>,
     /// At-least-once dead letters held when the broker stopped, numbered after the `count`
-    /// ready ones: not ready, to be dead-lettered again (then acked by sequence number).
-    pub held: Vec<(QueuedMessage, DeathReason)>,
+    /// ready ones: (sequence number, reason, body bytes). Not ready, to be dead-lettered
+    /// again (then acked by sequence number). Their messages stay on disk until a forward
+    /// reads them back ([`MessageStore::read_held`]).
+    pub held: Vec<(u64, DeathReason, usize)>,
 }
 
 impl PagedStore {
@@ -230,6 +232,7 @@ impl PagedStore {
         let mut dropped = Vec::new();
         let mut deadlines = Vec::new();
         let mut index = HashMap::new();
+        let mut held_sizes: HashMap<Position, usize> = HashMap::new();
         let mut seq = first_seq;
         let now = now_ms();
         let (mut log, n) = QueueLog::open_with(
@@ -237,7 +240,18 @@ impl PagedStore {
             persist.segment_size(),
             persist.sync().clone(),
             Some(health.clone()),
-            &mut |pos, payload| {
+            &mut |pos, held, payload| {
+                if held.is_some() {
+                    // Checked here, while recovery has the payload anyway, so only the
+                    // position of a held letter is kept: one that is transient (dropped at
+                    // a restart like the others) or unreadable is acked below instead.
+                    if let Some((head, m)) = parse(payload) {
+                        if head.flags & FLAG_PERSISTENT != 0 {
+                            held_sizes.insert(pos, m.body_size());
+                        }
+                    }
+                    return;
+                }
                 let Some(head) = parse_head(payload) else {
                     // Unreadable: `load` reports and drops it when it gets there.
                     return;
@@ -263,18 +277,15 @@ impl PagedStore {
         let count = n - dropped.len() as u64;
         let mut held = Vec::new();
         let mut inflight = VecDeque::new();
-        for (pos, code, payload) in log.take_held() {
-            match parse(&payload) {
-                Some((head, m)) if head.flags & FLAG_PERSISTENT != 0 => {
+        for (pos, code) in log.take_held() {
+            match held_sizes.get(&pos) {
+                Some(&bytes) => {
                     let seq = first_seq + count + held.len() as u64;
                     inflight.push_back((seq, pos));
-                    held.push((
-                        QueuedMessage::new(seq, Arc::new(m)),
-                        DeathReason::from_code(code),
-                    ));
+                    held.push((seq, DeathReason::from_code(code), bytes));
                 }
                 // Transient (dropped at a restart like the others) or unreadable.
-                _ => log.ack(pos)?,
+                None => log.ack(pos)?,
             }
         }
         let mut store = PagedStore::new(persist, Some(health), dir);
@@ -682,8 +693,8 @@ impl MessageStore for PagedStore {
         }
     }
 
-    fn remove_held(&mut self, seq: u64, reason: DeathReason) -> Option<QueuedMessage> {
-        let (m, pos) = match crate::store::take_out(&mut self.ram, seq) {
+    fn remove_held(&mut self, seq: u64, reason: DeathReason) -> Option<HeldOut> {
+        let (out, pos) = match crate::store::take_out(&mut self.ram, seq) {
             Some((i, m)) => {
                 let pos = self
                     .ram_pos
@@ -691,28 +702,38 @@ impl MessageStore for PagedStore {
                     .map_or(NO_RECORD, |p| std::mem::replace(p, NO_RECORD));
                 self.dead += 1;
                 self.ram_sub(cost(&m));
-                self.bytes = self.bytes.saturating_sub(m.message.body_size());
-                (m, pos)
+                let bytes = m.message.body_size();
+                self.bytes = self.bytes.saturating_sub(bytes);
+                let out = HeldOut {
+                    bytes,
+                    message: Some(m.message),
+                };
+                (out, pos)
+            }
+            None if !self.holds_on_disk() => {
+                // No log to read it back from later (not a quorum queue's store): taken
+                // out as it is, into RAM.
+                let m = self.remove_paged(seq)?;
+                let bytes = m.message.body_size();
+                let out = HeldOut {
+                    bytes,
+                    message: Some(m.message),
+                };
+                return Some(out);
             }
             None => {
+                // Paged out: left on disk, read back only when a forward needs the copy.
+                // Recovered records have no size counted yet (0): the length limit counts
+                // them by number only.
                 let d = self.paged_deadlines.remove(&seq)?;
                 self.paged = self.paged.saturating_sub(1);
                 self.bytes = self.bytes.saturating_sub(d.counted);
-                let read = self.log.as_mut()?.read(d.pos);
-                let Some((_, msg)) = read.ok().and_then(|p| parse(&p)) else {
-                    tracing::error!(
-                        "{}: an expired message at segment {} offset {} could not be read back",
-                        self.dir.display(),
-                        d.pos.segment,
-                        d.pos.offset
-                    );
-                    if let Some(log) = self.log.as_mut() {
-                        let _ = log.ack(d.pos);
-                    }
-                    return None;
-                };
                 self.held_paged.insert(d.pos);
-                (QueuedMessage::new(seq, Arc::new(msg)), d.pos)
+                let out = HeldOut {
+                    bytes: d.counted,
+                    message: None,
+                };
+                (out, d.pos)
             }
         };
         if pos != NO_RECORD {
@@ -721,7 +742,32 @@ impl MessageStore for PagedStore {
             self.inflight.insert(at, (seq, pos));
             self.hold(seq, reason);
         }
-        Some(m)
+        Some(out)
+    }
+
+    fn holds_on_disk(&self) -> bool {
+        // A quorum queue's store on a data dir: every message has a durable record.
+        self.durable && self.keep_all
+    }
+
+    fn read_held(&mut self, seq: u64) -> Option<Arc<Message>> {
+        let i = self.inflight.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        let &(_, pos) = self.inflight.get(i)?;
+        let log = self.log.as_mut()?;
+        let read = crate::blocking::run(|| log.read(pos));
+        match read.ok().and_then(|p| parse(&p)) {
+            Some((_, m)) => Some(Arc::new(m)),
+            None => {
+                tracing::error!(
+                    "{}: a held dead letter at segment {} offset {} could not be read back; \
+                     it is dropped",
+                    self.dir.display(),
+                    pos.segment,
+                    pos.offset
+                );
+                None
+            }
+        }
     }
 
     fn discard(&mut self, seq: u64) -> bool {
@@ -968,7 +1014,8 @@ mod tests {
                 persistence(d.path()),
                 Some(LogHealth::new("q")),
                 dir.clone(),
-            );
+            )
+            .keeping_all(true);
             for seq in 1..=300 {
                 s.push(msg(seq, true), Some(far)).unwrap();
             }
@@ -977,9 +1024,13 @@ mod tests {
             let first = s.shift().unwrap();
             s.delivered(&first);
             s.hold(first.seq(), DeathReason::Rejected);
-            assert!(s.remove_held(2, DeathReason::Expired).is_some());
+            let ram = s.remove_held(2, DeathReason::Expired).unwrap();
+            assert!(ram.message.is_some(), "in RAM anyway");
             let paged = s.remove_held(290, DeathReason::Expired).unwrap();
-            assert_eq!(body(&paged), "290");
+            assert!(paged.message.is_none(), "not read back into RAM to be held");
+            assert_eq!(paged.bytes, 3, "its size still counts");
+            let read = s.read_held(290).expect("read back for a forward attempt");
+            assert_eq!(read.body(), b"290");
             // The purge settles the rest of the tail without reading it, except the held.
             assert_eq!(s.purge(&mut |_| {}), 297);
             s.flush();
@@ -994,21 +1045,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.count, 0, "nothing ready");
-        let held: Vec<(u64, String, DeathReason)> = r
-            .held
-            .iter()
-            .map(|(m, why)| (m.seq(), body(m), *why))
+        assert_eq!(
+            r.held,
+            vec![
+                (1, DeathReason::Rejected, 1),
+                (2, DeathReason::Expired, 1),
+                (3, DeathReason::Expired, 3)
+            ],
+            "positions, reasons and sizes: no messages"
+        );
+        let mut s = r.store.keeping_all(true);
+        let bodies: Vec<String> = (1..=3)
+            .map(|seq| String::from_utf8(s.read_held(seq).unwrap().body().to_vec()).unwrap())
             .collect();
         assert_eq!(
-            held,
-            vec![
-                (1, "1".into(), DeathReason::Rejected),
-                (2, "2".into(), DeathReason::Expired),
-                (3, "290".into(), DeathReason::Expired)
-            ]
+            bodies,
+            vec!["1", "2", "290"],
+            "read back from their records"
         );
         // Forwarded: acked by sequence number, gone at the next start.
-        let mut s = r.store;
         for seq in 1..=3 {
             s.ack(seq);
         }
@@ -1016,6 +1071,74 @@ mod tests {
         let r =
             PagedStore::recover(persistence(d.path()), LogHealth::new("q"), dir, 1, None).unwrap();
         assert_eq!((r.count, r.held.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_power_loss_that_drops_unsynced_held_marks_or_acks_never_loses_the_letter() {
+        // Held marks and acks are written but not fsynced: a power loss may keep any prefix
+        // of the ack log. Whatever prefix survives, each letter is ready or held again
+        // (forwarded again: a duplicate at worst), never gone.
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("q");
+        let ack_log = dir.join("0000000001.ack");
+        let (marks_end, full) = {
+            let mut s = PagedStore::new(
+                persistence(d.path()),
+                Some(LogHealth::new("q")),
+                dir.clone(),
+            )
+            .keeping_all(true);
+            for seq in 1..=2 {
+                s.push(msg(seq, true), None).unwrap();
+            }
+            for _ in 1..=2 {
+                s.shift().unwrap();
+            }
+            s.hold(1, DeathReason::Expired);
+            s.hold(2, DeathReason::Rejected);
+            s.flush();
+            let marks_end = std::fs::metadata(&ack_log).unwrap().len();
+            // Letter 2's copy reached its targets (and was fsynced there): acked.
+            s.ack(2);
+            s.flush();
+            let full = std::fs::read(&ack_log).unwrap();
+            (marks_end, full)
+        };
+        let recover_with = |kept: u64| {
+            let mut bytes = full.clone();
+            bytes.truncate(kept as usize);
+            std::fs::write(&ack_log, &bytes).unwrap();
+            let r = PagedStore::recover(
+                persistence(d.path()),
+                LogHealth::new("q"),
+                dir.clone(),
+                1,
+                None,
+            )
+            .unwrap();
+            let held: Vec<DeathReason> = r.held.iter().map(|h| h.1).collect();
+            (r.count, held)
+        };
+        assert_eq!(
+            recover_with(0),
+            (2, vec![]),
+            "marks lost: both ready again (2 is also in its targets: a duplicate)"
+        );
+        assert_eq!(
+            recover_with(4),
+            (2, vec![]),
+            "a reason entry without its mark is ignored: ready again"
+        );
+        assert_eq!(
+            recover_with(marks_end),
+            (0, vec![DeathReason::Expired, DeathReason::Rejected]),
+            "the ack lost: both held again, 2 forwarded again (a duplicate)"
+        );
+        assert_eq!(
+            recover_with(full.len() as u64),
+            (0, vec![DeathReason::Expired]),
+            "nothing lost: 2 settled (its copy was fsynced before the ack was written)"
+        );
     }
 
     #[test]
@@ -1038,7 +1161,8 @@ mod tests {
                 persistence(d.path()),
                 Some(LogHealth::new("q")),
                 dir.clone(),
-            );
+            )
+            .keeping_all(true);
             for seq in 1..=300 {
                 s.push(msg(seq, true), Some(far)).unwrap();
             }
@@ -1057,7 +1181,12 @@ mod tests {
         s.sync_and_wait_reaper();
         drop(s);
         let r = recover();
-        let held: Vec<String> = r.held.iter().map(|(m, _)| body(m)).collect();
+        let mut s = r.store.keeping_all(true);
+        let held: Vec<String> = r
+            .held
+            .iter()
+            .map(|h| String::from_utf8(s.read_held(h.0).unwrap().body().to_vec()).unwrap())
+            .collect();
         assert_eq!(r.count, 0);
         assert_eq!(
             held,

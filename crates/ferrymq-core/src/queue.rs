@@ -52,6 +52,10 @@ const HELD_RESTORE_DELAY_MS: u64 = 500;
 const HELD_SYNC_POLL_MS: u64 = 2;
 /// Most held dead letters one retry round tries; the next round starts where it stopped.
 const HELD_RETRY_BATCH: usize = 1024;
+/// Most held dead letters read back from disk under one hold of the queue's lock: a round
+/// reads up to [`HELD_RETRY_BATCH`] records, and publishers and consumers of the queue get
+/// in between these chunks.
+const HELD_READ_CHUNK: usize = 64;
 
 thread_local! {
     /// Set while this thread forwards held dead letters: a target that in turn holds one
@@ -60,16 +64,35 @@ thread_local! {
     static FORWARDING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A dead letter an at-least-once queue keeps until its copy reached every target.
+/// A dead letter an at-least-once queue keeps until its copy reached every target. A fixed
+/// few dozen bytes when its store keeps the record on disk (`MessageStore::holds_on_disk`):
+/// peers decide how many letters are held (a dead-letter exchange that routes nowhere
+/// holds every one), so the message itself is in RAM only while an attempt needs it.
 struct HeldLetter {
-    message: Arc<Message>,
+    /// The message: from the moment it is held (it was in RAM then) or read back until the
+    /// end of the attempt that needed it, when the store keeps it on disk; always, when the
+    /// store cannot read it back (a broker without a data directory keeps everything in RAM).
+    message: Option<Arc<Message>>,
     reason: DeathReason,
-    /// The dead-lettered copy, built at the first attempt (so retries keep its `x-death`).
-    copy: Option<Arc<Message>>,
+    /// Its body bytes, counted toward `x-max-length-bytes`.
+    bytes: usize,
+    /// When it was dead-lettered (s since the epoch): the `time` of its `x-death` entry.
+    /// The copy is rebuilt from the record at each attempt, with this time, so a retry
+    /// carries the very `x-death` the first attempt did (one death, as RabbitMQ counts).
+    died: u64,
     /// Target queues that took the copy already: a retry does not give it to them again.
     done: Vec<String>,
     /// Being forwarded right now (outside the lock): no second attempt meanwhile.
     sending: bool,
+}
+
+/// One held letter as an attempt to forward it takes it out of the lock.
+struct Attempt {
+    seq: u64,
+    message: Arc<Message>,
+    reason: DeathReason,
+    died: u64,
+    done: Vec<String>,
 }
 
 /// The held dead letters of an at-least-once quorum queue. Not ready, not in
@@ -93,6 +116,9 @@ struct Held {
     /// wait for) before the original is acked: a machine crash then cannot keep the ack
     /// and lose the copy.
     syncing: Vec<(u64, ferrymq_store::Pending)>,
+    /// A job forwarding `fresh` is queued on the dead-letter thread (`held_worker`): the
+    /// timer thread does not queue a second one, so one round per queue runs at a time.
+    worker_queued: bool,
 }
 
 /// Declaration options of a queue.
@@ -205,22 +231,26 @@ impl QueueState {
         if self.at_least_once() {
             self.store.hold(seq, reason);
             self.deadlines.forget(seq);
-            self.keep(seq, message, reason);
+            let bytes = message.body_size();
+            self.keep(seq, Some(message), bytes, reason);
         } else {
             self.settled(seq);
             self.dead_letter(message, reason);
         }
     }
 
-    /// Holds `message` (its record marked held by the store) until its copy is taken.
-    fn keep(&mut self, seq: u64, message: Arc<Message>, reason: DeathReason) {
-        self.held.bytes += message.body_size();
+    /// Holds dead letter `seq` of `bytes` body bytes (its record marked held by the store)
+    /// until its copy is taken; `message` if it is in RAM (`None`: on disk, read back when
+    /// it is forwarded).
+    fn keep(&mut self, seq: u64, message: Option<Arc<Message>>, bytes: usize, reason: DeathReason) {
+        self.held.bytes += bytes;
         self.held.letters.insert(
             seq,
             HeldLetter {
                 message,
                 reason,
-                copy: None,
+                bytes,
+                died: crate::dead_letter::now_secs(),
                 done: Vec::new(),
                 sending: false,
             },
@@ -264,14 +294,20 @@ impl QueueState {
             }
             let taken = match held {
                 true => self.store.remove_held(seq, DeathReason::Expired),
-                false => self.store.remove(seq),
+                false => self.store.remove(seq).map(|m| crate::store::HeldOut {
+                    bytes: m.message.body_size(),
+                    message: Some(m.message),
+                }),
             };
             if let Some(m) = taken {
                 self.deadlines.forget(seq);
-                bytes += m.message.body_size();
-                match held {
-                    true => self.keep(seq, m.message, DeathReason::Expired),
-                    false => self.dead_letter(m.message, DeathReason::Expired),
+                // Only what came into RAM counts toward the batch: a held letter left on
+                // disk costs its position.
+                bytes += m.message.as_ref().map_or(0, |m| m.body_size());
+                match (held, m.message) {
+                    (true, message) => self.keep(seq, message, m.bytes, DeathReason::Expired),
+                    (false, Some(message)) => self.dead_letter(message, DeathReason::Expired),
+                    (false, None) => {}
                 }
                 if bytes >= EXPIRE_BATCH_BYTES {
                     break;
@@ -348,7 +384,7 @@ impl QueueState {
     /// Forgets held letter `seq`: its copy is in every target. Acks its record.
     fn release_held(&mut self, seq: u64) {
         if let Some(h) = self.held.letters.remove(&seq) {
-            self.held.bytes = self.held.bytes.saturating_sub(h.message.body_size());
+            self.held.bytes = self.held.bytes.saturating_sub(h.bytes);
             self.store.ack(seq);
         }
     }
@@ -551,14 +587,15 @@ impl Queue {
         self
     }
 
-    /// The same queue with the at-least-once dead letters its store recovered as held: they
-    /// are forwarded again shortly after it is attached, not delivered to its consumers.
-    pub fn with_held(self, held: Vec<(QueuedMessage, DeathReason)>) -> Self {
+    /// The same queue with the at-least-once dead letters its store recovered as held
+    /// (sequence number, reason, body bytes; their records stay on disk): they are forwarded
+    /// again shortly after it is attached, not delivered to its consumers.
+    pub fn with_held(self, held: Vec<(u64, DeathReason, usize)>) -> Self {
         {
             let mut st = self.state.lock();
-            for (m, reason) in held {
-                let seq = m.seq();
-                st.keep(seq, m.message, reason);
+            for (seq, reason, bytes) in held {
+                // Their `x-death` time is the restart's: the held mark does not store it.
+                st.keep(seq, None, bytes, reason);
             }
             st.held.fresh.clear();
         }
@@ -568,6 +605,18 @@ impl Queue {
     /// How many dead letters the queue holds until their targets take them.
     pub fn held(&self) -> usize {
         self.state.lock().held.letters.len()
+    }
+
+    /// How many of the held dead letters have their message in RAM right now: those of a
+    /// store without a disk (a broker without a data directory), and, for a quorum queue on
+    /// a data dir, only those an attempt is forwarding at this moment.
+    pub fn held_in_ram(&self) -> usize {
+        let st = self.state.lock();
+        st.held
+            .letters
+            .values()
+            .filter(|h| h.message.is_some())
+            .count()
     }
 
     /// Its durable log's health, if it has one: a publish accepted with a ticket is kept once
@@ -608,15 +657,30 @@ impl Queue {
         st.cfg = cfg;
         if !st.held.letters.is_empty() {
             if !st.at_least_once() {
-                // No longer at-least-once (a policy changed): what was held is dead-lettered
-                // at most once now, as RabbitMQ does when the strategy changes.
+                // No longer at-least-once (a policy changed the strategy, the overflow mode
+                // or the dead-letter exchange): RabbitMQ deletes the held letters then
+                // (`rabbit_fifo_dlx:switch_from`), and so do we. Dead-lettering them again at
+                // most once would duplicate every letter some target has already: taken by
+                // some of its targets, waiting for a target's fsync, or being forwarded at
+                // this moment outside the lock (that attempt finishes, its result is
+                // dropped: each target gets the letter at most once).
                 let letters = std::mem::take(&mut st.held.letters);
-                st.held = Held::default();
-                for (seq, h) in letters {
-                    st.store.ack(seq);
-                    st.dead_letter(h.message, h.reason);
+                let bytes = st.held.bytes;
+                st.held = Held {
+                    worker_queued: st.held.worker_queued,
+                    ..Held::default()
+                };
+                for seq in letters.keys() {
+                    st.store.ack(*seq);
                 }
                 st.store.flush();
+                tracing::info!(
+                    queue = %self.name,
+                    vhost = %self.vhost,
+                    "deleted {} held dead letters ({bytes} body bytes): at-least-once \
+                     dead-lettering was switched off",
+                    letters.len()
+                );
             } else if initial {
                 let at = now_ms() + HELD_RESTORE_DELAY_MS;
                 self.arm_retry(&mut st, at);
@@ -779,7 +843,16 @@ impl Queue {
 
     /// Releases the lock, then republishes the dead letters collected under it and
     /// forwards the ones newly held.
-    fn unlock_and_flush(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+    fn unlock_and_flush(self: &Arc<Self>, st: parking_lot::MutexGuard<'_, QueueState>) {
+        self.flush_dead(st, false);
+    }
+
+    /// [`Queue::unlock_and_flush`] on the timer thread: the held letters are forwarded by a
+    /// job on the dead-letter thread instead (`held_worker`), since a round reads up to
+    /// [`HELD_RETRY_BATCH`] records back from disk and every other timer of the process
+    /// would wait for it. At-most-once dead letters are republished here, as before: they
+    /// are in RAM already and bounded per pass (`EXPIRE_BATCH_BYTES`).
+    fn flush_dead(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>, timer: bool) {
         if st.dead.is_empty() && st.held.fresh.is_empty() {
             return;
         }
@@ -790,6 +863,15 @@ impl Queue {
         );
         if st.held.fresh.is_empty() {
             drop(st);
+        } else if timer {
+            let submit = !std::mem::replace(&mut st.held.worker_queued, true);
+            // Submitted with the lock released: without its thread, `submit` runs the job
+            // here, and the job takes the lock.
+            drop(st);
+            if submit {
+                let me = Arc::clone(self);
+                crate::held_worker::submit(move || me.run_held_job());
+            }
         } else {
             let fresh = std::mem::take(&mut st.held.fresh);
             let round = std::mem::take(&mut st.held.in_round);
@@ -804,18 +886,32 @@ impl Queue {
         home.dead_letter(&self.name, &dlx, dlrk.as_deref(), letters);
     }
 
+    /// The dead-letter thread's job: forwards what the timer left in `fresh` (a retry round,
+    /// letters that expired).
+    fn run_held_job(self: Arc<Self>) {
+        let mut st = self.state.lock();
+        st.held.worker_queued = false;
+        if st.deleted || st.held.fresh.is_empty() {
+            return;
+        }
+        let fresh = std::mem::take(&mut st.held.fresh);
+        let round = std::mem::take(&mut st.held.in_round);
+        self.forward_held(st, fresh, round);
+    }
+
     /// Forwards the held dead letters `seqs` to their targets with the lock released, then
     /// settles those every target took: for a durable target the copy is written to its log
     /// before the ack of the original is, so a crash in between keeps both (a duplicate,
     /// never a loss). The others are tried again on the timer, or when the topology changes.
-    fn forward_held(
-        self: &Arc<Self>,
-        mut st: parking_lot::MutexGuard<'_, QueueState>,
+    /// Letters whose message is on disk are read back [`HELD_READ_CHUNK`] at a time, the
+    /// lock released between chunks, and let go of again after their attempt.
+    fn forward_held<'a>(
+        self: &'a Arc<Self>,
+        mut st: parking_lot::MutexGuard<'a, QueueState>,
         seqs: Vec<u64>,
         round: bool,
     ) {
-        let home = self.home.get().and_then(Weak::upgrade);
-        let (Some(home), Some(dlx)) = (home, st.cfg.dead_letter_exchange.clone()) else {
+        let Some(home) = self.home.get().and_then(Weak::upgrade) else {
             return;
         };
         if FORWARDING.get() {
@@ -824,73 +920,97 @@ impl Queue {
             self.arm_retry(&mut st, at);
             return;
         }
-        let dlrk = st.cfg.dead_letter_routing_key.clone();
-        let mut batch = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            if let Some(h) = st.held.letters.get_mut(&seq).filter(|h| !h.sending) {
-                h.sending = true;
-                let done = std::mem::take(&mut h.done);
-                batch.push((seq, h.message.clone(), h.reason, h.copy.clone(), done));
-            }
-        }
-        if batch.is_empty() {
-            return;
-        }
-        // Their held marks are written before any copy reaches a target.
-        st.store.flush();
-        drop(st);
-        struct Reset;
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                FORWARDING.set(false);
-            }
-        }
-        FORWARDING.set(true);
-        let reset = Reset;
-        let mut results = Vec::with_capacity(batch.len());
-        for (seq, message, reason, copy, mut done) in batch {
-            let copy = copy.or_else(|| {
-                let letter = DeadLetter {
-                    message,
-                    reason,
-                    counted: true,
-                };
-                let c = crate::dead_letter::dead_letter_copy(
-                    &letter,
-                    &self.name,
-                    &dlx,
-                    dlrk.as_deref(),
-                );
-                c.map(Arc::new)
-            });
-            // No copy: through too many queues already, dropped (and logged) as at most once.
-            let mut pending = ferrymq_store::Pending::default();
-            let taken = copy
-                .as_ref()
-                .is_none_or(|c| home.forward_held(c, &mut done, &mut pending));
-            results.push((seq, taken, copy, done, pending));
-        }
-        drop(reset);
-        let mut st = self.state.lock();
         let mut left = false;
         let mut progress = false;
-        let synced = st.store.synced();
-        for (seq, taken, copy, done, pending) in results {
-            progress |= taken;
-            if taken && pending.ticket() > synced {
-                // Acked once the copies are on disk; still `sending`, so no retry meanwhile.
-                if let Some(h) = st.held.letters.get_mut(&seq) {
-                    h.copy = copy;
+        let mut rest = seqs.into_iter();
+        loop {
+            // Settings are read again for each chunk: a policy may have changed meanwhile.
+            // Switched off at-least-once, it deleted the held letters (`apply_config`).
+            if st.deleted || !st.at_least_once() {
+                break;
+            }
+            let Some(dlx) = st.cfg.dead_letter_exchange.clone() else {
+                break;
+            };
+            let dlrk = st.cfg.dead_letter_routing_key.clone();
+            let on_disk = st.store.holds_on_disk();
+            let mut batch = Vec::new();
+            let mut unreadable = Vec::new();
+            let mut reads = 0;
+            let state = &mut *st;
+            for seq in rest.by_ref() {
+                let Some(h) = state.held.letters.get_mut(&seq).filter(|h| !h.sending) else {
+                    continue;
+                };
+                let message = match &h.message {
+                    Some(m) => m.clone(),
+                    None => {
+                        reads += 1;
+                        match state.store.read_held(seq) {
+                            Some(m) => m,
+                            None => {
+                                unreadable.push(seq);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                h.sending = true;
+                let done = std::mem::take(&mut h.done);
+                batch.push(Attempt {
+                    seq,
+                    message,
+                    reason: h.reason,
+                    died: h.died,
+                    done,
+                });
+                if reads >= HELD_READ_CHUNK {
+                    break;
+                }
+            }
+            for seq in unreadable {
+                // Its record cannot be read (logged by the store): nothing could ever
+                // forward it, and kept it would be retried for ever.
+                st.release_held(seq);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            // Their held marks are written before any copy reaches a target.
+            st.store.flush();
+            drop(st);
+            let results = self.offer(&*home, batch, &dlx, dlrk.as_deref());
+            st = self.state.lock();
+            let synced = st.store.synced();
+            for (seq, taken, done, pending) in results {
+                progress |= taken;
+                let Some(h) = st.held.letters.get_mut(&seq) else {
+                    // Deleted meanwhile (the queue, or at-least-once switched off).
+                    continue;
+                };
+                if on_disk {
+                    // Read back again if it must be tried again: RAM does not grow with
+                    // the letters waiting.
+                    h.message = None;
+                }
+                if taken && pending.ticket() > synced {
+                    // Acked once the copies are on disk; still `sending`, so no retry
+                    // meanwhile.
                     h.done = done;
                     st.held.syncing.push((seq, pending));
+                } else if taken && !pending.lost() {
+                    st.release_held(seq);
+                } else {
+                    h.sending = false;
+                    // Taken but lost to a failed sync: offered to every target again.
+                    h.done = if taken { Vec::new() } else { done };
+                    left = true;
                 }
-            } else if taken && !pending.lost() {
-                st.release_held(seq);
-            } else if let Some(h) = st.held.letters.get_mut(&seq) {
-                h.sending = false;
-                h.copy = copy;
-                // Taken but lost to a failed sync: offered to every target again.
-                h.done = if taken { Vec::new() } else { done };
+            }
+        }
+        // Not reached because the loop stopped early: tried again with the next round.
+        for seq in rest {
+            if st.held.letters.contains_key(&seq) {
                 left = true;
             }
         }
@@ -899,10 +1019,13 @@ impl Queue {
             let at = now_ms() + HELD_SYNC_POLL_MS;
             self.arm(&mut st, at);
         }
-        if round && progress && !st.held.letters.is_empty() && !st.deleted {
+        if st.held.letters.is_empty() || st.deleted {
+            return;
+        }
+        if round && progress {
             let at = now_ms();
             self.arm_retry(&mut st, at);
-        } else if left && !st.deleted {
+        } else if left {
             let at = now_ms() + HELD_RETRY_MS;
             self.arm_retry(&mut st, at);
             if !st.held.registered {
@@ -910,6 +1033,52 @@ impl Queue {
                 home.holding(self);
             }
         }
+    }
+
+    /// Offers each letter's copy to its targets, with no lock held. Returns, per letter,
+    /// whether every target has it now, the targets that have it, and the writes to wait
+    /// for.
+    fn offer(
+        &self,
+        home: &dyn QueueEvents,
+        batch: Vec<Attempt>,
+        dlx: &str,
+        dlrk: Option<&str>,
+    ) -> Vec<(u64, bool, Vec<String>, ferrymq_store::Pending)> {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                FORWARDING.set(false);
+            }
+        }
+        FORWARDING.set(true);
+        let _reset = Reset;
+        let mut results = Vec::with_capacity(batch.len());
+        for a in batch {
+            let Attempt {
+                seq,
+                message,
+                reason,
+                died,
+                mut done,
+            } = a;
+            let letter = DeadLetter {
+                message,
+                reason,
+                counted: true,
+            };
+            // Rebuilt at each attempt from the record, with the time it died: the same
+            // `x-death` every time.
+            let copy =
+                crate::dead_letter::dead_letter_copy_at(&letter, &self.name, dlx, dlrk, died);
+            // No copy: through too many queues already, dropped (and logged) as at most once.
+            let mut pending = ferrymq_store::Pending::default();
+            let taken = copy
+                .map(Arc::new)
+                .is_none_or(|c| home.forward_held(&c, &mut done, &mut pending));
+            results.push((seq, taken, done, pending));
+        }
+        results
     }
 
     /// Appends a message and delivers it if a consumer can take it.
@@ -1262,7 +1431,7 @@ impl Timed for Queue {
         while st.expire_due(now) {
             // More are due: let publishers and consumers in, and hand over the dead letters
             // collected so far, before the next batch.
-            self.unlock_and_flush(st);
+            self.flush_dead(st, true);
             st = self.state.lock();
             if st.deleted {
                 return;
@@ -1295,7 +1464,7 @@ impl Timed for Queue {
             }
         }
         st.store.flush();
-        self.unlock_and_flush(st);
+        self.flush_dead(st, true);
         if expired {
             if let Some(home) = self.home.get().and_then(Weak::upgrade) {
                 home.expired(&self);
@@ -1551,6 +1720,181 @@ mod tests {
         assert!(
             largest <= EXPIRE_BATCH_BYTES + 4096,
             "{largest} body bytes of expired paged messages held in RAM at once"
+        );
+    }
+
+    /// A quorum queue `q` dead-lettering at least once into `dlx`, in RAM, attached to `home`.
+    fn at_least_once_queue(home: &Arc<dyn QueueEvents>) -> Arc<Queue> {
+        use crate::value::FieldValue;
+        let q = Arc::new(Queue::new("q", "/", QueueOptions::default(), None));
+        let mut args = crate::value::FieldTable::new();
+        args.insert("x-queue-type", FieldValue::string("quorum"));
+        args.insert("x-dead-letter-exchange", FieldValue::string("dlx"));
+        args.insert(
+            "x-dead-letter-strategy",
+            FieldValue::string("at-least-once"),
+        );
+        args.insert("x-overflow", FieldValue::string("reject-publish"));
+        q.attach(
+            Arc::downgrade(home),
+            QueueConfig::from_args("q", "/", &args).unwrap(),
+        );
+        q
+    }
+
+    /// Publishes `n` messages to `q` and rejects them all: `n` held letters.
+    fn hold_n(q: &Arc<Queue>, n: usize) {
+        for _ in 0..n {
+            q.publish(msg());
+        }
+        let mut taken = Vec::new();
+        while let Some((m, _)) = q.get(true) {
+            taken.push(m);
+        }
+        q.reject(taken);
+    }
+
+    /// Targets that take nothing, slowly (a disk read per letter, say), noting the thread.
+    #[derive(Default)]
+    struct Slow(Mutex<Vec<Option<String>>>);
+
+    impl QueueEvents for Slow {
+        fn dead_letter(
+            &self,
+            _queue: &str,
+            _dlx: &str,
+            _rk: Option<&str>,
+            _letters: Vec<crate::dead_letter::DeadLetter>,
+        ) {
+        }
+        fn expired(&self, _queue: &Arc<Queue>) {}
+        fn forward_held(
+            &self,
+            _copy: &Arc<Message>,
+            _done: &mut Vec<String>,
+            _pending: &mut ferrymq_store::Pending,
+        ) -> bool {
+            self.0
+                .lock()
+                .push(std::thread::current().name().map(str::to_string));
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            false
+        }
+    }
+
+    /// Notes when the timer thread called it.
+    struct Probe(Mutex<Option<Instant>>);
+
+    impl Timed for Probe {
+        fn on_timer(self: Arc<Self>, now: Instant) {
+            *self.0.lock() = Some(now);
+        }
+    }
+
+    #[test]
+    fn a_retry_round_runs_off_the_timer_thread_and_other_timers_keep_their_time() {
+        let slow = Arc::new(Slow::default());
+        let home: Arc<dyn QueueEvents> = slow.clone();
+        let q = at_least_once_queue(&home);
+        const N: usize = 20;
+        hold_n(&q, N);
+        assert_eq!(q.held(), N);
+        slow.0.lock().clear();
+        // A round of 20 letters at 40 ms each: 800 ms. Another queue's timer due meanwhile
+        // must not wait for it.
+        q.retry_held_soon();
+        let due = Instant::now() + std::time::Duration::from_millis(200);
+        let probe = Arc::new(Probe(Mutex::new(None)));
+        timers::schedule(due, Arc::downgrade(&probe) as Weak<dyn Timed>);
+        let until = Instant::now() + std::time::Duration::from_secs(20);
+        while slow.0.lock().len() < N {
+            assert!(Instant::now() < until, "the round never ran");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let fired = probe.0.lock().expect("the probe fired");
+        let late = fired.saturating_duration_since(due);
+        assert!(
+            late < std::time::Duration::from_millis(300),
+            "another timer waited {late:?} for the round"
+        );
+        let threads = slow.0.lock().clone();
+        assert!(
+            threads
+                .iter()
+                .all(|t| t.as_deref() == Some(crate::held_worker::THREAD_NAME)),
+            "rounds run on the dead-letter thread: {threads:?}"
+        );
+    }
+
+    /// A target that takes the copy, but only once the test lets it, and counts what it was
+    /// given either way.
+    struct Gate {
+        entered: std::sync::mpsc::SyncSender<()>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        forwarded: AtomicUsize,
+        at_most_once: AtomicUsize,
+    }
+
+    impl QueueEvents for Gate {
+        fn dead_letter(
+            &self,
+            _queue: &str,
+            _dlx: &str,
+            _rk: Option<&str>,
+            letters: Vec<crate::dead_letter::DeadLetter>,
+        ) {
+            self.at_most_once.fetch_add(letters.len(), Ordering::SeqCst);
+        }
+        fn expired(&self, _queue: &Arc<Queue>) {}
+        fn forward_held(
+            &self,
+            _copy: &Arc<Message>,
+            done: &mut Vec<String>,
+            _pending: &mut ferrymq_store::Pending,
+        ) -> bool {
+            let _ = self.entered.send(());
+            let _ = self.go.lock().recv();
+            self.forwarded.fetch_add(1, Ordering::SeqCst);
+            done.push("t".into());
+            true
+        }
+    }
+
+    #[test]
+    fn a_policy_switching_at_least_once_off_mid_forward_does_not_duplicate_the_letter() {
+        let (entered, entered_rx) = std::sync::mpsc::sync_channel(1);
+        let (go_tx, go) = std::sync::mpsc::channel();
+        let gate = Arc::new(Gate {
+            entered,
+            go: Mutex::new(go),
+            forwarded: AtomicUsize::new(0),
+            at_most_once: AtomicUsize::new(0),
+        });
+        let home: Arc<dyn QueueEvents> = gate.clone();
+        let q = at_least_once_queue(&home);
+        q.publish(msg());
+        let (m, _) = q.get(true).unwrap();
+        let rejecting = {
+            let q = q.clone();
+            std::thread::spawn(move || q.reject(vec![m]))
+        };
+        // The copy is on its way to the target, outside the queue's lock.
+        entered_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut cfg = q.config();
+        cfg.dead_letter_strategy = DeadLetterStrategy::AtMostOnce;
+        q.set_config(cfg);
+        go_tx.send(()).unwrap();
+        rejecting.join().unwrap();
+        assert_eq!(q.held(), 0);
+        assert_eq!(
+            (
+                gate.forwarded.load(Ordering::SeqCst),
+                gate.at_most_once.load(Ordering::SeqCst)
+            ),
+            (1, 0),
+            "the target gets it once: not dead-lettered again at most once"
         );
     }
 }

@@ -6,9 +6,20 @@
 //! queues to disk and pages any queue's tail out under memory pressure.
 
 use crate::dead_letter::DeathReason;
-use crate::message::QueuedMessage;
+use crate::message::{Message, QueuedMessage};
 use ferrymq_store::StoreError;
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A ready message taken out to be held as an at-least-once dead letter
+/// ([`MessageStore::remove_held`]).
+pub struct HeldOut {
+    /// Its body bytes (held letters count toward `x-max-length-bytes`).
+    pub bytes: usize,
+    /// The message, when it was in RAM; `None` for one whose record is on disk and was not
+    /// read back.
+    pub message: Option<Arc<Message>>,
+}
 
 /// Where a queue's ready messages are kept.
 pub trait MessageStore: Send {
@@ -50,8 +61,26 @@ pub trait MessageStore: Send {
     }
     /// As [`MessageStore::remove`], for a message held as an at-least-once dead letter: its
     /// record is kept (and marked, see [`MessageStore::hold`]) until [`MessageStore::ack`].
-    fn remove_held(&mut self, seq: u64, _reason: DeathReason) -> Option<QueuedMessage> {
-        self.remove(seq)
+    /// Returns its body size and, if it was in RAM anyway, the message; a message paged out
+    /// to disk is not read back (see [`MessageStore::read_held`]).
+    fn remove_held(&mut self, seq: u64, _reason: DeathReason) -> Option<HeldOut> {
+        self.remove(seq).map(|m| HeldOut {
+            bytes: m.message.body_size(),
+            message: Some(m.message),
+        })
+    }
+    /// Whether the records of held dead letters stay on disk and can be read back with
+    /// [`MessageStore::read_held`]: the queue then keeps only their positions in RAM, not
+    /// the messages. False for stores without a log (a broker without a data directory):
+    /// their held letters stay in RAM.
+    fn holds_on_disk(&self) -> bool {
+        false
+    }
+    /// Reads held dead letter `seq`'s message back from its record (see
+    /// [`MessageStore::holds_on_disk`]); `None` when it cannot be read (the caller drops
+    /// the letter: nothing could ever forward it).
+    fn read_held(&mut self, _seq: u64) -> Option<Arc<Message>> {
+        None
     }
     /// Takes a ready message out of the middle of the queue (it expired), wherever it is:
     /// in memory, or paged out to disk (pushed with a deadline). `None` when it is not ready

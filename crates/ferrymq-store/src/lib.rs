@@ -19,7 +19,7 @@ pub mod reaper;
 pub mod record;
 pub mod sync;
 
-pub use queue_log::{Position, QueueLog};
+pub use queue_log::{Position, QueueLog, Visit};
 pub use sync::{
     FailingSync, FsyncPolicy, LogHealth, Pending, SyncFile, SyncGroup, Syncer, SyncerRef,
 };

@@ -54,6 +54,10 @@ const HELD: u32 = 1 << 30;
 /// codes below 16). Bit 31 set: older builds read it as a delivered mark of an offset no
 /// record has. A reason entry a tear left without its held mark is ignored.
 const REASON: u32 = 0xFFFF_FFF0;
+/// What [`QueueLog::open_with`] shows each recovered record to: its position, its held
+/// reason code if it is held (not ready), and its payload.
+pub type Visit<'a> = dyn FnMut(Position, Option<u8>, &[u8]) + 'a;
+
 /// Records read per batch while settling a purged segment record by record.
 const SETTLE_BATCH: usize = 4096;
 
@@ -69,9 +73,10 @@ struct Segment {
     corrupt: HashMap<u32, u32>,
     /// Unacked records found marked delivered when the log was opened.
     delivered: HashSet<u32>,
-    /// Unacked records found held (offset, reason code, payload) when the log was opened,
-    /// until [`QueueLog::take_held`] takes them.
-    held: Vec<(u32, u8, Vec<u8>)>,
+    /// Unacked records found held (offset, reason code) when the log was opened, until
+    /// [`QueueLog::take_held`] takes them. No payloads: a queue may hold millions of dead
+    /// letters, and it reads each back only when it forwards it.
+    held: Vec<(u32, u8)>,
 }
 
 impl Segment {
@@ -153,18 +158,20 @@ impl QueueLog {
         sync: Arc<SyncGroup>,
         health: Option<Arc<LogHealth>>,
     ) -> Result<(QueueLog, u64), StoreError> {
-        QueueLog::open_with(dir, segment_size, sync, health, &mut |_, _| {})
+        QueueLog::open_with(dir, segment_size, sync, health, &mut |_, _, _| {})
     }
 
     /// [`QueueLog::open`], showing `visit` every valid, unacked record recovered, in log
     /// order, while recovery has it in memory anyway (so what a queue needs from every record
-    /// at start, such as deadlines, costs no second read).
+    /// at start, such as deadlines, costs no second read). A held record (see
+    /// [`QueueLog::mark_held`]) is shown with `Some(reason code)`: it is not ready, and
+    /// [`QueueLog::take_held`] hands over its position; the others with `None`.
     pub fn open_with(
         dir: &Path,
         segment_size: u64,
         sync: Arc<SyncGroup>,
         health: Option<Arc<LogHealth>>,
-        visit: &mut dyn FnMut(Position, &[u8]),
+        visit: &mut Visit<'_>,
     ) -> Result<(QueueLog, u64), StoreError> {
         let durable = health.is_some();
         let health = health.unwrap_or_else(|| LogHealth::new(dir.display().to_string()));
@@ -489,14 +496,16 @@ impl QueueLog {
         Ok(())
     }
 
-    /// The records found held when the log was opened (position, reason code, payload), in
-    /// log order; each is returned once. They are not counted as ready nor read by
-    /// [`QueueLog::read_batch`]; ack each once its copy has reached its targets.
-    pub fn take_held(&mut self) -> Vec<(Position, u8, Vec<u8>)> {
+    /// The records found held when the log was opened (position, reason code), in log
+    /// order; each is returned once. Their payloads stay on disk (read one back with
+    /// [`QueueLog::read`]): a held letter costs its position, not its message. They are not
+    /// counted as ready nor read by [`QueueLog::read_batch`]; ack each once its copy has
+    /// reached its targets.
+    pub fn take_held(&mut self) -> Vec<(Position, u8)> {
         let mut out = Vec::new();
         for (&segment, seg) in self.segments.iter_mut() {
-            for (offset, reason, payload) in seg.held.drain(..) {
-                out.push((Position { segment, offset }, reason, payload));
+            for (offset, reason) in seg.held.drain(..) {
+                out.push((Position { segment, offset }, reason));
             }
         }
         out
@@ -814,11 +823,7 @@ fn settle_damaged(dir: &Path, id: u32, at: u32) -> Result<(), StoreError> {
         .map_err(io(&path))
 }
 
-fn recover_segment(
-    dir: &Path,
-    id: u32,
-    visit: &mut dyn FnMut(Position, &[u8]),
-) -> Result<Segment, StoreError> {
+fn recover_segment(dir: &Path, id: u32, visit: &mut Visit<'_>) -> Result<Segment, StoreError> {
     let path = seg_path(dir, id);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let mut acked: HashSet<u32> = HashSet::new();
@@ -870,12 +875,13 @@ fn recover_segment(
                     if let Some(&r) = held.get(&(off as u32)) {
                         // Not ready: skipped by reads, handed to the queue by `take_held`.
                         seg.skip.insert(off as u32);
-                        seg.held.push((off as u32, r, payload.to_vec()));
+                        seg.held.push((off as u32, r));
+                        visit(at, Some(r), payload);
                     } else {
                         if delivered.contains(&(off as u32)) {
                             seg.delivered.insert(off as u32);
                         }
-                        visit(at, payload);
+                        visit(at, None, payload);
                     }
                 }
                 off = next;
@@ -1046,12 +1052,9 @@ mod tests {
             "held ones are not ready"
         );
         let held = log.take_held();
-        assert_eq!(
-            held.iter()
-                .map(|(p, r, b)| (*p, *r, b[0]))
-                .collect::<Vec<_>>(),
-            vec![(pos[1], 3, 1), (pos[2], 1, 2)]
-        );
+        assert_eq!(held, vec![(pos[1], 3), (pos[2], 1)]);
+        // Positions only: the payload is read back when the letter is forwarded.
+        assert_eq!(log.read(pos[1]).unwrap(), vec![1u8; 20]);
         assert!(log.take_held().is_empty(), "handed over once");
         log.ack(pos[1]).unwrap();
         drop(log);

@@ -277,7 +277,7 @@ fn held_letters_survive_a_restart_keep_their_reason_and_are_not_redelivered() {
 }
 
 #[test]
-fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_releases_them() {
+fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_deletes_them() {
     let v = VHost::new("/");
     let src = declare(&v, "src", alo("dlx", &[]));
     put(&v, "src", "held");
@@ -291,7 +291,7 @@ fn a_purge_keeps_held_letters_and_a_policy_to_at_most_once_releases_them() {
     assert_eq!(
         src.held(),
         0,
-        "dead-lettered at most once (dropped: no route)"
+        "deleted, as RabbitMQ does when the strategy leaves at-least-once"
     );
 }
 
@@ -348,4 +348,222 @@ fn the_source_forgets_a_letter_only_once_the_targets_write_is_durable() {
     let (src, t) = (v.queue("src", 1).unwrap(), v.queue("t", 1).unwrap());
     wait("forwarded after the restart", || src.held() == 0);
     assert!(t.counts().messages >= 1);
+}
+
+/// A message of `size` body bytes for queue `q`, persistent.
+fn sized(q: &str, size: usize) -> Arc<Message> {
+    let props = Properties {
+        delivery_mode: Some(2),
+        ..Properties::default()
+    };
+    let body = Bytes::from(vec![b'x'; size]);
+    Arc::new(Message::from_properties("", q, &props, body).unwrap())
+}
+
+#[test]
+fn held_letters_on_disk_cost_no_ram_for_their_messages_also_after_a_restart() {
+    // A dead-letter exchange that routes nowhere holds every letter: peers decide how many.
+    // Their messages must stay on disk (read back per attempt), not pile up in RAM.
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let v = b.vhost("/").unwrap();
+    v.declare_exchange(
+        "dlx",
+        "fanout",
+        ExchangeOptions {
+            durable: true,
+            ..ExchangeOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    let src = declare(&v, "src", alo("dlx", &[]));
+    const N: usize = 3000;
+    for _ in 0..N {
+        v.publish(&v.exchange("").unwrap(), sized("src", 1000))
+            .unwrap();
+    }
+    let mut taken = Vec::new();
+    while let Some((m, _)) = src.get(true) {
+        taken.push(m);
+    }
+    let weak: Vec<std::sync::Weak<Message>> =
+        taken.iter().map(|m| Arc::downgrade(&m.message)).collect();
+    src.reject(taken);
+    assert_eq!(src.held(), N);
+    assert_eq!(
+        weak.iter().filter(|w| w.upgrade().is_some()).count(),
+        0,
+        "tried once (no route) and let go of: no message is kept alive"
+    );
+    assert_eq!(src.held_in_ram(), 0, "only positions stay");
+    // A retry round reads them back and lets go of them again.
+    src.retry_held_soon();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((src.held(), src.held_in_ram()), (N, 0));
+    drop((v, src));
+    let b = reopen(b, d.path());
+    let v = b.vhost("/").unwrap();
+    let src = v.queue("src", 1).unwrap();
+    assert_eq!(
+        (src.held(), src.held_in_ram(), src.counts().messages),
+        (N, 0, 0),
+        "recovered as positions and reasons, not payloads"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        (src.held(), src.held_in_ram()),
+        (N, 0),
+        "the restore attempt let go of them too"
+    );
+    let t = declare(&v, "t", QueueOptions::default());
+    v.bind_queue("t", "dlx", "", FieldTable::new(), 1).unwrap();
+    wait("all arrive", || src.held() == 0);
+    assert_eq!(t.counts().messages, N);
+    for _ in 0..N {
+        let (m, _) = t.get(false).unwrap();
+        assert_eq!(m.message.body_size(), 1000);
+        assert_eq!(death(&m.message), ("src".into(), "rejected".into(), 1));
+    }
+    drop((v, src, t));
+    let b = reopen(b, d.path());
+    let src = b.vhost("/").unwrap().queue("src", 1).unwrap();
+    assert_eq!(src.held(), 0, "acked once forwarded");
+}
+
+/// The `x-death` entry of `m` as a table.
+fn death_entry(m: &Message) -> FieldTable {
+    let h = m.headers().unwrap();
+    let Some(FieldValue::Array(d)) = h.get("x-death") else {
+        panic!("no x-death")
+    };
+    match &d[0] {
+        FieldValue::Table(t) => t.clone(),
+        _ => panic!("x-death entry is no table"),
+    }
+}
+
+/// A fanout `dlx` to `a` (takes anything) and `b` (full: holds one message, refuses more).
+fn one_taker_one_full(v: &VHost) -> (Arc<Queue>, Arc<Queue>) {
+    v.declare_exchange("dlx", "fanout", ExchangeOptions::default(), false)
+        .unwrap();
+    let a = declare(v, "a", QueueOptions::default());
+    let mut full = FieldTable::new();
+    full.insert("x-max-length", FieldValue::I32(1));
+    full.insert("x-overflow", FieldValue::string("reject-publish"));
+    let b = declare(
+        v,
+        "b",
+        QueueOptions {
+            arguments: full,
+            ..QueueOptions::default()
+        },
+    );
+    put(v, "b", "filler");
+    v.bind_queue("a", "dlx", "", FieldTable::new(), 1).unwrap();
+    v.bind_queue("b", "dlx", "", FieldTable::new(), 1).unwrap();
+    (a, b)
+}
+
+#[test]
+fn a_retry_carries_the_same_x_death_as_the_first_attempt() {
+    let d = tempfile::tempdir().unwrap();
+    let b = open(d.path());
+    let v = b.vhost("/").unwrap();
+    let (qa, qb) = one_taker_one_full(&v);
+    let src = declare(&v, "src", alo("dlx", &[]));
+    put(&v, "src", "m");
+    reject_head(&src);
+    wait("the first attempt reached a", || qa.counts().messages == 1);
+    assert_eq!((src.held(), src.held_in_ram()), (1, 0), "b refused it");
+    // Past a second boundary: a copy built anew with the current time would differ.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(qb.purge(), 1);
+    src.retry_held_soon();
+    wait("the retry reaches b", || qb.counts().messages == 1);
+    wait("then the source lets go", || src.held() == 0);
+    assert_eq!(qa.counts().messages, 1, "a is not given it again");
+    let (ma, _) = qa.get(false).unwrap();
+    let (mb, _) = qb.get(false).unwrap();
+    assert_eq!(
+        death_entry(&ma.message),
+        death_entry(&mb.message),
+        "one death, as RabbitMQ counts it"
+    );
+}
+
+#[test]
+fn switching_at_least_once_off_deletes_held_letters_without_duplicating_any() {
+    // RabbitMQ (`rabbit_fifo_dlx:switch_from`) deletes the dead letters it holds when the
+    // strategy leaves at-least-once. Dead-lettering them at most once instead gives a
+    // second copy to every target that took the first.
+    let v = VHost::new("/");
+    let (qa, qb) = one_taker_one_full(&v);
+    let src = declare(&v, "src", alo("dlx", &[]));
+    put(&v, "src", "m");
+    reject_head(&src);
+    assert_eq!(
+        (qa.counts().messages, src.held()),
+        (1, 1),
+        "a has it, b not"
+    );
+    let mut cfg = src.config();
+    cfg.dead_letter_strategy = crate::queue_config::DeadLetterStrategy::AtMostOnce;
+    src.set_config(cfg);
+    assert_eq!(src.held(), 0, "deleted");
+    assert_eq!(qa.counts().messages, 1, "a got it once, not twice");
+    assert_eq!(qb.purge(), 1, "b still only has its filler");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(qb.counts().messages, 0, "and gets nothing later");
+}
+
+#[test]
+fn switching_to_another_dead_letter_exchange_sends_held_letters_there() {
+    // RabbitMQ's worker looks the topology up again when a policy changes and routes what
+    // it holds through the new exchange; the retry is rebuilt with the current settings.
+    let v = VHost::new("/");
+    let src = declare(&v, "src", alo("nowhere", &[]));
+    put(&v, "src", "m");
+    reject_head(&src);
+    assert_eq!(src.held(), 1);
+    let t = route(&v, "dlx2", "t");
+    let mut cfg = src.config();
+    cfg.dead_letter_exchange = Some("dlx2".into());
+    src.set_config(cfg);
+    src.retry_held_soon();
+    wait("it arrives through the new exchange", || {
+        t.counts().messages == 1
+    });
+    wait("and the source lets go", || src.held() == 0);
+}
+
+#[test]
+fn a_paged_backlog_expiring_into_the_held_set_stays_on_disk() {
+    // Paged out beyond a 1,000-byte budget, then expired with no route: held without being
+    // read back into RAM (each attempt reads a chunk and lets go of it again).
+    let d = tempfile::tempdir().unwrap();
+    let p = Persistence::open(PersistConfig {
+        queue_ram_budget: 1000,
+        ..PersistConfig::new(d.path())
+    })
+    .unwrap();
+    let b = Broker::open(BrokerConfig::default(), p).unwrap();
+    let v = b.vhost("/").unwrap();
+    let ttl = ("x-message-ttl", FieldValue::I32(200));
+    let src = declare(&v, "src", alo("dlx", &[ttl]));
+    const N: usize = 500;
+    for _ in 0..N {
+        v.publish(&v.exchange("").unwrap(), sized("src", 1000))
+            .unwrap();
+    }
+    wait("all expire into the held set", || src.held() == N);
+    wait("their first attempts let go of them", || {
+        src.held_in_ram() == 0
+    });
+    assert_eq!(src.counts().messages, 0);
+    let t = route(&v, "dlx", "t");
+    wait("all arrive", || src.held() == 0);
+    assert_eq!(t.counts().messages, N);
+    let (m, _) = t.get(false).unwrap();
+    assert_eq!(death(&m.message), ("src".into(), "expired".into(), 1));
 }
