@@ -2,12 +2,13 @@
 # A/B of two broker builds on S1, S8 and S2 (bench/compare.sh's scenarios), side by side:
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]     (ROUNDS=5 by default)
-#   CLIENT=lapin bench/ab.sh OLD_BINARY NEW_BINARY S1 S8
+#   CLIENT=lapin bench/ab.sh OLD_BINARY NEW_BINARY S1 S8     (or CLIENT=amqprs)
 #
 # Each round starts both brokers on fresh data dirs (ports 5791/5792), runs the scenario
 # against each (which one goes first alternates), and stops them. The same perf client drives
 # both: the new binary's `perf throughput`, or with CLIENT=lapin the lapin-perf binary beside
-# it (or LAPIN_PERF). Prints every round and the medians with the ratio new/old.
+# it (or LAPIN_PERF), with CLIENT=amqprs the amqprs-perf one (or AMQPRS_PERF).
+# bench/clients_ab.sh runs several clients in one go, with perf stat syscall counts. Prints every round and the medians with the ratio new/old.
 # The machine is shared: read ratios of medians, not single rounds.
 set -euo pipefail
 OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]}
@@ -20,7 +21,8 @@ DURATION=${DURATION:-10}
 case ${CLIENT:-ferry} in
     ferry) PERF=("$NEW" perf throughput) ;;
     lapin) PERF=("${LAPIN_PERF:-$(dirname "$NEW")/lapin-perf}") ;;
-    *) echo "CLIENT must be ferry or lapin" >&2; exit 2 ;;
+    amqprs) PERF=("${AMQPRS_PERF:-$(dirname "$NEW")/amqprs-perf}") ;;
+    *) echo "CLIENT must be ferry, lapin or amqprs" >&2; exit 2 ;;
 esac
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -6,10 +6,11 @@
 #   bench/compare.sh                 # all scenarios, 3 rounds of 10 s
 #   ROUNDS=5 DURATION=20 bench/compare.sh S1 S4
 #   CLIENT=lapin bench/compare.sh S1 S8   # throughput scenarios driven by lapin (bench/lapin-perf)
+#   CLIENT=amqprs bench/compare.sh S1 S8  # ... or by amqprs (bench/amqprs-perf)
 #
 # Environment: CLIENT for the throughput scenarios' publishers and consumers: ferry (default,
-# `ferrymq perf`'s pre-encoded, batched client) or lapin (one awaited publish at a time and
-# deliveries read one by one, as applications do); ROUNDS (3), DURATION seconds (10), PREFILL for S6 (1000000),
+# `ferrymq perf`'s pre-encoded, batched client), lapin or amqprs (one awaited publish at a time
+# and deliveries read one by one, as applications do); ROUNDS (3), DURATION seconds (10), PREFILL for S6 (1000000),
 # CONNECTIONS (10000), QUEUES (100000), BACKLOG for MEM (1000000), OUT directory for raw JSON (bench/results/<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,9 @@ case $CLIENT in
            PERF=("$BIN" perf throughput) ;;
     lapin) cargo build --release --quiet --bin ferrymq --bin lapin-perf
            PERF=(target/release/lapin-perf) ;;
-    *) echo "CLIENT must be ferry or lapin" >&2; exit 2 ;;
+    amqprs) cargo build --release --quiet --bin ferrymq --bin amqprs-perf
+           PERF=(target/release/amqprs-perf) ;;
+    *) echo "CLIENT must be ferry, lapin or amqprs" >&2; exit 2 ;;
 esac
 
 RNODE=ferrybench@localhost

@@ -318,6 +318,10 @@ async fn a_failed_boot_import_leaves_a_fresh_data_dir() {
     let cfg = ferrymq::config::Config {
         bind: "127.0.0.1".into(),
         amqp_port: 0,
+        management: ferrymq::config::ManagementConfig {
+            listener: true,
+            port: 0,
+        },
         data_dir: data.clone(),
         load_definitions: Some(defs.clone()),
         ..Default::default()

@@ -15,6 +15,10 @@ async fn run(extra: &[&str]) -> ferrymq::perf::ThroughputReport {
     let cfg = ferrymq::config::Config {
         bind: "127.0.0.1".into(),
         amqp_port: 0,
+        management: ferrymq::config::ManagementConfig {
+            listener: true,
+            port: 0,
+        },
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
