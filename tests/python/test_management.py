@@ -401,6 +401,50 @@ def test_connections_are_listed_and_can_be_closed(broker, api):
     assert "maintenance window" in e.value.reply_text
 
 
+def test_channels_are_listed_with_their_modes_and_counts(broker, api):
+    name = new_queue(api)
+    label = uniq("chan")
+    conn = broker.connect(client_properties={"connection_name": label})
+    a = conn.channel()
+    a.confirm_delivery()
+    a.basic_qos(prefetch_count=7)
+    for _ in range(3):
+        a.basic_publish("", name, b"x")
+    a.basic_consume(name, lambda *args: None, consumer_tag="ch-api")
+    b = conn.channel()
+    b.tx_select()
+    conn.process_data_events(time_limit=0.5)
+
+    def mine():
+        conn_names = {c["name"] for c in api.get("/api/connections")[1]
+                      if c.get("client_properties", {}).get("connection_name") == label}
+        # RabbitMQ shows connection_details as [] until its stats arrive.
+        chans = [c for c in api.get("/api/channels")[1]
+                 if isinstance(c.get("connection_details"), dict)
+                 and c["connection_details"].get("name") in conn_names]
+        ok = len(chans) == 2 and any(
+            c.get("messages_unacknowledged") == 3
+            and (c.get("message_stats") or {}).get("deliver") == 3 for c in chans)
+        return sorted(chans, key=lambda c: c["number"]) if ok else None
+    first, second = eventually(mine, "both channels listed", timeout=30)
+    assert first["name"] == f"{first['connection_details']['name']} ({first['number']})"
+    assert (first["confirm"], first["transactional"]) == (True, False)
+    assert (second["confirm"], second["transactional"]) == (False, True)
+    assert first["prefetch_count"] == 7 and first["consumer_count"] == 1
+    assert first["message_stats"]["publish"] == 3
+    assert first["message_stats"]["deliver"] == 3
+    assert api.get(f"/api/channels/{q(first['name'])}")[1]["number"] == first["number"]
+    per_conn = api.get(f"/api/connections/{q(first['connection_details']['name'])}/channels")[1]
+    assert sorted(c["number"] for c in per_conn) == [first["number"], second["number"]]
+    consumer = [c for c in api.get("/api/consumers")[1] if c["consumer_tag"] == "ch-api"][0]
+    assert consumer["channel_details"]["name"] == first["name"]
+    assert consumer["prefetch_count"] == 7
+    b.close()
+    eventually(lambda: len(api.get(f"/api/connections/{q(first['connection_details']['name'])}/channels")[1]) == 1,
+               "the closed channel unlisted", timeout=30)
+    conn.close()
+
+
 # ---------------------------------------------------------------------------------------
 # Users, vhosts, permissions, policies, limits, definitions
 

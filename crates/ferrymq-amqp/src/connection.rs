@@ -859,7 +859,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         }
                         let permit = ctx
                             .session
-                            .open_channel()
+                            .open_channel(channel)
                             .map_err(|e| AmqpError::conn(code::NOT_ALLOWED, e))?;
                         channels.insert(channel, Channel::new(channel, ctx, permit));
                         self.send(channel, ChannelOpenOk::default());

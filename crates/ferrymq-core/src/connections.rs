@@ -5,7 +5,7 @@
 use crate::error::{CoreError, CoreResult};
 use crate::flow::ConnectionState;
 use crate::limits::{UserLimits, VHostLimits};
-use crate::stats::{ConnectionStats, ConnectionTotals};
+use crate::stats::{ChannelInfo, ConnectionStats, ConnectionTotals};
 use crate::value::FieldTable;
 use crate::ConnectionId;
 use std::collections::HashMap;
@@ -53,6 +53,8 @@ pub struct ConnectionInfo {
     /// When it opened (ms since the Unix epoch).
     pub connected_at: u64,
     channels: AtomicU64,
+    /// The open channels, for the management API.
+    channel_list: parking_lot::Mutex<Vec<Arc<ChannelInfo>>>,
     state: AtomicU8,
     kill: watch::Sender<Option<String>>,
 }
@@ -73,9 +75,27 @@ impl ConnectionInfo {
             meta,
             connected_at: crate::expiry::wall_ms(),
             channels: AtomicU64::new(0),
+            channel_list: parking_lot::Mutex::new(Vec::new()),
             state: AtomicU8::new(0),
             kill: watch::channel(None).0,
         }
+    }
+
+    /// Its open channels, by number.
+    pub fn channel_list(&self) -> Vec<Arc<ChannelInfo>> {
+        let mut v = self.channel_list.lock().clone();
+        v.sort_by_key(|c| c.number);
+        v
+    }
+
+    /// Lists an opened channel.
+    pub(crate) fn add_channel(&self, c: Arc<ChannelInfo>) {
+        self.channel_list.lock().push(c);
+    }
+
+    /// Unlists a closed channel.
+    pub(crate) fn remove_channel(&self, c: &Arc<ChannelInfo>) {
+        self.channel_list.lock().retain(|x| !Arc::ptr_eq(x, c));
     }
 
     /// Open channels of this connection.

@@ -155,6 +155,9 @@ pub struct ConsumerEntry {
     /// Its credit is shared with other consumers (AMQP's global prefetch), which quorum
     /// queues do not support.
     pub shared_credit: bool,
+    /// The protocol channel it was made on, and that channel's prefetch then (management
+    /// views).
+    pub channel: Option<(u16, u32)>,
 }
 
 impl ConsumerEntry {
@@ -175,7 +178,14 @@ impl ConsumerEntry {
             connection,
             priority: 0,
             shared_credit: false,
+            channel: None,
         }
+    }
+
+    /// The same consumer, made on protocol channel `number` with `prefetch`.
+    pub fn on_channel(mut self, number: u16, prefetch: u32) -> Self {
+        self.channel = Some((number, prefetch));
+        self
     }
 
     /// The same consumer, its credit shared with others (a channel-wide prefetch).
@@ -466,6 +476,8 @@ pub struct ConsumerView {
     pub exclusive: bool,
     /// Its `x-priority`.
     pub priority: i32,
+    /// The channel it was made on and its prefetch then.
+    pub channel: Option<(u16, u32)>,
 }
 
 /// A queue's counts, counters and consumers, read at one instant.
@@ -741,6 +753,7 @@ impl Queue {
                     ack_required: !c.no_ack,
                     exclusive: c.exclusive,
                     priority: c.priority,
+                    channel: c.channel,
                 })
                 .collect(),
             idle_since: st

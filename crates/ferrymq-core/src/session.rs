@@ -20,6 +20,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{ConsumerEntry, Queue, QueueCounts, QueueOptions};
+use crate::stats::ChannelInfo;
 use crate::value::{FieldTable, FieldValue};
 use crate::vhost::{generate_name, PublishOutcome, Routed, VHost, REPLY_TO_PREFIX};
 use crate::ConnectionId;
@@ -57,14 +58,18 @@ pub struct Session {
     exclusive: Mutex<Vec<Arc<Queue>>>,
 }
 
-/// An open channel counted against the user's `max-channels`; dropping it un-counts it.
+/// An open channel counted against the user's `max-channels` and listed for the
+/// management API; dropping it un-counts and unlists it.
 pub struct ChannelPermit {
     broker: Arc<Broker>,
     info: Arc<ConnectionInfo>,
+    /// What the management API shows of the channel; the protocol keeps it current.
+    pub channel: Arc<ChannelInfo>,
 }
 
 impl Drop for ChannelPermit {
     fn drop(&mut self) {
+        self.info.remove_channel(&self.channel);
         self.broker.connections.lock().close_channel(&self.info);
     }
 }
@@ -127,16 +132,19 @@ impl Session {
         self.info.subscribe()
     }
 
-    /// Counts a new channel against the user's `max-channels`.
-    pub fn open_channel(&self) -> CoreResult<ChannelPermit> {
+    /// Counts a new channel `number` against the user's `max-channels` and lists it.
+    pub fn open_channel(&self, number: u16) -> CoreResult<ChannelPermit> {
         let limits = self.broker.identity.read().user_limits(self.user());
         self.broker
             .connections
             .lock()
             .open_channel(&self.info, limits)?;
+        let channel = Arc::new(ChannelInfo::new(number));
+        self.info.add_channel(channel.clone());
         Ok(ChannelPermit {
             broker: self.broker.clone(),
             info: self.info.clone(),
+            channel,
         })
     }
 

@@ -3,7 +3,7 @@
 //! (atomics written by the connection's own task). Rates are derived from them by sampling
 //! (in `ferrymq-mgmt`); the broker itself keeps only totals.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What a queue has done since it was declared (or the broker started).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,5 +122,80 @@ impl ConnectionTotals {
         self.recv_cnt += o.recv_cnt;
         self.send_oct += o.send_oct;
         self.send_cnt += o.send_cnt;
+    }
+}
+
+/// One open channel as the management API lists it. The protocol's connection task (and the
+/// deliveries it receives) keep it current with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct ChannelInfo {
+    /// The channel number on its connection.
+    pub number: u16,
+    /// When it opened (ms since the Unix epoch).
+    pub opened_at: u64,
+    /// Per-consumer prefetch for consumers made from now on (0: none).
+    pub prefetch: AtomicU64,
+    /// Channel-wide prefetch (0: none).
+    pub global_prefetch: AtomicU64,
+    /// In confirm mode.
+    pub confirm: AtomicBool,
+    /// In a transaction.
+    pub transactional: AtomicBool,
+    /// Its consumers.
+    pub consumers: AtomicU64,
+    /// Deliveries waiting for an ack.
+    pub unacked: AtomicU64,
+    /// Messages published.
+    pub publish: AtomicU64,
+    /// Publisher confirms sent.
+    pub confirmed: AtomicU64,
+    /// Mandatory messages returned as unroutable.
+    pub return_unroutable: AtomicU64,
+    /// Messages that routed nowhere and were dropped.
+    pub drop_unroutable: AtomicU64,
+    /// Deliveries that need an ack.
+    pub deliver: AtomicU64,
+    /// No-ack deliveries.
+    pub deliver_no_ack: AtomicU64,
+    /// `basic.get` answers that need an ack.
+    pub get: AtomicU64,
+    /// `basic.get` answers settled on sending.
+    pub get_no_ack: AtomicU64,
+    /// `basic.get` of an empty queue.
+    pub get_empty: AtomicU64,
+    /// Deliveries and gets of messages seen before.
+    pub redeliver: AtomicU64,
+    /// Acknowledgements received.
+    pub ack: AtomicU64,
+}
+
+impl ChannelInfo {
+    /// A fresh channel `number`.
+    pub fn new(number: u16) -> Self {
+        ChannelInfo {
+            number,
+            opened_at: crate::expiry::wall_ms(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Sets a gauge.
+    pub fn set(c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
+    }
+
+    /// Reads a flag.
+    pub fn flag(c: &AtomicBool) -> bool {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Sets a flag.
+    pub fn set_flag(c: &AtomicBool, v: bool) {
+        c.store(v, Ordering::Relaxed);
     }
 }

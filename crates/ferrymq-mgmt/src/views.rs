@@ -4,7 +4,7 @@ use crate::rates::QueueRates;
 use ferrymq_core::connections::ConnectionInfo;
 use ferrymq_core::exchange::{Binding, Destination, Exchange};
 use ferrymq_core::queue::{Queue, QueueSnapshot};
-use ferrymq_core::stats::{ConnectionTotals, QueueStats};
+use ferrymq_core::stats::{ChannelInfo, ConnectionTotals, QueueStats};
 use ferrymq_core::value::table_to_json;
 use serde_json::{json, Map, Value};
 
@@ -329,6 +329,54 @@ pub fn connection_json(c: &ConnectionInfo, node: &str, rates: (f64, f64)) -> Val
         "send_oct_details": details(rates.1),
         "send_cnt": t.send_cnt,
         "send_pend": 0,
+    })
+}
+
+/// A channel as `/api/channels` lists it.
+pub fn channel_json(c: &ConnectionInfo, ch: &ChannelInfo, node: &str) -> Value {
+    let g = ChannelInfo::get;
+    let conn_name = connection_name(c);
+    let (peer_host, peer_port) = host_port(c.meta.peer);
+    let mut stats = Map::new();
+    let pairs: [(&str, u64); 13] = [
+        ("publish", g(&ch.publish)),
+        ("confirm", g(&ch.confirmed)),
+        ("return_unroutable", g(&ch.return_unroutable)),
+        ("drop_unroutable", g(&ch.drop_unroutable)),
+        ("deliver", g(&ch.deliver)),
+        ("deliver_no_ack", g(&ch.deliver_no_ack)),
+        ("get", g(&ch.get)),
+        ("get_no_ack", g(&ch.get_no_ack)),
+        ("get_empty", g(&ch.get_empty)),
+        ("redeliver", g(&ch.redeliver)),
+        ("ack", g(&ch.ack)),
+        (
+            "deliver_get",
+            g(&ch.deliver) + g(&ch.deliver_no_ack) + g(&ch.get) + g(&ch.get_no_ack),
+        ),
+        ("publish_in", g(&ch.publish)),
+    ];
+    for (k, v) in pairs {
+        counter(&mut stats, k, v, 0.0);
+    }
+    json!({
+        "name": format!("{conn_name} ({})", ch.number),
+        "number": ch.number,
+        "node": node,
+        "user": c.user,
+        "vhost": c.vhost,
+        "connection_details": {"name": conn_name, "peer_host": peer_host, "peer_port": peer_port},
+        "consumer_count": g(&ch.consumers),
+        "messages_unacknowledged": g(&ch.unacked),
+        "messages_unconfirmed": 0,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "prefetch_count": g(&ch.prefetch),
+        "global_prefetch_count": g(&ch.global_prefetch),
+        "confirm": ChannelInfo::flag(&ch.confirm),
+        "transactional": ChannelInfo::flag(&ch.transactional),
+        "state": "running",
+        "message_stats": Value::Object(stats),
     })
 }
 

@@ -7,6 +7,7 @@ use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use ferrymq_core::consumer::{ConsumerSink, SinkRefusal};
 use ferrymq_core::queue::ConsumerEntry;
+use ferrymq_core::stats::ChannelInfo;
 use ferrymq_core::vhost::{generate_name, REPLY_TO_PREFIX};
 use ferrymq_core::{Queue, QueuedMessage};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -65,6 +66,10 @@ impl ConsumerSink for AmqpConsumer {
         // Encoded while holding the channel lock so delivery tags reach the socket in order.
         ch.out
             .with(|o| o.deliver(ch.id, &self.tag, tag, msg.redelivered(), &msg.message, fm));
+        let info = &ch.info;
+        if msg.redelivered() {
+            info.redeliver.fetch_add(1, Ordering::Relaxed);
+        }
         if ack_required {
             self.credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.unacked_global.fetch_add(1, Ordering::Relaxed);
@@ -74,6 +79,10 @@ impl ConsumerSink for AmqpConsumer {
                 msg,
                 credit: Some(self.credit.clone()),
             });
+            info.deliver.fetch_add(1, Ordering::Relaxed);
+            ChannelInfo::set(&info.unacked, st.unacked.len() as u64);
+        } else {
+            info.deliver_no_ack.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -116,6 +125,13 @@ impl Channel {
                 code::NOT_IMPLEMENTED,
                 format!("prefetch_size!=0 ({})", q.prefetch_size),
             ));
+        }
+        let info = &self.shared.info;
+        if q.global {
+            ChannelInfo::set(&info.global_prefetch, q.prefetch_count.into());
+        } else {
+            ChannelInfo::set(&info.prefetch, q.prefetch_count.into());
+            ChannelInfo::set(&info.global_prefetch, 0);
         }
         if q.global {
             self.shared
@@ -216,7 +232,8 @@ impl Channel {
         let shared = !c.no_ack && self.shared.prefetch_global.load(Ordering::Relaxed) != 0;
         let entry = ConsumerEntry::new(&tag, sink.clone(), c.no_ack, c.exclusive, ctx.session.id())
             .with_priority(priority)
-            .with_shared_credit(shared);
+            .with_shared_credit(shared)
+            .on_channel(ch, self.consumer_prefetch);
         let id = entry.id;
         let attached = match queue {
             Some(q) => q
@@ -254,6 +271,7 @@ impl Channel {
         credit.active.store(true, Ordering::Relaxed);
         queue.dispatch();
         self.consumers.insert(tag, ConsumerRec { queue, id, sink });
+        ChannelInfo::set(&self.shared.info.consumers, self.consumers.len() as u64);
         Ok(())
     }
 
@@ -274,6 +292,7 @@ impl Channel {
     /// Detaches a consumer; its unacked deliveries stay with the channel until settled.
     pub(super) fn cancel_consumer(&mut self, ctx: &ConnCtx, tag: &str) {
         if let Some(rec) = self.consumers.remove(tag) {
+            ChannelInfo::set(&self.shared.info.consumers, self.consumers.len() as u64);
             rec.sink.credit.active.store(false, Ordering::Relaxed);
             ctx.session.cancel(&rec.queue, rec.id);
             if rec.queue.name.starts_with(REPLY_TO_PREFIX) {
@@ -286,8 +305,9 @@ impl Channel {
 
     /// The server cancelled a consumer (its queue was deleted).
     pub fn server_cancelled(&mut self, ctx: &ConnCtx, tag: &str) {
-        if self.consumers.remove(tag).is_some() && ctx.caps.consumer_cancel_notify && !self.closing
-        {
+        let had = self.consumers.remove(tag).is_some();
+        ChannelInfo::set(&self.shared.info.consumers, self.consumers.len() as u64);
+        if had && ctx.caps.consumer_cancel_notify && !self.closing {
             ctx.send(
                 self.id,
                 BasicCancel {
@@ -313,15 +333,22 @@ impl Channel {
             .session
             .get(&name, !g.no_ack)
             .map_err(|e| chan_err(ch, e))?;
+        let info = &self.shared.info;
         match got {
-            None => ctx.send(
-                ch,
-                BasicGetEmpty {
-                    cluster_id: String::new(),
-                },
-            ),
+            None => {
+                info.get_empty.fetch_add(1, Ordering::Relaxed);
+                ctx.send(
+                    ch,
+                    BasicGetEmpty {
+                        cluster_id: String::new(),
+                    },
+                )
+            }
             Some((msg, left)) => {
                 let mut st = self.shared.st.lock();
+                if msg.redelivered() {
+                    info.redeliver.fetch_add(1, Ordering::Relaxed);
+                }
                 st.next_tag += 1;
                 let tag = st.next_tag;
                 let m: Method = BasicGetOk {
@@ -334,13 +361,17 @@ impl Channel {
                 .into();
                 let fm = ctx.frame_max;
                 ctx.out.with(|o| o.content(ch, &m, &msg.message, fm));
-                if !g.no_ack {
+                if g.no_ack {
+                    info.get_no_ack.fetch_add(1, Ordering::Relaxed);
+                } else {
                     st.unacked.push_back(Unacked {
                         tag,
                         queue: q,
                         msg,
                         credit: None,
                     });
+                    info.get.fetch_add(1, Ordering::Relaxed);
+                    ChannelInfo::set(&info.unacked, st.unacked.len() as u64);
                 }
             }
         }

@@ -20,6 +20,7 @@ use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use crate::outbox::Outbox;
 use ferrymq_core::flow::FlowCredit;
+use ferrymq_core::stats::ChannelInfo;
 use ferrymq_core::{ChannelPermit, CoreError, Queue, QueuedMessage, Session};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -100,6 +101,8 @@ pub(crate) struct ChannelShared {
     unacked_global: AtomicU32,
     st: Mutex<DeliveryState>,
     events: mpsc::UnboundedSender<ConnEvent>,
+    /// What the management API shows of the channel.
+    pub(crate) info: Arc<ChannelInfo>,
 }
 
 /// A channel as the connection task sees it.
@@ -158,6 +161,7 @@ fn chan_err(ch: u16, e: CoreError) -> AmqpError {
 impl Channel {
     /// A fresh channel; `permit` keeps it counted against the user's channel limit.
     pub fn new(id: u16, ctx: &ConnCtx, permit: ChannelPermit) -> Self {
+        let info = permit.channel.clone();
         Channel {
             _permit: permit,
             marks: VecDeque::new(),
@@ -171,6 +175,7 @@ impl Channel {
                 unacked_global: AtomicU32::new(0),
                 st: Mutex::new(DeliveryState::default()),
                 events: ctx.events.clone(),
+                info,
             }),
             content: None,
             confirm: None,

@@ -7,7 +7,7 @@ use crate::codec::methods::*;
 use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use bytes::{Bytes, BytesMut};
-use ferrymq_core::stats::ConnectionStats;
+use ferrymq_core::stats::{ChannelInfo, ConnectionStats};
 use ferrymq_core::vhost::{PublishOutcome, REPLY_TO_PREFIX};
 use ferrymq_core::wire::PropertySummary;
 use ferrymq_core::Pending;
@@ -80,6 +80,7 @@ impl Channel {
         if self.confirm.is_none() {
             self.confirm = Some(Confirms::default());
         }
+        ChannelInfo::set_flag(&self.shared.info.confirm, true);
         if !c.nowait {
             ctx.send(ch, ConfirmSelectOk {});
         }
@@ -275,16 +276,20 @@ impl Channel {
     ) -> Result<Pending, AmqpError> {
         let ch = self.id;
         let stats = &ctx.session.info().meta.stats;
+        let info = &self.shared.info;
         ConnectionStats::bump(&stats.publish, 1);
+        ConnectionStats::bump(&info.publish, 1);
         if outcome.routed == 0 && outcome.refused == 0 {
-            let c = match p.mandatory {
-                true => &stats.return_unroutable,
-                false => &stats.drop_unroutable,
+            let (c, i) = match p.mandatory {
+                true => (&stats.return_unroutable, &info.return_unroutable),
+                false => (&stats.drop_unroutable, &info.drop_unroutable),
             };
             ConnectionStats::bump(c, 1);
+            ConnectionStats::bump(i, 1);
         }
         if self.confirm.is_some() {
             ConnectionStats::bump(&stats.confirm, 1);
+            ConnectionStats::bump(&info.confirmed, 1);
         }
         if !outcome.pending.is_empty() {
             // Every copy written counts against the connection's flow credit.

@@ -5,6 +5,7 @@
 use super::{Channel, ConnCtx, Unacked};
 use crate::codec::methods::*;
 use crate::error::{code, AmqpError};
+use ferrymq_core::stats::ChannelInfo;
 use ferrymq_core::vhost::Routed;
 use ferrymq_core::{Message, Queue, QueuedMessage};
 use std::sync::atomic::Ordering;
@@ -99,6 +100,12 @@ impl Channel {
         for u in &taken {
             self.shared.release_credit(u);
         }
+        let info = &self.shared.info;
+        if matches!(how, Settle::Ack) {
+            info.ack.fetch_add(taken.len() as u64, Ordering::Relaxed);
+        }
+        let left = self.shared.st.lock().unacked.len() as u64;
+        ChannelInfo::set(&info.unacked, left);
         for (q, msgs) in group_by_queue(taken) {
             match how {
                 Settle::Requeue => q.requeue(msgs),
@@ -141,6 +148,7 @@ impl Channel {
                 "cannot switch from confirm to tx mode",
             ));
         }
+        ChannelInfo::set_flag(&self.shared.info.transactional, true);
         if self.tx.is_none() {
             self.tx = Some(TxState {
                 publishes: Vec::new(),

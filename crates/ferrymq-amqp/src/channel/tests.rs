@@ -47,7 +47,7 @@ fn open_as(broker: &Arc<Broker>, user: &str) -> Conn {
         sync: None,
         flow: Default::default(),
     };
-    let permit = ctx.session.open_channel().unwrap();
+    let permit = ctx.session.open_channel(1).unwrap();
     let ch = Channel::new(1, &ctx, permit);
     Conn {
         _broker: broker.clone(),

@@ -227,10 +227,10 @@ fn limits_on_connections_channels_and_queues() {
     .unwrap();
     let e = b.open_session("u", "/", meta()).err().unwrap();
     assert!(matches!(e, CoreError::LimitReached(_)), "{e:?}");
-    let c1 = s.open_channel().unwrap();
-    assert!(matches!(s.open_channel(), Err(CoreError::LimitReached(_))));
+    let c1 = s.open_channel(1).unwrap();
+    assert!(matches!(s.open_channel(1), Err(CoreError::LimitReached(_))));
     drop(c1);
-    let _c2 = s.open_channel().unwrap();
+    let _c2 = s.open_channel(1).unwrap();
     b.set_vhost_limits(
         "/",
         VHostLimits {

@@ -4,7 +4,7 @@ use super::{visible_vhost, visible_vhosts, St};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::paging::ListQuery;
-use crate::views::{connection_json, connection_name};
+use crate::views::{channel_json, connection_json, connection_name};
 use crate::{blocking, Api};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
@@ -109,6 +109,79 @@ pub(crate) async fn close(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// GET /api/channels.
+pub(crate) async fn channels_all(
+    axum::extract::State(api): St,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    blocking(move || channels(&api, visible(&api, &caller, None), &q).map(Json)).await
+}
+
+/// GET /api/vhosts/{vhost}/channels.
+pub(crate) async fn channels_vhost(
+    axum::extract::State(api): St,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        visible_vhost(&api, &caller, &vhost)?;
+        channels(&api, visible(&api, &caller, Some(&vhost)), &q).map(Json)
+    })
+    .await
+}
+
+/// GET /api/connections/{name}/channels.
+pub(crate) async fn connection_channels(
+    axum::extract::State(api): St,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        let c = by_name(&api, &caller, &name)?;
+        channels(&api, vec![c], &q).map(Json)
+    })
+    .await
+}
+
+/// GET /api/channels/{name}.
+pub(crate) async fn channel(
+    axum::extract::State(api): St,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        for c in visible(&api, &caller, None) {
+            for ch in c.channel_list() {
+                let v = channel_json(&c, &ch, &api.node);
+                if v["name"] == name.as_str() {
+                    return Ok(Json(v));
+                }
+            }
+        }
+        Err(ApiError::NotFound)
+    })
+    .await
+}
+
+fn channels(api: &Api, conns: Vec<Arc<ConnectionInfo>>, q: &ListQuery) -> ApiResult<Value> {
+    let filter = q.name_filter()?;
+    let mut items = Vec::new();
+    let mut total = 0;
+    for c in &conns {
+        for ch in c.channel_list() {
+            total += 1;
+            let v = channel_json(c, &ch, &api.node);
+            if v["name"].as_str().is_some_and(&filter) {
+                items.push(v);
+            }
+        }
+    }
+    q.respond(items, total)
+}
+
 /// A consumer as `/api/consumers` lists it.
 pub(crate) fn consumer_json(api: &Api, conns: &Conns, q: &Queue, c: &ConsumerView) -> Value {
     let conn = conns.get(&c.connection);
@@ -131,8 +204,13 @@ pub(crate) fn consumer_json(api: &Api, conns: &Conns, q: &Queue, c: &ConsumerVie
         "active": true,
         "activity_status": "up",
         "arguments": if c.priority != 0 { json!({"x-priority": c.priority}) } else { json!({}) },
-        "prefetch_count": 0,
+        "prefetch_count": c.channel.map_or(0, |(_, p)| p),
         "channel_details": {
+            "name": match (&conn_name, c.channel) {
+                (Value::String(n), Some((number, _))) => json!(format!("{n} ({number})")),
+                _ => Value::Null,
+            },
+            "number": c.channel.map(|(n, _)| n),
             "connection_name": conn_name,
             "node": api.node,
             "peer_host": peer_host,

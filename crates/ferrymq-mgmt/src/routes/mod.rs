@@ -114,6 +114,16 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             "/api/connections/{name}",
             get(connections::show).delete(connections::close),
         )
+        .route(
+            "/api/connections/{name}/channels",
+            get(connections::connection_channels),
+        )
+        .route("/api/channels", get(connections::channels_all))
+        .route("/api/channels/{name}", get(connections::channel))
+        .route(
+            "/api/vhosts/{vhost}/channels",
+            get(connections::channels_vhost),
+        )
         .route("/api/consumers", get(connections::consumers_all))
         .route("/api/consumers/{vhost}", get(connections::consumers_vhost))
         // Administration.
