@@ -579,3 +579,25 @@ def test_rabbitmqadmin_works_unchanged(broker, api):
     assert api.get(f"/api/queues/%2F/{q(name)}")[0] == 404
     assert "guest" in run("list", "users")
     assert "rabbitmq_version" in run("show", "overview")
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile and careless callers
+
+
+def test_get_stops_after_64_mib_of_payloads_taken_even_when_truncated(broker, api):
+    if broker.external:
+        pytest.skip("a FerryMQ limit")
+    name = new_queue(api)
+    conn = broker.connect()
+    ch = conn.channel()
+    for _ in range(5):
+        ch.basic_publish("", name, b"z" * (20 * 1024 * 1024))
+    path = f"/api/queues/%2F/{q(name)}"
+    eventually(lambda: api.get(path)[1].get("messages") == 5, "5 messages")
+    got = api.ok("POST", path + "/get", {"count": 10, "ackmode": "ack_requeue_true",
+                                         "encoding": "auto", "truncate": 1})
+    # 20, 40, 60 MiB taken: under the limit, so a fourth; 80 MiB: no more.
+    assert len(got) == 4 and all(m["payload"] == "z" for m in got)
+    assert api.get(path)[1].get("messages") == 5
+    conn.close()

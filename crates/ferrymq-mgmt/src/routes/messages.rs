@@ -223,7 +223,9 @@ pub(crate) async fn get(
             let Some((m, left)) = got else { break };
             let body = m.message.body();
             let shown = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
-            bytes += shown.len();
+            // Whole payloads count: `truncate` shortens the answer, not what is taken (and
+            // held, read back from disk for a paged queue) until the request settles them.
+            bytes += body.len();
             let (payload, enc) = match std::str::from_utf8(shown) {
                 Ok(t) if !base64_only => (t.to_string(), "string"),
                 _ => (
