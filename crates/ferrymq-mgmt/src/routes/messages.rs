@@ -113,22 +113,23 @@ pub(crate) async fn publish(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let b: PublishBody = parse_body(&body)?;
-    let payload = match b.payload_encoding.as_deref().unwrap_or("string") {
-        "string" => Bytes::from(b.payload.into_bytes()),
-        "base64" => Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(b.payload.trim())
-                .map_err(|_| ApiError::BadRequest("payload is not valid base64".into()))?,
-        ),
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown payload_encoding '{other}'"
-            )))
-        }
-    };
-    let props = properties_from_json(&b.properties)?;
+    // Parsed off the runtime: a publish body may be 64 MiB.
     blocking(move || {
+        let b: PublishBody = parse_body(&body)?;
+        let payload = match b.payload_encoding.as_deref().unwrap_or("string") {
+            "string" => Bytes::from(b.payload.into_bytes()),
+            "base64" => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.payload.trim())
+                    .map_err(|_| ApiError::BadRequest("payload is not valid base64".into()))?,
+            ),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown payload_encoding '{other}'"
+                )))
+            }
+        };
+        let props = properties_from_json(&b.properties)?;
         if payload.len() > api.broker.config.max_message_size {
             return Err(ApiError::BadRequest(format!(
                 "message size {} is larger than the maximum {}",
