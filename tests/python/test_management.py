@@ -585,6 +585,24 @@ def test_rabbitmqadmin_works_unchanged(broker, api):
 # Hostile and careless callers
 
 
+def test_publish_refuses_a_user_id_that_is_not_the_callers(broker, api):
+    # As on AMQP (and as RabbitMQ's API answers): consumers trust user_id to name the
+    # publisher's login.
+    name = new_queue(api)
+    path = "/api/exchanges/%2F/amq.default/publish"
+    status, body, _ = api.call("POST", path, {
+        "routing_key": name, "payload": "x", "payload_encoding": "string",
+        "properties": {"user_id": "someone-else"}})
+    assert status == 400 and body["error"] == "bad_request", body
+    assert "user_id property set to 'someone-else'" in body["reason"]
+    assert api.ok("POST", path, {"routing_key": name, "payload": "y",
+                                 "payload_encoding": "string",
+                                 "properties": {"user_id": "guest"}}) == {"routed": True}
+    got = api.ok("POST", f"/api/queues/%2F/{q(name)}/get",
+                 {"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"})
+    assert [m["payload"] for m in got] == ["y"]
+
+
 def test_bodies_with_too_many_json_values_are_refused_unparsed(broker, api):
     if broker.external:
         pytest.skip("a FerryMQ limit")

@@ -148,6 +148,10 @@ pub(crate) async fn publish(
                 .exchange(exchange)
                 .map_err(|_| ApiError::NotFound)?;
         }
+        // A user_id must be the caller's own, as on AMQP: consumers trust it.
+        if let Some(claimed) = &props.user_id {
+            s.check_user_id(claimed)?;
+        }
         let msg = Message::from_properties(exchange, &b.routing_key, &props, payload)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let out = s.publish(exchange, Arc::new(msg))?;
