@@ -640,3 +640,15 @@ def test_get_stops_after_64_mib_of_payloads_taken_even_when_truncated(broker, ap
     assert len(got) == 4 and all(m["payload"] == "z" for m in got)
     assert api.get(path)[1].get("messages") == 5
     conn.close()
+
+
+def test_names_longer_than_255_bytes_are_refused(broker, api):
+    long = "n" * 300
+    status, body, _ = api.call("PUT", f"/api/queues/%2F/{long}", {"durable": True})
+    assert (status, body["error"]) == (400, "bad_request"), body
+    assert "255 bytes" in body["reason"]
+    if not broker.external:
+        # RabbitMQ declares it, but nothing can be published to it there either.
+        status, body, _ = api.call("PUT", f"/api/exchanges/%2F/{long}", {"type": "fanout"})
+        assert (status, body["error"]) == (400, "bad_request"), body
+    assert api.get(f"/api/queues/%2F/{long}")[0] == 404
