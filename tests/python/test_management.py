@@ -652,3 +652,15 @@ def test_names_longer_than_255_bytes_are_refused(broker, api):
         status, body, _ = api.call("PUT", f"/api/exchanges/%2F/{long}", {"type": "fanout"})
         assert (status, body["error"]) == (400, "bad_request"), body
     assert api.get(f"/api/queues/%2F/{long}")[0] == 404
+
+
+def test_api_publishes_are_counted_in_the_overview(broker, api):
+    def published():
+        return api.get("/api/overview")[1].get("message_stats", {}).get("publish", 0)
+    before = published()
+    name = new_queue(api)
+    for _ in range(3):
+        assert api.ok("POST", "/api/exchanges/%2F/amq.default/publish", {
+            "routing_key": name, "payload": "x", "payload_encoding": "string",
+            "properties": {}}) == {"routed": True}
+    eventually(lambda: published() >= before + 3, "the API's publishes counted", timeout=30)

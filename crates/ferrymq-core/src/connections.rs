@@ -231,6 +231,18 @@ impl Registry {
         t
     }
 
+    /// Keeps the counters of a connection that was never listed (what an HTTP API call
+    /// works through) in its vhost's totals, as RabbitMQ counts the API's publishes.
+    pub fn retire_unlisted(&mut self, info: &ConnectionInfo) {
+        if self.conns.contains_key(&info.id) {
+            return;
+        }
+        let t = info.meta.stats.totals();
+        if t != ConnectionTotals::default() {
+            self.retired.entry(info.vhost.clone()).or_default().add(&t);
+        }
+    }
+
     /// [`Registry::totals`] of every vhost at once, in one pass (the rate sampler reads them
     /// every few seconds; a pass per vhost would hold the registry for vhosts × connections).
     pub fn totals_by_vhost(&self) -> HashMap<String, ConnectionTotals> {
@@ -314,5 +326,13 @@ mod tests {
         assert_eq!(r.totals(Some("a")).publish, 0);
         assert_eq!(r.totals(None).publish, 7);
         assert!(!r.totals_by_vhost().contains_key("a"));
+        // An unlisted (HTTP API) connection's counters join its vhost's when it ends.
+        let api = ConnectionInfo::unlisted(9, "u", "b", meta());
+        ConnectionStats::bump(&api.meta.stats.publish, 2);
+        r.retire_unlisted(&api);
+        assert_eq!(r.totals(Some("b")).publish, 6);
+        // A listed one is counted once, when it unregisters.
+        r.retire_unlisted(&b);
+        assert_eq!(r.totals(Some("b")).publish, 6);
     }
 }

@@ -10,6 +10,7 @@ use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use ferrymq_core::message::{Message, Properties};
+use ferrymq_core::stats::ConnectionStats;
 use ferrymq_core::value::{table_from_json, table_to_json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -155,6 +156,13 @@ pub(crate) async fn publish(
         let msg = Message::from_properties(exchange, &b.routing_key, &props, payload)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let out = s.publish(exchange, Arc::new(msg))?;
+        // Counted as an AMQP client's publish (RabbitMQ's overview counts the API's): the
+        // session's counters join its vhost's totals when it is dropped.
+        let stats = &s.info().meta.stats;
+        ConnectionStats::bump(&stats.publish, 1);
+        if out.routed == 0 {
+            ConnectionStats::bump(&stats.drop_unroutable, 1);
+        }
         api.broker.wait_saved(&out.pending)?;
         Ok(Json(json!({"routed": out.routed > 0})))
     })
