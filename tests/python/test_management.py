@@ -623,3 +623,88 @@ def test_rabbitmqadmin_works_unchanged(broker, api):
     assert api.get(f"/api/queues/%2F/{q(name)}")[0] == 404
     assert "guest" in run("list", "users")
     assert "rabbitmq_version" in run("show", "overview")
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile and careless callers
+
+
+def test_publish_refuses_a_user_id_that_is_not_the_callers(broker, api):
+    # As on AMQP (and as RabbitMQ's API answers): consumers trust user_id to name the
+    # publisher's login.
+    name = new_queue(api)
+    path = "/api/exchanges/%2F/amq.default/publish"
+    status, body, _ = api.call("POST", path, {
+        "routing_key": name, "payload": "x", "payload_encoding": "string",
+        "properties": {"user_id": "someone-else"}})
+    assert status == 400 and body["error"] == "bad_request", body
+    assert "user_id property set to 'someone-else'" in body["reason"]
+    assert api.ok("POST", path, {"routing_key": name, "payload": "y",
+                                 "payload_encoding": "string",
+                                 "properties": {"user_id": "guest"}}) == {"routed": True}
+    got = api.ok("POST", f"/api/queues/%2F/{q(name)}/get",
+                 {"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"})
+    assert [m["payload"] for m in got] == ["y"]
+
+
+def test_bodies_with_too_many_json_values_are_refused_unparsed(broker, api):
+    if broker.external:
+        pytest.skip("a FerryMQ limit")
+    # Parsed JSON takes many times its text ([0,0,...] sixteen times): a 64 MiB body of
+    # it cost the broker 1.8 GB and seconds of a runtime thread, before permissions.
+    name = uniq("big")
+    api.created["queues"].append(name)
+    big = json.dumps({"arguments": {"x-pad": [0] * 200_000}}).encode()
+    status, body, _ = api.call("PUT", f"/api/queues/%2F/{q(name)}", raw=big)
+    assert (status, body["error"]) == (400, "bad_request"), body
+    assert "JSON values" in body["reason"]
+    assert api.get(f"/api/queues/%2F/{q(name)}")[0] == 404
+    status, body, _ = api.call("POST", "/api/exchanges/%2F/amq.default/publish", raw=big)
+    assert status == 400 and "JSON values" in body["reason"]
+    # A large payload is one value: still fine.
+    new = new_queue(api)
+    assert api.ok("POST", "/api/exchanges/%2F/amq.default/publish", {
+        "routing_key": new, "payload": "p,:[{" * 400_000, "payload_encoding": "string",
+        "properties": {}}) == {"routed": True}
+
+
+def test_get_stops_after_64_mib_of_payloads_taken_even_when_truncated(broker, api):
+    if broker.external:
+        pytest.skip("a FerryMQ limit")
+    name = new_queue(api)
+    conn = broker.connect()
+    ch = conn.channel()
+    for _ in range(5):
+        ch.basic_publish("", name, b"z" * (20 * 1024 * 1024))
+    path = f"/api/queues/%2F/{q(name)}"
+    eventually(lambda: api.get(path)[1].get("messages") == 5, "5 messages")
+    got = api.ok("POST", path + "/get", {"count": 10, "ackmode": "ack_requeue_true",
+                                         "encoding": "auto", "truncate": 1})
+    # 20, 40, 60 MiB taken: under the limit, so a fourth; 80 MiB: no more.
+    assert len(got) == 4 and all(m["payload"] == "z" for m in got)
+    assert api.get(path)[1].get("messages") == 5
+    conn.close()
+
+
+def test_names_longer_than_255_bytes_are_refused(broker, api):
+    long = "n" * 300
+    status, body, _ = api.call("PUT", f"/api/queues/%2F/{long}", {"durable": True})
+    assert (status, body["error"]) == (400, "bad_request"), body
+    assert "255 bytes" in body["reason"]
+    if not broker.external:
+        # RabbitMQ declares it, but nothing can be published to it there either.
+        status, body, _ = api.call("PUT", f"/api/exchanges/%2F/{long}", {"type": "fanout"})
+        assert (status, body["error"]) == (400, "bad_request"), body
+    assert api.get(f"/api/queues/%2F/{long}")[0] == 404
+
+
+def test_api_publishes_are_counted_in_the_overview(broker, api):
+    def published():
+        return api.get("/api/overview")[1].get("message_stats", {}).get("publish", 0)
+    before = published()
+    name = new_queue(api)
+    for _ in range(3):
+        assert api.ok("POST", "/api/exchanges/%2F/amq.default/publish", {
+            "routing_key": name, "payload": "x", "payload_encoding": "string",
+            "properties": {}}) == {"routed": True}
+    eventually(lambda: published() >= before + 3, "the API's publishes counted", timeout=30)

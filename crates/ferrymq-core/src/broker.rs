@@ -387,6 +387,13 @@ impl Broker {
         self.connections.lock().totals(vhost)
     }
 
+    /// [`Broker::connection_totals`] of every vhost with connections, read at once.
+    pub fn connection_totals_by_vhost(
+        &self,
+    ) -> std::collections::HashMap<String, crate::stats::ConnectionTotals> {
+        self.connections.lock().totals_by_vhost()
+    }
+
     /// Whether `user` has permissions on `vhost` (may use it at all).
     pub fn may_use_vhost(&self, user: &str, vhost: &str) -> bool {
         self.identity

@@ -134,6 +134,9 @@ pub(crate) struct Registry {
     user_channels: HashMap<String, u64>,
     /// Counters of closed connections per vhost, so totals do not drop when one closes.
     retired: HashMap<String, ConnectionTotals>,
+    /// Counters of closed connections of vhosts that were deleted: still in the broker's
+    /// totals, which never go backwards.
+    retired_gone: ConnectionTotals,
 }
 
 fn dec(m: &mut HashMap<String, u64>, k: &str) {
@@ -231,7 +234,10 @@ impl Registry {
     /// Counters of every connection of `vhost` (all vhosts with `None`), closed ones
     /// included.
     pub fn totals(&self, vhost: Option<&str>) -> ConnectionTotals {
-        let mut t = ConnectionTotals::default();
+        let mut t = match vhost {
+            None => self.retired_gone,
+            Some(_) => ConnectionTotals::default(),
+        };
         for (v, r) in &self.retired {
             if vhost.is_none_or(|x| x == v) {
                 t.add(r);
@@ -245,9 +251,36 @@ impl Registry {
         t
     }
 
-    /// Forgets the closed connections' counters of a deleted vhost.
+    /// Keeps the counters of a connection that was never listed (what an HTTP API call
+    /// works through) in its vhost's totals, as RabbitMQ counts the API's publishes.
+    pub fn retire_unlisted(&mut self, info: &ConnectionInfo) {
+        if self.conns.contains_key(&info.id) {
+            return;
+        }
+        let t = info.meta.stats.totals();
+        if t != ConnectionTotals::default() {
+            self.retired.entry(info.vhost.clone()).or_default().add(&t);
+        }
+    }
+
+    /// [`Registry::totals`] of every vhost at once, in one pass (the rate sampler reads them
+    /// every few seconds; a pass per vhost would hold the registry for vhosts × connections).
+    pub fn totals_by_vhost(&self) -> HashMap<String, ConnectionTotals> {
+        let mut m = self.retired.clone();
+        for c in self.conns.values() {
+            m.entry(c.vhost.clone())
+                .or_default()
+                .add(&c.meta.stats.totals());
+        }
+        m
+    }
+
+    /// Forgets the closed connections' counters of a deleted vhost (they stay in the
+    /// broker's totals).
     pub fn forget_vhost(&mut self, vhost: &str) {
-        self.retired.remove(vhost);
+        if let Some(r) = self.retired.remove(vhost) {
+            self.retired_gone.add(&r);
+        }
     }
 }
 
@@ -294,5 +327,32 @@ mod tests {
         r.unregister(1);
         assert!(r.user_channels.is_empty());
         r.register(5, "u", "/", meta(), vlim, ulim).unwrap();
+    }
+
+    #[test]
+    fn totals_keep_closed_connections_and_deleted_vhosts() {
+        let mut r = Registry::default();
+        let (vl, ul) = (VHostLimits::default(), UserLimits::default());
+        let a = r.register(1, "u", "a", meta(), vl, ul).unwrap();
+        let b = r.register(2, "u", "b", meta(), vl, ul).unwrap();
+        ConnectionStats::bump(&a.meta.stats.publish, 3);
+        ConnectionStats::bump(&b.meta.stats.publish, 4);
+        r.unregister(1);
+        let by = r.totals_by_vhost();
+        assert_eq!((by["a"].publish, by["b"].publish), (3, 4));
+        assert_eq!(r.totals(Some("a")).publish, 3);
+        // A deleted vhost's closed connections leave its totals, not the broker's.
+        r.forget_vhost("a");
+        assert_eq!(r.totals(Some("a")).publish, 0);
+        assert_eq!(r.totals(None).publish, 7);
+        assert!(!r.totals_by_vhost().contains_key("a"));
+        // An unlisted (HTTP API) connection's counters join its vhost's when it ends.
+        let api = ConnectionInfo::unlisted(9, "u", "b", meta());
+        ConnectionStats::bump(&api.meta.stats.publish, 2);
+        r.retire_unlisted(&api);
+        assert_eq!(r.totals(Some("b")).publish, 6);
+        // A listed one is counted once, when it unregisters.
+        r.retire_unlisted(&b);
+        assert_eq!(r.totals(Some("b")).publish, 6);
     }
 }

@@ -551,7 +551,9 @@ pub(crate) fn queue_limit_reached(queue: &str, vhost: &str, max: u64) -> CoreErr
 impl Drop for Session {
     fn drop(&mut self) {
         self.close();
-        self.broker.connections.lock().unregister(self.info.id);
+        let mut reg = self.broker.connections.lock();
+        reg.retire_unlisted(&self.info);
+        reg.unregister(self.info.id);
     }
 }
 

@@ -45,8 +45,10 @@ pub struct QueueRates {
 struct State {
     /// The last sample of each queue (vhost, name) and the rates it gave.
     queues: HashMap<(String, String), (QueueCounts, QueueStats, QueueRates)>,
-    /// Counters of queues that are gone, so totals never go backwards.
-    retired: QueueStats,
+    /// Counters of queues that are gone, per vhost, so totals never go backwards.
+    retired: HashMap<String, QueueStats>,
+    /// Counters of the queues of vhosts that are gone (still in the broker's totals).
+    retired_gone: QueueStats,
     /// The last sample of each connection and its byte rates (recv, send).
     conns: HashMap<ConnectionId, (ConnectionTotals, f64, f64)>,
     /// Per-vhost totals history (the overview is the sum), newest last.
@@ -81,68 +83,103 @@ fn per_sec(now: u64, then: u64, secs: f64) -> f64 {
 }
 
 impl Rates {
-    /// Samples every queue and connection now.
+    /// Samples every queue and connection now. The counters are read before the state is
+    /// locked: request handlers look rates up while a pass over many queues runs.
     pub fn sample(&self, broker: &Broker) {
         let secs = SAMPLE_INTERVAL.as_secs_f64();
         let at = ferrymq_core::expiry::wall_ms();
-        let mut seen: HashMap<(String, String), (QueueCounts, QueueStats, QueueRates)> =
-            HashMap::new();
+        let mut read = Vec::new();
         let mut per_vhost: HashMap<String, Totals> = HashMap::new();
-        let mut st = self.state.lock();
-        let vhosts = broker.vhosts();
-        for v in &vhosts {
+        let mut conn_totals = broker.connection_totals_by_vhost();
+        for v in broker.vhosts() {
             let t = per_vhost.entry(v.name.clone()).or_default();
             t.at = at;
-            t.conns = broker.connection_totals(Some(&v.name));
+            t.conns = conn_totals.remove(&v.name).unwrap_or_default();
             for q in v.queues() {
                 let (counts, stats) = q.stats();
-                let key = (v.name.clone(), q.name.clone());
-                let rates = match st.queues.get(&key) {
-                    Some((pc, ps, _)) => {
-                        let (a, b) = (as_array(&stats), as_array(ps));
-                        let mut r = QueueRates::default();
-                        for i in 0..8 {
-                            r.stats[i] = per_sec(a[i], b[i], secs);
-                        }
-                        r.ready = (counts.messages as f64 - pc.messages as f64) / secs;
-                        r.unacked = (counts.unacked as f64 - pc.unacked as f64) / secs;
-                        r
-                    }
-                    None => QueueRates::default(),
-                };
-                t.queues.add(&stats);
-                t.ready += counts.messages as u64;
-                t.unacked += counts.unacked as u64;
-                seen.insert(key, (counts, stats, rates));
+                read.push(((v.name.clone(), q.name.clone()), counts, stats));
             }
         }
-        let gone: Vec<QueueStats> = st
-            .queues
-            .iter()
-            .filter(|(k, _)| !seen.contains_key(*k))
-            .map(|(_, (_, s, _))| *s)
+        let conns_now: Vec<(ConnectionId, ConnectionTotals)> = broker
+            .connections()
+            .into_iter()
+            .map(|c| (c.id, c.meta.stats.totals()))
             .collect();
-        for s in gone {
-            st.retired.add(&s);
+        let overall_conns = broker.connection_totals(None);
+
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let mut seen: HashMap<(String, String), (QueueCounts, QueueStats, QueueRates)> =
+            HashMap::with_capacity(read.len());
+        for (key, counts, stats) in read {
+            let prev = st.queues.remove(&key);
+            let rates = match prev {
+                // Counters that went back belong to a queue deleted and declared again
+                // between two samples: the old one's are retired, the new one starts at 0.
+                Some((_, ps, _))
+                    if as_array(&stats)
+                        .iter()
+                        .zip(as_array(&ps))
+                        .any(|(a, b)| *a < b) =>
+                {
+                    st.retired.entry(key.0.clone()).or_default().add(&ps);
+                    QueueRates::default()
+                }
+                Some((pc, ps, _)) => {
+                    let (a, b) = (as_array(&stats), as_array(&ps));
+                    let mut r = QueueRates::default();
+                    for i in 0..8 {
+                        r.stats[i] = per_sec(a[i], b[i], secs);
+                    }
+                    r.ready = (counts.messages as f64 - pc.messages as f64) / secs;
+                    r.unacked = (counts.unacked as f64 - pc.unacked as f64) / secs;
+                    r
+                }
+                None => QueueRates::default(),
+            };
+            let t = per_vhost.entry(key.0.clone()).or_default();
+            t.queues.add(&stats);
+            t.ready += counts.messages as u64;
+            t.unacked += counts.unacked as u64;
+            seen.insert(key, (counts, stats, rates));
         }
-        st.queues = seen;
-        let mut conns = HashMap::new();
-        for c in broker.connections() {
-            let now = c.meta.stats.totals();
-            let (r, s) = match st.conns.get(&c.id) {
+        // What is left were queues that are gone: their counters stay in their vhost's
+        // totals (and in the broker's once the vhost is gone too).
+        for ((vhost, _), (_, s, _)) in std::mem::replace(&mut st.queues, seen) {
+            st.retired.entry(vhost).or_default().add(&s);
+        }
+        let gone: Vec<String> = st
+            .retired
+            .keys()
+            .filter(|v| !per_vhost.contains_key(*v))
+            .cloned()
+            .collect();
+        for v in gone {
+            if let Some(s) = st.retired.remove(&v) {
+                st.retired_gone.add(&s);
+            }
+        }
+        for (v, t) in per_vhost.iter_mut() {
+            if let Some(r) = st.retired.get(v) {
+                t.queues.add(r);
+            }
+        }
+        let mut conns = HashMap::with_capacity(conns_now.len());
+        for (id, now) in conns_now {
+            let (r, s) = match st.conns.get(&id) {
                 Some((p, _, _)) => (
                     per_sec(now.recv_oct, p.recv_oct, secs),
                     per_sec(now.send_oct, p.send_oct, secs),
                 ),
                 None => (0.0, 0.0),
             };
-            conns.insert(c.id, (now, r, s));
+            conns.insert(id, (now, r, s));
         }
         st.conns = conns;
         let mut overall = Totals {
             at,
-            queues: st.retired,
-            conns: broker.connection_totals(None),
+            queues: st.retired_gone,
+            conns: overall_conns,
             ..Totals::default()
         };
         for t in per_vhost.values() {
@@ -223,5 +260,69 @@ pub fn history_rate(h: &[Totals], f: impl Fn(&Totals) -> u64) -> f64 {
             per_sec(f(b), f(a), secs)
         }
         _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrymq_core::message::{Message, Properties};
+    use ferrymq_core::queue::QueueOptions;
+    use ferrymq_core::BrokerConfig;
+
+    fn publish(s: &ferrymq_core::Session, queue: &str, n: usize) {
+        for _ in 0..n {
+            let m =
+                Message::from_properties("", queue, &Properties::default(), "m".into()).unwrap();
+            s.publish("", Arc::new(m)).unwrap();
+        }
+    }
+
+    fn published(h: &[Totals]) -> u64 {
+        h.last().unwrap().queues.publish
+    }
+
+    #[test]
+    fn totals_keep_deleted_queues_counters_also_when_declared_again() {
+        let b = Broker::new(BrokerConfig::default());
+        let s = b.api_session("guest", "/").unwrap();
+        let rates = Rates::default();
+        for q in ["a", "b"] {
+            s.declare_queue(q, QueueOptions::default(), false).unwrap();
+        }
+        publish(&s, "a", 3);
+        publish(&s, "b", 2);
+        rates.sample(&b);
+        assert_eq!(published(&rates.history(Some("/"))), 5);
+        // `b` is deleted: its counters stay in the vhost's totals, not only the broker's.
+        s.delete_queue("b", false, false).unwrap();
+        rates.sample(&b);
+        assert_eq!(published(&rates.history(Some("/"))), 5);
+        assert_eq!(published(&rates.history(None)), 5);
+        // `a` is deleted and declared again between two samples: its new counters start
+        // at 0, its old ones are kept.
+        s.delete_queue("a", false, false).unwrap();
+        s.declare_queue("a", QueueOptions::default(), false)
+            .unwrap();
+        publish(&s, "a", 1);
+        rates.sample(&b);
+        assert_eq!(published(&rates.history(Some("/"))), 6);
+        assert_eq!(published(&rates.history(None)), 6);
+        assert_eq!(rates.queue("/", "a").unwrap().stats[0], 0.0);
+        // The vhost is deleted: the broker's totals keep its counters.
+        b.add_vhost("v").unwrap();
+        b.set_permissions("guest", "v", ferrymq_core::access::Permission::all())
+            .unwrap();
+        let sv = b.api_session("guest", "v").unwrap();
+        sv.declare_queue("q", QueueOptions::default(), false)
+            .unwrap();
+        publish(&sv, "q", 4);
+        rates.sample(&b);
+        assert_eq!(published(&rates.history(None)), 10);
+        drop(sv);
+        b.delete_vhost("v").unwrap();
+        rates.sample(&b);
+        assert_eq!(published(&rates.history(None)), 10);
+        assert!(rates.history(Some("v")).is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! `/api/definitions`: export and import in RabbitMQ's format, for the broker or one vhost.
 
-use super::{parse_body, St};
+use super::{parse_any_body, St};
 use crate::auth::Caller;
 use crate::blocking;
 use crate::error::{ApiError, ApiResult};
@@ -100,7 +100,7 @@ pub(crate) async fn export_vhost(
 
 /// A definitions document; RabbitMQ's error for one that is not JSON.
 fn parse_definitions(body: &Bytes) -> ApiResult<Definitions> {
-    parse_body(body).map_err(|e| match e {
+    parse_any_body(body).map_err(|e| match e {
         ApiError::BadRequest(r) if r == "not_json" => {
             ApiError::BadRequest("failed_to_parse_json".into())
         }
@@ -115,8 +115,8 @@ pub(crate) async fn import(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     caller.need_admin()?;
-    let d = parse_definitions(&body)?;
     blocking(move || {
+        let d = parse_definitions(&body)?;
         api.broker.import_definitions(&d)?;
         Ok(StatusCode::NO_CONTENT)
     })
@@ -132,8 +132,8 @@ pub(crate) async fn import_vhost(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     caller.need_admin()?;
-    let mut d = parse_definitions(&body)?;
     blocking(move || {
+        let mut d = parse_definitions(&body)?;
         api.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
         // Only the vhost's own objects: users, vhosts and permissions are broker-wide.
         d.users.clear();

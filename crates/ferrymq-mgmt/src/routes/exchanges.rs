@@ -83,6 +83,13 @@ pub(crate) async fn declare(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    // AMQP names are short strings: nothing could be published to a longer one.
+    if name.len() > 255 {
+        return Err(ApiError::BadRequest(format!(
+            "exchange should be less than 255 bytes, actually was {}",
+            name.len()
+        )));
+    }
     let b: Map<String, Value> = parse_body(&body)?;
     let kind = b
         .get("type")

@@ -10,6 +10,7 @@ use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use ferrymq_core::message::{Message, Properties};
+use ferrymq_core::stats::ConnectionStats;
 use ferrymq_core::value::{table_from_json, table_to_json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -113,22 +114,23 @@ pub(crate) async fn publish(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let b: PublishBody = parse_body(&body)?;
-    let payload = match b.payload_encoding.as_deref().unwrap_or("string") {
-        "string" => Bytes::from(b.payload.into_bytes()),
-        "base64" => Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(b.payload.trim())
-                .map_err(|_| ApiError::BadRequest("payload is not valid base64".into()))?,
-        ),
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown payload_encoding '{other}'"
-            )))
-        }
-    };
-    let props = properties_from_json(&b.properties)?;
+    // Parsed off the runtime: a publish body may be 64 MiB.
     blocking(move || {
+        let b: PublishBody = parse_body(&body)?;
+        let payload = match b.payload_encoding.as_deref().unwrap_or("string") {
+            "string" => Bytes::from(b.payload.into_bytes()),
+            "base64" => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.payload.trim())
+                    .map_err(|_| ApiError::BadRequest("payload is not valid base64".into()))?,
+            ),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown payload_encoding '{other}'"
+                )))
+            }
+        };
+        let props = properties_from_json(&b.properties)?;
         if payload.len() > api.broker.config.max_message_size {
             return Err(ApiError::BadRequest(format!(
                 "message size {} is larger than the maximum {}",
@@ -147,9 +149,20 @@ pub(crate) async fn publish(
                 .exchange(exchange)
                 .map_err(|_| ApiError::NotFound)?;
         }
+        // A user_id must be the caller's own, as on AMQP: consumers trust it.
+        if let Some(claimed) = &props.user_id {
+            s.check_user_id(claimed)?;
+        }
         let msg = Message::from_properties(exchange, &b.routing_key, &props, payload)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let out = s.publish(exchange, Arc::new(msg))?;
+        // Counted as an AMQP client's publish (RabbitMQ's overview counts the API's): the
+        // session's counters join its vhost's totals when it is dropped.
+        let stats = &s.info().meta.stats;
+        ConnectionStats::bump(&stats.publish, 1);
+        if out.routed == 0 {
+            ConnectionStats::bump(&stats.drop_unroutable, 1);
+        }
         api.broker.wait_saved(&out.pending)?;
         Ok(Json(json!({"routed": out.routed > 0})))
     })
@@ -223,7 +236,9 @@ pub(crate) async fn get(
             let Some((m, left)) = got else { break };
             let body = m.message.body();
             let shown = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
-            bytes += shown.len();
+            // Whole payloads count: `truncate` shortens the answer, not what is taken (and
+            // held, read back from disk for a paged queue) until the request settles them.
+            bytes += body.len();
             let (payload, enc) = match std::str::from_utf8(shown) {
                 Ok(t) if !base64_only => (t.to_string(), "string"),
                 _ => (

@@ -209,9 +209,48 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
     r.with_state(api)
 }
 
+/// Most JSON values a request body other than a definitions import may hold. Parsed values
+/// take many times the bytes of their text (`[0,0,...]` sixteen times and more: a 64 MiB
+/// body would cost gigabytes), and bodies are parsed before the caller's permissions in the
+/// vhost are known.
+const MAX_BODY_VALUES: usize = 100_000;
+
+/// At most how many JSON values `text` holds: one more than its `,`, `:`, `[` and `{`
+/// outside strings. A linear scan that allocates nothing.
+fn json_values(text: &[u8]) -> usize {
+    let (mut n, mut in_str, mut esc) = (1usize, false, false);
+    for &c in text {
+        if in_str {
+            match c {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b',' | b':' | b'[' | b'{' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
 /// A request body as JSON; an empty body counts as `{}` (RabbitMQ's clients send none for
-/// some PUTs).
+/// some PUTs). Refused unparsed when it holds more than [`MAX_BODY_VALUES`] values.
 pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if json_values(body) > MAX_BODY_VALUES {
+        return Err(ApiError::BadRequest(format!(
+            "request body has more than {MAX_BODY_VALUES} JSON values"
+        )));
+    }
+    parse_any_body(body)
+}
+
+/// [`parse_body`] without the limit on values (definitions imports, administrators only).
+pub(crate) fn parse_any_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -289,4 +328,35 @@ pub(crate) fn session(api: &Api, caller: &Caller, vhost: &str) -> ApiResult<ferr
 /// `true` for RabbitMQ's boolean query values.
 pub(crate) fn truthy(v: Option<&String>) -> bool {
     v.is_some_and(|s| s == "true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_counts_structure_outside_strings() {
+        assert_eq!(json_values(b"{}"), 2);
+        assert_eq!(json_values(br#"{"a":[1,2,3]}"#), 6);
+        // Commas, colons and brackets inside strings (escaped quotes too) do not count.
+        assert_eq!(json_values(br#"{"a":"x,[{:\",y"}"#), 3);
+    }
+
+    #[test]
+    fn bodies_with_too_many_values_are_refused_before_parsing() {
+        let many = format!(
+            "{{\"arguments\":{{\"x\":[{}0]}}}}",
+            "0,".repeat(MAX_BODY_VALUES)
+        );
+        let r: ApiResult<serde_json::Map<String, serde_json::Value>> =
+            parse_body(&Bytes::from(many.clone()));
+        assert!(matches!(r, Err(ApiError::BadRequest(m)) if m.contains("JSON values")));
+        let r: ApiResult<serde_json::Value> = parse_any_body(&Bytes::from(many));
+        assert!(r.is_ok());
+        // A long string is one value: a large payload stays fine.
+        let long = format!("{{\"payload\":\"{}\"}}", "a,b:[".repeat(1_000_000));
+        let r: ApiResult<serde_json::Map<String, serde_json::Value>> =
+            parse_body(&Bytes::from(long));
+        assert!(r.is_ok());
+    }
 }

@@ -124,6 +124,14 @@ pub(crate) async fn declare(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    // AMQP names are short strings: a longer one could not be used by any client (RabbitMQ's
+    // answer).
+    if name.len() > 255 {
+        return Err(ApiError::BadRequest(format!(
+            "queue should be less than 255 bytes, actually was {}",
+            name.len()
+        )));
+    }
     let b: Map<String, Value> = parse_body(&body)?;
     let options = QueueOptions {
         durable: flag(&b, "durable")?.unwrap_or(false),
