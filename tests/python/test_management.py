@@ -708,3 +708,25 @@ def test_api_publishes_are_counted_in_the_overview(broker, api):
             "routing_key": name, "payload": "x", "payload_encoding": "string",
             "properties": {}}) == {"routed": True}
     eventually(lambda: published() >= before + 3, "the API's publishes counted", timeout=30)
+
+
+def test_a_peer_that_never_finishes_its_headers_is_disconnected(broker):
+    """Slow or silent HTTP clients cannot hold connections (and file descriptors) for ever:
+    each must finish a request's headers within 10 seconds."""
+    import socket
+    silent = socket.create_connection(("127.0.0.1", broker.http_port))
+    partial = socket.create_connection(("127.0.0.1", broker.http_port))
+    partial.sendall(b"GET /api/overview HTTP/1.1\r\nHost: x\r\n")
+    for s in (silent, partial):
+        s.settimeout(60)
+        try:
+            data = s.recv(4096)
+            # Closed, possibly after a 408 answer.
+            assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
+            if data:
+                assert s.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    # The listener still serves others.
+    assert Http(broker.http_port).get("/api/whoami")[0] == 200

@@ -114,6 +114,11 @@ impl MgmtServer {
     }
 
     /// Serves requests (and samples rates) until `shutdown` turns true.
+    ///
+    /// Its own accept loop rather than `axum::serve`: a peer must finish sending a request's
+    /// headers within [`HEADER_READ_TIMEOUT`] (also while a kept-alive connection waits for
+    /// its next request), and at most [`MAX_HTTP_CONNECTIONS`] are open at once, so clients
+    /// that connect and never send cannot use up the file descriptors AMQP needs.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let sampler = tokio::spawn(
             self.api
@@ -121,20 +126,46 @@ impl MgmtServer {
                 .clone()
                 .run(self.api.broker.clone(), shutdown.clone()),
         );
-        let app = router(self.api).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
+        let app = router(self.api);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("management listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 }
-            }
-        };
-        if let Err(e) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("management listener failed: {e}");
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "management listener: {MAX_HTTP_CONNECTIONS} connections open, refusing one");
+                continue;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(
+                app.clone().layer(axum::Extension(ConnectInfo(peer))),
+            );
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(io, svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "management connection ended: {e}");
+                }
+                drop(slot);
+            });
         }
         sampler.abort();
     }
 }
+
+/// How long a peer has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most HTTP connections open at once; more are closed on accept.
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
