@@ -45,7 +45,7 @@ impl QueueStats {
     }
 }
 
-/// Counters of one connection, written by its own task (so the relaxed adds never contend)
+/// Counters of one connection, each written by one task (see [`ConnectionStats::bump`])
 /// and read by the management API.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
@@ -89,10 +89,12 @@ pub struct ConnectionTotals {
 }
 
 impl ConnectionStats {
-    /// Adds `n` to a counter.
+    /// Adds `n` to a counter that has one writer at a time (its connection's reading task,
+    /// its writer task, or whoever holds the channel lock): a plain load and store, no
+    /// locked read-modify-write on the per-message path. Readers may see it a little late.
     #[inline]
     pub fn bump(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 
     /// The counters now.
@@ -125,8 +127,9 @@ impl ConnectionTotals {
     }
 }
 
-/// One open channel as the management API lists it. The protocol's connection task (and the
-/// deliveries it receives) keep it current with relaxed atomics.
+/// One open channel as the management API lists it. The protocol's connection task keeps it
+/// current, and deliveries under the channel's lock; every counter has one writer at a time,
+/// so they are added to with [`ConnectionStats::bump`].
 #[derive(Debug, Default)]
 pub struct ChannelInfo {
     /// The channel number on its connection.

@@ -7,7 +7,7 @@ use crate::codec::Method;
 use crate::error::{code, AmqpError};
 use ferrymq_core::consumer::{ConsumerSink, SinkRefusal};
 use ferrymq_core::queue::ConsumerEntry;
-use ferrymq_core::stats::ChannelInfo;
+use ferrymq_core::stats::{ChannelInfo, ConnectionStats};
 use ferrymq_core::vhost::{generate_name, REPLY_TO_PREFIX};
 use ferrymq_core::{Queue, QueuedMessage};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -68,7 +68,7 @@ impl ConsumerSink for AmqpConsumer {
             .with(|o| o.deliver(ch.id, &self.tag, tag, msg.redelivered(), &msg.message, fm));
         let info = &ch.info;
         if msg.redelivered() {
-            info.redeliver.fetch_add(1, Ordering::Relaxed);
+            ConnectionStats::bump(&info.redeliver, 1);
         }
         if ack_required {
             self.credit.unacked.fetch_add(1, Ordering::Relaxed);
@@ -79,10 +79,10 @@ impl ConsumerSink for AmqpConsumer {
                 msg,
                 credit: Some(self.credit.clone()),
             });
-            info.deliver.fetch_add(1, Ordering::Relaxed);
+            ConnectionStats::bump(&info.deliver, 1);
             ChannelInfo::set(&info.unacked, st.unacked.len() as u64);
         } else {
-            info.deliver_no_ack.fetch_add(1, Ordering::Relaxed);
+            ConnectionStats::bump(&info.deliver_no_ack, 1);
         }
         Ok(())
     }
@@ -336,7 +336,7 @@ impl Channel {
         let info = &self.shared.info;
         match got {
             None => {
-                info.get_empty.fetch_add(1, Ordering::Relaxed);
+                ConnectionStats::bump(&info.get_empty, 1);
                 ctx.send(
                     ch,
                     BasicGetEmpty {
@@ -347,7 +347,7 @@ impl Channel {
             Some((msg, left)) => {
                 let mut st = self.shared.st.lock();
                 if msg.redelivered() {
-                    info.redeliver.fetch_add(1, Ordering::Relaxed);
+                    ConnectionStats::bump(&info.redeliver, 1);
                 }
                 st.next_tag += 1;
                 let tag = st.next_tag;
@@ -362,7 +362,7 @@ impl Channel {
                 let fm = ctx.frame_max;
                 ctx.out.with(|o| o.content(ch, &m, &msg.message, fm));
                 if g.no_ack {
-                    info.get_no_ack.fetch_add(1, Ordering::Relaxed);
+                    ConnectionStats::bump(&info.get_no_ack, 1);
                 } else {
                     st.unacked.push_back(Unacked {
                         tag,
@@ -370,7 +370,7 @@ impl Channel {
                         msg,
                         credit: None,
                     });
-                    info.get.fetch_add(1, Ordering::Relaxed);
+                    ConnectionStats::bump(&info.get, 1);
                     ChannelInfo::set(&info.unacked, st.unacked.len() as u64);
                 }
             }

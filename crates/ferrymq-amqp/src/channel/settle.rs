@@ -5,7 +5,7 @@
 use super::{Channel, ConnCtx, Unacked};
 use crate::codec::methods::*;
 use crate::error::{code, AmqpError};
-use ferrymq_core::stats::ChannelInfo;
+use ferrymq_core::stats::{ChannelInfo, ConnectionStats};
 use ferrymq_core::vhost::Routed;
 use ferrymq_core::{Message, Queue, QueuedMessage};
 use std::sync::atomic::Ordering;
@@ -102,7 +102,7 @@ impl Channel {
         }
         let info = &self.shared.info;
         if matches!(how, Settle::Ack) {
-            info.ack.fetch_add(taken.len() as u64, Ordering::Relaxed);
+            ConnectionStats::bump(&info.ack, taken.len() as u64);
         }
         let left = self.shared.st.lock().unacked.len() as u64;
         ChannelInfo::set(&info.unacked, left);
