@@ -730,3 +730,31 @@ def test_a_peer_that_never_finishes_its_headers_is_disconnected(broker):
         s.close()
     # The listener still serves others.
     assert Http(broker.http_port).get("/api/whoami")[0] == 200
+
+
+def test_topic_permissions_are_set_listed_and_cleared(broker, api):
+    vhost = uniq("tp")
+    api.created["vhosts"].append(vhost)
+    api.ok("PUT", f"/api/vhosts/{vhost}", {})
+    user = new_user(api, "management")
+    api.ok("PUT", f"/api/permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+    body = {"exchange": "amq.topic", "write": "^orders\\.", "read": ".*"}
+    assert api.call("PUT", f"/api/topic-permissions/{vhost}/{user}", body)[0] == 201
+    want = {"user": user, "vhost": vhost, "exchange": "amq.topic", "write": "^orders\\.", "read": ".*"}
+    assert want in api.get("/api/topic-permissions")[1]
+    assert api.get(f"/api/vhosts/{vhost}/topic-permissions")[1] == [want]
+    assert api.get(f"/api/users/{user}/topic-permissions")[1] == [want]
+    assert api.get(f"/api/topic-permissions/{vhost}/{user}")[1] == [want]
+    # A client's publish is checked against them.
+    conn = broker.connect(user=user, password="pw", vhost=vhost)
+    ch = conn.channel()
+    # In confirm mode a publish waits for its answer, so the refusal is raised by it.
+    ch.confirm_delivery()
+    ch.basic_publish("amq.topic", "orders.new", b"ok")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_publish("amq.topic", "invoices.new", b"no")
+    assert e.value.reply_code == 403
+    conn.close()
+    assert api.call("DELETE", f"/api/topic-permissions/{vhost}/{user}")[0] == 204
+    assert api.get(f"/api/vhosts/{vhost}/topic-permissions")[1] == []
+    assert api.get(f"/api/topic-permissions/{vhost}/{user}")[0] == 404

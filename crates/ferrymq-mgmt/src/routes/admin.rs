@@ -384,21 +384,30 @@ fn topic_json(user: &str, vhost: &str, t: &TopicPermission) -> Value {
     json!({"user": user, "vhost": vhost, "exchange": t.exchange, "write": t.write, "read": t.read})
 }
 
+/// The topic permissions whose (user, vhost) `keep` accepts, as JSON.
+async fn topic_permissions_where(
+    api: std::sync::Arc<Api>,
+    keep: impl Fn(&str, &str) -> bool + Send + 'static,
+) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        Ok(Json(Value::Array(
+            all_topic_permissions(&api)
+                .iter()
+                .filter(|(u, v, _)| keep(u, v))
+                .map(|(u, v, t)| topic_json(u, v, t))
+                .collect(),
+        )))
+    })
+    .await
+}
+
 /// GET /api/topic-permissions.
 pub(crate) async fn topic_permissions(
     axum::extract::State(api): St,
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
     caller.need_admin()?;
-    blocking(move || {
-        Ok(Json(Value::Array(
-            all_topic_permissions(&api)
-                .iter()
-                .map(|(u, v, t)| topic_json(u, v, t))
-                .collect(),
-        )))
-    })
-    .await
+    topic_permissions_where(api, |_, _| true).await
 }
 
 /// GET /api/vhosts/{vhost}/topic-permissions.
@@ -409,16 +418,7 @@ pub(crate) async fn vhost_topic_permissions(
 ) -> ApiResult<Json<Value>> {
     caller.need_admin()?;
     api.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
-    blocking(move || {
-        Ok(Json(Value::Array(
-            all_topic_permissions(&api)
-                .iter()
-                .filter(|(_, v, _)| *v == vhost)
-                .map(|(u, v, t)| topic_json(u, v, t))
-                .collect(),
-        )))
-    })
-    .await
+    topic_permissions_where(api, move |_, v| v == vhost).await
 }
 
 /// GET /api/users/{user}/topic-permissions.
@@ -429,16 +429,7 @@ pub(crate) async fn user_topic_permissions(
 ) -> ApiResult<Json<Value>> {
     caller.need_admin()?;
     api.broker.user_tags(&user).ok_or(ApiError::NotFound)?;
-    blocking(move || {
-        Ok(Json(Value::Array(
-            all_topic_permissions(&api)
-                .iter()
-                .filter(|(u, _, _)| *u == user)
-                .map(|(u, v, t)| topic_json(u, v, t))
-                .collect(),
-        )))
-    })
-    .await
+    topic_permissions_where(api, move |u, _| u == user).await
 }
 
 /// GET /api/topic-permissions/{vhost}/{user}.
