@@ -51,6 +51,18 @@ impl Channel {
     /// Removes the deliveries a settle names; an unknown tag is RabbitMQ's 406.
     fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
         let mut st = self.shared.st.lock();
+        let taken = self.take_unacked_locked(&mut st, tag, multiple);
+        // The management API's gauge, set while the lock is held anyway.
+        ChannelInfo::set(&self.shared.info.unacked, st.unacked.len() as u64);
+        taken
+    }
+
+    fn take_unacked_locked(
+        &self,
+        st: &mut super::DeliveryState,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<Vec<Unacked>, AmqpError> {
         let unknown = || {
             AmqpError::chan(
                 self.id,
@@ -104,8 +116,6 @@ impl Channel {
         if matches!(how, Settle::Ack) {
             ConnectionStats::bump(&info.ack, taken.len() as u64);
         }
-        let left = self.shared.st.lock().unacked.len() as u64;
-        ChannelInfo::set(&info.unacked, left);
         for (q, msgs) in group_by_queue(taken) {
             match how {
                 Settle::Requeue => q.requeue(msgs),
@@ -131,6 +141,7 @@ impl Channel {
             return Err(AmqpError::conn(code::NOT_IMPLEMENTED, "requeue=false"));
         }
         let taken: Vec<Unacked> = self.shared.st.lock().unacked.drain(..).collect();
+        ChannelInfo::set(&self.shared.info.unacked, 0);
         self.apply_settle(taken, Settle::Requeue);
         if send_ok {
             ctx.send(self.id, BasicRecoverOk {});
@@ -208,6 +219,7 @@ impl Channel {
                 st.unacked.insert(pos, u);
             }
         }
+        ChannelInfo::set(&self.shared.info.unacked, st.unacked.len() as u64);
         drop(st);
         ctx.send(ch, TxRollbackOk {});
         Ok(())

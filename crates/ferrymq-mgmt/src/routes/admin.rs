@@ -2,7 +2,7 @@
 //! API over HTTP, with RabbitMQ's paths, bodies and tag rules.
 
 use super::overview::{stats_and_totals, AgeQuery};
-use super::{parse_body, visible_vhost, visible_vhosts, St};
+use super::{parse_body, required_str, visible_vhost, visible_vhosts, St};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::{blocking, Api};
@@ -320,16 +320,10 @@ pub(crate) async fn permission(
 
 /// The three regexes of a permission body (all required, as in RabbitMQ).
 fn permission_body(b: &Map<String, Value>) -> ApiResult<Permission> {
-    let get = |k: &str| {
-        b.get(k)
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| ApiError::BadRequest(format!("[{{key_missing,{k}}}]")))
-    };
     Ok(Permission {
-        configure: get("configure")?,
-        write: get("write")?,
-        read: get("read")?,
+        configure: required_str(b, "configure")?,
+        write: required_str(b, "write")?,
+        read: required_str(b, "read")?,
     })
 }
 
@@ -457,16 +451,10 @@ pub(crate) async fn put_topic_permission(
 ) -> ApiResult<StatusCode> {
     caller.need_admin()?;
     let b: Map<String, Value> = parse_body(&body)?;
-    let get = |k: &str| {
-        b.get(k)
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| ApiError::BadRequest(format!("[{{key_missing,{k}}}]")))
-    };
     let t = TopicPermission {
-        exchange: get("exchange")?,
-        write: get("write")?,
-        read: get("read")?,
+        exchange: required_str(&b, "exchange")?,
+        write: required_str(&b, "write")?,
+        read: required_str(&b, "read")?,
     };
     blocking(move || {
         api.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
@@ -575,11 +563,7 @@ pub(crate) async fn put_policy(
 ) -> ApiResult<StatusCode> {
     policy_vhost(&api, &caller, &vhost)?;
     let b: Map<String, Value> = parse_body(&body)?;
-    let pattern = b
-        .get("pattern")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("[{key_missing,pattern}]".into()))?
-        .to_string();
+    let pattern = required_str(&b, "pattern")?;
     let definition = match b.get("definition") {
         Some(Value::Object(m)) => m.clone(),
         _ => return Err(ApiError::BadRequest("[{key_missing,definition}]".into())),

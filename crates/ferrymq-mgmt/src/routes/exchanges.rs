@@ -1,6 +1,8 @@
 //! `/api/exchanges` and `/api/bindings`.
 
-use super::{flag, object, parse_body, session, truthy, visible_vhost, visible_vhosts, St};
+use super::{
+    flag, object, parse_body, required_str, session, truthy, visible_vhost, visible_vhosts, St,
+};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::paging::ListQuery;
@@ -91,11 +93,7 @@ pub(crate) async fn declare(
         )));
     }
     let b: Map<String, Value> = parse_body(&body)?;
-    let kind = b
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("[{key_missing,type}]".into()))?
-        .to_string();
+    let kind = required_str(&b, "type")?;
     let options = ExchangeOptions {
         durable: flag(&b, "durable")?.unwrap_or(true),
         auto_delete: flag(&b, "auto_delete")?.unwrap_or(false),

@@ -279,6 +279,17 @@ pub(crate) fn flag(
     }
 }
 
+/// A string field that must be there; RabbitMQ's `[{key_missing,K}]` otherwise.
+pub(crate) fn required_str(
+    m: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> ApiResult<String> {
+    m.get(key)
+        .and_then(serde_json::Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| ApiError::BadRequest(format!("[{{key_missing,{key}}}]")))
+}
+
 /// An object field (`arguments`, `definition`); absent is empty.
 pub(crate) fn object(
     m: &serde_json::Map<String, serde_json::Value>,
