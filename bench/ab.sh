@@ -51,6 +51,7 @@ run_one() { # BIN PORT SCENARIO ROUND -> prints "rate cpu_us"
     # Builds from before the HTTP API have no such flag; newer ones must not collide on 15672.
     local mgmt=()
     "$bin" server --help 2>/dev/null | grep -q -- --management-port && mgmt=(--management-port 0)
+    "$bin" server --help 2>/dev/null | grep -q -- --prometheus-port && mgmt+=(--prometheus-port 0)
     "$bin" server "${mgmt[@]}" --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level warn \
         >"$WORK/broker-$port.log" 2>&1 &
     local pid=$!

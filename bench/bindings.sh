@@ -10,7 +10,7 @@ N=${2:-100000}
 PORT=${PORT:-5711}
 cargo build --release --quiet --bin ferrymq
 D=$(mktemp -d)
-"$BIN" server --management-port 0 --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$D" --log-level warn >/dev/null 2>&1 &
+"$BIN" server --management-port 0 --prometheus-port 0 --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$D" --log-level warn >/dev/null 2>&1 &
 P=$!
 trap 'kill $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "$D"' EXIT
 sleep 1.5

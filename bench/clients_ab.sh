@@ -68,6 +68,7 @@ run_one() { # CLIENT BUILD SCENARIO ROUND [stat] -> one line in $OUT/runs.tsv
     rm -rf "$dir"
     local mgmt=()
     "$bin" server --help 2>/dev/null | grep -q -- --management-port && mgmt=(--management-port 0)
+    "$bin" server --help 2>/dev/null | grep -q -- --prometheus-port && mgmt+=(--prometheus-port 0)
     "$bin" server "${mgmt[@]}" --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$dir" --log-level warn \
         >"$WORK/broker.log" 2>&1 &
     local pid=$!

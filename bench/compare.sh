@@ -82,7 +82,7 @@ wait_port() {
 
 echo "starting RabbitMQ on $RABBIT_PORT and FerryMQ on $FERRY_PORT (logs in $WORK)"
 "$RMQ_BIN/rabbitmq-server" >"$WORK/rabbit.out" 2>&1 &
-"$BIN" server --management-port 0 --bind 127.0.0.1 --amqp-port "$FERRY_PORT" --data-dir "$WORK/ferry-data" --log-level warn \
+"$BIN" server --management-port 0 --prometheus-port 0 --bind 127.0.0.1 --amqp-port "$FERRY_PORT" --data-dir "$WORK/ferry-data" --log-level warn \
     >"$WORK/ferry.out" 2>&1 &
 FERRY_PID=$!
 wait_port "$FERRY_PORT"

@@ -21,7 +21,7 @@ PID=
 stop() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; PID=; }
 trap 'stop; rm -rf "$WORK"' EXIT
 start() {
-    "$BIN" server --management-port 0 --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$WORK/data" --log-level warn \
+    "$BIN" server --management-port 0 --prometheus-port 0 --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$WORK/data" --log-level warn \
         >>"$WORK/out" 2>&1 &
     PID=$!
     for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.05; done

@@ -64,7 +64,7 @@ wait_port() {
 
 # A long handshake timeout, so that stalled peers stay for the memory reading.
 printf 'handshake_timeout = 120\n' >"$WORK/ferrymq.toml"
-"$BIN" server --management-port 0 --config "$WORK/ferrymq.toml" --bind 127.0.0.1 --amqp-port "$FERRY_PORT" \
+"$BIN" server --management-port 0 --prometheus-port 0 --config "$WORK/ferrymq.toml" --bind 127.0.0.1 --amqp-port "$FERRY_PORT" \
     --data-dir "$WORK/ferry-data" --log-level error --tls-port "$FERRY_TLS" \
     --tls-certfile "$WORK/server.pem" --tls-keyfile "$WORK/server.key" >"$WORK/ferry.out" 2>&1 &
 FERRY_PID=$!
@@ -206,7 +206,7 @@ PY
 fresh_ferry() {
     [ -n "${STALL_PID:-}" ] && kill "$STALL_PID" 2>/dev/null && wait "$STALL_PID" 2>/dev/null || true
     rm -rf "$WORK/stall-data"
-    "$BIN" server --management-port 0 --config "$WORK/ferrymq.toml" --bind 127.0.0.1 --amqp-port "$STALL_PORT" \
+    "$BIN" server --management-port 0 --prometheus-port 0 --config "$WORK/ferrymq.toml" --bind 127.0.0.1 --amqp-port "$STALL_PORT" \
         --data-dir "$WORK/stall-data" --log-level error --tls-port "$STALL_TLS" \
         --tls-certfile "$WORK/server.pem" --tls-keyfile "$WORK/server.key" >>"$WORK/ferry.out" 2>&1 &
     STALL_PID=$!

@@ -16,7 +16,7 @@ PORT=${PORT:-5695}
 cargo build --release --quiet --bin ferrymq
 BIN=target/release/ferrymq
 WORK=$(mktemp -d)
-"$BIN" server --management-port 0 --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$WORK/data" --log-level warn >"$WORK/out" 2>&1 &
+"$BIN" server --management-port 0 --prometheus-port 0 --bind 127.0.0.1 --amqp-port "$PORT" --data-dir "$WORK/data" --log-level warn >"$WORK/out" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done

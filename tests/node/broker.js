@@ -21,7 +21,7 @@ function spawnFerryMQ(dataDir, port) {
   return new Promise((resolve, reject) => {
     const proc = spawn(
       binary(),
-      ['server', '--bind', '127.0.0.1', '--amqp-port', String(port), '--management-port', '0', '--data-dir', dataDir],
+      ['server', '--bind', '127.0.0.1', '--amqp-port', String(port), '--management-port', '0', '--prometheus-port', '0', '--data-dir', dataDir],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     const log = [];

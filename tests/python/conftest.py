@@ -50,6 +50,8 @@ class ExternalBroker:
         self.port = port
         # The reference broker's management listener (rabbitmq_management), if any.
         self.http_port = int(os.environ.get("MGMT_TEST_PORT", "15672"))
+        # Its rabbitmq_prometheus listener, if any.
+        self.prometheus_port = int(os.environ.get("PROMETHEUS_TEST_PORT", "15692"))
 
     def params(self, user="guest", password="guest", vhost="/", **kwargs) -> pika.ConnectionParameters:
         return _params(self.port, user, password, vhost, **kwargs)
@@ -85,14 +87,16 @@ class Broker:
         want_plain = not any(a == "--plain-listener" and b == "false" for a, b in zip(args, args[1:]))
         want_tls = "--tls-certfile" in args
         want_http = not any(a == "--management-listener" and b == "false" for a, b in zip(args, args[1:]))
+        want_prom = not any(a == "--prometheus-listener" and b == "false" for a, b in zip(args, args[1:]))
         self.proc = subprocess.Popen(
-            [_binary(), "server", *bind_args, "--amqp-port", str(amqp_port), "--management-port", "0",
+            [_binary(), "server", *bind_args, "--amqp-port", str(amqp_port), "--management-port", "0", "--prometheus-port", "0",
              "--data-dir", str(data_dir or tmp_path / "data"), *args],
             stderr=subprocess.PIPE, text=True,
         )
         self.port = None
         self.tls_port = None
         self.http_port = None
+        self.prometheus_port = None
         self.log = []
         ready = threading.Event()
 
@@ -109,8 +113,12 @@ class Broker:
                 m = re.search(r"HTTP API listening on \S+:(\d+)", line)
                 if m and self.http_port is None:
                     self.http_port = int(m.group(1))
+                m = re.search(r"Prometheus metrics listening on \S+:(\d+)", line)
+                if m and self.prometheus_port is None:
+                    self.prometheus_port = int(m.group(1))
                 if ((self.port or not want_plain) and (self.tls_port or not want_tls)
-                        and (self.http_port or not want_http)):
+                        and (self.http_port or not want_http)
+                        and (self.prometheus_port or not want_prom)):
                     ready.set()
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + 30

@@ -322,6 +322,10 @@ async fn a_failed_boot_import_leaves_a_fresh_data_dir() {
             listener: true,
             port: 0,
         },
+        prometheus: ferrymq::config::PrometheusConfig {
+            listener: true,
+            port: 0,
+        },
         data_dir: data.clone(),
         load_definitions: Some(defs.clone()),
         ..Default::default()

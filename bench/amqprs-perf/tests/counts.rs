@@ -19,6 +19,10 @@ async fn run(extra: &[&str]) -> ferrymq::perf::ThroughputReport {
             listener: true,
             port: 0,
         },
+        prometheus: ferrymq::config::PrometheusConfig {
+            listener: true,
+            port: 0,
+        },
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };

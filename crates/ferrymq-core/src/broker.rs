@@ -80,6 +80,10 @@ pub struct Broker {
     pub(crate) admin: Mutex<()>,
     next_connection: AtomicU64,
     blocked: watch::Sender<Option<String>>,
+    /// Queue churn and counters of the queues of deleted vhosts (see [`Broker::queue_history`]).
+    pub(crate) gone_queues: Mutex<crate::stats::QueueHistory>,
+    /// Memory and disk readings and limits, written by the alarm monitor.
+    pub resources: crate::stats::NodeResources,
     pub(crate) persist: Option<Arc<Persistence>>,
 }
 
@@ -134,6 +138,8 @@ impl Broker {
             admin: Mutex::new(()),
             next_connection: AtomicU64::new(1),
             blocked: watch::channel(None).0,
+            gone_queues: Mutex::new(Default::default()),
+            resources: Default::default(),
             persist,
         }
     }
@@ -385,6 +391,21 @@ impl Broker {
     /// closed ones included.
     pub fn connection_totals(&self, vhost: Option<&str>) -> crate::stats::ConnectionTotals {
         self.connections.lock().totals(vhost)
+    }
+
+    /// Queue churn since the start and the counters of every deleted queue, deleted vhosts'
+    /// included, so sums over live queues plus these never go backwards.
+    pub fn queue_history(&self) -> crate::stats::QueueHistory {
+        let mut h = *self.gone_queues.lock();
+        for v in self.vhosts() {
+            h.add(&v.queue_history());
+        }
+        h
+    }
+
+    /// Connections and channels opened and closed since the start.
+    pub fn connection_churn(&self) -> crate::stats::ConnectionChurn {
+        self.connections.lock().churn
     }
 
     /// [`Broker::connection_totals`] of every vhost with connections, read at once.

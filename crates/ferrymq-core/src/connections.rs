@@ -137,6 +137,8 @@ pub(crate) struct Registry {
     /// Counters of closed connections of vhosts that were deleted: still in the broker's
     /// totals, which never go backwards.
     retired_gone: ConnectionTotals,
+    /// Connections and channels opened and closed.
+    pub churn: crate::stats::ConnectionChurn,
 }
 
 fn dec(m: &mut HashMap<String, u64>, k: &str) {
@@ -178,6 +180,7 @@ impl Registry {
         *self.per_vhost.entry(vhost.to_string()).or_default() += 1;
         *self.per_user.entry(user.to_string()).or_default() += 1;
         self.conns.insert(id, info.clone());
+        self.churn.connections_opened += 1;
         Ok(info)
     }
 
@@ -195,6 +198,8 @@ impl Registry {
         for _ in 0..info.channels() {
             dec(&mut self.user_channels, &info.user);
         }
+        self.churn.connections_closed += 1;
+        self.churn.channels_closed += info.channels();
     }
 
     /// Counts a channel opened on `info`, unless the user's channel limit is reached.
@@ -210,6 +215,8 @@ impl Registry {
         }
         *self.user_channels.entry(info.user.clone()).or_default() += 1;
         info.channels.fetch_add(1, Ordering::Relaxed);
+        // Channels of unlisted (API) sessions are not churn: they are never counted closed.
+        self.churn.channels_opened += u64::from(self.conns.contains_key(&info.id));
         Ok(())
     }
 
@@ -223,6 +230,7 @@ impl Registry {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if had.is_ok() {
             dec(&mut self.user_channels, &info.user);
+            self.churn.channels_closed += 1;
         }
     }
 

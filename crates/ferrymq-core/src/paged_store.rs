@@ -842,6 +842,14 @@ impl MessageStore for PagedStore {
         self.bytes
     }
 
+    fn paged_out(&self) -> (usize, usize) {
+        // RAM is accounted with a fixed overhead per loaded message; what is not in RAM is
+        // on disk.
+        let loaded = self.ram.len() - self.dead;
+        let ram_body = self.ram_bytes.saturating_sub(loaded * OVERHEAD);
+        (self.paged as usize, self.bytes.saturating_sub(ram_body))
+    }
+
     fn destroy(&mut self) {
         self.destroyed = true;
         let own = self.ram_bytes;

@@ -54,6 +54,13 @@ impl MessageStore for PriorityStore {
         }
     }
 
+    fn paged_out(&self) -> (usize, usize) {
+        self.levels.iter().fold((0, 0), |(n, b), s| {
+            let (n2, b2) = s.paged_out();
+            (n + n2, b + b2)
+        })
+    }
+
     fn flush(&mut self) {
         for s in &mut self.levels {
             s.flush();

@@ -224,9 +224,27 @@ struct QueueState {
     held: Held,
     /// Counters for the management API.
     stats: QueueStats,
+    /// The message being timed for the delivery latency histogram: its sequence number and
+    /// when it was enqueued (see [`crate::stats::LATENCY_SAMPLE`]).
+    probe: Option<(u64, std::time::Instant)>,
 }
 
 impl QueueState {
+    /// Message `seq` went to a consumer or a `basic.get`: if it is the timed one, its
+    /// latency is recorded. A later one clears the probe too (the timed message was purged,
+    /// expired or overtaken by a higher priority), so a lost probe never stops sampling.
+    #[inline]
+    fn handed_off(&mut self, seq: u64) {
+        if let Some((timed, at)) = self.probe {
+            if seq >= timed {
+                if seq == timed {
+                    crate::stats::DELIVERY_LATENCY.observe(at.elapsed().as_secs_f64());
+                }
+                self.probe = None;
+            }
+        }
+    }
+
     /// Whether dead letters are held until their targets took them (a quorum queue with
     /// `x-dead-letter-strategy: at-least-once`, in effect only with `reject-publish`).
     fn at_least_once(&self) -> bool {
@@ -489,6 +507,10 @@ pub struct QueueSnapshot {
     pub ready_bytes: usize,
     /// At-least-once dead letters still held.
     pub held: usize,
+    /// Ready messages only on disk (paged out) and their body bytes, approximately.
+    pub paged_out: (usize, usize),
+    /// Classic or quorum.
+    pub queue_type: crate::queue_config::QueueType,
     /// Message counters.
     pub stats: QueueStats,
     /// Attached consumers.
@@ -559,6 +581,7 @@ impl Queue {
                 dead: Vec::new(),
                 held: Held::default(),
                 stats: QueueStats::default(),
+                probe: None,
             }),
         }
     }
@@ -743,6 +766,8 @@ impl Queue {
             },
             ready_bytes: st.store.bytes(),
             held: st.held.letters.len(),
+            paged_out: st.store.paged_out(),
+            queue_type: st.cfg.queue_type,
             stats: st.stats,
             consumers: st
                 .consumers
@@ -761,6 +786,11 @@ impl Queue {
                 .is_empty()
                 .then(|| crate::expiry::to_wall(st.last_used)),
         }
+    }
+
+    /// Classic or quorum.
+    pub fn queue_type(&self) -> crate::queue_config::QueueType {
+        self.state.lock().cfg.queue_type
     }
 
     /// Ready, unacked and consumer counts.
@@ -1142,6 +1172,9 @@ impl Queue {
             }
         };
         st.stats.publish += 1;
+        if st.stats.publish & (crate::stats::LATENCY_SAMPLE - 1) == 0 && st.probe.is_none() {
+            st.probe = Some((seq, std::time::Instant::now()));
+        }
         if let Some(at) = deadline {
             st.deadlines.add(seq, at);
             self.arm(&mut st, at);
@@ -1212,6 +1245,7 @@ impl Queue {
                         st.stats.deliver_no_ack += 1;
                     }
                     st.stats.redeliver += u64::from(again);
+                    st.handed_off(seq);
                 }
                 Err(SinkRefusal::Busy(m)) => {
                     // Credit went between the check and the delivery (another queue took
@@ -1263,6 +1297,7 @@ impl Queue {
                 st.stats.get_no_ack += 1;
             }
             st.stats.redeliver += u64::from(msg.redelivered());
+            st.handed_off(msg.seq());
             (msg, st.store.len())
         });
         st.stats.get_empty += u64::from(out.is_none());

@@ -202,3 +202,67 @@ impl ChannelInfo {
         c.store(v, Ordering::Relaxed);
     }
 }
+
+/// Queue churn and the counters of deleted queues, kept per vhost so the broker-wide totals
+/// the metrics endpoint reports never go backwards when a queue goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueHistory {
+    /// Non-passive `queue.declare`s that succeeded (new queues and redeclarations).
+    pub declared: u64,
+    /// Queues created.
+    pub created: u64,
+    /// Queues deleted (by clients, auto-delete, exclusive owners leaving, expiry).
+    pub deleted: u64,
+    /// Counters of deleted classic queues.
+    pub retired_classic: QueueStats,
+    /// Counters of deleted quorum queues.
+    pub retired_quorum: QueueStats,
+}
+
+impl QueueHistory {
+    /// Adds `o`'s counts to these.
+    pub fn add(&mut self, o: &QueueHistory) {
+        self.declared += o.declared;
+        self.created += o.created;
+        self.deleted += o.deleted;
+        self.retired_classic.add(&o.retired_classic);
+        self.retired_quorum.add(&o.retired_quorum);
+    }
+}
+
+/// Connection and channel churn since the broker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionChurn {
+    /// Connections admitted.
+    pub connections_opened: u64,
+    /// Connections gone.
+    pub connections_closed: u64,
+    /// Channels opened.
+    pub channels_opened: u64,
+    /// Channels closed (also those of connections that went).
+    pub channels_closed: u64,
+}
+
+/// Bounds of [`DELIVERY_LATENCY`], in seconds.
+const LATENCY_BOUNDS: ferrymq_store::histogram::Bounds = ferrymq_store::histogram::SECONDS;
+
+/// Time from a message entering a queue to its hand-off to a consumer's connection (or a
+/// `basic.get` answer), for one message in [`LATENCY_SAMPLE`] of each queue: timing every
+/// message would cost two clock reads on the delivery path.
+pub static DELIVERY_LATENCY: ferrymq_store::histogram::Histogram =
+    ferrymq_store::histogram::Histogram::new(LATENCY_BOUNDS);
+
+/// One message in this many (per queue) is timed for [`DELIVERY_LATENCY`]; a power of two.
+pub const LATENCY_SAMPLE: u64 = 64;
+
+/// The node's resource readings and limits, as the alarm monitor last saw them (0: not
+/// known, e.g. no monitor runs in a unit test).
+#[derive(Debug, Default)]
+pub struct NodeResources {
+    /// Memory the broker may use before publishers are blocked (the high watermark).
+    pub memory_limit: AtomicU64,
+    /// Free bytes on the data directory's file system.
+    pub disk_free: AtomicU64,
+    /// Free bytes below which publishers are blocked.
+    pub disk_free_limit: AtomicU64,
+}

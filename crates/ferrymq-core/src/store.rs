@@ -104,6 +104,10 @@ pub trait MessageStore: Send {
     }
     /// Total body bytes of the ready messages.
     fn bytes(&self) -> usize;
+    /// Ready messages kept only on disk (paged out) and their body bytes, approximately.
+    fn paged_out(&self) -> (usize, usize) {
+        (0, 0)
+    }
     /// The queue was deleted: drop everything, files included.
     fn destroy(&mut self) {
         self.purge(&mut |_| {});

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod paging;
 pub mod rates;
 mod routes;
@@ -87,24 +88,41 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("request failed: {e}")))?
 }
 
-/// The HTTP API's routes for `api`.
+/// The HTTP API's routes for `api`, the metrics endpoints included.
 pub fn router(api: Arc<Api>) -> axum::Router {
-    routes::router(api)
+    routes::router(api.clone()).merge(metrics::router(api))
 }
 
-/// A bound management listener.
+/// A bound HTTP listener: the management API, or the Prometheus endpoint alone.
 pub struct MgmtServer {
     listener: TcpListener,
     api: Arc<Api>,
+    app: axum::Router,
+    /// Whether this listener runs the rate sampler (the API's does; one per broker).
+    samples: bool,
 }
 
 impl MgmtServer {
-    /// Serves the API on an already bound listener.
+    /// Serves the API (and the metrics) on an already bound listener.
     pub fn from_listener(listener: std::net::TcpListener, api: Arc<Api>) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(MgmtServer {
             listener: TcpListener::from_std(listener)?,
+            app: router(api.clone()),
             api,
+            samples: true,
+        })
+    }
+
+    /// Serves only the Prometheus endpoints (`/metrics`, ...), as rabbitmq_prometheus does
+    /// on its own port.
+    pub fn metrics_only(listener: std::net::TcpListener, api: Arc<Api>) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(MgmtServer {
+            listener: TcpListener::from_std(listener)?,
+            app: metrics::router(api.clone()),
+            api,
+            samples: false,
         })
     }
 
@@ -120,13 +138,15 @@ impl MgmtServer {
     /// its next request), and at most [`MAX_HTTP_CONNECTIONS`] are open at once, so clients
     /// that connect and never send cannot use up the file descriptors AMQP needs.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let sampler = tokio::spawn(
-            self.api
-                .rates
-                .clone()
-                .run(self.api.broker.clone(), shutdown.clone()),
-        );
-        let app = router(self.api);
+        let sampler = self.samples.then(|| {
+            tokio::spawn(
+                self.api
+                    .rates
+                    .clone()
+                    .run(self.api.broker.clone(), shutdown.clone()),
+            )
+        });
+        let app = self.app;
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
@@ -161,7 +181,9 @@ impl MgmtServer {
                 drop(slot);
             });
         }
-        sampler.abort();
+        if let Some(s) = sampler {
+            s.abort();
+        }
     }
 }
 

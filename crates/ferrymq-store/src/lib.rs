@@ -3,6 +3,8 @@
 //! - [`queue_log`]: a durable queue's messages as append-only segment files of CRC32C-framed
 //!   records plus per-segment ack logs; recovery is records minus acks.
 //! - [`sync`]: group commit, one fsync for every write that arrived meanwhile.
+//! - [`histogram`]: fixed-bucket histograms of fsync time and group-commit batch size,
+//!   read by the metrics endpoint.
 //! - [`reaper`]: removal of deleted queues' and fully acked segments' files, off the hot
 //!   path.
 //! - [`definitions`]: the definitions document (RabbitMQ's JSON format), written atomically.
@@ -14,6 +16,7 @@
 pub mod def_journal;
 pub mod def_state;
 pub mod definitions;
+pub mod histogram;
 pub mod queue_log;
 pub mod reaper;
 pub mod record;

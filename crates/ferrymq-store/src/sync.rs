@@ -294,6 +294,8 @@ struct SyncState {
     dirty: Vec<Arc<SyncFile>>,
     /// Directories whose entries changed, with the log each change belongs to.
     dirs: Vec<(PathBuf, Arc<LogHealth>)>,
+    /// Writes recorded since the last round started (for the batch-size histogram).
+    writes: u64,
     stop: bool,
 }
 
@@ -326,6 +328,7 @@ impl SyncGroup {
                 epoch: 1,
                 dirty: Vec::new(),
                 dirs: Vec::new(),
+                writes: 0,
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -357,6 +360,7 @@ impl SyncGroup {
             self.synced.send_replace(ticket);
             return ticket;
         }
+        st.writes += 1;
         if !file.queued.swap(true, Ordering::Relaxed) {
             st.dirty.push(file.clone());
         }
@@ -374,6 +378,7 @@ impl SyncGroup {
         if self.policy == FsyncPolicy::Never {
             return ticket.saturating_sub(1);
         }
+        st.writes += 1;
         if !st.dirs.iter().any(|(d, l)| d == dir && Arc::ptr_eq(l, log)) {
             st.dirs.push((dir.to_path_buf(), log.clone()));
         }
@@ -423,7 +428,7 @@ impl SyncGroup {
 
     fn run(&self) {
         loop {
-            let (files, dirs, covered) = {
+            let (files, dirs, covered, writes) = {
                 let mut st = self.state.lock();
                 while st.dirty.is_empty() && st.dirs.is_empty() && !st.stop {
                     self.wake.wait(&mut st);
@@ -440,8 +445,10 @@ impl SyncGroup {
                 for f in &files {
                     f.queued.store(false, Ordering::Relaxed);
                 }
-                (files, std::mem::take(&mut st.dirs), covered)
+                let writes = std::mem::take(&mut st.writes);
+                (files, std::mem::take(&mut st.dirs), covered, writes)
             };
+            let started = std::time::Instant::now();
             let mut failed: Vec<&Arc<LogHealth>> = Vec::new();
             let synced = files
                 .iter()
@@ -476,6 +483,8 @@ impl SyncGroup {
                 health.lose_since_last_good();
                 failed.push(health);
             }
+            crate::histogram::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+            crate::histogram::GROUP_COMMIT_WRITES.observe(writes as f64);
             let logs = files
                 .iter()
                 .map(|f| &f.health)

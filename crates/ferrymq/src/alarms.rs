@@ -8,6 +8,7 @@ use crate::perf::procstat::rss_bytes;
 use ferrymq_core::Broker;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,12 @@ impl AlarmMonitor {
                 }
                 let free = disk_free(&data_dir);
                 let disk = free.is_some_and(|f| f < l.disk_free_limit);
+                // For the metrics endpoint (rabbitmq_resident_memory_limit_bytes, ...).
+                let r = &broker.resources;
+                r.memory_limit.store(mem_limit, Ordering::Relaxed);
+                r.disk_free.store(free.unwrap_or(0), Ordering::Relaxed);
+                r.disk_free_limit
+                    .store(l.disk_free_limit, Ordering::Relaxed);
                 let reason = match (memory, disk) {
                     (false, false) => None,
                     (true, false) => Some("memory".to_string()),

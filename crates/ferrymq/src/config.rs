@@ -19,6 +19,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The `[management]` table: the HTTP API listener.
     pub management: ManagementConfig,
+    /// The `[prometheus]` table: the metrics listener.
+    pub prometheus: PrometheusConfig,
     /// Where data is kept.
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `ferrymq=debug`.
@@ -134,6 +136,26 @@ impl Default for ManagementConfig {
     }
 }
 
+/// The `[prometheus]` table: `/metrics` on a port of its own (rabbitmq_prometheus'
+/// `prometheus.tcp.port`); the HTTP API's listener serves it too.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Whether the metrics listener runs.
+    pub listener: bool,
+    /// Its port (0 picks a free one).
+    pub port: u16,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            listener: true,
+            port: 15692,
+        }
+    }
+}
+
 /// The `tls.verify` setting (RabbitMQ's `ssl_options.verify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -164,6 +186,7 @@ impl Default for Config {
             plain_listener: true,
             tls: TlsConfig::default(),
             management: ManagementConfig::default(),
+            prometheus: PrometheusConfig::default(),
             data_dir: PathBuf::from("./ferrymq-data"),
             log_level: "info".into(),
             frame_max: 131_072,
@@ -287,6 +310,10 @@ mod tests {
         let c: Config = toml::from_str("[management]\nport = 15999\nlistener = false").unwrap();
         assert_eq!((c.management.listener, c.management.port), (false, 15999));
         assert!(toml::from_str::<Config>("[management]\nprot = 1").is_err());
+        let p = Config::default().prometheus;
+        assert_eq!((p.listener, p.port), (true, 15692));
+        let c: Config = toml::from_str("[prometheus]\nport = 15999\nlistener = false").unwrap();
+        assert_eq!((c.prometheus.listener, c.prometheus.port), (false, 15999));
     }
 
     #[test]

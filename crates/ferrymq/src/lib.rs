@@ -28,6 +28,8 @@ pub struct Running {
     pub amqps_addr: Option<SocketAddr>,
     /// Where the HTTP API listens (`None` with the management listener off).
     pub management_addr: Option<SocketAddr>,
+    /// Where the Prometheus metrics listener is (`None` when it is off).
+    pub prometheus_addr: Option<SocketAddr>,
     /// The resource alarm monitor (thresholds can be changed at runtime).
     pub alarms: alarms::AlarmMonitor,
     tls: Option<Arc<ServerTls>>,
@@ -143,22 +145,51 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             addr: a,
         });
     }
-    let mut mgmt = None;
+    let mut http_servers = Vec::new();
     let mut management_addr = None;
-    if cfg.management.listener {
-        let addr = listen_addr(cfg, cfg.management.port)?;
-        let l = listen::bind(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-        let bound = l.local_addr()?;
-        listeners.push(ferrymq_mgmt::ListenerInfo {
-            protocol: "http".into(),
-            addr: bound,
-        });
-        let api = ferrymq_mgmt::Api::new(broker.clone(), listeners);
-        let server = ferrymq_mgmt::MgmtServer::from_listener(l, api)
-            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+    let mut prometheus_addr = None;
+    let mgmt_listener = match cfg.management.listener {
+        true => {
+            let addr = listen_addr(cfg, cfg.management.port)?;
+            let l =
+                listen::bind(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            listeners.push(ferrymq_mgmt::ListenerInfo {
+                protocol: "http".into(),
+                addr: l.local_addr()?,
+            });
+            Some(l)
+        }
+        false => None,
+    };
+    let prom_listener = match cfg.prometheus.listener {
+        true => {
+            let addr = listen_addr(cfg, cfg.prometheus.port)?;
+            let l = listen::bind(addr)
+                .with_context(|| format!("cannot listen for Prometheus on {addr}"))?;
+            listeners.push(ferrymq_mgmt::ListenerInfo {
+                protocol: "http/prometheus".into(),
+                addr: l.local_addr()?,
+            });
+            Some(l)
+        }
+        false => None,
+    };
+    let api = ferrymq_mgmt::Api::new(broker.clone(), listeners);
+    if let Some(l) = mgmt_listener {
+        let server = ferrymq_mgmt::MgmtServer::from_listener(l, api.clone())
+            .context("cannot serve the HTTP API")?;
+        let bound = server.local_addr()?;
         tracing::info!("HTTP API listening on {bound}");
         management_addr = Some(bound);
-        mgmt = Some(server);
+        http_servers.push(server);
+    }
+    if let Some(l) = prom_listener {
+        let server = ferrymq_mgmt::MgmtServer::metrics_only(l, api)
+            .context("cannot serve Prometheus metrics")?;
+        let bound = server.local_addr()?;
+        tracing::info!("Prometheus metrics listening on {bound}");
+        prometheus_addr = Some(bound);
+        http_servers.push(server);
     }
     let alarms = alarms::AlarmMonitor::spawn(
         broker.clone(),
@@ -173,7 +204,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         .into_iter()
         .map(|s| tokio::spawn(s.run(rx.clone())))
         .collect();
-    if let Some(m) = mgmt {
+    for m in http_servers {
         tasks.push(tokio::spawn(m.run(rx.clone())));
     }
     if let Some(tls) = &tls {
@@ -187,6 +218,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         amqp_addr,
         amqps_addr,
         management_addr,
+        prometheus_addr,
         alarms,
         tls,
         shutdown: tx,

@@ -68,6 +68,12 @@ struct ServerArgs {
     /// Run the HTTP API (management) listener [default: true].
     #[arg(long, value_name = "BOOL")]
     management_listener: Option<bool>,
+    /// Prometheus metrics port; 0 picks a free port [default: 15692].
+    #[arg(long, value_name = "PORT")]
+    prometheus_port: Option<u16>,
+    /// Run the Prometheus metrics listener [default: true].
+    #[arg(long, value_name = "BOOL")]
+    prometheus_listener: Option<bool>,
     /// Data directory [default: ./ferrymq-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -151,6 +157,12 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.management_listener {
         cfg.management.listener = v;
+    }
+    if let Some(v) = a.prometheus_port {
+        cfg.prometheus.port = v;
+    }
+    if let Some(v) = a.prometheus_listener {
+        cfg.prometheus.listener = v;
     }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;

@@ -74,6 +74,8 @@ impl ServerProcess {
                 "0",
                 "--management-port",
                 "0",
+                "--prometheus-port",
+                "0",
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -179,6 +181,10 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestBroker {
         bind: "127.0.0.1".into(),
         amqp_port: 0,
         management: ferrymq::config::ManagementConfig {
+            listener: true,
+            port: 0,
+        },
+        prometheus: ferrymq::config::PrometheusConfig {
             listener: true,
             port: 0,
         },

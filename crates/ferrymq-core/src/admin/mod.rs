@@ -330,6 +330,7 @@ impl Broker {
         self.close_connections(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
         self.connections.lock().forget_vhost(name);
         v.destroy();
+        self.gone_queues.lock().add(&v.queue_history());
         Ok(())
     }
 

@@ -49,6 +49,8 @@ pub struct VHost {
     /// Queues holding at-least-once dead letters that found no way yet: retried when the
     /// topology changes. Empty (one uncontended lock per declaration) unless some do.
     held_queues: parking_lot::Mutex<Vec<Weak<Queue>>>,
+    /// Queue churn and deleted queues' counters, for the metrics endpoint.
+    history: parking_lot::Mutex<crate::stats::QueueHistory>,
 }
 
 fn not_found_queue(name: &str, vhost: &str) -> CoreError {
@@ -97,6 +99,7 @@ impl VHost {
             topology: ReentrantMutex::new(()),
             deleted: std::sync::atomic::AtomicBool::new(false),
             held_queues: parking_lot::Mutex::new(Vec::new()),
+            history: parking_lot::Mutex::new(Default::default()),
             me,
         };
         let durable = ExchangeOptions {
@@ -114,6 +117,11 @@ impl VHost {
             }
         }
         v
+    }
+
+    /// Queue churn in this vhost and the counters of its deleted queues.
+    pub fn queue_history(&self) -> crate::stats::QueueHistory {
+        *self.history.lock()
     }
 
     /// The named exchange.
@@ -202,9 +210,17 @@ impl VHost {
         self.deleted
             .store(true, std::sync::atomic::Ordering::Release);
         let queues: Vec<Arc<Queue>> = self.queues.write().drain().map(|(_, q)| q).collect();
+        let mut h = self.history.lock();
         for q in queues {
             q.mark_deleted(None);
+            let (_, stats) = q.stats();
+            h.deleted += 1;
+            match q.queue_type() {
+                crate::queue_config::QueueType::Quorum => h.retired_quorum.add(&stats),
+                crate::queue_config::QueueType::Classic => h.retired_classic.add(&stats),
+            }
         }
+        drop(h);
         let exchanges: Vec<Arc<Exchange>> =
             self.exchanges.write().drain().map(|(_, x)| x).collect();
         for x in exchanges {

@@ -294,6 +294,7 @@ impl VHost {
         if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
             q.touch();
             let c = q.counts();
+            self.history.lock().declared += 1;
             return Ok((q, c, Pending::default()));
         }
         let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
@@ -321,6 +322,11 @@ impl VHost {
         )?;
         let q = Arc::new(q);
         self.queues.write().insert(name, q.clone());
+        {
+            let mut h = self.history.lock();
+            h.declared += 1;
+            h.created += 1;
+        }
         self.attach_queue(&q, cfg);
         self.topology_changed();
         let counts = QueueCounts {
@@ -440,7 +446,15 @@ impl VHost {
                 saved.merge(self.maybe_auto_delete_exchange(&x));
             }
         }
-        Ok((q.mark_deleted(except_consumer), saved))
+        let ready = q.mark_deleted(except_consumer);
+        let (_, stats) = q.stats();
+        let mut h = self.history.lock();
+        h.deleted += 1;
+        match q.queue_type() {
+            crate::queue_config::QueueType::Quorum => h.retired_quorum.add(&stats),
+            crate::queue_config::QueueType::Classic => h.retired_classic.add(&stats),
+        }
+        Ok((ready, saved))
     }
 
     /// Detaches a consumer and deletes the queue if it is auto-delete and now unused.

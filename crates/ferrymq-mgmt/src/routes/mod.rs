@@ -8,6 +8,8 @@ mod messages;
 mod overview;
 mod queues;
 
+pub(crate) use overview::RABBITMQ_COMPAT_VERSION;
+
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::Api;

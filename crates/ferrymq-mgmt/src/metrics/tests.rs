@@ -1,0 +1,137 @@
+//! The exposition read back line by line, against an in-memory broker.
+
+use super::*;
+use ferrymq_core::message::{Message, Properties};
+use ferrymq_core::queue::QueueOptions;
+use ferrymq_core::{Broker, BrokerConfig};
+
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn publish(s: &ferrymq_core::Session, queue: &str, n: usize) {
+    for _ in 0..n {
+        let m = Message::from_properties("", queue, &Properties::default(), "m".into()).unwrap();
+        s.publish("", Arc::new(m)).unwrap();
+    }
+}
+
+fn setup() -> (Arc<Broker>, Arc<Api>) {
+    let b = Broker::new(BrokerConfig::default());
+    let api = Api::new(b.clone(), vec![]);
+    (b, api)
+}
+
+#[test]
+fn queue_depths_are_summed_or_listed_per_queue() {
+    let (b, api) = setup();
+    let s = b.api_session("guest", "/").unwrap();
+    for q in ["a", "b"] {
+        s.declare_queue(q, QueueOptions::default(), false).unwrap();
+    }
+    publish(&s, "a", 3);
+    publish(&s, "b", 2);
+    let agg = render(api.clone(), Scope::aggregated());
+    assert!(agg.ends_with("# EOF\n"));
+    assert_eq!(sample(&agg, "rabbitmq_queue_messages_ready"), Some(5.0));
+    assert_eq!(sample(&agg, "rabbitmq_queues"), Some(2.0));
+    assert_eq!(sample(&agg, "rabbitmq_queues_created_total"), Some(2.0));
+    let per = render(
+        api,
+        Scope {
+            per_object: true,
+            ..Scope::aggregated()
+        },
+    );
+    assert_eq!(
+        sample(
+            &per,
+            r#"rabbitmq_queue_messages_ready{vhost="/",queue="a"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &per,
+            r#"rabbitmq_queue_messages_ready{vhost="/",queue="b"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn delivery_counters_keep_deleted_queues_and_vhosts() {
+    let (b, api) = setup();
+    b.add_vhost("v").unwrap();
+    b.set_permissions("guest", "v", ferrymq_core::access::Permission::all())
+        .unwrap();
+    let sv = b.api_session("guest", "v").unwrap();
+    sv.declare_queue("q", QueueOptions::default(), false)
+        .unwrap();
+    publish(&sv, "q", 4);
+    for _ in 0..4 {
+        sv.get("q", false).unwrap();
+    }
+    let key = r#"rabbitmq_global_messages_delivered_get_auto_ack_total{protocol="amqp091",queue_type="rabbit_classic_queue"}"#;
+    let read = || sample(&render(api.clone(), Scope::aggregated()), key);
+    assert_eq!(read(), Some(4.0));
+    sv.delete_queue("q", false, false).unwrap();
+    assert_eq!(read(), Some(4.0));
+    sv.declare_queue("q", QueueOptions::default(), false)
+        .unwrap();
+    publish(&sv, "q", 1);
+    sv.get("q", false).unwrap();
+    drop(sv);
+    b.delete_vhost("v").unwrap();
+    assert_eq!(read(), Some(5.0));
+    let agg = render(api, Scope::aggregated());
+    assert_eq!(sample(&agg, "rabbitmq_queues_deleted_total"), Some(2.0));
+}
+
+#[test]
+fn detailed_filters_by_family_and_vhost() {
+    let (b, api) = setup();
+    let s = b.api_session("guest", "/").unwrap();
+    s.declare_queue("a", QueueOptions::default(), false)
+        .unwrap();
+    let scope = |vhost: &str| Scope {
+        prefix: "rabbitmq_detailed_",
+        per_object: true,
+        families: Some([Family::QueueConsumerCount].into_iter().collect()),
+        vhosts: Some([vhost.to_string()].into_iter().collect()),
+    };
+    let out = render(api.clone(), scope("/"));
+    assert_eq!(
+        sample(
+            &out,
+            r#"rabbitmq_detailed_queue_consumers{vhost="/",queue="a"}"#
+        ),
+        Some(0.0)
+    );
+    assert!(!out.contains("rabbitmq_detailed_queue_messages_ready"));
+    assert!(!out.contains("rabbitmq_global_"));
+    let other = render(api, scope("elsewhere"));
+    assert!(!other.contains(r#"queue="a""#));
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let (b, api) = setup();
+    let s = b.api_session("guest", "/").unwrap();
+    s.declare_queue("we\"ird\\name\nx", QueueOptions::default(), false)
+        .unwrap();
+    let per = render(
+        api,
+        Scope {
+            per_object: true,
+            ..Scope::aggregated()
+        },
+    );
+    assert!(
+        per.contains(r#"queue="we\"ird\\name\nx""#),
+        "{}",
+        per.lines().find(|l| l.contains("ird")).unwrap_or("")
+    );
+}
