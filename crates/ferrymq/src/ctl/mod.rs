@@ -30,6 +30,7 @@ pub struct CtlArgs {
 
 /// Options every verb takes.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Global options")]
 struct GlobalArgs {
     /// The API as http://user:pass@host:port[/prefix] [default: http://guest:guest@localhost:15672].
     #[arg(long, global = true, env = "FERRYMQ_CTL_URI", value_name = "URI")]
@@ -184,7 +185,12 @@ pub(crate) fn read_input(path: Option<&PathBuf>, max: u64, what: &str) -> CtlRes
         Some(p) if p.as_os_str() != "-" => {
             std::fs::File::open(p).and_then(|f| f.take(max + 1).read_to_end(&mut buf))
         }
-        _ => std::io::stdin().lock().take(max + 1).read_to_end(&mut buf),
+        _ => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("reading {what} from stdin (end with Ctrl-D)");
+            }
+            std::io::stdin().lock().take(max + 1).read_to_end(&mut buf)
+        }
     };
     read.map_err(|e| CtlError::Failed(format!("cannot read {what} from {name}: {e}")))?;
     if buf.len() as u64 > max {

@@ -34,16 +34,16 @@ pub enum Kind {
     #[value(alias = "permission")]
     Permissions,
     /// Topic permissions (user × vhost × exchange).
-    #[value(alias = "topic-permission")]
+    #[value(alias = "topic-permission", alias = "topic_permissions")]
     TopicPermissions,
     /// Policies.
     #[value(alias = "policy")]
     Policies,
     /// Per-vhost limits.
-    #[value(alias = "vhost-limit")]
+    #[value(alias = "vhost-limit", alias = "vhost_limits")]
     VhostLimits,
     /// Per-user limits.
-    #[value(alias = "user-limit")]
+    #[value(alias = "user-limit", alias = "user_limits")]
     UserLimits,
     /// Client connections.
     #[value(alias = "connection")]
@@ -468,7 +468,7 @@ pub enum Declare {
         read: String,
     },
     /// A user's topic permissions on one exchange in --vhost.
-    #[command(alias = "topic-permission")]
+    #[command(alias = "topic-permission", alias = "topic_permission")]
     TopicPermissions {
         /// The user (positional: --user is the login).
         #[arg(value_name = "USER")]
@@ -501,6 +501,7 @@ pub enum Declare {
         apply_to: String,
     },
     /// A limit of --vhost (max-connections, max-queues).
+    #[command(alias = "vhost_limit")]
     VhostLimit {
         /// Limit name.
         name: String,
@@ -509,6 +510,7 @@ pub enum Declare {
         value: i64,
     },
     /// A limit of a user (max-connections, max-channels).
+    #[command(alias = "user_limit")]
     UserLimit {
         /// The user (positional: --user is the login).
         #[arg(value_name = "USER")]
@@ -719,7 +721,7 @@ pub enum Delete {
         who: String,
     },
     /// A user's topic permissions in --vhost.
-    #[command(alias = "topic-permission")]
+    #[command(alias = "topic-permission", alias = "topic_permission")]
     TopicPermissions {
         /// The user (positional: --user is the login).
         #[arg(value_name = "USER")]
@@ -731,11 +733,13 @@ pub enum Delete {
         name: String,
     },
     /// A limit of --vhost.
+    #[command(alias = "vhost_limit")]
     VhostLimit {
         /// Limit name.
         name: String,
     },
     /// A limit of a user.
+    #[command(alias = "user_limit")]
     UserLimit {
         /// The user (positional: --user is the login).
         #[arg(value_name = "USER")]
