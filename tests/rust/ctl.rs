@@ -996,3 +996,64 @@ async fn trace_on_and_off_set_the_vhosts_tracing_flag() {
     assert_eq!(api(&b, "/api/vhosts/%2F").1["tracing"], false);
     b.stop().await;
 }
+
+/// A loopback listener that accepts connections and hands each to `serve` on a thread.
+fn fake_api(serve: fn(std::net::TcpStream)) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_broker_that_never_answers_is_unreachable_after_the_timeout() {
+    let port = fake_api(|s| {
+        // Hold the connection open without a byte of answer until the client gives up.
+        let mut buf = [0u8; 1024];
+        let mut s = s;
+        while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+    });
+    let ctl = Ctl {
+        uri: format!("http://guest:guest@127.0.0.1:{port}"),
+    };
+    let out = ctl.run(&["--timeout", "1", "list", "queues"]);
+    assert_eq!(out.code, EXIT_UNREACHABLE, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no answer within 1 s"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_answer_over_64_mib_is_refused_not_buffered() {
+    let port = fake_api(|mut s| {
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n[";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        // Stream until the client hangs up (it stops at 64 MiB).
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..1000 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let ctl = Ctl {
+        uri: format!("http://guest:guest@127.0.0.1:{port}"),
+    };
+    let out = ctl.run(&["list", "users"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("larger than 67108864 bytes"),
+        "{}",
+        out.stderr
+    );
+}

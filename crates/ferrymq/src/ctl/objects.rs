@@ -225,7 +225,7 @@ pub(crate) fn list(ctx: &Ctx, a: &ListArgs) -> CtlResult<()> {
     let out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut w = ListWriter::new(out, ctx.format, columns.clone(), whole).map_err(write_error)?;
     if info.paged {
-        list_paged(ctx, a, &path, &columns, whole, &mut w)?;
+        list_paged(ctx, a, &path, &columns, whole, info.name_field, &mut w)?;
     } else {
         let all = ctx.client.get_json(&path)?;
         let Value::Array(mut items) = all else {
@@ -246,6 +246,7 @@ fn list_paged<W: Write>(
     path: &str,
     columns: &[String],
     whole: bool,
+    name_field: &str,
     w: &mut ListWriter<W>,
 ) -> CtlResult<()> {
     let mut query: Vec<(&str, String)> = Vec::new();
@@ -261,11 +262,10 @@ fn list_paged<W: Write>(
     }
     if !whole {
         // The API leaves out every other field: far less to send for long lists. The sort
-        // field stays, since the API sorts before it cuts.
+        // and name fields stay, for an API that serves this list whole (below).
         let mut keep: Vec<String> = columns.to_vec();
-        if let Some(s) = &a.sort {
-            keep.push(s.clone());
-        }
+        keep.extend(a.sort.iter().cloned());
+        keep.push(name_field.to_string());
         query.push(("columns", keep.join(",")));
     }
     let (mut page, size, only_one) = match a.page {
@@ -278,8 +278,12 @@ fn list_paged<W: Write>(
         q.push(("page_size", size.to_string()));
         let answer = ctx.client.get_json(&with_query(path, &q))?;
         let (items, page_count) = match answer {
-            // An API that does not page this list answers the whole array.
-            Value::Array(items) => (items, page),
+            // An API that does not page this list (RabbitMQ's bindings and consumers) answers
+            // the whole array, unfiltered: do here what it did not.
+            Value::Array(mut items) => {
+                filter_sort_page(&mut items, a, name_field)?;
+                (items, page)
+            }
             Value::Object(mut m) => {
                 let items = match m.remove("items") {
                     Some(Value::Array(items)) => items,
