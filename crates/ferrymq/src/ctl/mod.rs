@@ -7,6 +7,7 @@ pub mod client;
 mod definitions;
 pub mod error;
 mod health;
+mod list;
 mod messages;
 mod objects;
 pub mod output;
@@ -71,7 +72,7 @@ struct GlobalArgs {
 #[derive(Debug, clap::Subcommand)]
 enum Verb {
     /// List objects (server-side paging, sorting and filtering where the API has them).
-    List(objects::ListArgs),
+    List(list::ListArgs),
     /// Create or update an object.
     Declare {
         #[command(subcommand)]
@@ -242,7 +243,7 @@ fn execute(args: CtlArgs) -> CtlResult<()> {
         columns,
     };
     match args.verb {
-        Verb::List(a) => objects::list(&ctx, &a),
+        Verb::List(a) => list::list(&ctx, &a),
         Verb::Declare { what } => objects::declare(&ctx, what),
         Verb::Delete { what } => objects::delete(&ctx, what),
         Verb::Purge { what } => objects::purge(&ctx, what),
