@@ -332,6 +332,24 @@ async fn declares_lists_and_deletes_every_object_type() {
             "{kind}: {table}"
         );
     }
+    // Bindings have no name: --name matches their source, here on each page.
+    let only = ctl
+        .run(&[
+            "list",
+            "bindings",
+            "--vhost",
+            "shop",
+            "--name",
+            "^events$",
+            "--page-size",
+            "1",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(names(&only, "source"), ["events"], "{only}");
+    assert_eq!(only[0]["routing_key"], "order.*");
     // Default columns of a queue list; unscoped lists add the vhost column.
     let (header, rows) = ctl.run(&["list", "queues", "--format", "tsv"]).ok().tsv();
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use super::client::{api_path, with_query};
 use super::error::{CtlError, CtlResult};
-use super::output::{lookup, ListWriter};
+use super::output::{cell_text, lookup, ListWriter};
 use super::{write_error, Ctx};
 use serde_json::Value;
 use std::io::Write;
@@ -66,9 +66,10 @@ struct KindInfo {
     all: &'static str,
     /// Path of one vhost's list; `None` for objects outside vhosts.
     vhost: Option<fn(&str) -> String>,
-    /// Whether the API pages, sorts and filters it (`page`, `name`, `sort`).
+    /// Whether the API pages and sorts it (`page`, `sort`).
     paged: bool,
-    /// Field the client-side `--name` filter looks at when the API does not filter.
+    /// Field `--name` matches: the API filters paged lists by `name`; lists without one
+    /// (bindings, consumers) and lists served whole are filtered here on this field.
     name_field: &'static str,
     /// Default columns (`vhost` is put first when every vhost is listed).
     columns: &'static [&'static str],
@@ -251,7 +252,10 @@ fn list_paged<W: Write>(
     w: &mut ListWriter<W>,
 ) -> CtlResult<()> {
     let mut query: Vec<(&str, String)> = Vec::new();
-    if let Some(n) = &a.name {
+    // Objects without a name (bindings, consumers) are matched here, page by page.
+    let filter_here = name_field != "name";
+    let here = if filter_here { name_regex(a)? } else { None };
+    if let (Some(n), false) = (&a.name, filter_here) {
         query.push(("name", n.clone()));
         query.push(("use_regex", "true".into()));
     }
@@ -278,20 +282,25 @@ fn list_paged<W: Write>(
         q.push(("page", page.to_string()));
         q.push(("page_size", size.to_string()));
         let answer = ctx.client.get_json(&with_query(path, &q))?;
-        let (items, page_count) = match answer {
+        let (items, page_count, fetched) = match answer {
             // An API that does not page this list (RabbitMQ's bindings and consumers) answers
             // the whole array, unfiltered: do here what it did not.
             Value::Array(mut items) => {
+                let fetched = items.len();
                 filter_sort_page(&mut items, a, name_field)?;
-                (items, page)
+                (items, page, fetched)
             }
             Value::Object(mut m) => {
-                let items = match m.remove("items") {
+                let mut items = match m.remove("items") {
                     Some(Value::Array(items)) => items,
                     _ => return Err(CtlError::Failed(format!("{path}: a page without items"))),
                 };
+                let fetched = items.len();
+                if let Some(re) = &here {
+                    items.retain(|i| re.is_match(&cell_text(lookup(i, name_field))));
+                }
                 let count = m.get("page_count").and_then(Value::as_u64).unwrap_or(1);
-                (items, u32::try_from(count).unwrap_or(u32::MAX))
+                (items, u32::try_from(count).unwrap_or(u32::MAX), fetched)
             }
             _ => return Err(CtlError::Failed(format!("{path} did not answer a list"))),
         };
@@ -299,21 +308,30 @@ fn list_paged<W: Write>(
             w.push(i).map_err(write_error)?;
         }
         // A list that shrinks while it is walked ends early rather than asking past its end.
-        if only_one || page >= page_count || items.is_empty() {
+        if only_one || page >= page_count || fetched == 0 {
             return Ok(());
         }
         page += 1;
     }
 }
 
+/// `--name` as a regex with a bounded compiled size.
+fn name_regex(a: &ListArgs) -> CtlResult<Option<regex::Regex>> {
+    a.name
+        .as_deref()
+        .map(|n| {
+            regex::RegexBuilder::new(n)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| CtlError::Usage(format!("--name is not a valid regex: {e}")))
+        })
+        .transpose()
+}
+
 /// `--name`, `--sort`, `--page` done here for the lists the API serves whole.
 fn filter_sort_page(items: &mut Vec<Value>, a: &ListArgs, name_field: &str) -> CtlResult<()> {
-    if let Some(n) = &a.name {
-        let re = regex::RegexBuilder::new(n)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| CtlError::Usage(format!("--name is not a valid regex: {e}")))?;
-        items.retain(|i| re.is_match(&super::output::cell_text(lookup(i, name_field))));
+    if let Some(re) = name_regex(a)? {
+        items.retain(|i| re.is_match(&cell_text(lookup(i, name_field))));
     }
     if let Some(s) = &a.sort {
         items.sort_by(|x, y| compare(lookup(x, s), lookup(y, s)));
