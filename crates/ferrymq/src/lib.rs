@@ -4,6 +4,7 @@
 
 pub mod alarms;
 pub mod config;
+pub mod ctl;
 pub mod listen;
 pub mod memory_limit;
 pub mod perf;

@@ -26,6 +26,8 @@ enum Command {
         #[command(subcommand)]
         scenario: ferrymq::perf::Scenario,
     },
+    /// Administer a broker (FerryMQ or RabbitMQ) through its management HTTP API.
+    Ctl(ferrymq::ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +112,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(a) => server(a),
+        Command::Ctl(a) => std::process::exit(i32::from(ferrymq::ctl::run(a))),
         Command::Perf { scenario } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
