@@ -192,10 +192,6 @@ def test_health_status_and_exit_codes(broker, ctl):
 
 
 def test_trace_on_and_off(broker, ctl, request):
-    if not broker.external:
-        request.applymarker(pytest.mark.xfail(
-            reason="FerryMQ's firehose tracing is not merged yet: the broker keeps reporting "
-                   "tracing false, and ctl exits 1 saying so (passes against RabbitMQ)"))
     vhost = uniq("ctl-t")
     ctl.run("declare", "vhost", vhost)
     ctl.cleanup.append(("delete", "vhost", vhost))

@@ -971,11 +971,9 @@ async fn trace_of_a_missing_vhost_is_not_found() {
     b.stop().await;
 }
 
-/// Needs firehose tracing in the server (`PUT /api/vhosts/{vhost}` with `tracing`, being
-/// built on main); until then the broker accepts the PUT but reports `tracing: false`, and
-/// ctl says so with exit code 1.
+/// `ctl trace on|off` switches the firehose: the vhost reports it and a queue bound to
+/// `amq.rabbitmq.trace` gets the publish copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs firehose tracing in the server (issue 13); run with --ignored once it lands"]
 async fn trace_on_and_off_set_the_vhosts_tracing_flag() {
     let b = start().await;
     let ctl = Ctl::new(&b);

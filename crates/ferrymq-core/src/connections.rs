@@ -81,6 +81,15 @@ impl ConnectionInfo {
         }
     }
 
+    /// The name RabbitMQ gives a connection: `peer:port -> local:port`.
+    pub fn name(&self) -> String {
+        let show = |a: Option<std::net::SocketAddr>| match a {
+            Some(a) => format!("{}:{}", a.ip().to_canonical(), a.port()),
+            None => "?".into(),
+        };
+        format!("{} -> {}", show(self.meta.peer), show(self.meta.local))
+    }
+
     /// Its open channels, by number.
     pub fn channel_list(&self) -> Vec<Arc<ChannelInfo>> {
         let mut v = self.channel_list.lock().clone();

@@ -36,6 +36,9 @@ pub trait QueueEvents: Send + Sync {
     /// `queue` holds dead letters that could not be forwarded yet: call its
     /// [`Queue::retry_held_soon`] when the topology changes.
     fn holding(&self, _queue: &Arc<Queue>) {}
+    /// Deliveries from `queue` noted while the firehose was on: trace them if the vhost
+    /// still traces. Called with no queue lock held.
+    fn trace_deliveries(&self, _queue: &str, _deliveries: Vec<crate::trace::PendingDelivery>) {}
 }
 
 /// Where a delayed-message exchange sends a message once its delay has passed.

@@ -36,6 +36,7 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod timers;
+pub mod trace;
 pub mod value;
 pub mod vhost;
 pub mod wire;

@@ -158,6 +158,8 @@ pub struct ConsumerEntry {
     /// The protocol channel it was made on, and that channel's prefetch then (management
     /// views).
     pub channel: Option<(u16, u32)>,
+    /// Who consumes, for the firehose's delivery traces (set by the session).
+    pub origin: Option<Arc<crate::trace::Origin>>,
 }
 
 impl ConsumerEntry {
@@ -179,6 +181,7 @@ impl ConsumerEntry {
             priority: 0,
             shared_credit: false,
             channel: None,
+            origin: None,
         }
     }
 
@@ -227,6 +230,8 @@ struct QueueState {
     /// The message being timed for the delivery latency histogram: its sequence number and
     /// when it was enqueued (see [`crate::stats::LATENCY_SAMPLE`]).
     probe: Option<(u64, std::time::Instant)>,
+    /// Deliveries to trace once the lock is released (only while some vhost traces).
+    traced: Vec<crate::trace::PendingDelivery>,
 }
 
 impl QueueState {
@@ -582,6 +587,7 @@ impl Queue {
                 held: Held::default(),
                 stats: QueueStats::default(),
                 probe: None,
+                traced: Vec::new(),
             }),
         }
     }
@@ -886,8 +892,14 @@ impl Queue {
 
     /// Releases the lock, then republishes the dead letters collected under it and
     /// forwards the ones newly held.
-    fn unlock_and_flush(self: &Arc<Self>, st: parking_lot::MutexGuard<'_, QueueState>) {
+    fn unlock_and_flush(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+        let traced = std::mem::take(&mut st.traced);
         self.flush_dead(st, false);
+        if !traced.is_empty() {
+            if let Some(home) = self.home.get().and_then(Weak::upgrade) {
+                home.trace_deliveries(&self.name, traced);
+            }
+        }
     }
 
     /// [`Queue::unlock_and_flush`] on the timer thread: the held letters are forwarded by a
@@ -1229,6 +1241,18 @@ impl Queue {
             let ack_required = !st.consumers[i].no_ack;
             let seq = msg.seq();
             let again = msg.redelivered();
+            // Noted before the hand-off (which takes the message), traced after the unlock.
+            let trace = match (crate::trace::any(), &st.consumers[i].origin) {
+                (true, Some(o)) if st.traced.len() < crate::trace::MAX_PENDING => {
+                    Some(crate::trace::PendingDelivery {
+                        message: msg.message.clone(),
+                        redelivered: again,
+                        origin: o.clone(),
+                        channel: st.consumers[i].channel.map_or(0, |c| c.0),
+                    })
+                }
+                _ => None,
+            };
             if ack_required {
                 // Marked (the store writes the mark at once) before the delivery is handed
                 // to the connection, whose writer may send it at once on another thread: a
@@ -1246,6 +1270,9 @@ impl Queue {
                     }
                     st.stats.redeliver += u64::from(again);
                     st.handed_off(seq);
+                    if let Some(t) = trace {
+                        st.traced.push(t);
+                    }
                 }
                 Err(SinkRefusal::Busy(m)) => {
                     // Credit went between the check and the delivery (another queue took

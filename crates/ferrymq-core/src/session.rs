@@ -418,16 +418,65 @@ impl Session {
 
     /// Publishes a message to an exchange (`""` is the default exchange).
     pub fn publish(&self, exchange: &str, message: Arc<Message>) -> CoreResult<PublishOutcome> {
+        self.publish_on(0, exchange, message)
+    }
+
+    /// [`Session::publish`] from protocol channel `channel` (named in firehose traces).
+    pub fn publish_on(
+        &self,
+        channel: u16,
+        exchange: &str,
+        message: Arc<Message>,
+    ) -> CoreResult<PublishOutcome> {
         let x = self.check_publish(exchange, message.routing_key())?;
+        if crate::trace::any() && self.vhost.tracing() {
+            // Routed first so the trace names its queues, and traced before it is enqueued
+            // so `publish.` comes before the `deliver.` of the same message.
+            let routed = self.vhost.route_publish(&x, &message)?;
+            crate::trace::publish(
+                &self.vhost,
+                &message,
+                &routed.queue_names(),
+                &self.origin(),
+                channel,
+            );
+            return self.vhost.deliver(routed, message);
+        }
         self.vhost.publish(&x, message)
+    }
+
+    /// Who this session is, for firehose traces.
+    pub fn origin(&self) -> Arc<crate::trace::Origin> {
+        Arc::new(crate::trace::Origin {
+            connection: self.info.name(),
+            user: self.info.user.clone(),
+            node: crate::trace::node_name(),
+        })
     }
 
     /// Checks a publish as [`Session::publish`] does and decides where it goes, without
     /// enqueueing it: a transaction routes its publishes when they arrive and hands them to
     /// [`Session::deliver`] at commit.
     pub fn route(&self, exchange: &str, message: &Message) -> CoreResult<Routed> {
+        self.route_on(0, exchange, message)
+    }
+
+    /// [`Session::route`] of a publish on protocol channel `channel`. The firehose traces a
+    /// transactional publish here, when it arrives, as RabbitMQ does (also if it is rolled
+    /// back later).
+    pub fn route_on(&self, channel: u16, exchange: &str, message: &Message) -> CoreResult<Routed> {
         let x = self.check_publish(exchange, message.routing_key())?;
-        self.vhost.route_publish(&x, message)
+        let routed = self.vhost.route_publish(&x, message)?;
+        if crate::trace::any() && self.vhost.tracing() {
+            crate::trace::publish(
+                &self.vhost,
+                message,
+                &routed.queue_names(),
+                &self.origin(),
+                channel,
+            );
+        }
+        Ok(routed)
     }
 
     /// Enqueues a message where [`Session::route`] decided.
@@ -463,9 +512,11 @@ impl Session {
     }
 
     /// Attaches a consumer to queue `queue` and starts delivering to it.
-    pub fn consume(&self, queue: &str, entry: ConsumerEntry) -> CoreResult<Arc<Queue>> {
+    pub fn consume(&self, queue: &str, mut entry: ConsumerEntry) -> CoreResult<Arc<Queue>> {
         self.check(Perm::Read, Resource::Queue, queue)?;
         let q = self.vhost.queue(queue, self.id())?;
+        // Kept with the consumer so turning the firehose on later traces it too.
+        entry.origin.get_or_insert_with(|| self.origin());
         q.add_consumer(entry)?;
         Ok(q)
     }
@@ -486,9 +537,31 @@ impl Session {
         queue: &str,
         ack_required: bool,
     ) -> CoreResult<(Arc<Queue>, Option<(QueuedMessage, usize)>)> {
+        self.get_on(0, queue, ack_required)
+    }
+
+    /// [`Session::get`] on protocol channel `channel` (named in firehose traces).
+    #[allow(clippy::type_complexity)]
+    pub fn get_on(
+        &self,
+        channel: u16,
+        queue: &str,
+        ack_required: bool,
+    ) -> CoreResult<(Arc<Queue>, Option<(QueuedMessage, usize)>)> {
         self.check(Perm::Read, Resource::Queue, queue)?;
         let q = self.vhost.queue(queue, self.id())?;
         let m = q.get(ack_required);
+        if let Some((msg, _)) = &m {
+            if crate::trace::any() && self.vhost.tracing() {
+                let d = crate::trace::PendingDelivery {
+                    message: msg.message.clone(),
+                    redelivered: msg.redelivered(),
+                    origin: self.origin(),
+                    channel,
+                };
+                crate::trace::deliver(&self.vhost, &q.name, &d);
+            }
+        }
         Ok((q, m))
     }
 

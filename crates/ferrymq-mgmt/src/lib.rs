@@ -51,13 +51,10 @@ pub struct Api {
 impl Api {
     /// Shared state for a broker.
     pub fn new(broker: Arc<Broker>, listeners: Vec<ListenerInfo>) -> Arc<Api> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
         Arc::new(Api {
             broker,
             rates: Arc::new(rates::Rates::default()),
-            node: format!("ferrymq@{host}"),
+            node: ferrymq_core::trace::node_name().to_string(),
             listeners,
             started_at: ferrymq_core::expiry::wall_ms(),
         })

@@ -286,11 +286,7 @@ fn host_port(a: Option<std::net::SocketAddr>) -> (Value, Value) {
 
 /// The name RabbitMQ gives a connection: `peer:port -> local:port`.
 pub fn connection_name(c: &ConnectionInfo) -> String {
-    let show = |a: Option<std::net::SocketAddr>| match a {
-        Some(a) => format!("{}:{}", a.ip().to_canonical(), a.port()),
-        None => "?".into(),
-    };
-    format!("{} -> {}", show(c.meta.peer), show(c.meta.local))
+    c.name()
 }
 
 /// A connection as `/api/connections` lists it.

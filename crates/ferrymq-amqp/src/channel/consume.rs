@@ -331,7 +331,7 @@ impl Channel {
         let name = self.queue_name(&g.queue)?;
         let (q, got) = ctx
             .session
-            .get(&name, !g.no_ack)
+            .get_on(ch, &name, !g.no_ack)
             .map_err(|e| chan_err(ch, e))?;
         let info = &self.shared.info;
         match got {

@@ -242,7 +242,7 @@ impl Channel {
             // arrived.
             let routed = ctx
                 .session
-                .route(exchange, &msg)
+                .route_on(ch, exchange, &msg)
                 .map_err(|e| chan_err(ch, e).caused_by((60, 40)))?;
             tx.publishes.push((pc.publish, msg, routed));
             return Ok(());
@@ -260,7 +260,7 @@ impl Channel {
     ) -> Result<Pending, AmqpError> {
         let outcome = ctx
             .session
-            .publish(&p.exchange, msg.clone())
+            .publish_on(self.id, &p.exchange, msg.clone())
             .map_err(|e| chan_err(self.id, e).caused_by((60, 40)))?;
         self.published(ctx, p, msg, outcome)
     }

@@ -51,6 +51,8 @@ pub struct VHost {
     held_queues: parking_lot::Mutex<Vec<Weak<Queue>>>,
     /// Queue churn and deleted queues' counters, for the metrics endpoint.
     history: parking_lot::Mutex<crate::stats::QueueHistory>,
+    /// The firehose is on (see [`crate::trace`]).
+    tracing: std::sync::atomic::AtomicBool,
 }
 
 fn not_found_queue(name: &str, vhost: &str) -> CoreError {
@@ -100,6 +102,7 @@ impl VHost {
             deleted: std::sync::atomic::AtomicBool::new(false),
             held_queues: parking_lot::Mutex::new(Vec::new()),
             history: parking_lot::Mutex::new(Default::default()),
+            tracing: std::sync::atomic::AtomicBool::new(false),
             me,
         };
         let durable = ExchangeOptions {
@@ -117,6 +120,29 @@ impl VHost {
             }
         }
         v
+    }
+
+    /// Whether the firehose tracer copies this vhost's publishes and deliveries to
+    /// `amq.rabbitmq.trace`.
+    pub fn tracing(&self) -> bool {
+        self.tracing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns the firehose on or off (RabbitMQ's `trace_on` / `trace_off`).
+    pub fn set_tracing(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        let was = self.tracing.swap(on, Ordering::AcqRel);
+        match (was, on) {
+            (false, true) => {
+                crate::trace::ACTIVE.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(vhost = %self.name, "tracing enabled");
+            }
+            (true, false) => {
+                crate::trace::ACTIVE.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(vhost = %self.name, "tracing disabled");
+            }
+            _ => {}
+        }
     }
 
     /// Queue churn in this vhost and the counters of its deleted queues.
@@ -206,6 +232,7 @@ impl VHost {
     /// messages, reply-to pseudo-queues. The broker has already removed it from the
     /// definitions and closed its connections.
     pub(crate) fn destroy(&self) {
+        self.set_tracing(false);
         let _t = self.topology.lock();
         self.deleted
             .store(true, std::sync::atomic::Ordering::Release);

@@ -386,7 +386,34 @@ impl DelayedRelease for VHost {
     }
 }
 
+impl VHost {
+    /// Routes a message through an exchange without the internal-exchange check: the
+    /// firehose publishes to `amq.rabbitmq.trace`, which clients may not.
+    pub(crate) fn publish_internal(&self, x: &Arc<Exchange>, message: Arc<Message>) {
+        let headers = LazyHeaders::of(&message);
+        self.enqueue(x, &message, &headers, |_| true);
+    }
+}
+
+impl Routed {
+    /// The names of the queues it goes to (none for a delayed-message exchange's hold).
+    pub fn queue_names(&self) -> Vec<&str> {
+        match &self.target {
+            Target::Queues(qs) => qs.iter().map(|q| q.name.as_str()).collect(),
+            Target::Delay(_) => Vec::new(),
+        }
+    }
+}
+
 impl QueueEvents for VHost {
+    fn trace_deliveries(&self, queue: &str, deliveries: Vec<crate::trace::PendingDelivery>) {
+        if self.tracing() {
+            for d in &deliveries {
+                crate::trace::deliver(self, queue, d);
+            }
+        }
+    }
+
     /// Republishes messages that left queue `queue` to its dead-letter exchange `dlx`, with
     /// their `x-death` history. A missing exchange drops them, as in RabbitMQ; a queue that
     /// would close a cycle without a rejection in it is skipped.

@@ -35,7 +35,7 @@ fn vhost_json(api: &Api, name: &str) -> Value {
         "tags": [],
         "default_queue_type": "undefined",
         "metadata": {"description": "", "tags": []},
-        "tracing": false,
+        "tracing": api.broker.vhost(name).is_some_and(|v| v.tracing()),
         "cluster_state": {api.node.clone(): "running"},
         "message_stats": stats,
     });
@@ -81,13 +81,22 @@ pub(crate) async fn put_vhost(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     caller.need_admin()?;
-    let _: Map<String, Value> = parse_body(&body)?;
+    let body: Map<String, Value> = parse_body(&body)?;
+    // RabbitMQ switches the firehose with this body's `tracing` (its `trace_on`/`off`).
+    let tracing = match body.get("tracing") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(ApiError::BadRequest("tracing must be true or false".into())),
+    };
     blocking(move || {
         let existed = api.broker.vhost(&name).is_some();
         api.broker.add_vhost(&name)?;
         if !existed {
             api.broker
                 .set_permissions(&caller.user, &name, Permission::all())?;
+        }
+        if let (Some(on), Some(v)) = (tracing, api.broker.vhost(&name)) {
+            v.set_tracing(on);
         }
         Ok(created(existed))
     })
