@@ -9,6 +9,8 @@
 # both: the new binary's `perf throughput`, or with CLIENT=lapin the lapin-perf binary beside
 # it (or LAPIN_PERF), with CLIENT=amqprs the amqprs-perf one (or AMQPRS_PERF).
 # bench/clients_ab.sh runs several clients in one go, with perf stat syscall counts. Prints every round and the medians with the ratio new/old.
+# POLL=1: while the NEW broker runs, a client polls its /api/queues and /metrics once a second
+# (the management plane's cost: pass the same binary as OLD and NEW).
 # The machine is shared: read ratios of medians, not single rounds.
 set -euo pipefail
 OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [SCENARIO...]}
@@ -52,14 +54,29 @@ run_one() { # BIN PORT SCENARIO ROUND -> prints "rate cpu_us"
     local mgmt=()
     "$bin" server --help 2>/dev/null | grep -q -- --management-port && mgmt=(--management-port 0)
     "$bin" server --help 2>/dev/null | grep -q -- --prometheus-port && mgmt+=(--prometheus-port 0)
+    local poll=""
+    if [ -n "${POLL:-}" ] && [ "$bin" = "$NEW" ] && [ "$port" = 5792 ]; then
+        mgmt=(--management-port 15792 --prometheus-port 0)
+        poll=1
+    fi
     "$bin" server "${mgmt[@]}" --bind 127.0.0.1 --amqp-port "$port" --data-dir "$dir" --log-level warn \
         >"$WORK/broker-$port.log" 2>&1 &
     local pid=$!
     wait_port "$port" || { cat "$WORK/broker-$port.log" >&2; exit 1; }
+    local poller=""
+    if [ -n "$poll" ]; then
+        wait_port 15792
+        ( while sleep 1; do
+            curl -s -o /dev/null -u guest:guest 'http://127.0.0.1:15792/api/queues' || true
+            curl -s -o /dev/null 'http://127.0.0.1:15792/metrics' || true
+          done ) &
+        poller=$!
+    fi
     # shellcheck disable=SC2046
     "${PERF[@]}" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --quiet --cleanup \
         --queue-prefix "ab-$sc-$r" --broker-pid "$pid" $(args "$sc") | tail -n 1 |
         python3 -c 'import json,sys; j=json.load(sys.stdin); print(int(j["publish_rate"]), j["broker_cpu_us_per_msg"])'
+    [ -n "$poller" ] && { kill "$poller"; wait "$poller" 2>/dev/null || true; }
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -rf "$dir"
 }

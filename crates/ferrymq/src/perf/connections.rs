@@ -20,6 +20,10 @@ pub struct ConnectionsArgs {
     /// Broker process id, to report its memory.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Keep the connections open this many seconds after reporting (to measure the broker
+    /// meanwhile, e.g. its HTTP API with 10,000 connections).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub hold: u64,
 }
 
 /// Opens the connections, reports memory, closes them.
@@ -59,6 +63,9 @@ pub async fn run(a: &ConnectionsArgs) -> anyhow::Result<()> {
         serde_json::json!({"scenario": "connections", "count": a.count, "seconds": took,
             "broker_rss_before_mib": rss0, "broker_rss_after_mib": rss1})
     );
+    if a.hold > 0 {
+        tokio::time::sleep(std::time::Duration::from_secs(a.hold)).await;
+    }
     drop(conns);
     Ok(())
 }
