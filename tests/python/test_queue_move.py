@@ -13,6 +13,14 @@ def api(broker):
     return Http(broker.http_port)
 
 
+def confirmed(conn):
+    """A channel whose publishes return once the broker has them (confirms), so a move
+    right after sees every message."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    return ch
+
+
 def declare(ch, durable=True):
     name = uniq("mv")
     ch.queue_declare(queue=name, durable=durable)
@@ -45,7 +53,7 @@ def move(api, src, body, user=None):
 
 def test_moves_every_ready_message_in_order_keeping_properties(broker, api):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     src, dst = declare(ch), declare(ch)
     bodies = [f"m{i}".encode() for i in range(25)]
     publish(ch, src, bodies, headers={"tenant": "acme"}, content_type="text/plain", message_id="x")
@@ -64,7 +72,7 @@ def test_moves_every_ready_message_in_order_keeping_properties(broker, api):
 
 def test_count_moves_only_the_first_messages(broker, api):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     src, dst = declare(ch), declare(ch)
     publish(ch, src, [b"a", b"b", b"c", b"d", b"e"])
     status, out, _ = move(api, src, {"destination": dst, "count": 2})
@@ -83,7 +91,7 @@ def test_count_moves_only_the_first_messages(broker, api):
 
 def test_moved_persistent_messages_survive_a_crash(broker, api):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     src, dst = declare(ch), declare(ch)
     publish(ch, src, [b"one", b"two", b"three"])
     conn.close()
@@ -93,7 +101,7 @@ def test_moved_persistent_messages_survive_a_crash(broker, api):
     broker.proc.wait()
     broker.restart()
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     assert [b for _, b in drain(ch, dst)] == [b"one", b"two", b"three"]
     assert drain(ch, src) == []
     conn.close()
@@ -113,7 +121,7 @@ def test_moved_persistent_messages_survive_a_crash(broker, api):
 ])
 def test_bad_requests_are_refused_and_take_nothing(broker, api, body, status):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     src, dst = declare(ch), declare(ch)
     publish(ch, src, [b"keep"])
     body = {k: (dst if v == "DST" else src if v == "SRC" else v) for k, v in body.items()}
@@ -126,7 +134,7 @@ def test_bad_requests_are_refused_and_take_nothing(broker, api, body, status):
 
 def test_unknown_source_or_vhost_is_404_and_a_malformed_body_400(broker, api):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     dst = declare(ch)
     assert move(api, "nope", {"destination": dst})[0] == 404
     assert api.call("POST", f"/api/queues/nope/x/move", {"destination": dst})[0] == 404
@@ -136,7 +144,7 @@ def test_unknown_source_or_vhost_is_404_and_a_malformed_body_400(broker, api):
 
 def test_moves_need_read_on_the_source_and_write_on_the_destination(broker, api):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     src, dst = declare(ch), declare(ch)
     publish(ch, src, [b"x"])
     cases = {
@@ -173,7 +181,7 @@ def test_moves_need_read_on_the_source_and_write_on_the_destination(broker, api)
 
 def test_a_full_destination_stops_the_move_and_keeps_the_rest_in_order(broker, api):
     conn = broker.connect()
-    ch = conn.channel()
+    ch = confirmed(conn)
     src = declare(ch)
     dst = uniq("full")
     ch.queue_declare(queue=dst, durable=True,

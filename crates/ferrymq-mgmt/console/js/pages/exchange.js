@@ -25,7 +25,7 @@ export function bindingsTable(vhost, bindings, side, refresh) {
         return btn;
       },
     },
-  ], bindings, side === 'queue' ? 'No bindings.' : 'This exchange routes nowhere yet.');
+  ], bindings, { queue: 'No bindings.', into: 'Nothing is bound to this exchange.' }[side] || 'This exchange routes nowhere yet.');
 }
 
 /** A publish form; `fixedKey` keeps the routing key (publishing to a queue). */
@@ -79,7 +79,7 @@ export function exchangePage([vhost, name], ctx) {
     if (real) {
       const [src, dst] = await Promise.all([api.get(`${base}/bindings/source`), api.get(`${base}/bindings/destination`)]);
       fill(out, bindingsTable(vhost, src, 'exchange', refresh), bindForm());
-      fill(into, bindingsTable(vhost, dst, 'exchange', refresh));
+      fill(into, bindingsTable(vhost, dst, 'into', refresh));
     } else {
       fill(out, h('p', { class: 'muted' }, 'The default exchange routes to the queue named by the routing key; it cannot be bound.'));
     }

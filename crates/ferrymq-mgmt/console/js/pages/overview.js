@@ -9,8 +9,7 @@ import { staticTable } from '../table.js';
 const RATES = [
   { key: 'publish', label: 'Publish' },
   { key: 'confirm', label: 'Confirm' },
-  { key: 'deliver', label: 'Deliver' },
-  { key: 'get', label: 'Get' },
+  { key: 'deliver_get', label: 'Deliver/get' },
   { key: 'ack', label: 'Ack' },
   { key: 'redeliver', label: 'Redeliver' },
   { key: 'drop_unroutable', label: 'Unroutable (dropped)' },
