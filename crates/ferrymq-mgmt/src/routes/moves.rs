@@ -45,8 +45,8 @@ fn count(m: &Map<String, Value>) -> ApiResult<Option<usize>> {
 }
 
 /// POST /api/queues/{vhost}/{name}/move: `{"destination": "queue", "count": N}`, answered
-/// with `{"moved": n}`. Needs read on the source, write on the default exchange and on the
-/// destination.
+/// with `{"moved": n, "complete": bool}` (`false`: the destination stopped taking them). Needs
+/// read on the source, write on the default exchange and on the destination.
 pub(crate) async fn move_messages(
     axum::extract::State(api): St,
     caller: Caller,
