@@ -8,7 +8,14 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+# The web console's browser tests use Debian's chromium through Playwright (never a browser
+# download of Playwright's own). Without root and without chromium they skip, saying why.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 
 cargo build --bins
 if cargo nextest --version >/dev/null 2>&1; then

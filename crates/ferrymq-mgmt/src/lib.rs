@@ -8,6 +8,7 @@
 //! so permissions are checked in the same place as for AMQP clients.
 
 pub mod auth;
+mod console;
 pub mod error;
 pub mod metrics;
 pub mod paging;

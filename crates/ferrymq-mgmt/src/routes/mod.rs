@@ -5,6 +5,7 @@ mod connections;
 mod definitions;
 mod exchanges;
 mod messages;
+mod moves;
 mod overview;
 mod queues;
 
@@ -75,6 +76,11 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             get(exchanges::queue_bindings),
         )
         .route("/api/queues/{vhost}/{name}/get", post(messages::get))
+        // A FerryMQ extension (the console's "move messages").
+        .route(
+            "/api/queues/{vhost}/{name}/move",
+            post(moves::move_messages),
+        )
         // Exchanges and bindings.
         .route("/api/exchanges", get(exchanges::list_all))
         .route("/api/exchanges/{vhost}", get(exchanges::list_vhost))
@@ -206,6 +212,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     r.with_state(api)
