@@ -193,3 +193,24 @@ fn global_counters_never_go_back_while_queues_and_vhosts_are_deleted() {
     churn.join().unwrap();
     assert!(backwards.is_empty(), "{backwards:#?}");
 }
+
+#[test]
+fn exchange_families_are_cluster_wide_names() {
+    // rabbitmq_prometheus 3.10 names them rabbitmq_cluster_exchange_*, also on /metrics/detailed.
+    let (_b, api) = setup();
+    let scope = Scope {
+        prefix: "rabbitmq_detailed_",
+        per_object: true,
+        families: Some(
+            [Family::ExchangeNames, Family::ExchangeBindings]
+                .into_iter()
+                .collect(),
+        ),
+        vhosts: None,
+    };
+    let out = render(api, scope);
+    let key = r#"rabbitmq_cluster_exchange_name{vhost="/",exchange="amq.direct",type="direct"}"#;
+    assert_eq!(sample(&out, key), Some(1.0), "{out}");
+    assert!(out.contains("rabbitmq_cluster_exchange_bindings{"), "{out}");
+    assert!(!out.contains("rabbitmq_detailed_exchange"), "{out}");
+}
