@@ -214,3 +214,28 @@ fn exchange_families_are_cluster_wide_names() {
     assert!(out.contains("rabbitmq_cluster_exchange_bindings{"), "{out}");
     assert!(!out.contains("rabbitmq_detailed_exchange"), "{out}");
 }
+
+#[test]
+fn scrapes_beyond_the_bound_wait_for_a_permit() {
+    // Unauthenticated and each held whole: concurrent scrapes must not pile up unbounded.
+    let (_b, api) = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let held = SCRAPES
+            .acquire_many(MAX_CONCURRENT_SCRAPES as u32)
+            .await
+            .unwrap();
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            serve(api.clone(), Scope::aggregated()),
+        )
+        .await;
+        assert!(waiting.is_err(), "a scrape ran beyond the bound");
+        drop(held);
+        let r = serve(api, Scope::aggregated()).await;
+        assert_eq!(r.status(), 200);
+    });
+}
