@@ -226,7 +226,7 @@ pub(crate) fn encode(
         o.one_gauge(
             "process_open_tcp_sockets",
             "Open TCP sockets",
-            snap.connections.len() as u64,
+            snap.open_connections,
         )?;
         o.one_gauge(
             "process_resident_memory_bytes",

@@ -69,6 +69,8 @@ pub(crate) struct Snapshot {
     pub conn_totals: ConnectionTotals,
     pub churn: ConnectionChurn,
     pub history: QueueHistory,
+    /// Every open connection, whatever `vhost=` asked for (a node figure).
+    pub open_connections: u64,
 }
 
 fn channel_row(name: String, vhost: &str, c: &ChannelInfo) -> ChannelRow {
@@ -138,7 +140,9 @@ impl Snapshot {
         xs.sort_unstable_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         let mut channels = Vec::new();
         let mut connections = Vec::new();
-        for c in b.connections() {
+        let all = b.connections();
+        let open_connections = all.len() as u64;
+        for c in all {
             if !wanted(&c.vhost) {
                 continue;
             }
@@ -164,6 +168,7 @@ impl Snapshot {
             conn_totals: b.connection_totals(None),
             churn: b.connection_churn(),
             history,
+            open_connections,
         }
     }
 

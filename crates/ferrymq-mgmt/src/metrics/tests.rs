@@ -239,3 +239,20 @@ fn scrapes_beyond_the_bound_wait_for_a_permit() {
         assert_eq!(r.status(), 200);
     });
 }
+
+#[test]
+fn node_figures_ignore_the_vhost_filter() {
+    // process_open_tcp_sockets is the node's: /metrics/detailed?vhost= must not shrink it.
+    let (b, api) = setup();
+    let meta = ferrymq_core::connections::ConnectionMeta::default();
+    let _c = b.open_session("guest", "/", meta).unwrap();
+    let scope = |v: &str| Scope {
+        prefix: "rabbitmq_detailed_",
+        per_object: true,
+        families: Some([Family::NodeCoarse].into_iter().collect()),
+        vhosts: Some([v.to_string()].into_iter().collect()),
+    };
+    let key = "rabbitmq_detailed_process_open_tcp_sockets";
+    assert_eq!(sample(&render(api.clone(), scope("/")), key), Some(1.0));
+    assert_eq!(sample(&render(api, scope("elsewhere")), key), Some(1.0));
+}
