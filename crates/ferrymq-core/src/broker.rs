@@ -396,9 +396,21 @@ impl Broker {
     /// Queue churn since the start and the counters of every deleted queue, deleted vhosts'
     /// included, so sums over live queues plus these never go backwards.
     pub fn queue_history(&self) -> crate::stats::QueueHistory {
-        let mut h = *self.gone_queues.lock();
+        self.walk_queues(|_, _| {})
+    }
+
+    /// Calls `each` with every vhost's queues and returns [`Broker::queue_history`] as it
+    /// was meanwhile: every queue is counted once, by `each` (live) or in the answer
+    /// (deleted), never both or neither, so sums over both never go backwards. Vhost
+    /// deletions wait for the whole walk, a vhost's queue deletions for its part.
+    pub fn walk_queues(
+        &self,
+        mut each: impl FnMut(&VHost, &[Arc<crate::queue::Queue>]),
+    ) -> crate::stats::QueueHistory {
+        let gone = self.gone_queues.lock();
+        let mut h = *gone;
         for v in self.vhosts() {
-            h.add(&v.queue_history());
+            h.add(&v.walk_queues(|qs| each(&v, qs)));
         }
         h
     }

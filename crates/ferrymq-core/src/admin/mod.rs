@@ -322,7 +322,13 @@ impl Broker {
                     return Err(e);
                 }
             }
-            self.vhosts.write().remove(name);
+            {
+                // Out of the broker and into the deleted vhosts' counters in one step: a
+                // scrape holds `gone_queues` while it walks the vhosts (Broker::walk_queues).
+                let mut gone = self.gone_queues.lock();
+                self.vhosts.write().remove(name);
+                gone.add(&v.retire_all());
+            }
             *self.identity.write() = next;
             self.bump_access();
             v
@@ -330,7 +336,6 @@ impl Broker {
         self.close_connections(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
         self.connections.lock().forget_vhost(name);
         v.destroy();
-        self.gone_queues.lock().add(&v.queue_history());
         Ok(())
     }
 

@@ -49,10 +49,27 @@ pub struct VHost {
     /// Queues holding at-least-once dead letters that found no way yet: retried when the
     /// topology changes. Empty (one uncontended lock per declaration) unless some do.
     held_queues: parking_lot::Mutex<Vec<Weak<Queue>>>,
-    /// Queue churn and deleted queues' counters, for the metrics endpoint.
+    /// Deleted queues' counters, for the metrics endpoint. A queue leaves `queues` and
+    /// enters these in one step under this lock, and [`VHost::walk_queues`] holds it, so a
+    /// scrape counts every queue once: live or retired.
     history: parking_lot::Mutex<crate::stats::QueueHistory>,
     /// The firehose is on (see [`crate::trace`]).
     tracing: std::sync::atomic::AtomicBool,
+    /// Non-passive `queue.declare`s that succeeded (outside `history`: a scrape's walk must
+    /// not hold up declarations).
+    declared: std::sync::atomic::AtomicU64,
+    /// Queues created.
+    created: std::sync::atomic::AtomicU64,
+}
+
+/// Adds `q`'s counters to `h` as a deleted queue's.
+pub(crate) fn retire(h: &mut crate::stats::QueueHistory, q: &Queue) {
+    let (_, stats) = q.stats();
+    h.deleted += 1;
+    match q.queue_type() {
+        crate::queue_config::QueueType::Quorum => h.retired_quorum.add(&stats),
+        crate::queue_config::QueueType::Classic => h.retired_classic.add(&stats),
+    }
 }
 
 fn not_found_queue(name: &str, vhost: &str) -> CoreError {
@@ -103,6 +120,8 @@ impl VHost {
             held_queues: parking_lot::Mutex::new(Vec::new()),
             history: parking_lot::Mutex::new(Default::default()),
             tracing: std::sync::atomic::AtomicBool::new(false),
+            declared: Default::default(),
+            created: Default::default(),
             me,
         };
         let durable = ExchangeOptions {
@@ -147,7 +166,34 @@ impl VHost {
 
     /// Queue churn in this vhost and the counters of its deleted queues.
     pub fn queue_history(&self) -> crate::stats::QueueHistory {
-        *self.history.lock()
+        self.walk_queues(|_| {})
+    }
+
+    /// Calls `each` with the vhost's queues while none of them can be retired, and returns
+    /// the queue churn and the counters of the deleted queues as they were meanwhile: every
+    /// queue is counted once, by `each` or in the answer, so sums over both never go back.
+    /// Queue deletions in this vhost wait for `each`.
+    pub fn walk_queues(&self, each: impl FnOnce(&[Arc<Queue>])) -> crate::stats::QueueHistory {
+        let h = self.history.lock();
+        each(&self.queues());
+        self.with_churn(*h)
+    }
+
+    fn with_churn(&self, mut h: crate::stats::QueueHistory) -> crate::stats::QueueHistory {
+        use std::sync::atomic::Ordering::Relaxed;
+        h.declared = self.declared.load(Relaxed);
+        h.created = self.created.load(Relaxed);
+        h
+    }
+
+    /// The history as if every queue were deleted now (the vhost is leaving the broker).
+    pub(crate) fn retire_all(&self) -> crate::stats::QueueHistory {
+        let h = self.history.lock();
+        let mut all = self.with_churn(*h);
+        for q in self.queues() {
+            retire(&mut all, &q);
+        }
+        all
     }
 
     /// The named exchange.
@@ -236,16 +282,11 @@ impl VHost {
         let _t = self.topology.lock();
         self.deleted
             .store(true, std::sync::atomic::Ordering::Release);
-        let queues: Vec<Arc<Queue>> = self.queues.write().drain().map(|(_, q)| q).collect();
         let mut h = self.history.lock();
+        let queues: Vec<Arc<Queue>> = self.queues.write().drain().map(|(_, q)| q).collect();
         for q in queues {
+            retire(&mut h, &q);
             q.mark_deleted(None);
-            let (_, stats) = q.stats();
-            h.deleted += 1;
-            match q.queue_type() {
-                crate::queue_config::QueueType::Quorum => h.retired_quorum.add(&stats),
-                crate::queue_config::QueueType::Classic => h.retired_classic.add(&stats),
-            }
         }
         drop(h);
         let exchanges: Vec<Arc<Exchange>> =

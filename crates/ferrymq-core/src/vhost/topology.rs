@@ -294,7 +294,8 @@ impl VHost {
         if let Some(q) = self.existing_queue_for_declare(&name, &options, conn)? {
             q.touch();
             let c = q.counts();
-            self.history.lock().declared += 1;
+            self.declared
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok((q, c, Pending::default()));
         }
         let cfg = QueueConfig::from_args(&name, &self.name, &options.arguments)?;
@@ -322,11 +323,10 @@ impl VHost {
         )?;
         let q = Arc::new(q);
         self.queues.write().insert(name, q.clone());
-        {
-            let mut h = self.history.lock();
-            h.declared += 1;
-            h.created += 1;
-        }
+        self.declared
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.attach_queue(&q, cfg);
         self.topology_changed();
         let counts = QueueCounts {
@@ -438,7 +438,13 @@ impl VHost {
                 true => p.queue_deleted(&self.name, &q.name, q.incarnation()),
                 false => Ok(Pending::default()),
             },
-            || self.queues.write().remove(&q.name),
+            || {
+                // Out of the map and into the history in one step (see VHost::walk_queues).
+                let mut h = self.history.lock();
+                let gone = self.queues.write().remove(&q.name);
+                super::retire(&mut h, q);
+                gone
+            },
         )?;
         let dest = Destination::Queue(q.clone());
         for x in self.exchanges() {
@@ -446,15 +452,7 @@ impl VHost {
                 saved.merge(self.maybe_auto_delete_exchange(&x));
             }
         }
-        let ready = q.mark_deleted(except_consumer);
-        let (_, stats) = q.stats();
-        let mut h = self.history.lock();
-        h.deleted += 1;
-        match q.queue_type() {
-            crate::queue_config::QueueType::Quorum => h.retired_quorum.add(&stats),
-            crate::queue_config::QueueType::Classic => h.retired_classic.add(&stats),
-        }
-        Ok((ready, saved))
+        Ok((q.mark_deleted(except_consumer), saved))
     }
 
     /// Detaches a consumer and deletes the queue if it is auto-delete and now unused.

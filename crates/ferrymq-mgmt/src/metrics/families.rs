@@ -226,7 +226,7 @@ pub(crate) fn encode(
         o.one_gauge(
             "process_open_tcp_sockets",
             "Open TCP sockets",
-            snap.connections.len() as u64,
+            snap.open_connections,
         )?;
         o.one_gauge(
             "process_resident_memory_bytes",
@@ -324,6 +324,8 @@ pub(crate) fn encode(
     }
     channel_families(&mut out, scope, &snap)?;
     connection_families(&mut out, scope, &snap)?;
+    // Cluster-wide families are `rabbitmq_cluster_` on every endpoint, as in rabbitmq_prometheus.
+    let prefix = std::mem::replace(&mut out.prefix, "rabbitmq_cluster_");
     if scope.wants(Family::ExchangeNames) {
         let s = snap
             .exchanges
@@ -348,6 +350,7 @@ pub(crate) fn encode(
             s,
         )?;
     }
+    out.prefix = prefix;
     if scope.wants(Family::Overview) {
         overview(&mut out, &snap)?;
         global(&mut out, api, &snap)?;

@@ -29,6 +29,14 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Most `family` and `vhost` parameters one detailed query may name (bounds the sets).
 const MAX_QUERY_VALUES: usize = 64;
 
+/// Most scrapes encoded at once. The endpoints ask for no login and an exposition is held
+/// whole (about 700 bytes per queue per object): without a bound, a few hundred concurrent
+/// requests for `/metrics/per-object` hold hundreds of times that. Scrapers beyond it wait.
+const MAX_CONCURRENT_SCRAPES: usize = 2;
+
+/// Permits for [`MAX_CONCURRENT_SCRAPES`], shared by both listeners.
+static SCRAPES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_SCRAPES);
+
 /// What one scrape reports.
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
@@ -93,6 +101,9 @@ pub(crate) fn render(api: Arc<Api>, scope: Scope) -> String {
 }
 
 async fn serve(api: Arc<Api>, scope: Scope) -> Response {
+    let Ok(_permit) = SCRAPES.acquire().await else {
+        return crate::error::ApiError::Internal("scrapes are closed".into()).into_response();
+    };
     // A scrape walks every queue: off the runtime's workers, like the API's lists.
     match tokio::task::spawn_blocking(move || render(api, scope)).await {
         Ok(body) => ([(CONTENT_TYPE, OPENMETRICS)], body).into_response(),

@@ -69,6 +69,8 @@ pub(crate) struct Snapshot {
     pub conn_totals: ConnectionTotals,
     pub churn: ConnectionChurn,
     pub history: QueueHistory,
+    /// Every open connection, whatever `vhost=` asked for (a node figure).
+    pub open_connections: u64,
 }
 
 fn channel_row(name: String, vhost: &str, c: &ChannelInfo) -> ChannelRow {
@@ -102,11 +104,12 @@ impl Snapshot {
         let wanted = |v: &str| vhosts.is_none_or(|s| s.contains(v));
         let mut queues = Vec::new();
         let mut xs = Vec::new();
-        for v in b.vhosts() {
+        // Deleted queues' counters read with the live ones, so each queue counts once.
+        let history = b.walk_queues(|v, qs| {
             if !wanted(&v.name) {
-                continue;
+                return;
             }
-            for q in v.queues() {
+            for q in qs {
                 let s = q.snapshot();
                 queues.push(QueueRow {
                     vhost: v.name.clone(),
@@ -131,13 +134,15 @@ impl Snapshot {
                     });
                 }
             }
-        }
+        });
         // Stable output: scrapes diff well and tests read it in order.
         queues.sort_unstable_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         xs.sort_unstable_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         let mut channels = Vec::new();
         let mut connections = Vec::new();
-        for c in b.connections() {
+        let all = b.connections();
+        let open_connections = all.len() as u64;
+        for c in all {
             if !wanted(&c.vhost) {
                 continue;
             }
@@ -162,7 +167,8 @@ impl Snapshot {
             exchanges: xs,
             conn_totals: b.connection_totals(None),
             churn: b.connection_churn(),
-            history: b.queue_history(),
+            history,
+            open_connections,
         }
     }
 

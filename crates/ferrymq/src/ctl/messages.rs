@@ -65,6 +65,22 @@ fn header(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
+/// `req` as the request body, refused here (a usage error, as a payload over the limit is)
+/// when it is over the API's body limit `max`: a payload that is not text goes as base64,
+/// a third larger, so one of 48 MiB and more would otherwise come back as a 413.
+fn request_body(req: &Value, max: u64) -> CtlResult<Vec<u8>> {
+    let bytes = serde_json::to_vec(req)
+        .map_err(|e| CtlError::Failed(format!("cannot encode the request: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(CtlError::Usage(format!(
+            "the message is {} bytes as the API takes it (a payload that is not UTF-8 goes as \
+             base64), more than its {max}-byte body limit",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Publishes one message and reports whether it was routed.
 pub(crate) fn publish(ctx: &Ctx, a: PublishArgs) -> CtlResult<()> {
     let body: Vec<u8> = match &a.payload {
@@ -126,7 +142,11 @@ pub(crate) fn publish(ctx: &Ctx, a: PublishArgs) -> CtlResult<()> {
         "properties": props,
     });
     let path = api_path(&["exchanges", ctx.vhost(), exchange, "publish"]);
-    let answer = ctx.client.send_json(Method::Post, &path, &req)?.json()?;
+    let bytes = request_body(&req, MAX_PAYLOAD)?;
+    let answer = ctx
+        .client
+        .request(Method::Post, &path, Some(&bytes), &[])?
+        .json()?;
     let routed = answer
         .get("routed")
         .and_then(Value::as_bool)
@@ -218,5 +238,20 @@ fn as_text(m: &mut Value) {
     if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(p) {
         m["payload"] = Value::String(String::from_utf8_lossy(&bytes).into_owned());
         m["payload_encoding"] = Value::String("string".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_over_the_api_body_limit_is_refused_before_it_is_sent() {
+        let req = |n: usize| json!({"payload": "x".repeat(n), "payload_encoding": "string"});
+        let fits = request_body(&req(10), 100).unwrap();
+        assert!(fits.len() <= 100);
+        let over = request_body(&req(100), 100).unwrap_err();
+        assert!(matches!(over, CtlError::Usage(_)), "{over}");
+        assert_eq!(over.exit_code(), super::super::error::EXIT_USAGE);
     }
 }

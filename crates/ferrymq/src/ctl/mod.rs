@@ -207,13 +207,24 @@ pub fn run(args: CtlArgs) -> u8 {
     match execute(args) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            let text = e.to_string();
+            let text = printable(&e.to_string());
             if !text.is_empty() {
                 eprintln!("ferrymq ctl: {text}");
             }
             e.exit_code()
         }
     }
+}
+
+/// `s` with control characters escaped: an error carries text of the server's (a reason, a
+/// queue name an AMQP client chose), which must not drive the operator's terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect()
 }
 
 fn execute(args: CtlArgs) -> CtlResult<()> {
@@ -311,6 +322,21 @@ mod tests {
             "y",
         ]);
         assert_eq!(a.global.password.as_deref(), Some("y"));
+    }
+
+    #[test]
+    fn errors_cannot_carry_terminal_escapes() {
+        let reason = "no queue '\u{1b}]0;pwned\u{7}\u{1b}[2J' in vhost '/'\nfake";
+        let p = printable(reason);
+        assert!(!p.chars().any(char::is_control), "{p:?}");
+        assert_eq!(
+            p,
+            "no queue '\\u{1b}]0;pwned\\u{7}\\u{1b}[2J' in vhost '/'\\nfake"
+        );
+        assert_eq!(
+            printable("GET /api/x: 404 Not Found"),
+            "GET /api/x: 404 Not Found"
+        );
     }
 
     #[test]
