@@ -4,6 +4,7 @@ Passes against RabbitMQ 3.10 with rabbitmq_prometheus too (FerryMQ's own histogr
 AMQP_TEST_PORT=5680 PROMETHEUS_TEST_PORT=15690 MGMT_TEST_PORT=15680 pytest tests/python/test_prometheus.py
 """
 
+import base64
 import urllib.error
 import urllib.request
 import uuid
@@ -48,10 +49,13 @@ FERRYMQ_HISTOGRAMS = [
 ]
 
 
-def scrape(port, path="/metrics"):
+def scrape(port, path="/metrics", auth=None):
     """Samples {(name, frozenset(labels)): value}, parsed as the server's content type says;
     FerryMQ's OpenMetrics is also parsed as the classic text format old agents read."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(req, timeout=60) as r:
         text = r.read().decode()
         ctype = r.headers.get("Content-Type", "")
     if "openmetrics" in ctype:
@@ -84,10 +88,18 @@ def test_the_grafana_overview_dashboard_finds_every_metric_it_queries(broker):
         assert set(FERRYMQ_HISTOGRAMS) <= {n.rsplit("_", 1)[0] for n in got if n.endswith("_count")}
 
 
-def test_the_http_api_listener_serves_the_same_metrics(broker):
+def test_the_http_api_listener_serves_the_same_metrics_to_monitoring_users(broker):
     if broker.external:
         pytest.skip("RabbitMQ serves /metrics only on the rabbitmq_prometheus port")
-    assert set(DASHBOARD_METRICS) <= names(scrape(broker.http_port))
+    # The management port asks for a login, as for the rest of the API; 15692 does not.
+    assert set(DASHBOARD_METRICS) <= names(scrape(broker.http_port, auth="guest:guest"))
+    for path in ["/metrics", "/metrics/per-object", "/metrics/detailed?family=queue_metrics"]:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            scrape(broker.http_port, path)
+        assert e.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as e:
+            scrape(broker.http_port, path, auth="guest:wrong")
+        assert e.value.code == 401
 
 
 def test_queue_depths_per_queue_and_in_sum(broker):

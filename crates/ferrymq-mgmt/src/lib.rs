@@ -88,7 +88,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// The HTTP API's routes for `api`, the metrics endpoints included.
 pub fn router(api: Arc<Api>) -> axum::Router {
-    routes::router(api.clone()).merge(metrics::router(api))
+    routes::router(api.clone()).merge(metrics::authenticated_router(api))
 }
 
 /// A bound HTTP listener: the management API, or the Prometheus endpoint alone.

@@ -3,7 +3,8 @@
 //! `/metrics/per-object` (one series per queue, channel and connection) and
 //! `/metrics/detailed?family=..&vhost=..` (chosen families, `rabbitmq_detailed_` prefix),
 //! plus FerryMQ's own histograms. Served on the HTTP API listener and on a listener of its
-//! own (15692 by default), without authentication as rabbitmq_prometheus does.
+//! own (15692 by default), without authentication as rabbitmq_prometheus does (on the API's
+//! listener a monitoring user's login is asked, as for the rest of the API).
 //!
 //! Nothing is counted for the metrics: a [`prometheus_client`] collector walks the broker's
 //! state when scraped ([`snapshot::Snapshot`]) and encodes it in the OpenMetrics text format.
@@ -171,14 +172,40 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The metrics routes (merged into the HTTP API's router and served alone on the
-/// Prometheus listener).
+/// The metrics routes as the Prometheus listener serves them: without authentication, as
+/// rabbitmq_prometheus does on 15692.
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))
         .route("/metrics/detailed", get(detailed))
         .with_state(api)
+}
+
+/// The same routes on the HTTP API's listener, where everything needs a login: basic auth
+/// of a user tagged `monitoring` (or `administrator`), as the API's node and overview data.
+/// Queue and connection names are not for anyone who can reach the management port.
+pub fn authenticated_router(api: Arc<Api>) -> Router {
+    router(api.clone()).layer(axum::middleware::from_fn_with_state(api, require_monitor))
+}
+
+async fn require_monitor(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::extract::FromRequestParts;
+    let (mut parts, body) = req.into_parts();
+    let allowed = crate::auth::Caller::from_request_parts(&mut parts, &api)
+        .await
+        .and_then(|c| c.need_monitor());
+    match allowed {
+        Ok(()) => {
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 #[cfg(test)]
