@@ -758,3 +758,69 @@ def test_topic_permissions_are_set_listed_and_cleared(broker, api):
     assert api.call("DELETE", f"/api/topic-permissions/{vhost}/{user}")[0] == 204
     assert api.get(f"/api/vhosts/{vhost}/topic-permissions")[1] == []
     assert api.get(f"/api/topic-permissions/{vhost}/{user}")[0] == 404
+
+
+# ---------------------------------------------------------------------------------------
+# The endpoints the tests above do not reach
+
+
+def test_bulk_delete_and_users_without_permissions(broker, api):
+    a, b = new_user(api, []), new_user(api, [])
+    bare = {u["name"] for u in api.ok("GET", "/api/users/without-permissions")}
+    assert {a, b} <= bare
+    api.ok("PUT", f"/api/permissions/%2F/{a}", {"configure": ".*", "write": ".*", "read": ".*"})
+    bare = {u["name"] for u in api.ok("GET", "/api/users/without-permissions")}
+    assert a not in bare and b in bare
+    status, _, _ = api.call("POST", "/api/users/bulk-delete", {"users": [a, b]})
+    assert status == 204
+    names = {u["name"] for u in api.ok("GET", "/api/users")}
+    assert a not in names and b not in names
+
+
+def test_extensions_cluster_name_and_the_remaining_health_checks(broker, api):
+    assert isinstance(api.ok("GET", "/api/extensions"), list)
+    assert api.ok("GET", "/api/cluster-name")["name"]
+    for path in ["/api/health/checks/local-alarms", "/api/health/checks/node-is-quorum-critical",
+                 "/api/health/checks/protocol-listener/amqp"]:
+        assert api.ok("GET", path)["status"] == "ok", path
+    status, out, _ = api.call("GET", "/api/health/checks/protocol-listener/stomp")
+    assert status == 503 and out["status"] == "failed"
+
+
+def test_definitions_download_is_an_attachment(broker, api):
+    status, out, headers = api.call("GET", "/api/definitions?download=defs.json")
+    assert status == 200 and "users" in out and "queues" in out
+    assert "attachment" in (headers.get("Content-Disposition") or "")
+
+
+def test_delete_if_unused_refuses_a_queue_with_consumers(broker, api):
+    name = new_queue(api)
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.basic_consume(name, lambda *a: None)
+    eventually(lambda: api.ok("GET", f"/api/queues/%2F/{name}").get("consumers") == 1, "the consumer")
+    status, _, _ = api.call("DELETE", f"/api/queues/%2F/{name}?if-unused=true")
+    assert status == 400
+    assert api.call("GET", f"/api/queues/%2F/{name}")[0] == 200
+    conn.close()
+    eventually(lambda: api.call("DELETE", f"/api/queues/%2F/{name}?if-unused=true")[0] == 204,
+               "delete once unused")
+
+
+def test_overview_keeps_samples_as_msg_rates_age_asks(broker, api):
+    name = new_queue(api)
+    conn = broker.connect()
+    ch = conn.channel()
+    for _ in range(10):
+        ch.basic_publish("", name, b"s")
+    conn.close()
+
+    def samples():
+        o = api.ok("GET", "/api/overview?msg_rates_age=600&msg_rates_incr=5&lengths_age=600&lengths_incr=5")
+        got = o.get("message_stats", {}).get("publish_details", {}).get("samples") or []
+        ready = o.get("queue_totals", {}).get("messages_ready_details", {}).get("samples") or []
+        return len(got) >= 2 and ready and (got, ready)
+    got, ready = eventually(samples, "two samples", timeout=30)
+    assert all({"sample", "timestamp"} <= set(s) for s in got + ready)
+    # Newest first, as RabbitMQ lists them.
+    assert got[0]["timestamp"] >= got[-1]["timestamp"]
