@@ -181,6 +181,9 @@ def test_channel_and_connection_series_per_object(broker):
         s = scrape(broker.prometheus_port, "/metrics/per-object")
         assert value(s, "rabbitmq_queue_consumers", queue=name) == 1
         assert any(n == "rabbitmq_connection_incoming_bytes_total" and v > 0 for (n, _), v in s.items())
+        # Nothing published in confirm mode: nothing unconfirmed (one series per channel).
+        unconfirmed = [v for (n, _), v in s.items() if n == "rabbitmq_channel_messages_unconfirmed"]
+        assert unconfirmed and set(unconfirmed) == {0}
     finally:
         conn.close()
 

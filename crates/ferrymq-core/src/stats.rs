@@ -148,6 +148,8 @@ pub struct ChannelInfo {
     pub consumers: AtomicU64,
     /// Deliveries waiting for an ack.
     pub unacked: AtomicU64,
+    /// Publishes in confirm mode not confirmed yet.
+    pub unconfirmed: AtomicU64,
     /// Messages published.
     pub publish: AtomicU64,
     /// Publisher confirms sent.

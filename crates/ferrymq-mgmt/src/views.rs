@@ -364,7 +364,7 @@ pub fn channel_json(c: &ConnectionInfo, ch: &ChannelInfo, node: &str) -> Value {
         "connection_details": {"name": conn_name, "peer_host": peer_host, "peer_port": peer_port},
         "consumer_count": g(&ch.consumers),
         "messages_unacknowledged": g(&ch.unacked),
-        "messages_unconfirmed": 0,
+        "messages_unconfirmed": ChannelInfo::get(&ch.unconfirmed),
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
         "prefetch_count": g(&ch.prefetch),

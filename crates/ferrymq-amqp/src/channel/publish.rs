@@ -334,6 +334,9 @@ impl Channel {
                 self.flush_confirms(ctx)?;
             }
         }
+        if let Some(c) = &self.confirm {
+            ChannelInfo::set(&self.shared.info.unconfirmed, c.next_seq - c.acked_upto);
+        }
         Ok(Pending::default())
     }
 
@@ -403,6 +406,7 @@ impl Channel {
             c.ackable = seq;
         }
         send_acks(c);
+        ChannelInfo::set(&self.shared.info.unconfirmed, c.next_seq - c.acked_upto);
         Ok(())
     }
 }

@@ -458,6 +458,11 @@ fn channel_families(o: &mut Out, scope: &Scope, s: &Snapshot) -> Result<(), std:
             rows(po, c, channel_labels, |c| c.unacked),
         )?;
         o.gauge(
+            "channel_messages_unconfirmed",
+            "Published but not yet confirmed messages",
+            rows(po, c, channel_labels, |c| c.unconfirmed),
+        )?;
+        o.gauge(
             "consumer_prefetch",
             "Limit of unacknowledged messages for each consumer",
             rows(po, c, channel_labels, |c| c.prefetch),
