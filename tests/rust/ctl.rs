@@ -1073,3 +1073,29 @@ fn an_answer_over_64_mib_is_refused_not_buffered() {
         out.stderr
     );
 }
+
+/// A server that claims endless pages but answers one short page: ctl takes the short page
+/// as the last one instead of walking `page_count` pages.
+#[test]
+fn a_short_page_ends_the_walk_whatever_page_count_claims() {
+    static REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let port = fake_api(|mut s| {
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = r#"{"items":[{"name":"q1","messages":0}],"page_count":4294967295,"page":1,"page_size":500,"total_count":1,"item_count":1,"filtered_count":1}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body.as_bytes());
+    });
+    let ctl = Ctl {
+        uri: format!("http://guest:guest@127.0.0.1:{port}"),
+    };
+    let out = ctl.run(&["--timeout", "5", "--format", "tsv", "list", "queues"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("q1"), "{}", out.stdout);
+    assert_eq!(REQUESTS.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -277,6 +277,7 @@ fn list_paged<W: Write>(
         Some(p) => (p, a.page_size.unwrap_or(100), true),
         None => (1, a.page_size.unwrap_or(MAX_PAGE_SIZE), false),
     };
+    let mut rows: u64 = 0;
     loop {
         let mut q = query.clone();
         q.push(("page", page.to_string()));
@@ -304,16 +305,28 @@ fn list_paged<W: Write>(
             }
             _ => return Err(CtlError::Failed(format!("{path} did not answer a list"))),
         };
+        rows += fetched as u64;
+        if rows > MAX_ROWS {
+            // A server that claims pages without end must not keep ctl walking (and, for a
+            // table, buffering) for ever.
+            return Err(CtlError::Failed(format!(
+                "{path}: more than {MAX_ROWS} rows; narrow the list with --name or --page"
+            )));
+        }
         for i in &items {
             w.push(i).map_err(write_error)?;
         }
-        // A list that shrinks while it is walked ends early rather than asking past its end.
-        if only_one || page >= page_count || fetched == 0 {
+        // A list that shrinks while it is walked ends early rather than asking past its end;
+        // a short page is the last one whatever `page_count` says.
+        if only_one || page >= page_count || fetched == 0 || (fetched as u64) < u64::from(size) {
             return Ok(());
         }
         page += 1;
     }
 }
+
+/// Most rows one list walks (10 million: far above any real broker's list).
+const MAX_ROWS: u64 = 10_000_000;
 
 /// `--name` as a regex with a bounded compiled size.
 fn name_regex(a: &ListArgs) -> CtlResult<Option<regex::Regex>> {
