@@ -824,3 +824,20 @@ def test_overview_keeps_samples_as_msg_rates_age_asks(broker, api):
     assert all({"sample", "timestamp"} <= set(s) for s in got + ready)
     # Newest first, as RabbitMQ lists them.
     assert got[0]["timestamp"] >= got[-1]["timestamp"]
+
+
+def test_channels_show_message_rates(broker, api):
+    # Rates come from samples 5 s apart: publish until a channel shows one.
+    name = new_queue(api)
+    conn = broker.connect()
+    ch = conn.channel()
+    deadline = time.monotonic() + 40
+    rate = 0
+    while time.monotonic() < deadline and not rate:
+        for _ in range(20):
+            ch.basic_publish("", name, b"r")
+        conn.process_data_events(0.2)
+        rate = max((c.get("message_stats", {}).get("publish_details", {}).get("rate", 0)
+                    for c in api.ok("GET", "/api/channels")), default=0)
+    conn.close()
+    assert rate > 0

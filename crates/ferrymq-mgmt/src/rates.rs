@@ -51,6 +51,8 @@ struct State {
     retired_gone: QueueStats,
     /// The last sample of each connection and its byte rates (recv, send).
     conns: HashMap<ConnectionId, (ConnectionTotals, f64, f64)>,
+    /// The last sample of each channel's counters ([`channel_counters`]) and their rates.
+    channels: HashMap<(ConnectionId, u16), ([u64; CHANNEL_COUNTERS], [f64; CHANNEL_COUNTERS])>,
     /// Per-vhost totals history (the overview is the sum), newest last.
     history: HashMap<String, VecDeque<Totals>>,
     overall: VecDeque<Totals>,
@@ -60,6 +62,29 @@ struct State {
 #[derive(Default)]
 pub struct Rates {
     state: Mutex<State>,
+}
+
+/// How many counters a channel has in [`channel_counters`].
+pub const CHANNEL_COUNTERS: usize = 11;
+
+/// A channel's counters in the order `views::channel_json` names them: publish, confirm,
+/// return_unroutable, drop_unroutable, deliver, deliver_no_ack, get, get_no_ack, get_empty,
+/// redeliver, ack.
+pub fn channel_counters(c: &ferrymq_core::stats::ChannelInfo) -> [u64; CHANNEL_COUNTERS] {
+    let g = ferrymq_core::stats::ChannelInfo::get;
+    [
+        g(&c.publish),
+        g(&c.confirmed),
+        g(&c.return_unroutable),
+        g(&c.drop_unroutable),
+        g(&c.deliver),
+        g(&c.deliver_no_ack),
+        g(&c.get),
+        g(&c.get_no_ack),
+        g(&c.get_empty),
+        g(&c.redeliver),
+        g(&c.ack),
+    ]
 }
 
 fn as_array(s: &QueueStats) -> [u64; 8] {
@@ -100,10 +125,16 @@ impl Rates {
                 read.push(((v.name.clone(), q.name.clone()), counts, stats));
             }
         }
-        let conns_now: Vec<(ConnectionId, ConnectionTotals)> = broker
-            .connections()
-            .into_iter()
-            .map(|c| (c.id, c.meta.stats.totals()))
+        let live = broker.connections();
+        let conns_now: Vec<(ConnectionId, ConnectionTotals)> =
+            live.iter().map(|c| (c.id, c.meta.stats.totals())).collect();
+        let channels_now: Vec<((ConnectionId, u16), [u64; CHANNEL_COUNTERS])> = live
+            .iter()
+            .flat_map(|c| {
+                c.channel_list()
+                    .into_iter()
+                    .map(move |ch| ((c.id, ch.number), channel_counters(&ch)))
+            })
             .collect();
         let overall_conns = broker.connection_totals(None);
 
@@ -176,6 +207,17 @@ impl Rates {
             conns.insert(id, (now, r, s));
         }
         st.conns = conns;
+        let mut channels = HashMap::with_capacity(channels_now.len());
+        for (key, now) in channels_now {
+            let mut r = [0.0; CHANNEL_COUNTERS];
+            if let Some((prev, _)) = st.channels.get(&key) {
+                for i in 0..CHANNEL_COUNTERS {
+                    r[i] = per_sec(now[i], prev[i], secs);
+                }
+            }
+            channels.insert(key, (now, r));
+        }
+        st.channels = channels;
         let mut overall = Totals {
             at,
             queues: st.retired_gone,
@@ -201,6 +243,15 @@ impl Rates {
             .queues
             .get(&(vhost.to_string(), name.to_string()))
             .map(|x| x.2)
+    }
+
+    /// A channel's counter rates ([`channel_counters`] order), zero until sampled twice.
+    pub fn channel(&self, conn: ConnectionId, number: u16) -> [f64; CHANNEL_COUNTERS] {
+        self.state
+            .lock()
+            .channels
+            .get(&(conn, number))
+            .map_or([0.0; CHANNEL_COUNTERS], |x| x.1)
     }
 
     /// A connection's receive and send byte rates.

@@ -329,32 +329,40 @@ pub fn connection_json(c: &ConnectionInfo, node: &str, rates: (f64, f64)) -> Val
 }
 
 /// A channel as `/api/channels` lists it.
-pub fn channel_json(c: &ConnectionInfo, ch: &ChannelInfo, node: &str) -> Value {
+/// A channel as `/api/channels` lists it; `rates` are its counters' last sampled rates
+/// (`rates::channel_counters` order).
+pub fn channel_json(
+    c: &ConnectionInfo,
+    ch: &ChannelInfo,
+    node: &str,
+    rates: [f64; crate::rates::CHANNEL_COUNTERS],
+) -> Value {
     let g = ChannelInfo::get;
     let conn_name = connection_name(c);
     let (peer_host, peer_port) = host_port(c.meta.peer);
     let mut stats = Map::new();
-    let pairs: [(&str, u64); 13] = [
-        ("publish", g(&ch.publish)),
-        ("confirm", g(&ch.confirmed)),
-        ("return_unroutable", g(&ch.return_unroutable)),
-        ("drop_unroutable", g(&ch.drop_unroutable)),
-        ("deliver", g(&ch.deliver)),
-        ("deliver_no_ack", g(&ch.deliver_no_ack)),
-        ("get", g(&ch.get)),
-        ("get_no_ack", g(&ch.get_no_ack)),
-        ("get_empty", g(&ch.get_empty)),
-        ("redeliver", g(&ch.redeliver)),
-        ("ack", g(&ch.ack)),
-        (
-            "deliver_get",
-            g(&ch.deliver) + g(&ch.deliver_no_ack) + g(&ch.get) + g(&ch.get_no_ack),
-        ),
-        ("publish_in", g(&ch.publish)),
+    let now = crate::rates::channel_counters(ch);
+    const NAMES: [&str; crate::rates::CHANNEL_COUNTERS] = [
+        "publish",
+        "confirm",
+        "return_unroutable",
+        "drop_unroutable",
+        "deliver",
+        "deliver_no_ack",
+        "get",
+        "get_no_ack",
+        "get_empty",
+        "redeliver",
+        "ack",
     ];
-    for (k, v) in pairs {
-        counter(&mut stats, k, v, 0.0);
+    for ((k, v), r) in NAMES.iter().zip(now).zip(rates) {
+        counter(&mut stats, k, v, r);
     }
+    // deliver, deliver_no_ack, get, get_no_ack.
+    let dg = |a: &[f64; crate::rates::CHANNEL_COUNTERS]| a[4] + a[5] + a[6] + a[7];
+    let now_f = now.map(|v| v as f64);
+    counter(&mut stats, "deliver_get", dg(&now_f) as u64, dg(&rates));
+    counter(&mut stats, "publish_in", now[0], rates[0]);
     json!({
         "name": format!("{conn_name} ({})", ch.number),
         "number": ch.number,

@@ -155,7 +155,7 @@ pub(crate) async fn channel(
     blocking(move || {
         for c in visible(&api, &caller, None) {
             for ch in c.channel_list() {
-                let v = channel_json(&c, &ch, &api.node);
+                let v = channel_json(&c, &ch, &api.node, api.rates.channel(c.id, ch.number));
                 if v["name"] == name.as_str() {
                     return Ok(Json(v));
                 }
@@ -173,7 +173,7 @@ fn channels(api: &Api, conns: Vec<Arc<ConnectionInfo>>, q: &ListQuery) -> ApiRes
     for c in &conns {
         for ch in c.channel_list() {
             total += 1;
-            let v = channel_json(c, &ch, &api.node);
+            let v = channel_json(c, &ch, &api.node, api.rates.channel(c.id, ch.number));
             if v["name"].as_str().is_some_and(&filter) {
                 items.push(v);
             }
