@@ -330,3 +330,33 @@ def test_console_files_have_types_and_cache_headers_and_api_404s_stay_json(broke
     assert status == 404 and body["error"] == "Object Not Found"
     status, _, _ = Http(broker.http_port).get("/console/../Cargo.toml")
     assert status == 404
+
+
+def test_trace_page_shows_where_a_message_went(page, broker, api):
+    # Where is my message: trace the vhost, publish and consume with pika, filter by the
+    # message id, and see the publish (routed to the queue) and the delivery from it.
+    conn = broker.connect()
+    ch = conn.channel()
+    name = uniq("traced")
+    ch.queue_declare(queue=name)
+    logged_in(page)
+    page.goto(page.base + "#/trace")
+    expect(page.locator("main h1")).to_have_text("Trace")
+    page.click("#trace-start")
+    expect(page.locator(".toast")).to_contain_text("Tracing started")
+    assert eventually(lambda: api.get("/api/vhosts/%2F")[1]["tracing"], "the firehose on")
+    ch.basic_publish("", name, b"find me", properties=pika.BasicProperties(message_id="order-42"))
+    ch.basic_publish("", name, b"not me", properties=pika.BasicProperties(message_id="order-43"))
+    eventually(lambda: ch.basic_get(name, auto_ack=True)[0], "the first message back")
+    page.fill("input[name=filter]", "order-42")
+    rows = page.locator("table.list tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("deliver")
+    expect(rows.nth(0)).to_contain_text(name)
+    expect(rows.nth(1)).to_contain_text("publish")
+    expect(rows.nth(1)).to_contain_text("find me")
+    expect(page.locator("table.list")).not_to_contain_text("not me")
+    # Stopping (or leaving the page) ends the trace and turns the firehose off.
+    page.click("#trace-stop")
+    assert eventually(lambda: api.get("/api/vhosts/%2F")[1]["tracing"] is False, "the firehose off")
+    conn.close()

@@ -186,3 +186,63 @@ def test_tracing_must_be_a_boolean(broker):
     status, _ = api(broker, "PUT", "/api/vhosts/%2F", {"tracing": "yes"})
     assert status == 400
     assert api(broker, "GET", "/api/vhosts/%2F")[1]["tracing"] is False
+
+
+# ---------------------------------------------------------------------------------------
+# Live traces (FerryMQ's /api/traces, what the console's trace page reads)
+
+
+def test_a_live_trace_follows_a_message_through_dead_lettering(broker):
+    if broker.external:
+        pytest.skip("FerryMQ's live traces (RabbitMQ's rabbitmq_tracing writes files)")
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    assert api(broker, "PUT", f"/api/traces/%2F/{name}", {"pattern": "#", "max_payload_bytes": 4})[0] == 201
+    assert api(broker, "GET", "/api/vhosts/%2F")[1]["tracing"] is True
+    listed = api(broker, "GET", "/api/traces")[1]
+    assert [t["name"] for t in listed if t["name"] == name] == [name]
+    conn = broker.connect()
+    ch = conn.channel()
+    dlx, work, dead = f"dlx-{name}", f"work-{name}", f"dead-{name}"
+    ch.exchange_declare(dlx, "fanout", auto_delete=True)
+    ch.queue_declare(dead, exclusive=True)
+    ch.queue_bind(dead, dlx)
+    ch.queue_declare(work, exclusive=True, arguments={"x-dead-letter-exchange": dlx})
+    ch.basic_publish("", work, b"payload-long", properties=pika.BasicProperties(message_id="order-7"))
+    method, _, _ = ch.basic_get(work, auto_ack=False)
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.basic_get(dead, auto_ack=True)
+
+    def events():
+        out = api(broker, "GET", f"/api/traces/%2F/{name}?since=0")[1]
+        return out if len(out["items"]) >= 3 else None
+    out = wait_until(events, timeout=15, what="three trace events")
+    path = [(e["kind"], e["routing_key"]) for e in out["items"]]
+    # Dead-lettering is not a client publish (not traced, as in RabbitMQ's firehose): the
+    # letter shows where it is delivered next, from the DLX, with its x-death.
+    assert path == [("publish", "publish."), ("deliver", f"deliver.{work}"),
+                    ("deliver", f"deliver.{dead}")], path
+    first = out["items"][0]
+    assert first["headers"]["properties"]["message_id"] == "order-7"
+    assert first["headers"]["routed_queues"] == [work]
+    assert first["payload"] == "payl" and first["payload_bytes"] == 12
+    # The dead letter carries its x-death: where it died and why.
+    assert out["items"][2]["headers"]["exchange_name"] == dlx
+    death = out["items"][2]["headers"]["properties"]["headers"]["x-death"][0]
+    assert death["queue"] == work and death["reason"] == "rejected"
+    # Reading on from `next` gives only what came after.
+    after = api(broker, "GET", f"/api/traces/%2F/{name}?since={out['next']}")[1]
+    assert after["items"] == []
+    conn.close()
+    assert api(broker, "DELETE", f"/api/traces/%2F/{name}")[0] == 204
+    assert api(broker, "GET", "/api/vhosts/%2F")[1]["tracing"] is False
+    assert api(broker, "GET", f"/api/traces/%2F/{name}")[0] == 404
+
+
+def test_live_trace_requests_are_checked(broker):
+    if broker.external:
+        pytest.skip("FerryMQ's live traces")
+    for body in [{"pattern": 5}, {"pattern": "x" * 300}, {"max_payload_bytes": "lots"}]:
+        assert api(broker, "PUT", "/api/traces/%2F/bad", body)[0] == 400, body
+    assert api(broker, "PUT", "/api/traces/no-such-vhost/t", {})[0] == 404
+    assert api(broker, "GET", "/api/traces/%2F/none?since=x")[0] in (400, 404)
+    assert api(broker, "DELETE", "/api/traces/%2F/none")[0] == 404

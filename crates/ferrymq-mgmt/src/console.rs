@@ -46,6 +46,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/pages/queue.js", JS),
     asset!("js/pages/exchange.js", JS),
     asset!("js/pages/admin.js", JS),
+    asset!("js/pages/trace.js", JS),
     asset!("vendor/uplot/uPlot.esm.js", JS),
     asset!("vendor/uplot/uPlot.min.css", "text/css; charset=utf-8"),
     asset!("vendor/uplot/LICENSE", "text/plain; charset=utf-8"),

@@ -47,6 +47,8 @@ pub struct Api {
     pub listeners: Vec<ListenerInfo>,
     /// When the broker started (ms since the epoch).
     pub started_at: u64,
+    /// Live traces (`/api/traces`).
+    pub(crate) traces: routes::Traces,
 }
 
 impl Api {
@@ -58,6 +60,7 @@ impl Api {
             node: ferrymq_core::trace::node_name().to_string(),
             listeners,
             started_at: ferrymq_core::expiry::wall_ms(),
+            traces: Default::default(),
         })
     }
 }

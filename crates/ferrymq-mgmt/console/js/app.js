@@ -9,6 +9,7 @@ import { connectionsPage, connectionPage, channelsPage, exchangesPage, queuesPag
 import { queuePage } from './pages/queue.js';
 import { exchangePage } from './pages/exchange.js';
 import { usersPage, vhostsPage, policiesPage, limitsPage, definitionsPage } from './pages/admin.js';
+import { tracePage } from './pages/trace.js';
 
 const routes = [
   [/^$/, overviewPage],
@@ -26,6 +27,7 @@ const routes = [
   [/^policies$/, policiesPage],
   [/^limits$/, limitsPage],
   [/^definitions$/, definitionsPage],
+  [/^trace$/, tracePage],
 ];
 
 const NAV = [
@@ -33,7 +35,7 @@ const NAV = [
   ['exchanges', 'Exchanges'], ['queues', 'Queues'], ['consumers', 'Consumers'],
   null,
   ['users', 'Users'], ['vhosts', 'Virtual hosts'], ['policies', 'Policies'],
-  ['limits', 'Limits'], ['definitions', 'Definitions'],
+  ['limits', 'Limits'], ['definitions', 'Definitions'], ['trace', 'Trace'],
 ];
 
 const app = document.getElementById('app');

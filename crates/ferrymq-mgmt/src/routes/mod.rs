@@ -8,6 +8,9 @@ mod messages;
 mod moves;
 mod overview;
 mod queues;
+mod traces;
+
+pub(crate) use traces::Traces;
 
 pub(crate) use overview::RABBITMQ_COMPAT_VERSION;
 
@@ -76,6 +79,13 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             get(exchanges::queue_bindings),
         )
         .route("/api/queues/{vhost}/{name}/get", post(messages::get))
+        // Live traces (FerryMQ's, named after rabbitmq_tracing's).
+        .route("/api/traces", get(traces::list))
+        .route("/api/traces/{vhost}", get(traces::list))
+        .route(
+            "/api/traces/{vhost}/{name}",
+            get(traces::read).put(traces::start).delete(traces::stop),
+        )
         // A FerryMQ extension (the console's "move messages").
         .route(
             "/api/queues/{vhost}/{name}/move",
