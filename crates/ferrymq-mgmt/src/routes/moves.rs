@@ -142,7 +142,10 @@ fn publish_batch(
             .message
             .republished("", destination, &m.message.properties())
         {
-            Ok(c) => c,
+            // Only to the destination: a `CC` header kept in the copy's properties must not
+            // put it into the queues it names again (duplicates there, and a way past the
+            // destination's write permission).
+            Ok(c) => c.without_extra_keys(),
             Err(e) => {
                 stop = Some(ApiError::Internal(e.to_string()));
                 break;
