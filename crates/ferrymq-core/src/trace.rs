@@ -18,8 +18,9 @@ use std::sync::Arc;
 /// How many vhosts trace now: the message path looks further only when it is not 0.
 pub static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Most deliveries a queue notes for tracing between two releases of its lock; more are not
-/// traced (a firehose is a debugging aid, it must not grow without bound).
+/// Most deliveries a queue notes for tracing between two releases of its lock: dispatch
+/// pauses there, the lock is released, they are traced, and dispatch goes on (none is lost,
+/// and the list does not grow with the backlog).
 pub(crate) const MAX_PENDING: usize = 4096;
 
 /// Whether any vhost traces (cheap; the vhost's own flag decides).
