@@ -207,4 +207,17 @@ mod tests {
         assert_eq!(keys[0], "publish.");
         assert!(keys[1].starts_with("deliver.é") && keys[1].len() <= 255);
     }
+
+    #[test]
+    fn a_deleted_vhost_cannot_be_switched_on() {
+        // The API looks the vhost up, then switches it: a deletion in between must not
+        // leave a tracing vhost nobody can reach (the node-wide count would stay above 0,
+        // and every queue of every vhost would note its deliveries for ever).
+        let b = Broker::new(BrokerConfig::default());
+        b.add_vhost("gone").unwrap();
+        let v = b.vhost("gone").unwrap();
+        b.delete_vhost("gone").unwrap();
+        v.set_tracing(true);
+        assert!(!v.tracing());
+    }
 }
