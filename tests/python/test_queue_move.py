@@ -211,3 +211,22 @@ def test_a_cc_header_does_not_copy_the_moved_message_into_the_queues_it_names(br
     assert got[0][0].headers == {"CC": [other]}
     assert [b for _, b in drain(ch, other)] == [b"cc"]
     conn.close()
+
+
+def test_with_the_firehose_on_every_moved_message_is_traced_as_taken_and_published(broker, api):
+    conn = broker.connect()
+    ch = confirmed(conn)
+    src, dst = declare(ch), declare(ch)
+    tq = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(tq, "amq.rabbitmq.trace", "#")
+    publish(ch, src, [f"t{i}".encode() for i in range(10)])
+    api.ok("PUT", "/api/vhosts/%2F", {"tracing": True})
+    try:
+        status, out, _ = move(api, src, {"destination": dst})
+        assert (status, out["moved"]) == (200, 10)
+    finally:
+        api.ok("PUT", "/api/vhosts/%2F", {"tracing": False})
+    keys = [m.routing_key for m, _, _ in iter(lambda: ch.basic_get(tq, auto_ack=True), (None, None, None))]
+    assert keys.count(f"deliver.{src}") == 10, keys
+    assert keys.count("publish.") == 10, keys
+    conn.close()

@@ -122,7 +122,19 @@ fn take_batch(
         if left == 0 || batch.len() >= max.min(BATCH_MESSAGES) || bytes >= BATCH_BYTES {
             break;
         }
-        next = q.get(true);
+        // Through the session, as the first: each one is a get the firehose traces (its
+        // copy's publish is traced too).
+        match s.get(name, true) {
+            Ok((same, n)) if Arc::ptr_eq(&same, &q) => next = n,
+            // Deleted (and maybe declared again) meanwhile: this batch ends here.
+            Ok((other, n)) => {
+                if let Some((m, _)) = n {
+                    other.requeue(vec![m]);
+                }
+                break;
+            }
+            Err(_) => break,
+        }
     }
     Ok((q, batch))
 }
