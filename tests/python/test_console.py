@@ -330,3 +330,14 @@ def test_console_files_have_types_and_cache_headers_and_api_404s_stay_json(broke
     assert status == 404 and body["error"] == "Object Not Found"
     status, _, _ = Http(broker.http_port).get("/console/../Cargo.toml")
     assert status == 404
+
+
+def test_a_malformed_escape_in_the_address_is_not_found_not_a_script_error(page):
+    # decodeURI / decodeURIComponent throw on it: the page stayed on the previous one with
+    # its refresh timers stopped, and the error went to the console (the fixture fails on it).
+    logged_in(page)
+    expect(page.locator("main h1")).to_have_text("Overview")
+    page.goto(page.base + "#/queues/%2F/%E0%A4%A")
+    expect(page.locator("main h1")).to_have_text("Not found")
+    page.goto(page.base + "#/queues")
+    expect(page.locator("main h1")).to_have_text("Queues")
