@@ -360,3 +360,14 @@ def test_trace_page_shows_where_a_message_went(page, broker, api):
     page.click("#trace-stop")
     assert eventually(lambda: api.get("/api/vhosts/%2F")[1]["tracing"] is False, "the firehose off")
     conn.close()
+
+
+def test_a_malformed_escape_in_the_address_is_not_found_not_a_script_error(page):
+    # decodeURI / decodeURIComponent throw on it: the page stayed on the previous one with
+    # its refresh timers stopped, and the error went to the console (the fixture fails on it).
+    logged_in(page)
+    expect(page.locator("main h1")).to_have_text("Overview")
+    page.goto(page.base + "#/queues/%2F/%E0%A4%A")
+    expect(page.locator("main h1")).to_have_text("Not found")
+    page.goto(page.base + "#/queues")
+    expect(page.locator("main h1")).to_have_text("Queues")

@@ -246,3 +246,28 @@ def test_live_trace_requests_are_checked(broker):
     assert api(broker, "PUT", "/api/traces/no-such-vhost/t", {})[0] == 404
     assert api(broker, "GET", "/api/traces/%2F/none?since=x")[0] in (400, 404)
     assert api(broker, "DELETE", "/api/traces/%2F/none")[0] == 404
+
+
+def test_a_backlog_taken_at_once_is_traced_whole(broker, traced):
+    # A consumer without prefetch takes a backlog larger than what one dispatch notes for
+    # the tracer (4,096 in FerryMQ) at once: every delivery is still traced.
+    conn, ch, tq = traced
+    ch.queue_unbind(tq, "amq.rabbitmq.trace", "#")
+    ch.queue_bind(tq, "amq.rabbitmq.trace", "deliver.#")
+    q = f"fh-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(q, exclusive=True)
+    n = 6000
+    for i in range(n):
+        ch.basic_publish("", q, str(i).encode())
+    wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == n,
+               what="the backlog")
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
+    wait_until(lambda: conn.process_data_events(0.05) or len(got) >= n, timeout=30,
+               what="the backlog's deliveries")
+    wait_until(lambda: ch.queue_declare(tq, passive=True).method.message_count >= n, timeout=15,
+               what=f"{n} deliver traces")
+    conn.process_data_events(0.5)
+    assert ch.queue_declare(tq, passive=True).method.message_count == n
+    first = [ch.basic_get(tq, auto_ack=True)[2] for _ in range(3)]
+    assert first == [b"0", b"1", b"2"]

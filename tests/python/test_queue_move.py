@@ -193,3 +193,40 @@ def test_a_full_destination_stops_the_move_and_keeps_the_rest_in_order(broker, a
     assert [b for _, b in drain(ch, dst)] == [b"1", b"2"]
     assert [b for _, b in drain(ch, src)] == [b"3", b"4"]
     conn.close()
+
+
+def test_a_cc_header_does_not_copy_the_moved_message_into_the_queues_it_names(broker, api):
+    # The message went to src and (by its CC header) to other when it was published; moved,
+    # it goes to dst only: the header stays, but another copy in `other` would be a
+    # duplicate, put there without write permission on it.
+    conn = broker.connect()
+    ch = confirmed(conn)
+    src, dst, other = declare(ch), declare(ch), declare(ch)
+    ch.basic_publish("", src, b"cc", pika.BasicProperties(delivery_mode=2, headers={"CC": [other]}))
+    assert depth(api, other) == 1
+    status, out, _ = move(api, src, {"destination": dst})
+    assert (status, out) == (200, {"moved": 1, "complete": True})
+    got = drain(ch, dst)
+    assert [b for _, b in got] == [b"cc"]
+    assert got[0][0].headers == {"CC": [other]}
+    assert [b for _, b in drain(ch, other)] == [b"cc"]
+    conn.close()
+
+
+def test_with_the_firehose_on_every_moved_message_is_traced_as_taken_and_published(broker, api):
+    conn = broker.connect()
+    ch = confirmed(conn)
+    src, dst = declare(ch), declare(ch)
+    tq = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(tq, "amq.rabbitmq.trace", "#")
+    publish(ch, src, [f"t{i}".encode() for i in range(10)])
+    api.ok("PUT", "/api/vhosts/%2F", {"tracing": True})
+    try:
+        status, out, _ = move(api, src, {"destination": dst})
+        assert (status, out["moved"]) == (200, 10)
+    finally:
+        api.ok("PUT", "/api/vhosts/%2F", {"tracing": False})
+    keys = [m.routing_key for m, _, _ in iter(lambda: ch.basic_get(tq, auto_ack=True), (None, None, None))]
+    assert keys.count(f"deliver.{src}") == 10, keys
+    assert keys.count("publish.") == 10, keys
+    conn.close()

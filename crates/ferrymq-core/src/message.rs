@@ -128,6 +128,14 @@ impl Message {
         self
     }
 
+    /// The same message routed with its routing key only: a `CC` header it carries stays in
+    /// its properties but chooses no further queues (a re-publish to one named queue, such as
+    /// the API's move).
+    pub fn without_extra_keys(mut self) -> Message {
+        self.extra_keys = None;
+        self
+    }
+
     /// Routing keys besides [`Message::routing_key`] the sender chose (`CC`, `BCC`).
     pub fn extra_keys(&self) -> &ExtraKeys {
         self.extra_keys.as_deref().unwrap_or(ExtraKeys::none())

@@ -232,6 +232,9 @@ struct QueueState {
     probe: Option<(u64, std::time::Instant)>,
     /// Deliveries to trace once the lock is released (only while some vhost traces).
     traced: Vec<crate::trace::PendingDelivery>,
+    /// Dispatch stopped at [`crate::trace::MAX_PENDING`] noted deliveries: it goes on once
+    /// they are traced.
+    trace_more: bool,
 }
 
 impl QueueState {
@@ -588,6 +591,7 @@ impl Queue {
                 stats: QueueStats::default(),
                 probe: None,
                 traced: Vec::new(),
+                trace_more: false,
             }),
         }
     }
@@ -892,14 +896,31 @@ impl Queue {
 
     /// Releases the lock, then republishes the dead letters collected under it and
     /// forwards the ones newly held.
-    fn unlock_and_flush(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+    /// Deliveries noted for the firehose are traced then too; if dispatch stopped because
+    /// [`crate::trace::MAX_PENDING`] were noted, it goes on afterwards.
+    fn unlock_and_flush(self: &Arc<Self>, st: parking_lot::MutexGuard<'_, QueueState>) {
+        let mut more = self.unlock_flush_trace(st);
+        while more {
+            let mut st = self.state.lock();
+            self.dispatch_locked(&mut st);
+            more = self.unlock_flush_trace(st);
+        }
+    }
+
+    /// One round of [`Queue::unlock_and_flush`]: whether dispatch must go on.
+    fn unlock_flush_trace(
+        self: &Arc<Self>,
+        mut st: parking_lot::MutexGuard<'_, QueueState>,
+    ) -> bool {
         let traced = std::mem::take(&mut st.traced);
+        let more = std::mem::take(&mut st.trace_more);
         self.flush_dead(st, false);
         if !traced.is_empty() {
             if let Some(home) = self.home.get().and_then(Weak::upgrade) {
                 home.trace_deliveries(&self.name, traced);
             }
         }
+        more
     }
 
     /// [`Queue::unlock_and_flush`] on the timer thread: the held letters are forwarded by a
@@ -1234,6 +1255,12 @@ impl Queue {
     fn dispatch_locked_at(self: &Arc<Self>, st: &mut QueueState, mut now: Option<u64>) {
         let mut busy = 0usize;
         while !st.store.is_empty() && busy <= st.consumers.len() {
+            if st.traced.len() >= crate::trace::MAX_PENDING {
+                // Every delivery is traced (bounded memory, none dropped): these are traced
+                // once the lock is released, and the rest dispatched after that.
+                st.trace_more = true;
+                break;
+            }
             let Some(i) = st.pick() else { break };
             let Some(msg) = st.shift_live(&mut now) else {
                 break;
@@ -1243,14 +1270,12 @@ impl Queue {
             let again = msg.redelivered();
             // Noted before the hand-off (which takes the message), traced after the unlock.
             let trace = match (crate::trace::any(), &st.consumers[i].origin) {
-                (true, Some(o)) if st.traced.len() < crate::trace::MAX_PENDING => {
-                    Some(crate::trace::PendingDelivery {
-                        message: msg.message.clone(),
-                        redelivered: again,
-                        origin: o.clone(),
-                        channel: st.consumers[i].channel.map_or(0, |c| c.0),
-                    })
-                }
+                (true, Some(o)) => Some(crate::trace::PendingDelivery {
+                    message: msg.message.clone(),
+                    redelivered: again,
+                    origin: o.clone(),
+                    channel: st.consumers[i].channel.map_or(0, |c| c.0),
+                }),
                 _ => None,
             };
             if ack_required {

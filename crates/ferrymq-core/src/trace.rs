@@ -18,8 +18,9 @@ use std::sync::Arc;
 /// How many vhosts trace now: the message path looks further only when it is not 0.
 pub static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Most deliveries a queue notes for tracing between two releases of its lock; more are not
-/// traced (a firehose is a debugging aid, it must not grow without bound).
+/// Most deliveries a queue notes for tracing between two releases of its lock: dispatch
+/// pauses there, the lock is released, they are traced, and dispatch goes on (none is lost,
+/// and the list does not grow with the backlog).
 pub(crate) const MAX_PENDING: usize = 4096;
 
 /// Whether any vhost traces (cheap; the vhost's own flag decides).
@@ -205,5 +206,18 @@ mod tests {
         assert_eq!(keys.len(), 2, "{keys:?}");
         assert_eq!(keys[0], "publish.");
         assert!(keys[1].starts_with("deliver.é") && keys[1].len() <= 255);
+    }
+
+    #[test]
+    fn a_deleted_vhost_cannot_be_switched_on() {
+        // The API looks the vhost up, then switches it: a deletion in between must not
+        // leave a tracing vhost nobody can reach (the node-wide count would stay above 0,
+        // and every queue of every vhost would note its deliveries for ever).
+        let b = Broker::new(BrokerConfig::default());
+        b.add_vhost("gone").unwrap();
+        let v = b.vhost("gone").unwrap();
+        b.delete_vhost("gone").unwrap();
+        v.set_tracing(true);
+        assert!(!v.tracing());
     }
 }

@@ -150,10 +150,15 @@ impl VHost {
     /// Turns the firehose on or off (RabbitMQ's `trace_on` / `trace_off`).
     pub fn set_tracing(&self, on: bool) {
         use std::sync::atomic::Ordering;
-        let was = self.tracing.swap(on, Ordering::AcqRel);
+        let was = self.tracing.swap(on, Ordering::SeqCst);
         match (was, on) {
             (false, true) => {
                 crate::trace::ACTIVE.fetch_add(1, Ordering::Relaxed);
+                if self.deleted.load(Ordering::SeqCst) {
+                    // Deleted meanwhile (see `destroy`).
+                    self.set_tracing(false);
+                    return;
+                }
                 tracing::info!(vhost = %self.name, "tracing enabled");
             }
             (true, false) => {
@@ -278,10 +283,13 @@ impl VHost {
     /// messages, reply-to pseudo-queues. The broker has already removed it from the
     /// definitions and closed its connections.
     pub(crate) fn destroy(&self) {
-        self.set_tracing(false);
         let _t = self.topology.lock();
         self.deleted
-            .store(true, std::sync::atomic::Ordering::Release);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // After `deleted`: a `set_tracing(true)` racing this (the API switching it on with a
+        // vhost it looked up just before) either is undone here or sees `deleted` and undoes
+        // itself, so the node-wide count of tracing vhosts never keeps a deleted one.
+        self.set_tracing(false);
         let mut h = self.history.lock();
         let queues: Vec<Arc<Queue>> = self.queues.write().drain().map(|(_, q)| q).collect();
         for q in queues {

@@ -139,15 +139,18 @@ function render() {
   if (!main) return;
   if (ctx) ctx.stop();
   ctx = newContext();
-  const path = decodeURI(location.hash.replace(/^#\/?/, '')).replace(/\/$/, '');
+  // A malformed escape (#/queues/%2F/%E0%A4%A, typed or from a link) is "Not found", not a
+  // URIError that would leave the previous page up with its timers stopped.
+  const decode = (s) => { try { return decodeURIComponent(s); } catch { return null; } };
   const raw = location.hash.replace(/^#\/?/, '').replace(/\/$/, '');
+  const path = decode(raw) ?? raw;
   for (const a of document.querySelectorAll('nav.side a')) {
     a.classList.toggle('active', raw.split('/')[0] === a.dataset.nav || (!raw && a.dataset.nav === 'overview'));
   }
   for (const [re, page] of routes) {
     const m = raw.match(re);
-    if (m) {
-      const params = m.slice(1).map(decodeURIComponent);
+    const params = m && m.slice(1).map(decode);
+    if (m && !params.includes(null)) {
       try {
         fill(main, page(params, ctx));
       } catch (e) {

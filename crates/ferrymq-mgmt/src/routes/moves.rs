@@ -122,7 +122,19 @@ fn take_batch(
         if left == 0 || batch.len() >= max.min(BATCH_MESSAGES) || bytes >= BATCH_BYTES {
             break;
         }
-        next = q.get(true);
+        // Through the session, as the first: each one is a get the firehose traces (its
+        // copy's publish is traced too).
+        match s.get(name, true) {
+            Ok((same, n)) if Arc::ptr_eq(&same, &q) => next = n,
+            // Deleted (and maybe declared again) meanwhile: this batch ends here.
+            Ok((other, n)) => {
+                if let Some((m, _)) = n {
+                    other.requeue(vec![m]);
+                }
+                break;
+            }
+            Err(_) => break,
+        }
     }
     Ok((q, batch))
 }
@@ -142,7 +154,10 @@ fn publish_batch(
             .message
             .republished("", destination, &m.message.properties())
         {
-            Ok(c) => c,
+            // Only to the destination: a `CC` header kept in the copy's properties must not
+            // put it into the queues it names again (duplicates there, and a way past the
+            // destination's write permission).
+            Ok(c) => c.without_extra_keys(),
             Err(e) => {
                 stop = Some(ApiError::Internal(e.to_string()));
                 break;
