@@ -163,6 +163,14 @@ def test_moves_need_read_on_the_source_and_write_on_the_destination(broker, api)
             "POST", f"/api/queues/%2F/{q(src)}/move", {"destination": dst})
         assert status == 401, (label, status, out)
         assert depth(api, src) == 1 and depth(api, dst) == 0, label
+    # Without read permission, a queue that does not exist is refused like one that does:
+    # the answer does not tell which queues exist.
+    user = uniq("no-read-probe")
+    api.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": "management"})
+    api.ok("PUT", f"/api/permissions/%2F/{user}", cases["no-read"])
+    status, _, _ = Http(broker.http_port, user, "pw").call(
+        "POST", "/api/queues/%2F/no-such-queue-at-all/move", {"destination": dst})
+    assert status == 401
     # Wrong credentials: 401 too, nothing taken.
     status, _, _ = Http(broker.http_port, "guest", "wrong").call(
         "POST", f"/api/queues/%2F/{q(src)}/move", {"destination": dst})

@@ -63,6 +63,11 @@ pub(crate) async fn move_messages(
     }
     blocking(move || {
         let s = session(&api, &caller, &vhost)?;
+        // Every permission up front, before the queues are looked up (a caller without them
+        // must not learn which queues exist), and so a refusal leaves nothing taken.
+        s.check(Perm::Read, Resource::Queue, &name)?;
+        s.check(Perm::Write, Resource::Exchange, "")?;
+        s.check(Perm::Write, Resource::Queue, &destination)?;
         let source = s
             .vhost()
             .find_queue(&name)
@@ -70,10 +75,6 @@ pub(crate) async fn move_messages(
         s.vhost()
             .find_queue(&destination)
             .map_err(|_| ApiError::NotFound)?;
-        // Every permission up front: a refusal must not leave messages taken.
-        s.check(Perm::Read, Resource::Queue, &name)?;
-        s.check(Perm::Write, Resource::Exchange, "")?;
-        s.check(Perm::Write, Resource::Queue, &destination)?;
         // What is ready now, so that a busy publisher cannot keep one move going forever.
         let limit = wanted
             .unwrap_or(MAX_MOVE_COUNT)
