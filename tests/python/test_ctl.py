@@ -5,13 +5,13 @@ AMQP_TEST_PORT=5680 MGMT_TEST_PORT=15680 pytest tests/python/test_ctl.py"""
 import json
 import os
 import subprocess
-import time
 import uuid
 
 import pika
 import pytest
 
 from conftest import _binary
+from test_management import eventually  # RabbitMQ lists connections after its stats interval
 
 
 def uniq(prefix):
@@ -158,18 +158,6 @@ def test_close_connection_by_name(broker, ctl):
             conn.process_data_events(time_limit=0.1)
     assert e.value.reply_code == 320
     assert "bye from ctl" in e.value.reply_text
-
-
-def eventually(f, what, timeout=20):
-    # RabbitMQ lists connections only after its statistics interval.
-    deadline = time.monotonic() + timeout
-    while True:
-        v = f()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.25)
 
 
 def test_health_status_and_exit_codes(broker, ctl):
