@@ -12,6 +12,9 @@
 mod families;
 mod snapshot;
 
+/// The process's readings, shared with `/api/nodes`.
+pub(crate) use snapshot::{open_fds, rss_bytes};
+
 use crate::Api;
 use axum::extract::{RawQuery, State};
 use axum::http::header::CONTENT_TYPE;

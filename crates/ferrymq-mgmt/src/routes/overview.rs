@@ -284,17 +284,6 @@ pub(crate) async fn cluster_name(axum::extract::State(api): St, _caller: Caller)
     Json(json!({"name": api.node}))
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
 fn node_json(api: &Api) -> Value {
     let alarm = api.broker.blocked().borrow().clone();
     let mem_alarm = alarm.as_deref().is_some_and(|r| r.contains("memory"));
@@ -305,10 +294,10 @@ fn node_json(api: &Api) -> Value {
         "type": "disc",
         "running": true,
         "os_pid": std::process::id().to_string(),
-        "mem_used": rss_bytes(),
+        "mem_used": crate::metrics::rss_bytes(),
         "mem_alarm": mem_alarm,
         "disk_free_alarm": disk_alarm,
-        "fd_used": open_fds(),
+        "fd_used": crate::metrics::open_fds(),
         "sockets_used": api.broker.connections().len(),
         "processors": procs,
         "uptime": ferrymq_core::expiry::wall_ms().saturating_sub(api.started_at),
